@@ -1,1 +1,5 @@
-pub fn placeholder() {}
+//! `sandra-models`: Sandra's local models (chat LLM, Whisper, vision) and the media decoding they
+//! need. It knows candle, audio and image formats; it knows nothing of WhatsApp, HTTP routes or
+//! ractor. Every model runs on its own thread behind a bounded queue ([`worker`]).
+
+pub mod worker;
