@@ -1,1 +1,71 @@
-fn main() {}
+//! `sandra`: a self-hosted AI assistant on WhatsApp. Thin entry point; see the library crate.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use sandra::app::Application;
+use sandra::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "sandra",
+    version,
+    about = "Self-hosted AI assistant on WhatsApp"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Receive webhooks and answer users.
+    Serve {
+        /// Path to config.toml (defaults apply when omitted; env vars override both).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration and print it (secrets hidden).
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            let cfg = Config::load(config.as_deref())?;
+            sandra::init_tracing(&cfg.log.level, &cfg.log.format);
+            let app = Application::build(cfg).await?;
+            app.run_until(shutdown_signal()).await
+        }
+        Command::CheckConfig { config } => {
+            let cfg = Config::load(config.as_deref())?;
+            println!("{cfg:#?}");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

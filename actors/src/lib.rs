@@ -1,1 +1,89 @@
-pub fn placeholder() {}
+//! `sandra-actors`: Sandra's actor system and its domain.
+//!
+//! # Layout
+//! - [`whatsapp`]: webhook payload parsing (non-exhaustive) and the domain types routed on.
+//! - [`store`]: the only code that touches sled: dedup, inbox, sessions, outbox.
+//! - [`supervisor`]: the root of the tree; re-creates the router and sender when they fail.
+//! - [`router`]: one [`conversation`] actor per chat; passivation, crash restart, replay.
+//! - [`conversation`]: session state, turn taking, commands; asks a [`brain`] for replies.
+//! - [`sender`]: the durable outbox drained to the Graph API at Meta's pace ([`graph`]).
+//!
+//! This crate binds no sockets and reads no config files or environment: everything arrives as
+//! actor arguments from the `sandra` binary.
+
+pub mod brain;
+pub mod conversation;
+pub mod graph;
+pub mod metrics;
+pub mod router;
+pub mod secret;
+pub mod sender;
+pub mod session;
+pub mod slot;
+pub mod store;
+pub mod supervisor;
+pub mod whatsapp;
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorRef, SpawnErr};
+
+pub use ractor;
+
+/// Handles to a running actor system.
+#[derive(Clone)]
+pub struct System {
+    pub root: ActorRef<()>,
+    pub router: slot::ActorSlot<router::RouterMsg>,
+    pub sender: slot::ActorSlot<sender::SenderMsg>,
+    pub store: Arc<store::Store>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub sender_health: Arc<sender::SenderHealth>,
+}
+
+impl System {
+    /// Starts the tree: root, sender, router (which replays unanswered messages).
+    pub async fn start(
+        router: router::RouterArgs,
+        sender: sender::SenderArgs,
+    ) -> Result<Self, SpawnErr> {
+        let router_slot = slot::ActorSlot::default();
+        let sender_slot = router.sender.clone();
+        let args = supervisor::RootArgs {
+            router: router.clone(),
+            sender: sender.clone(),
+            router_slot: router_slot.clone(),
+            sender_slot: sender_slot.clone(),
+        };
+        let (root, _) = Actor::spawn(None, supervisor::Root, args).await?;
+        Ok(Self {
+            root,
+            router: router_slot,
+            sender: sender_slot,
+            store: router.store.clone(),
+            metrics: router.metrics.clone(),
+            sender_health: sender.health.clone(),
+        })
+    }
+
+    /// True while the router and sender actors are running.
+    pub fn actors_up(&self) -> bool {
+        let up = |s: Option<ractor::ActorCell>| {
+            s.is_some_and(|c| c.get_status() == ractor::ActorStatus::Running)
+        };
+        up(self.router.try_get().map(|r| r.get_cell()))
+            && up(self.sender.try_get().map(|r| r.get_cell()))
+    }
+
+    /// Stops every actor (draining conversations) and flushes the store.
+    pub async fn shutdown(&self) {
+        let _ = self
+            .root
+            .stop_children_and_wait(None, Some(std::time::Duration::from_secs(10)))
+            .await;
+        self.root.stop(None);
+        if let Err(e) = self.store.close().await {
+            tracing::error!(error = %e, "flushing the store at shutdown failed");
+        }
+    }
+}

@@ -1,1 +1,9 @@
-fn main() {}
+//! Sandra's integration tests: the real app on loopback against a fake Graph API.
+
+mod support;
+
+mod actors;
+mod conversation;
+mod crash;
+mod sender;
+mod webhook;

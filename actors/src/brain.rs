@@ -1,0 +1,82 @@
+//! The brain: what composes Sandra's reply to a user turn.
+//!
+//! The conversation actor hands a [`TurnInput`] (remembered history plus the new messages, already
+//! rendered to text) to a [`Brain`] and stores whatever comes back. The brain runs off the actor
+//! (in a spawned task), so a slow model never blocks a mailbox.
+//!
+//! [`PlaceholderBrain`] is the simplest honest brain: it runs no model and tells the user so. The
+//! chat-LLM brain (local candle model or a remote OpenAI-compatible server) replaces it when a
+//! model is configured.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::session::Turn;
+
+/// One new user message, rendered for the brain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserInput {
+    pub wamid: String,
+    /// Display name of who wrote it (useful in groups).
+    pub author: Option<String>,
+    /// What the user said, or a bracketed description of what they shared.
+    pub text: String,
+}
+
+/// Everything a brain needs to answer one turn.
+#[derive(Debug, Clone)]
+pub struct TurnInput {
+    pub history: Vec<Turn>,
+    pub summary: Option<String>,
+    pub inputs: Vec<UserInput>,
+    pub contact_name: Option<String>,
+    pub is_group: bool,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrainError {
+    /// The model is overloaded; the user is asked to try again.
+    #[error("the model is busy")]
+    Busy,
+    #[error("the model failed: {0}")]
+    Failed(String),
+}
+
+pub type BrainFuture = Pin<Box<dyn Future<Output = Result<String, BrainError>> + Send>>;
+
+/// Composes replies. Implementations are cheap to share (`Arc<dyn Brain>`).
+pub trait Brain: Send + Sync + 'static {
+    fn reply(&self, input: TurnInput) -> BrainFuture;
+    /// One line for logs and `sandra models list`.
+    fn describe(&self) -> String;
+}
+
+/// A brain without a model: it says, honestly, that no language model is installed, and shows
+/// the user what it received so they know the message arrived.
+#[derive(Debug, Default, Clone)]
+pub struct PlaceholderBrain;
+
+impl Brain for PlaceholderBrain {
+    fn reply(&self, input: TurnInput) -> BrainFuture {
+        Box::pin(async move {
+            let greeting = match &input.contact_name {
+                Some(n) if !input.is_group => format!("Hi {n}! "),
+                _ => String::new(),
+            };
+            let heard: Vec<String> = input
+                .inputs
+                .iter()
+                .map(|i| format!("“{}”", i.text))
+                .collect();
+            Ok(format!(
+                "{greeting}I received {}. My language model is not installed yet, so I can't \
+                 answer properly; the operator can install one with `sandra models fetch`.",
+                heard.join(", ")
+            ))
+        })
+    }
+
+    fn describe(&self) -> String {
+        "placeholder (no language model installed)".into()
+    }
+}

@@ -1,0 +1,531 @@
+//! The conversation actor: one per chat ([`ConversationKey`]), holding that chat's session.
+//!
+//! - Owns: the [`SessionState`] (loaded from the store in `pre_start`, persisted after every
+//!   turn) and the chat's unanswered messages (`pending`), which mirror the inbox in the store.
+//! - Takes: [`ConversationMsg::Inbound`] from the router, [`ConversationMsg::TurnDone`] from its
+//!   own brain task, [`ConversationMsg::Passivate`] from the router's idle sweep.
+//! - Supervised by: the router, which spawns it (unnamed), restarts it from the store when it
+//!   fails, and passivates it when idle.
+//! - Never: blocks (the brain runs in a spawned task and reports back as a message), talks to the
+//!   Graph API itself (replies go through the outbox and the sender), or returns `Err` for a
+//!   domain failure (a brain error becomes an apology to the user). It returns `Err` only when its
+//!   brain task *panicked*, so the router restarts it from its stored state.
+//!
+//! Exactly-once: a message stays in the store's inbox until the transaction that stores the
+//! reply in the outbox and the new session state also removes it. A crash before that replays
+//! it (the next incarnation reloads the inbox in `pre_start`); a crash after never does.
+//! Messages are answered in timestamp order; messages that arrive while a turn is in progress are
+//! answered together in the next turn.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::brain::{Brain, BrainError, TurnInput, UserInput};
+use crate::metrics::Metrics;
+use crate::router::RouterMsg;
+use crate::sender::SenderMsg;
+use crate::session::{SessionState, Speaker, Turn};
+use crate::slot::ActorSlot;
+use crate::store::{InboxRecord, NewOutbound, OutboundBody, Store, now_ms, refresh_target};
+use crate::whatsapp::{Content, ConversationKey, InboundMessage, MediaKind};
+
+pub type ConversationRef = ActorRef<ConversationMsg>;
+
+/// How conversations behave (from `[conversation]` in config.toml).
+#[derive(Debug, Clone)]
+pub struct ConversationPolicy {
+    /// The name users address Sandra by in groups ("@Sandra", "Sandra, ...").
+    pub bot_name: String,
+    /// Turns kept verbatim in the session (older ones are dropped; the LLM brain summarises).
+    pub max_history_turns: usize,
+    /// Show the typing indicator while the brain works (1:1 chats only; groups cannot).
+    pub typing_indicator: bool,
+    /// Give up on a brain that takes longer than this.
+    pub brain_timeout: Duration,
+}
+
+impl Default for ConversationPolicy {
+    fn default() -> Self {
+        Self {
+            bot_name: "Sandra".into(),
+            max_history_turns: 40,
+            typing_indicator: true,
+            brain_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Everything a conversation needs; cloned by the router for each spawn.
+#[derive(Clone)]
+pub struct ConversationArgs {
+    pub key: ConversationKey,
+    pub store: Arc<Store>,
+    pub brain: Arc<dyn Brain>,
+    pub sender: ActorSlot<SenderMsg>,
+    pub router: ActorRef<RouterMsg>,
+    pub metrics: Arc<Metrics>,
+    pub policy: ConversationPolicy,
+}
+
+pub enum ConversationMsg {
+    /// A newly accepted (or replayed) message for this chat.
+    Inbound(Box<InboxRecord>),
+    /// The brain task finished (or panicked: `None`).
+    TurnDone(Option<Result<String, BrainError>>),
+    /// Retry committing after a storage error.
+    RetryCommit,
+    /// The router's idle sweep: stop if nothing is pending, else decline.
+    Passivate,
+}
+
+pub struct Conversation;
+
+/// A turn being answered by the brain.
+struct InFlight {
+    records: Vec<InboxRecord>,
+    inputs: Vec<UserInput>,
+    /// Replies already decided without the brain (commands, canned answers).
+    direct: Vec<String>,
+    /// Messages that only become history (reactions, group chatter not addressed to Sandra).
+    quiet: Vec<Turn>,
+}
+
+pub struct ConversationState {
+    args: ConversationArgs,
+    session: Option<SessionState>,
+    /// Unanswered messages by (timestamp, seq): timestamp order, then arrival order.
+    pending: BTreeMap<(i64, u64), InboxRecord>,
+    in_flight: Option<InFlight>,
+    /// A finished turn whose commit failed, waiting for `RetryCommit`.
+    uncommitted: Option<(InFlight, Option<String>)>,
+}
+
+impl Actor for Conversation {
+    type Msg = ConversationMsg;
+    type State = ConversationState;
+    type Arguments = ConversationArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: ConversationArgs,
+    ) -> Result<ConversationState, ActorProcessingErr> {
+        let session = args.store.load_session(&args.key)?;
+        let mut pending = BTreeMap::new();
+        for rec in args.store.unfinished_for(&args.key)? {
+            pending.insert((rec.message.timestamp, rec.seq), rec);
+        }
+        Metrics::inc(&args.metrics.conversations_spawned);
+        tracing::debug!(key = %args.key, restored = session.is_some(), pending = pending.len(), "conversation started");
+        Ok(ConversationState {
+            args,
+            session,
+            pending,
+            in_flight: None,
+            uncommitted: None,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut ConversationState,
+    ) -> Result<(), ActorProcessingErr> {
+        start_turn(&myself, state);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: ConversationMsg,
+        state: &mut ConversationState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ConversationMsg::Inbound(rec) => {
+                let seq = rec.seq;
+                let known = state.pending.values().any(|r| r.seq == seq)
+                    || state
+                        .in_flight
+                        .as_ref()
+                        .is_some_and(|f| f.records.iter().any(|r| r.seq == seq));
+                // The inbox is the truth: a record no longer there was already answered.
+                let unfinished = match state.args.store.is_unfinished(seq) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        tracing::error!(key = %state.args.key, error = %e, "inbox lookup failed");
+                        true
+                    }
+                };
+                if !known && unfinished {
+                    state.pending.insert((rec.message.timestamp, seq), *rec);
+                    start_turn(&myself, state);
+                }
+            }
+            ConversationMsg::TurnDone(Some(result)) => {
+                let Some(flight) = state.in_flight.take() else {
+                    return Ok(());
+                };
+                let reply = match result {
+                    Ok(text) => Some(text),
+                    Err(e) => {
+                        tracing::warn!(key = %state.args.key, error = %e, "brain failed; apologising");
+                        Metrics::inc(&state.args.metrics.turns_brain_errors);
+                        Some(match e {
+                            BrainError::Busy => "I'm a bit overloaded right now. Please send that again in a minute.".to_string(),
+                            BrainError::Failed(_) => "Sorry, something went wrong while I was thinking about that. Please try again.".to_string(),
+                        })
+                    }
+                };
+                finish_turn(&myself, state, flight, reply).await;
+            }
+            ConversationMsg::TurnDone(None) => {
+                // The brain task panicked: that is a bug, not a domain error. Fail, so the router
+                // restarts this conversation from its stored state (the messages are still in the
+                // inbox and will be answered by the next incarnation).
+                return Err(
+                    format!("brain task panicked in conversation {}", state.args.key).into(),
+                );
+            }
+            ConversationMsg::RetryCommit => {
+                if let Some((flight, reply)) = state.uncommitted.take() {
+                    finish_turn(&myself, state, flight, reply).await;
+                }
+            }
+            ConversationMsg::Passivate => {
+                let idle = state.pending.is_empty()
+                    && state.in_flight.is_none()
+                    && state.uncommitted.is_none();
+                if idle {
+                    myself.stop(Some("idle".into()));
+                } else {
+                    let _ = state
+                        .args
+                        .router
+                        .cast(RouterMsg::PassivateDeclined(state.args.key.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a user message becomes for the brain, or a direct answer when the brain cannot use it.
+enum Rendered {
+    /// Goes to the brain.
+    Input(String),
+    /// Answered without the brain (commands, things Sandra cannot read yet).
+    Direct(String),
+    /// Recorded in history, not answered (reactions).
+    Quiet(String),
+    /// `/reset`.
+    Reset,
+}
+
+const HELP: &str = "I'm Sandra, an AI assistant. Just write to me and I'll answer. \
+Commands: /reset forgets our conversation, /help shows this message.";
+
+fn render(m: &InboundMessage, policy: &ConversationPolicy) -> Rendered {
+    match &m.content {
+        Content::Text { body } => {
+            let t = body.trim();
+            if let Some(cmd) = t.strip_prefix('/') {
+                let cmd = cmd.split_whitespace().next().unwrap_or("").to_lowercase();
+                return match cmd.as_str() {
+                    "reset" => Rendered::Reset,
+                    "help" | "start" => Rendered::Direct(HELP.into()),
+                    _ => Rendered::Direct(format!("I don't know the command /{cmd}. {HELP}")),
+                };
+            }
+            Rendered::Input(body.clone())
+        }
+        Content::ChoiceReply { title, .. } => Rendered::Input(title.clone()),
+        Content::Location {
+            latitude,
+            longitude,
+            name,
+            address,
+        } => {
+            let place = [name.as_deref(), address.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(", ");
+            Rendered::Input(format!(
+                "[I shared a location: {}({latitude:.5}, {longitude:.5})]",
+                if place.is_empty() {
+                    String::new()
+                } else {
+                    format!("{place} ")
+                }
+            ))
+        }
+        Content::Contacts { cards } => {
+            Rendered::Input(format!("[I shared contact cards: {}]", cards.join("; ")))
+        }
+        Content::Reaction { message_id, emoji } => Rendered::Quiet(if emoji.is_empty() {
+            format!("[removed a reaction from message {message_id}]")
+        } else {
+            format!("[reacted {emoji} to message {message_id}]")
+        }),
+        Content::Media(media) => {
+            let what = match media.kind {
+                MediaKind::Image => "photo",
+                MediaKind::Audio if media.voice => "voice note",
+                MediaKind::Audio => "audio file",
+                MediaKind::Video => "video",
+                MediaKind::Document => "document",
+                MediaKind::Sticker => "sticker",
+            };
+            match &media.caption {
+                Some(c) if !c.trim().is_empty() => Rendered::Input(format!(
+                    "[I sent a {what} you cannot see yet, with the caption:] {c}"
+                )),
+                _ if media.kind == MediaKind::Sticker => {
+                    Rendered::Quiet(format!("[sent a {what}]"))
+                }
+                _ => Rendered::Direct(format!(
+                    "I got your {what}, but I can't open {what}s yet. Could you tell me in a text \
+                     message what you'd like me to know about it?"
+                )),
+            }
+        }
+        Content::Unsupported { kind, .. } => {
+            let _ = policy;
+            Rendered::Direct(format!(
+                "I can't read this kind of message ({kind}) yet. Could you send it as text?"
+            ))
+        }
+    }
+}
+
+/// In a group, Sandra answers only when mentioned by name or number, or replied to.
+fn addressed_in_group(m: &InboundMessage, policy: &ConversationPolicy) -> bool {
+    if m.context
+        .as_ref()
+        .and_then(|c| c.from.as_deref())
+        .is_some_and(|f| !m.display_phone_number.is_empty() && f == m.display_phone_number)
+    {
+        return true;
+    }
+    let text = match &m.content {
+        Content::Text { body } => body.to_lowercase(),
+        Content::Media(media) => media.caption.clone().unwrap_or_default().to_lowercase(),
+        _ => return false,
+    };
+    let name = policy.bot_name.to_lowercase();
+    (!name.is_empty() && text.contains(&name))
+        || (!m.display_phone_number.is_empty()
+            && text.contains(&format!("@{}", m.display_phone_number)))
+}
+
+/// Starts answering everything pending, if no turn is in progress.
+fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState) {
+    if state.in_flight.is_some() || state.uncommitted.is_some() || state.pending.is_empty() {
+        return;
+    }
+    let records: Vec<InboxRecord> = std::mem::take(&mut state.pending).into_values().collect();
+    let policy = state.args.policy.clone();
+    let session = state.session.get_or_insert_with(|| {
+        SessionState::new(state.args.key.clone(), records[0].message.reply_target())
+    });
+    let mut flight = InFlight {
+        records: Vec::new(),
+        inputs: Vec::new(),
+        direct: Vec::new(),
+        quiet: Vec::new(),
+    };
+    for rec in records {
+        let m = &rec.message;
+        refresh_target(&mut session.target, m);
+        if m.contact_name.is_some() && !session.is_group {
+            session.contact_name = m.contact_name.clone();
+        }
+        if matches!(m.content, Content::Unsupported { .. }) {
+            Metrics::inc(&state.args.metrics.messages_unsupported);
+        }
+        let rendered = render(m, &policy);
+        if session.is_group && !addressed_in_group(m, &policy) {
+            // Group chatter: remember it as context, answer nothing.
+            let text = match rendered {
+                Rendered::Input(t) | Rendered::Quiet(t) => t,
+                Rendered::Direct(_) | Rendered::Reset => String::new(),
+            };
+            if !text.is_empty() {
+                flight.quiet.push(user_turn(m, text));
+            }
+            flight.records.push(rec);
+            continue;
+        }
+        match rendered {
+            Rendered::Input(text) => flight.inputs.push(UserInput {
+                wamid: m.wamid.clone(),
+                author: m.contact_name.clone(),
+                text,
+            }),
+            Rendered::Direct(text) => flight.direct.push(text),
+            Rendered::Quiet(text) => flight.quiet.push(user_turn(m, text)),
+            Rendered::Reset => {
+                session.history.clear();
+                session.summary = None;
+                flight
+                    .direct
+                    .push("Done: I've forgotten our conversation. Let's start fresh.".into());
+            }
+        }
+        flight.records.push(rec);
+    }
+
+    if flight.inputs.is_empty() {
+        state.in_flight = Some(flight);
+        let _ = myself.cast(ConversationMsg::TurnDone(Some(Ok(String::new()))));
+        return;
+    }
+
+    let input = TurnInput {
+        history: session.history.clone(),
+        summary: session.summary.clone(),
+        inputs: flight.inputs.clone(),
+        contact_name: session.contact_name.clone(),
+        is_group: session.is_group,
+    };
+    let typing_for = (!session.is_group && policy.typing_indicator)
+        .then(|| flight.inputs.last().map(|i| i.wamid.clone()))
+        .flatten();
+    state.in_flight = Some(flight);
+
+    let brain = state.args.brain.clone();
+    let sender = state.args.sender.clone();
+    let me = myself.clone();
+    tokio::spawn(async move {
+        let work = tokio::spawn(async move { brain.reply(input).await });
+        let mut work = std::pin::pin!(tokio::time::timeout(policy.brain_timeout, work));
+        // The typing indicator lasts ~25 s: refresh it every 20 s while the brain works.
+        let mut refresh = tokio::time::interval(Duration::from_secs(20));
+        let outcome = loop {
+            tokio::select! {
+                res = &mut work => break res,
+                _ = refresh.tick() => {
+                    if let Some(w) = &typing_for {
+                        let _ = sender.get().cast(SenderMsg::Typing { wamid: w.clone() });
+                    }
+                }
+            }
+        };
+        let done = match outcome {
+            Ok(Ok(result)) => Some(result),
+            Ok(Err(join)) => {
+                tracing::error!(error = %join, "brain task panicked");
+                None
+            }
+            Err(_) => Some(Err(BrainError::Failed("timed out".into()))),
+        };
+        let _ = me.cast(ConversationMsg::TurnDone(done));
+    });
+}
+
+fn user_turn(m: &InboundMessage, text: String) -> Turn {
+    let text = match (&m.contact_name, m.group_id.is_some()) {
+        (Some(n), true) => format!("{n}: {text}"),
+        _ => text,
+    };
+    Turn {
+        speaker: Speaker::User,
+        text,
+        at: m.timestamp,
+        wamids: vec![m.wamid.clone()],
+    }
+}
+
+/// Records the turn in the session and commits it with its replies in one transaction.
+async fn finish_turn(
+    myself: &ActorRef<ConversationMsg>,
+    state: &mut ConversationState,
+    flight: InFlight,
+    reply: Option<String>,
+) {
+    let Some(base) = state.session.clone() else {
+        return;
+    };
+    let mut session = base;
+    let now = now_ms() / 1000;
+    for rec in &flight.records {
+        let ts = rec.message.timestamp;
+        session.last_inbound_at = Some(session.last_inbound_at.map_or(ts, |t| t.max(ts)));
+    }
+    session.history.extend(flight.quiet.iter().cloned());
+    for i in &flight.inputs {
+        let text = match (&i.author, session.is_group) {
+            (Some(n), true) => format!("{n}: {}", i.text),
+            _ => i.text.clone(),
+        };
+        let at = flight
+            .records
+            .iter()
+            .find(|r| r.message.wamid == i.wamid)
+            .map_or(now, |r| r.message.timestamp);
+        session.history.push(Turn {
+            speaker: Speaker::User,
+            text,
+            at,
+            wamids: vec![i.wamid.clone()],
+        });
+    }
+    let mut texts: Vec<String> = flight.direct.clone();
+    if let Some(r) = reply.as_ref().filter(|r| !r.trim().is_empty()) {
+        texts.push(r.clone());
+        session.history.push(Turn {
+            speaker: Speaker::Assistant,
+            text: r.clone(),
+            at: now,
+            wamids: flight.inputs.iter().map(|i| i.wamid.clone()).collect(),
+        });
+    }
+    let max = state.args.policy.max_history_turns;
+    if session.history.len() > max {
+        let drop = session.history.len() - max;
+        session.history.drain(..drop);
+    }
+    session.turns += 1;
+
+    // Quote the message answered when the reply covers several messages or a group message.
+    let quote = if flight.inputs.len() > 1 || session.is_group {
+        flight.inputs.last().map(|i| i.wamid.clone())
+    } else {
+        None
+    };
+    let replies: Vec<NewOutbound> = texts
+        .into_iter()
+        .map(|body| NewOutbound {
+            target: session.target.clone(),
+            body: OutboundBody::Text { body },
+            context_message_id: quote.clone(),
+            window_expires_at: session.window_expires_at(),
+        })
+        .collect();
+    let seqs: Vec<u64> = flight.records.iter().map(|r| r.seq).collect();
+    let store = state.args.store.clone();
+    let committed = match store.commit_turn(&session, &seqs, &replies) {
+        Ok(_) => store.sync().await,
+        Err(e) => Err(e),
+    };
+    tracing::debug!(key = %state.args.key, answered = seqs.len(), replies = replies.len(), ok = committed.is_ok(), "turn finished");
+    match committed {
+        Ok(()) => {
+            state.session = Some(session);
+            Metrics::inc(&state.args.metrics.turns_completed);
+            if !replies.is_empty() {
+                let _ = state.args.sender.get().cast(SenderMsg::Kick);
+            }
+            start_turn(myself, state);
+        }
+        Err(e) => {
+            tracing::error!(key = %state.args.key, error = %e, "committing a turn failed; retrying in 1 s");
+            state.uncommitted = Some((flight, reply));
+            myself.send_after(Duration::from_secs(1), || ConversationMsg::RetryCommit);
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! The Graph API client: the only code that talks to Meta (sends, read receipts, media).
+//!
+//! Errors are classified by Meta's `error.code`, not by HTTP status (Meta and its mirrors
+//! disagree on statuses; the code is what Meta tells integrators to build on). See
+//! [`GraphError::class`].
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::secret::Secret;
+use crate::store::{OutboundBody, OutboxRecord};
+
+/// How to reach the Graph API for one business number.
+#[derive(Clone, Debug)]
+pub struct GraphConfig {
+    /// `https://graph.facebook.com` in production; a loopback fake in tests.
+    pub base_url: String,
+    pub api_version: String,
+    pub phone_number_id: String,
+    pub access_token: Secret,
+    pub timeout: Duration,
+}
+
+/// What the caller should do about a failed call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Transient (throughput, pair rate, maintenance, 5xx, network): retry with backoff.
+    Retry,
+    /// 131047: the 24-hour customer-service window is closed. Do not retry free-form messages.
+    WindowClosed,
+    /// 190: the access token is expired or invalid. Stop sending until it is replaced.
+    TokenInvalid,
+    /// Anything retrying cannot fix (bad parameters, undeliverable, policy).
+    Permanent,
+}
+
+/// A failed Graph call, with Meta's envelope when there was one.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("graph error{}: {message}", code.map(|c| format!(" {c}")).unwrap_or_default())]
+pub struct GraphError {
+    /// HTTP status, or `None` when no response came back (timeout, connection refused).
+    pub http_status: Option<u16>,
+    pub code: Option<i64>,
+    pub subcode: Option<i64>,
+    pub message: String,
+    pub details: Option<String>,
+    /// `Retry-After`, in seconds, when the response carried one.
+    pub retry_after: Option<Duration>,
+    /// The request timed out: Meta may or may not have taken it.
+    pub timed_out: bool,
+}
+
+impl GraphError {
+    pub fn class(&self) -> ErrorClass {
+        match self.code {
+            Some(131047) => ErrorClass::WindowClosed,
+            Some(190) => ErrorClass::TokenInvalid,
+            // Throughput, pair rate, app/WABA rate limits, maintenance, unknown/transient.
+            Some(130429 | 131056 | 4 | 80007 | 613 | 131057 | 131000 | 131016 | 1 | 2) => {
+                ErrorClass::Retry
+            }
+            Some(_) => match self.http_status {
+                Some(s) if s >= 500 => ErrorClass::Retry,
+                _ => ErrorClass::Permanent,
+            },
+            None => match self.http_status {
+                None => ErrorClass::Retry,
+                Some(429) => ErrorClass::Retry,
+                Some(s) if s >= 500 => ErrorClass::Retry,
+                Some(401) => ErrorClass::TokenInvalid,
+                Some(_) => ErrorClass::Permanent,
+            },
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    error: EnvelopeError,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeError {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    code: Option<i64>,
+    #[serde(default)]
+    error_subcode: Option<i64>,
+    #[serde(default)]
+    error_data: Option<Value>,
+}
+
+/// Media metadata from hop 1 of a download.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MediaInfo {
+    pub url: String,
+    #[serde(default)]
+    pub mime_type: Option<String>,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// A string in Meta's docs, a number in real captures: accept both.
+    #[serde(default, deserialize_with = "de_size")]
+    pub file_size: Option<u64>,
+}
+
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v = Option::<Value>::deserialize(d)?;
+    Ok(match v {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.parse().ok(),
+        _ => None,
+    })
+}
+
+#[derive(Clone, Debug)]
+pub struct GraphClient {
+    http: reqwest::Client,
+    cfg: GraphConfig,
+}
+
+impl GraphClient {
+    pub fn new(cfg: GraphConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("building the HTTP client");
+        Self { http, cfg }
+    }
+
+    pub fn config(&self) -> &GraphConfig {
+        &self.cfg
+    }
+
+    /// Replaces the access token (after a 190, once the operator set a new one).
+    pub fn set_token(&mut self, token: Secret) {
+        self.cfg.access_token = token;
+    }
+
+    fn messages_url(&self) -> String {
+        format!(
+            "{}/{}/{}/messages",
+            self.cfg.base_url.trim_end_matches('/'),
+            self.cfg.api_version,
+            self.cfg.phone_number_id
+        )
+    }
+
+    /// The JSON body Meta expects for an outbox record.
+    pub fn message_body(rec: &OutboxRecord) -> Value {
+        let mut body = json!({ "messaging_product": "whatsapp" });
+        let t = &rec.target;
+        if let Some(g) = &t.group_id {
+            body["recipient_type"] = json!("group");
+            body["to"] = json!(g);
+        } else {
+            body["recipient_type"] = json!("individual");
+            if let Some(p) = &t.phone {
+                body["to"] = json!(p);
+            } else if let Some(u) = &t.user_id {
+                body["recipient"] = json!(u);
+            }
+        }
+        match &rec.body {
+            OutboundBody::Text { body: text } => {
+                body["type"] = json!("text");
+                body["text"] = json!({ "preview_url": false, "body": text });
+            }
+        }
+        if let Some(ctx) = &rec.context_message_id {
+            body["context"] = json!({ "message_id": ctx });
+        }
+        body["biz_opaque_callback_data"] = json!(rec.idempotency_key);
+        body
+    }
+
+    /// Sends one outbox record; returns the wamid Meta assigned.
+    pub async fn send(&self, rec: &OutboxRecord) -> Result<String, GraphError> {
+        let v = self
+            .post_json(&self.messages_url(), &Self::message_body(rec))
+            .await?;
+        v.pointer("/messages/0/id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| GraphError {
+                http_status: Some(200),
+                code: None,
+                subcode: None,
+                message: "send response without messages[0].id".into(),
+                details: None,
+                retry_after: None,
+                timed_out: false,
+            })
+    }
+
+    /// Marks an inbound message read and, with `typing`, shows the typing indicator (~25 s).
+    pub async fn mark_read(&self, wamid: &str, typing: bool) -> Result<(), GraphError> {
+        let mut body = json!({"messaging_product":"whatsapp","status":"read","message_id":wamid});
+        if typing {
+            body["typing_indicator"] = json!({"type":"text"});
+        }
+        self.post_json(&self.messages_url(), &body)
+            .await
+            .map(|_| ())
+    }
+
+    /// Hop 1 of a media download: the short-lived URL and metadata.
+    pub async fn media_info(&self, media_id: &str) -> Result<MediaInfo, GraphError> {
+        let url = format!(
+            "{}/{}/{}?phone_number_id={}",
+            self.cfg.base_url.trim_end_matches('/'),
+            self.cfg.api_version,
+            media_id,
+            self.cfg.phone_number_id
+        );
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(self.cfg.access_token.expose())
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let v = read_json(resp).await?;
+        serde_json::from_value(v).map_err(|e| GraphError {
+            http_status: Some(200),
+            code: None,
+            subcode: None,
+            message: format!("unexpected media info: {e}"),
+            details: None,
+            retry_after: None,
+            timed_out: false,
+        })
+    }
+
+    /// Hop 2: the bytes, with the same bearer token, refusing more than `max_bytes`.
+    pub async fn media_bytes(&self, url: &str, max_bytes: u64) -> Result<Vec<u8>, GraphError> {
+        let mut resp = self
+            .http
+            .get(url)
+            .bearer_auth(self.cfg.access_token.expose())
+            .send()
+            .await
+            .map_err(transport_error)?;
+        if !resp.status().is_success() {
+            return Err(error_from(resp).await);
+        }
+        let mut out = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
+            if out.len() as u64 + chunk.len() as u64 > max_bytes {
+                return Err(GraphError {
+                    http_status: Some(200),
+                    code: None,
+                    subcode: None,
+                    message: format!("media larger than {max_bytes} bytes"),
+                    details: None,
+                    retry_after: None,
+                    timed_out: false,
+                });
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    async fn post_json(&self, url: &str, body: &Value) -> Result<Value, GraphError> {
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(self.cfg.access_token.expose())
+            .json(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        read_json(resp).await
+    }
+}
+
+async fn read_json(resp: reqwest::Response) -> Result<Value, GraphError> {
+    if !resp.status().is_success() {
+        return Err(error_from(resp).await);
+    }
+    let status = resp.status().as_u16();
+    resp.json::<Value>().await.map_err(|e| GraphError {
+        http_status: Some(status),
+        code: None,
+        subcode: None,
+        message: format!("response is not JSON: {e}"),
+        details: None,
+        retry_after: None,
+        timed_out: e.is_timeout(),
+    })
+}
+
+fn transport_error(e: reqwest::Error) -> GraphError {
+    GraphError {
+        http_status: None,
+        code: None,
+        subcode: None,
+        // reqwest's Display includes the URL, never headers: no token leaks here.
+        message: e.to_string(),
+        details: None,
+        retry_after: None,
+        timed_out: e.is_timeout(),
+    }
+}
+
+async fn error_from(resp: reqwest::Response) -> GraphError {
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let text = resp.text().await.unwrap_or_default();
+    match serde_json::from_str::<Envelope>(&text) {
+        Ok(env) => GraphError {
+            http_status: Some(status),
+            code: env.error.code,
+            subcode: env.error.error_subcode,
+            message: env.error.message,
+            details: env
+                .error
+                .error_data
+                .as_ref()
+                .and_then(|d| d.get("details"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            retry_after,
+            timed_out: false,
+        },
+        Err(_) => GraphError {
+            http_status: Some(status),
+            code: None,
+            subcode: None,
+            message: format!(
+                "HTTP {status}: {}",
+                text.chars().take(200).collect::<String>()
+            ),
+            details: None,
+            retry_after,
+            timed_out: false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(code: Option<i64>, http: Option<u16>) -> GraphError {
+        GraphError {
+            http_status: http,
+            code,
+            subcode: None,
+            message: String::new(),
+            details: None,
+            retry_after: None,
+            timed_out: false,
+        }
+    }
+
+    #[test]
+    fn classification_follows_the_code_not_the_status() {
+        assert_eq!(err(Some(130429), Some(400)).class(), ErrorClass::Retry);
+        assert_eq!(err(Some(130429), Some(429)).class(), ErrorClass::Retry);
+        assert_eq!(err(Some(131056), Some(400)).class(), ErrorClass::Retry);
+        assert_eq!(
+            err(Some(131047), Some(400)).class(),
+            ErrorClass::WindowClosed
+        );
+        assert_eq!(err(Some(190), Some(401)).class(), ErrorClass::TokenInvalid);
+        assert_eq!(err(Some(131026), Some(400)).class(), ErrorClass::Permanent);
+        assert_eq!(err(Some(100), Some(400)).class(), ErrorClass::Permanent);
+        assert_eq!(err(None, Some(503)).class(), ErrorClass::Retry);
+        assert_eq!(err(None, None).class(), ErrorClass::Retry);
+    }
+}

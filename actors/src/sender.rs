@@ -1,0 +1,508 @@
+//! The sender: the only actor that sends to the Graph API (one per business number).
+//!
+//! - Owns: the pacing state (a sliding one-second window for the number's throughput, a sliding
+//!   window per recipient for Meta's pair rate limit), the set of sends in flight, and the
+//!   best-effort queue of typing indicators.
+//! - Takes: [`SenderMsg::Kick`] (new replies are in the outbox), [`SenderMsg::Typing`],
+//!   [`SenderMsg::Tick`] (its own interval: retries and paced sends), [`SenderMsg::Done`] (a send
+//!   task finished), [`SenderMsg::TokenReplaced`].
+//! - Supervised by: the root supervisor; on a crash it is re-created and resumes from the outbox.
+//! - Never: awaits the network in a handler (each send is a spawned task reporting back with
+//!   `Done`), sends a record twice concurrently, sends out of order to one recipient, or retries
+//!   what cannot succeed.
+//!
+//! Durability: replies are in the outbox (sled) before this actor hears of them; the outbox
+//! record moves Pending → Sent/Failed in one transaction when the Graph API answers. A crash
+//! between the HTTP call and that write would resend after restart; Meta has no idempotency key,
+//! so each message carries `biz_opaque_callback_data = sandra:<id>` and a status webhook for it
+//! marks the record sent (see `store::apply_status`). After a timeout the retry waits
+//! `reconcile_wait` so that webhook can arrive first.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rand::Rng;
+
+use crate::graph::{ErrorClass, GraphClient, GraphError};
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use crate::store::{OutboxRecord, OutboxState, Store, now_ms};
+
+pub type SenderRef = ActorRef<SenderMsg>;
+
+/// Meta's per-message text limit.
+pub const MAX_TEXT_CHARS: usize = 4096;
+
+pub enum SenderMsg {
+    /// New records are waiting in the outbox.
+    Kick,
+    /// Periodic pump: retries whose time has come, sends the pacing held back.
+    Tick,
+    /// Mark an inbound message read and show the typing indicator (best effort).
+    Typing { wamid: String },
+    /// A send task finished.
+    Done {
+        id: u64,
+        recipient: String,
+        result: Result<String, GraphError>,
+    },
+    /// A typing call finished.
+    TypingDone(Result<(), GraphError>),
+    /// The operator replaced the access token: resume after a 190.
+    TokenReplaced(Secret),
+}
+
+/// Pacing and retry policy (from `[sender]` in config.toml).
+#[derive(Debug, Clone)]
+pub struct Pacing {
+    /// Graph calls per second for the business number (Meta: 80 by default, up to 1000).
+    pub rate_per_second: u32,
+    /// At most this many messages to one recipient within `recipient_window`.
+    pub recipient_burst: u32,
+    pub recipient_window: Duration,
+    /// Sends in flight at once.
+    pub max_in_flight: usize,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Attempts before a transiently failing message is given up (and recorded as failed).
+    pub max_attempts: u32,
+    /// After a timeout, wait this long for a status webhook before sending again.
+    pub reconcile_wait: Duration,
+    pub tick: Duration,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Self {
+            rate_per_second: 80,
+            recipient_burst: 3,
+            recipient_window: Duration::from_secs(18),
+            max_in_flight: 32,
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(600),
+            max_attempts: 12,
+            reconcile_wait: Duration::from_secs(30),
+            tick: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What `/readyz` and logs need to know about the sender.
+#[derive(Debug, Default)]
+pub struct SenderHealth {
+    /// Set on error 190; cleared when the token is replaced.
+    pub token_invalid: AtomicBool,
+}
+
+#[derive(Clone)]
+pub struct SenderArgs {
+    pub store: Arc<Store>,
+    pub graph: GraphClient,
+    pub metrics: Arc<Metrics>,
+    pub pacing: Pacing,
+    pub health: Arc<SenderHealth>,
+}
+
+pub struct Sender;
+
+pub struct SenderState {
+    args: SenderArgs,
+    /// Start times of Graph calls in the last second.
+    window: VecDeque<Instant>,
+    /// Start times of sends per recipient within `recipient_window`.
+    per_recipient: HashMap<String, VecDeque<Instant>>,
+    in_flight: HashSet<u64>,
+    busy_recipients: HashSet<String>,
+    typing: VecDeque<String>,
+    typing_in_flight: usize,
+}
+
+impl Actor for Sender {
+    type Msg = SenderMsg;
+    type State = SenderState;
+    type Arguments = SenderArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SenderMsg>,
+        args: SenderArgs,
+    ) -> Result<SenderState, ActorProcessingErr> {
+        myself.send_interval(args.pacing.tick, || SenderMsg::Tick);
+        Ok(SenderState {
+            args,
+            window: VecDeque::new(),
+            per_recipient: HashMap::new(),
+            in_flight: HashSet::new(),
+            busy_recipients: HashSet::new(),
+            typing: VecDeque::new(),
+            typing_in_flight: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SenderMsg>,
+        msg: SenderMsg,
+        state: &mut SenderState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SenderMsg::Kick | SenderMsg::Tick => pump(&myself, state),
+            SenderMsg::Typing { wamid } => {
+                if state.typing.len() >= 256 {
+                    state.typing.pop_front();
+                }
+                state.typing.push_back(wamid);
+                pump(&myself, state);
+            }
+            SenderMsg::TypingDone(result) => {
+                state.typing_in_flight -= 1;
+                match result {
+                    Ok(()) => Metrics::inc(&state.args.metrics.typing_sent),
+                    Err(e) => {
+                        if e.class() == ErrorClass::TokenInvalid {
+                            token_invalid(state, &e);
+                        }
+                        tracing::debug!(error = %e, "typing indicator failed (ignored)");
+                    }
+                }
+            }
+            SenderMsg::Done {
+                id,
+                recipient,
+                result,
+            } => {
+                state.in_flight.remove(&id);
+                state.busy_recipients.remove(&recipient);
+                if let Err(e) = finish_send(state, id, &recipient, result) {
+                    tracing::error!(id, error = %e, "recording a send outcome failed");
+                }
+                pump(&myself, state);
+            }
+            SenderMsg::TokenReplaced(token) => {
+                state.args.graph.set_token(token);
+                if state
+                    .args
+                    .health
+                    .token_invalid
+                    .swap(false, Ordering::SeqCst)
+                {
+                    state.args.metrics.token_invalid.store(0, Ordering::Relaxed);
+                    tracing::info!("access token replaced; sending resumes");
+                }
+                pump(&myself, state);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn token_invalid(state: &mut SenderState, e: &GraphError) {
+    if !state.args.health.token_invalid.swap(true, Ordering::SeqCst) {
+        state.args.metrics.token_invalid.store(1, Ordering::Relaxed);
+        tracing::error!(error = %e, "the WhatsApp access token is invalid or expired (error 190): sending is paused until it is replaced");
+    }
+}
+
+/// Takes a Graph-call slot in the one-second window, if one is free.
+fn take_slot(state: &mut SenderState, now: Instant) -> bool {
+    while state
+        .window
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+    {
+        state.window.pop_front();
+    }
+    if state.window.len() < state.args.pacing.rate_per_second.max(1) as usize {
+        state.window.push_back(now);
+        true
+    } else {
+        false
+    }
+}
+
+fn recipient_allows(state: &mut SenderState, recipient: &str, now: Instant) -> bool {
+    let p = &state.args.pacing;
+    let q = state
+        .per_recipient
+        .entry(recipient.to_string())
+        .or_default();
+    while q
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= p.recipient_window)
+    {
+        q.pop_front();
+    }
+    q.len() < p.recipient_burst.max(1) as usize
+}
+
+fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState) {
+    if state.args.health.token_invalid.load(Ordering::SeqCst) {
+        return;
+    }
+    let now = Instant::now();
+    // Typing indicators first: they are cheap and time-sensitive, and share the budget.
+    while state.typing_in_flight < 8 && !state.typing.is_empty() && take_slot(state, now) {
+        let wamid = state.typing.pop_front().expect("checked non-empty");
+        state.typing_in_flight += 1;
+        let graph = state.args.graph.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let r = graph.mark_read(&wamid, true).await;
+            let _ = me.cast(SenderMsg::TypingDone(r));
+        });
+    }
+    if state.in_flight.len() >= state.args.pacing.max_in_flight {
+        return;
+    }
+    let pending = match state.args.store.outbox_pending(4096) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the outbox failed");
+            return;
+        }
+    };
+    let now_wall = now_ms();
+    // Recipients with an earlier message still waiting: later ones must not overtake it.
+    let mut blocked: HashSet<String> = HashSet::new();
+    for mut rec in pending {
+        if state.in_flight.len() >= state.args.pacing.max_in_flight {
+            break;
+        }
+        let recipient = rec.target.recipient_key();
+        if state.in_flight.contains(&rec.id)
+            || blocked.contains(&recipient)
+            || state.busy_recipients.contains(&recipient)
+        {
+            blocked.insert(recipient);
+            continue;
+        }
+        if rec.next_attempt_at_ms > now_wall {
+            blocked.insert(recipient);
+            continue;
+        }
+        if let Some(reason) = window_closed(state, &rec, now_wall) {
+            rec.state = OutboxState::Failed {
+                code: Some(131047),
+                reason,
+            };
+            Metrics::inc(&state.args.metrics.sends_held);
+            if let Err(e) = state.args.store.update_outbox(&rec) {
+                tracing::error!(id = rec.id, error = %e, "recording a held message failed");
+            }
+            continue;
+        }
+        if !recipient_allows(state, &recipient, now) {
+            blocked.insert(recipient);
+            continue;
+        }
+        if !take_slot(state, now) {
+            break;
+        }
+        state
+            .per_recipient
+            .entry(recipient.clone())
+            .or_default()
+            .push_back(now);
+        tracing::debug!(id = rec.id, %recipient, attempt = rec.attempts + 1, "sending");
+        state.in_flight.insert(rec.id);
+        state.busy_recipients.insert(recipient.clone());
+        blocked.insert(recipient.clone());
+        let graph = state.args.graph.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = graph.send(&rec).await;
+            let _ = me.cast(SenderMsg::Done {
+                id: rec.id,
+                recipient,
+                result,
+            });
+        });
+    }
+}
+
+/// Why a free-form message must not be sent now, if it must not.
+fn window_closed(state: &SenderState, rec: &OutboxRecord, now_ms: i64) -> Option<String> {
+    let expires = rec.window_expires_at?;
+    if now_ms / 1000 >= expires {
+        return Some("the 24-hour customer-service window had closed; not attempted".into());
+    }
+    let opened = expires - 24 * 3600;
+    match state.args.store.window_closed_at(&rec.key) {
+        Ok(Some(closed)) if closed >= opened => {
+            Some("Meta reported the 24-hour window closed (131047); not attempted".into())
+        }
+        _ => None,
+    }
+}
+
+fn backoff(p: &Pacing, attempts: u32, retry_after: Option<Duration>) -> Duration {
+    let exp = p
+        .backoff_base
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(16))
+        .min(p.backoff_max);
+    // Full jitter on the upper half keeps retries of many messages from lining up.
+    let half = exp / 2;
+    let jitter = rand::rng().random_range(0..=half.as_millis().max(1) as u64);
+    let d = half + Duration::from_millis(jitter);
+    retry_after.map_or(d, |r| r.max(d.min(r * 2)))
+}
+
+fn finish_send(
+    state: &mut SenderState,
+    id: u64,
+    recipient: &str,
+    result: Result<String, GraphError>,
+) -> Result<(), crate::store::StoreError> {
+    let Some(mut rec) = state.args.store.outbox_record(id)? else {
+        return Ok(());
+    };
+    if rec.state != OutboxState::Pending {
+        // A status webhook reconciled it meanwhile.
+        return Ok(());
+    }
+    let m = &state.args.metrics;
+    match result {
+        Ok(wamid) => {
+            rec.attempts += 1;
+            rec.state = OutboxState::Sent;
+            rec.wamid = Some(wamid);
+            rec.last_error = None;
+            Metrics::inc(&m.sends_ok);
+        }
+        Err(e) => {
+            let class = e.class();
+            rec.last_error = Some(e.to_string());
+            match class {
+                ErrorClass::TokenInvalid => {
+                    // Not the message's fault: it stays pending, untouched, until the token works.
+                    token_invalid(state, &e);
+                }
+                ErrorClass::WindowClosed => {
+                    rec.attempts += 1;
+                    rec.state = OutboxState::Failed {
+                        code: e.code,
+                        reason: "the 24-hour customer-service window is closed".into(),
+                    };
+                    state.args.store.close_window(&rec.key, now_ms() / 1000)?;
+                    Metrics::inc(&m.sends_failed);
+                }
+                ErrorClass::Permanent => {
+                    rec.attempts += 1;
+                    rec.state = OutboxState::Failed {
+                        code: e.code,
+                        reason: e.details.clone().unwrap_or_else(|| e.message.clone()),
+                    };
+                    tracing::warn!(id, code = ?e.code, error = %e, "message failed permanently");
+                    Metrics::inc(&m.sends_failed);
+                }
+                ErrorClass::Retry => {
+                    rec.attempts += 1;
+                    if rec.attempts >= state.args.pacing.max_attempts {
+                        rec.state = OutboxState::Failed {
+                            code: e.code,
+                            reason: format!("gave up after {} attempts: {e}", rec.attempts),
+                        };
+                        Metrics::inc(&m.sends_failed);
+                    } else {
+                        let p = &state.args.pacing;
+                        let mut wait = backoff(p, rec.attempts, e.retry_after);
+                        if e.timed_out {
+                            wait = wait.max(p.reconcile_wait);
+                        }
+                        if e.code == Some(131056) {
+                            // Pair rate limit: hold this recipient back as well.
+                            let now = Instant::now();
+                            let q = state
+                                .per_recipient
+                                .entry(recipient.to_string())
+                                .or_default();
+                            for _ in 0..p.recipient_burst {
+                                q.push_back(now);
+                            }
+                        }
+                        rec.next_attempt_at_ms = now_ms() + wait.as_millis() as i64;
+                        Metrics::inc(&m.sends_retried);
+                        tracing::info!(id, code = ?e.code, attempt = rec.attempts, wait_ms = wait.as_millis() as u64, "send failed transiently; will retry");
+                    }
+                }
+            }
+        }
+    }
+    state.args.store.update_outbox(&rec)
+}
+
+/// Splits a reply into WhatsApp-sized messages (≤ `max` characters each), preferring paragraph
+/// breaks, then line breaks, then sentence ends, then spaces; hard-cuts only unbroken text.
+pub fn split_message(text: &str, max: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text.trim();
+    while rest.chars().count() > max {
+        let cut_byte = rest
+            .char_indices()
+            .nth(max)
+            .map(|(i, _)| i)
+            .unwrap_or(rest.len());
+        let head = &rest[..cut_byte];
+        let min_keep = head.len() / 2;
+        let at = ["\n\n", "\n", ". ", "! ", "? ", "。", " "]
+            .iter()
+            .filter_map(|sep| {
+                head.rfind(sep)
+                    .filter(|i| *i >= min_keep)
+                    .map(|i| i + sep.len())
+            })
+            .next()
+            .unwrap_or(cut_byte);
+        out.push(rest[..at].trim_end().to_string());
+        rest = rest[at..].trim_start();
+    }
+    if !rest.is_empty() {
+        out.push(rest.to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_prefers_paragraphs_and_respects_the_limit() {
+        let para = "a".repeat(3000);
+        let text = format!("{para}\n\n{para}\n\n{para}");
+        let parts = split_message(&text, 4096);
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p == &para));
+        let sentences = "Hello there. ".repeat(1000);
+        let parts = split_message(&sentences, 4096);
+        assert!(
+            parts
+                .iter()
+                .all(|p| p.chars().count() <= 4096 && p.ends_with('.'))
+        );
+        assert_eq!(
+            parts.concat().replace(' ', "").len(),
+            sentences.replace(' ', "").len()
+        );
+        let unbroken = "é".repeat(9000);
+        let parts = split_message(&unbroken, 4096);
+        assert_eq!(
+            parts.iter().map(|p| p.chars().count()).collect::<Vec<_>>(),
+            vec![4096, 4096, 808]
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_honours_retry_after() {
+        let p = Pacing::default();
+        let b1 = backoff(&p, 1, None);
+        let b5 = backoff(&p, 5, None);
+        assert!(b1 <= p.backoff_base && b1 >= p.backoff_base / 2);
+        assert!(b5 >= p.backoff_base * 8);
+        assert!(backoff(&p, 1, Some(Duration::from_secs(30))) >= Duration::from_secs(30));
+        assert!(backoff(&p, 30, None) <= p.backoff_max);
+    }
+}

@@ -1,0 +1,642 @@
+//! WhatsApp Cloud API webhook payloads and the domain types Sandra routes on.
+//!
+//! Parsing is deliberately forgiving: Meta adds message types, fields and `field` values all the
+//! time, and a 4xx/5xx makes Meta retry the same body for seven days. So every struct ignores
+//! unknown fields, every list defaults to empty, and a message whose type we do not know (or whose
+//! body does not have the shape we expect) becomes [`Content::Unsupported`] instead of an error.
+//! Only a body that is not JSON at all is an error ([`parse_webhook`]).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+// ============================== Wire format ==============================
+
+/// The top-level webhook body: `{"object": ..., "entry": [...]}`.
+#[derive(Debug, Deserialize, Default)]
+pub struct WebhookPayload {
+    #[serde(default)]
+    pub object: String,
+    #[serde(default)]
+    pub entry: Vec<Entry>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct Entry {
+    /// The WhatsApp Business Account id (not the phone number id).
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub changes: Vec<Change>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct Change {
+    #[serde(default)]
+    pub field: String,
+    /// Kept raw: its shape depends on `field`, and only `messages` is parsed further.
+    #[serde(default)]
+    pub value: Value,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct MessagesValue {
+    #[serde(default)]
+    metadata: Metadata,
+    #[serde(default)]
+    contacts: Vec<Contact>,
+    #[serde(default)]
+    messages: Vec<Value>,
+    #[serde(default)]
+    statuses: Vec<Value>,
+    #[serde(default)]
+    errors: Vec<Value>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+struct Metadata {
+    #[serde(default)]
+    display_phone_number: String,
+    #[serde(default)]
+    phone_number_id: String,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+struct Contact {
+    #[serde(default)]
+    wa_id: Option<String>,
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    profile: Option<Profile>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+struct Profile {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawMessage {
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    from_user_id: Option<String>,
+    id: String,
+    #[serde(default)]
+    timestamp: Option<String>,
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    group_id: Option<String>,
+    #[serde(default)]
+    context: Option<RawContext>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct RawContext {
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    forwarded: Option<bool>,
+    #[serde(default)]
+    frequently_forwarded: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawStatus {
+    id: String,
+    status: String,
+    #[serde(default)]
+    timestamp: Option<String>,
+    #[serde(default)]
+    recipient_id: Option<String>,
+    #[serde(default)]
+    biz_opaque_callback_data: Option<String>,
+    #[serde(default)]
+    errors: Vec<RawError>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawError {
+    #[serde(default)]
+    code: i64,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+// ============================== Domain types ==============================
+
+/// Which chat a message belongs to. One conversation actor exists per key.
+///
+/// Scoped by the business number that received the message, then the group if there is one,
+/// else the sender's business-scoped user id (BSUID), else the sender's phone number: Meta may
+/// drop `from` for users with usernames, and a group message's `from` is only the participant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConversationKey(String);
+
+impl ConversationKey {
+    pub fn new(phone_number_id: &str, chat: &ChatId) -> Self {
+        let chat = match chat {
+            ChatId::Group(g) => format!("g:{g}"),
+            ChatId::User(u) => format!("u:{u}"),
+            ChatId::Phone(p) => format!("p:{p}"),
+        };
+        Self(format!("{phone_number_id}/{chat}"))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// Rebuilds a key from its stored form.
+    pub fn from_stored(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+}
+
+impl std::fmt::Display for ConversationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChatId {
+    Group(String),
+    User(String),
+    Phone(String),
+}
+
+/// Where replies to a conversation go: a group, or a user by phone (`to`) or BSUID (`recipient`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ReplyTarget {
+    pub group_id: Option<String>,
+    pub phone: Option<String>,
+    pub user_id: Option<String>,
+}
+
+impl ReplyTarget {
+    /// A stable recipient identity for per-recipient pacing.
+    pub fn recipient_key(&self) -> String {
+        self.group_id
+            .as_ref()
+            .map(|g| format!("g:{g}"))
+            .or_else(|| self.phone.as_ref().map(|p| format!("p:{p}")))
+            .or_else(|| self.user_id.as_ref().map(|u| format!("u:{u}")))
+            .unwrap_or_default()
+    }
+}
+
+/// The kinds of media Meta delivers by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaKind {
+    Image,
+    Audio,
+    Video,
+    Document,
+    Sticker,
+}
+
+/// A reference to user media (download is two hops through the Graph API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MediaRef {
+    pub kind: MediaKind,
+    pub id: String,
+    pub mime_type: Option<String>,
+    /// Base64 in webhooks (treated as opaque).
+    pub sha256: Option<String>,
+    pub caption: Option<String>,
+    pub filename: Option<String>,
+    /// `true` for voice notes (push-to-talk), `false` for forwarded audio files.
+    pub voice: bool,
+    pub animated: bool,
+    pub url: Option<String>,
+}
+
+/// What a user sent, normalised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Content {
+    Text {
+        body: String,
+    },
+    Media(MediaRef),
+    Location {
+        latitude: f64,
+        longitude: f64,
+        name: Option<String>,
+        address: Option<String>,
+    },
+    /// Shared contact cards, summarised as "Name (+phone)" lines.
+    Contacts {
+        cards: Vec<String>,
+    },
+    /// A tap on an interactive button/list row, or a template quick-reply button.
+    ChoiceReply {
+        id: Option<String>,
+        title: String,
+    },
+    Reaction {
+        message_id: String,
+        /// Empty when the user removed their reaction.
+        emoji: String,
+    },
+    /// Anything we cannot read: Meta's `unsupported` type, types we do not know yet, and known
+    /// types whose body had an unexpected shape. `kind` is what Meta called it.
+    Unsupported {
+        kind: String,
+        detail: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ContextRef {
+    /// Who wrote the quoted message (our display number when the user replied to Sandra).
+    pub from: Option<String>,
+    pub id: Option<String>,
+    pub forwarded: bool,
+}
+
+/// One inbound user message, normalised and ready to store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboundMessage {
+    pub wamid: String,
+    pub phone_number_id: String,
+    pub display_phone_number: String,
+    pub from: Option<String>,
+    pub from_user_id: Option<String>,
+    pub group_id: Option<String>,
+    pub contact_name: Option<String>,
+    /// Unix seconds as Meta stamped it (0 when absent or unparsable).
+    pub timestamp: i64,
+    pub context: Option<ContextRef>,
+    pub content: Content,
+}
+
+impl InboundMessage {
+    pub fn chat_id(&self) -> Option<ChatId> {
+        if let Some(g) = &self.group_id {
+            Some(ChatId::Group(g.clone()))
+        } else if let Some(u) = &self.from_user_id {
+            Some(ChatId::User(u.clone()))
+        } else {
+            self.from.clone().map(ChatId::Phone)
+        }
+    }
+
+    pub fn conversation_key(&self) -> Option<ConversationKey> {
+        self.chat_id()
+            .map(|c| ConversationKey::new(&self.phone_number_id, &c))
+    }
+
+    pub fn reply_target(&self) -> ReplyTarget {
+        ReplyTarget {
+            group_id: self.group_id.clone(),
+            phone: if self.group_id.is_some() {
+                None
+            } else {
+                self.from.clone()
+            },
+            user_id: if self.group_id.is_some() {
+                None
+            } else {
+                self.from_user_id.clone()
+            },
+        }
+    }
+}
+
+/// Delivery status of a message Sandra sent. Ordered: statuses only move forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Sent,
+    Delivered,
+    Read,
+    Played,
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "sent" => Self::Sent,
+            "delivered" => Self::Delivered,
+            "read" => Self::Read,
+            "played" => Self::Played,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+            Self::Played => "played",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// A status webhook for one of Sandra's outbound messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusUpdate {
+    pub wamid: String,
+    /// Meta's status string as sent (kept even when we do not know it).
+    pub status: String,
+    pub timestamp: i64,
+    pub recipient_id: Option<String>,
+    pub callback_data: Option<String>,
+    /// `(code, description)` of each error Meta attached (131047 closes the 24 h window).
+    pub errors: Vec<(i64, String)>,
+}
+
+/// Everything one webhook body carried, in order.
+#[derive(Debug, Default)]
+pub struct WebhookBatch {
+    pub messages: Vec<InboundMessage>,
+    pub statuses: Vec<StatusUpdate>,
+    /// Things we accepted but do not act on, for logs and counters: unknown `field` values,
+    /// value-level `errors[]`, entries we could not read. Human-readable.
+    pub ignored: Vec<String>,
+}
+
+/// A body that is not JSON, or not a JSON object.
+#[derive(Debug, thiserror::Error)]
+#[error("webhook body is not a JSON object: {0}")]
+pub struct NotJson(String);
+
+/// Parses a webhook body. Never fails on unknown content; fails only when the body is not JSON.
+pub fn parse_webhook(body: &[u8]) -> Result<WebhookBatch, NotJson> {
+    let payload: WebhookPayload =
+        serde_json::from_slice(body).map_err(|e| NotJson(e.to_string()))?;
+    let mut batch = WebhookBatch::default();
+    if payload.object != "whatsapp_business_account" {
+        batch.ignored.push(format!(
+            "object {:?} is not whatsapp_business_account",
+            payload.object
+        ));
+    }
+    for entry in payload.entry {
+        for change in entry.changes {
+            if change.field != "messages" {
+                batch.ignored.push(format!("field {:?}", change.field));
+                continue;
+            }
+            let value: MessagesValue = match serde_json::from_value(change.value) {
+                Ok(v) => v,
+                Err(e) => {
+                    batch
+                        .ignored
+                        .push(format!("unreadable messages value: {e}"));
+                    continue;
+                }
+            };
+            for err in &value.errors {
+                batch.ignored.push(format!("value-level error: {err}"));
+            }
+            for raw in value.messages {
+                match normalise_message(raw, &value.metadata, &value.contacts) {
+                    Ok(m) => batch.messages.push(m),
+                    Err(why) => batch.ignored.push(why),
+                }
+            }
+            for raw in value.statuses {
+                match serde_json::from_value::<RawStatus>(raw) {
+                    Ok(s) => batch.statuses.push(StatusUpdate {
+                        wamid: s.id,
+                        status: s.status,
+                        timestamp: parse_ts(s.timestamp.as_deref()),
+                        recipient_id: s.recipient_id,
+                        callback_data: s.biz_opaque_callback_data,
+                        errors: s
+                            .errors
+                            .into_iter()
+                            .map(|e| {
+                                let text = e.message.or(e.title).unwrap_or_default();
+                                (e.code, text)
+                            })
+                            .collect(),
+                    }),
+                    Err(e) => batch.ignored.push(format!("unreadable status: {e}")),
+                }
+            }
+        }
+    }
+    Ok(batch)
+}
+
+fn parse_ts(s: Option<&str>) -> i64 {
+    s.and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+fn normalise_message(
+    raw_value: Value,
+    metadata: &Metadata,
+    contacts: &[Contact],
+) -> Result<InboundMessage, String> {
+    let raw: RawMessage = serde_json::from_value(raw_value.clone())
+        .map_err(|e| format!("message without id: {e}"))?;
+    let contact = contacts.iter().find(|c| {
+        (c.wa_id.is_some() && c.wa_id == raw.from)
+            || (c.user_id.is_some() && c.user_id == raw.from_user_id)
+    });
+    let contact = contact.or(if contacts.len() == 1 {
+        contacts.first()
+    } else {
+        None
+    });
+    let content = content_of(&raw.kind, &raw_value);
+    let msg = InboundMessage {
+        wamid: raw.id,
+        phone_number_id: metadata.phone_number_id.clone(),
+        display_phone_number: metadata.display_phone_number.clone(),
+        from: raw.from,
+        from_user_id: raw.from_user_id,
+        group_id: raw.group_id,
+        contact_name: contact.and_then(|c| c.profile.as_ref()?.name.clone()),
+        timestamp: parse_ts(raw.timestamp.as_deref()),
+        context: raw.context.map(|c| ContextRef {
+            from: c.from,
+            id: c.id,
+            forwarded: c.forwarded.unwrap_or(false) || c.frequently_forwarded.unwrap_or(false),
+        }),
+        content,
+    };
+    if msg.chat_id().is_none() {
+        return Err(format!("message {} has no sender", msg.wamid));
+    }
+    Ok(msg)
+}
+
+fn s(v: &Value, k: &str) -> Option<String> {
+    v.get(k).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn content_of(kind: &str, msg: &Value) -> Content {
+    let body = msg.get(kind).cloned().unwrap_or(Value::Null);
+    let unsupported = |detail: Option<String>| Content::Unsupported {
+        kind: kind.to_string(),
+        detail,
+    };
+    match kind {
+        "text" => match s(&body, "body") {
+            Some(b) => Content::Text { body: b },
+            None => unsupported(Some("text without body".into())),
+        },
+        "image" | "audio" | "video" | "document" | "sticker" => {
+            let Some(id) = s(&body, "id") else {
+                return unsupported(Some("media without id".into()));
+            };
+            let media_kind = match kind {
+                "image" => MediaKind::Image,
+                "audio" => MediaKind::Audio,
+                "video" => MediaKind::Video,
+                "document" => MediaKind::Document,
+                _ => MediaKind::Sticker,
+            };
+            Content::Media(MediaRef {
+                kind: media_kind,
+                id,
+                mime_type: s(&body, "mime_type"),
+                sha256: s(&body, "sha256"),
+                caption: s(&body, "caption"),
+                filename: s(&body, "filename"),
+                voice: body.get("voice").and_then(Value::as_bool).unwrap_or(false),
+                animated: body
+                    .get("animated")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+                url: s(&body, "url"),
+            })
+        }
+        "location" => match (
+            body.get("latitude").and_then(Value::as_f64),
+            body.get("longitude").and_then(Value::as_f64),
+        ) {
+            (Some(latitude), Some(longitude)) => Content::Location {
+                latitude,
+                longitude,
+                name: s(&body, "name"),
+                address: s(&body, "address"),
+            },
+            _ => unsupported(Some("location without coordinates".into())),
+        },
+        "contacts" => {
+            let cards = msg
+                .get("contacts")
+                .and_then(Value::as_array)
+                .map(|cards| {
+                    cards
+                        .iter()
+                        .map(|c| {
+                            let name = c
+                                .pointer("/name/formatted_name")
+                                .and_then(Value::as_str)
+                                .unwrap_or("(no name)");
+                            let phones: Vec<&str> = c
+                                .get("phones")
+                                .and_then(Value::as_array)
+                                .map(|p| {
+                                    p.iter().filter_map(|p| p.get("phone")?.as_str()).collect()
+                                })
+                                .unwrap_or_default();
+                            if phones.is_empty() {
+                                name.to_string()
+                            } else {
+                                format!("{name} ({})", phones.join(", "))
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Content::Contacts { cards }
+        }
+        "interactive" => {
+            let itype = s(&body, "type").unwrap_or_default();
+            match body.get(&itype) {
+                Some(reply) if itype == "button_reply" || itype == "list_reply" => {
+                    Content::ChoiceReply {
+                        id: s(reply, "id"),
+                        title: s(reply, "title").unwrap_or_default(),
+                    }
+                }
+                Some(reply) if itype == "nfm_reply" => Content::ChoiceReply {
+                    id: s(reply, "name"),
+                    title: s(reply, "body").unwrap_or_else(|| "(form submitted)".into()),
+                },
+                _ => Content::Unsupported {
+                    kind: format!("interactive/{itype}"),
+                    detail: None,
+                },
+            }
+        }
+        "button" => Content::ChoiceReply {
+            id: s(&body, "payload"),
+            title: s(&body, "text").unwrap_or_default(),
+        },
+        "reaction" => Content::Reaction {
+            message_id: s(&body, "message_id").unwrap_or_default(),
+            emoji: s(&body, "emoji").unwrap_or_default(),
+        },
+        "unsupported" => Content::Unsupported {
+            kind: s(&body, "type").unwrap_or_else(|| "unsupported".into()),
+            detail: msg
+                .pointer("/errors/0/title")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        },
+        _ => unsupported(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_type_and_fields_become_unsupported() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[
+            {"field":"messages","value":{"metadata":{"phone_number_id":"9"},"new_thing":1,
+             "messages":[{"from":"1","id":"wamid.x","timestamp":"5","type":"hologram","hologram":{}}]}},
+            {"field":"account_update","value":{"x":1}}]}]}"#;
+        let b = parse_webhook(body).unwrap();
+        assert_eq!(b.messages.len(), 1);
+        assert!(
+            matches!(&b.messages[0].content, Content::Unsupported { kind, .. } if kind == "hologram")
+        );
+        assert_eq!(b.ignored, vec!["field \"account_update\"".to_string()]);
+    }
+
+    #[test]
+    fn not_json_is_an_error() {
+        assert!(parse_webhook(b"not json").is_err());
+        assert!(parse_webhook(b"[1,2]").is_err());
+    }
+
+    #[test]
+    fn key_prefers_group_then_bsuid_then_phone() {
+        let mut m = InboundMessage {
+            wamid: "w".into(),
+            phone_number_id: "pn".into(),
+            display_phone_number: String::new(),
+            from: Some("1".into()),
+            from_user_id: Some("US.2".into()),
+            group_id: Some("G".into()),
+            contact_name: None,
+            timestamp: 0,
+            context: None,
+            content: Content::Text { body: "x".into() },
+        };
+        assert_eq!(m.conversation_key().unwrap().as_str(), "pn/g:G");
+        m.group_id = None;
+        assert_eq!(m.conversation_key().unwrap().as_str(), "pn/u:US.2");
+        m.from_user_id = None;
+        assert_eq!(m.conversation_key().unwrap().as_str(), "pn/p:1");
+    }
+}

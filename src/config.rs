@@ -1,0 +1,440 @@
+//! `config.toml` and the environment: the only place Sandra reads its settings.
+//!
+//! Layers, later wins: built-in defaults → the TOML file → environment variables
+//! (`WHATSAPP_*`, `SANDRA_BIND`, `SANDRA_DATA_DIR`). Unknown keys and bad values fail start-up
+//! with an error naming the key (or variable). Secrets are [`Secret`]s: never printed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sandra_actors::secret::Secret;
+use serde::Deserialize;
+
+/// A configuration problem, always naming the key or variable at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("config file {path} is not valid TOML: {reason}")]
+    Syntax { path: String, reason: String },
+    #[error("config key `{key}`: {reason}")]
+    Key { key: String, reason: String },
+    #[error("environment variable {var}: {reason}")]
+    Env { var: String, reason: String },
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub whatsapp: WhatsAppConfig,
+    pub conversation: ConversationConfig,
+    pub sender: SenderConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub bind: SocketAddr,
+    /// Webhook requests processed at once; more are answered 503 (Meta retries them).
+    pub max_in_flight: usize,
+    /// Largest webhook body accepted, in bytes; larger gets 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".parse().expect("valid default"),
+            max_in_flight: 256,
+            max_body_bytes: 3 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    /// How long message ids are remembered for de-duplication (at least 7 days).
+    #[serde(with = "humantime_serde")]
+    pub dedup_retention: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            dedup_retention: Duration::from_secs(8 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WhatsAppConfig {
+    pub phone_number_id: String,
+    pub access_token: Secret,
+    pub verify_token: Secret,
+    pub app_secret: Secret,
+    pub api_version: String,
+    pub graph_base_url: String,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for WhatsAppConfig {
+    fn default() -> Self {
+        Self {
+            phone_number_id: String::new(),
+            access_token: Secret::default(),
+            verify_token: Secret::default(),
+            app_secret: Secret::default(),
+            api_version: "v26.0".into(),
+            graph_base_url: "https://graph.facebook.com".into(),
+            request_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConversationConfig {
+    pub bot_name: String,
+    pub max_history_turns: usize,
+    pub typing_indicator: bool,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub brain_timeout: Duration,
+}
+
+impl Default for ConversationConfig {
+    fn default() -> Self {
+        Self {
+            bot_name: "Sandra".into(),
+            max_history_turns: 40,
+            typing_indicator: true,
+            idle_timeout: Duration::from_secs(600),
+            brain_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SenderConfig {
+    pub rate_per_second: u32,
+    pub recipient_burst: u32,
+    #[serde(with = "humantime_serde")]
+    pub recipient_window: Duration,
+    pub max_in_flight: usize,
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconcile_wait: Duration,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        let p = sandra_actors::sender::Pacing::default();
+        Self {
+            rate_per_second: p.rate_per_second,
+            recipient_burst: p.recipient_burst,
+            recipient_window: p.recipient_window,
+            max_in_flight: p.max_in_flight,
+            max_attempts: p.max_attempts,
+            backoff_base: p.backoff_base,
+            backoff_max: p.backoff_max,
+            reconcile_wait: p.reconcile_wait,
+        }
+    }
+}
+
+impl SenderConfig {
+    pub fn pacing(&self) -> sandra_actors::sender::Pacing {
+        sandra_actors::sender::Pacing {
+            rate_per_second: self.rate_per_second,
+            recipient_burst: self.recipient_burst,
+            recipient_window: self.recipient_window,
+            max_in_flight: self.max_in_flight,
+            backoff_base: self.backoff_base,
+            backoff_max: self.backoff_max,
+            max_attempts: self.max_attempts,
+            reconcile_wait: self.reconcile_wait,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `sandra=debug,info`. `RUST_LOG` overrides it.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+fn key_err(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Parses TOML text (`path` is only for messages).
+    pub fn from_toml(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: path.into(),
+                    reason: e.to_string(),
+                })?;
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let reason = e.into_inner().to_string();
+            ConfigError::Key { key, reason }
+        })
+    }
+
+    /// Loads `path` (or the defaults when `None`), applies the environment, and validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, |k| std::env::var(k).ok())
+    }
+
+    /// [`Config::load`] with an explicit environment (tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+                    path: p.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                Self::from_toml(&text, &p.display().to_string())?
+            }
+            None => Self::default(),
+        };
+        cfg.apply_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let w = &mut self.whatsapp;
+        if let Some(v) = env("WHATSAPP_PHONE_NUMBER_ID") {
+            w.phone_number_id = v;
+        }
+        if let Some(v) = env("WHATSAPP_ACCESS_TOKEN") {
+            w.access_token = Secret::new(v);
+        }
+        if let Some(v) = env("WHATSAPP_VERIFY_TOKEN") {
+            w.verify_token = Secret::new(v);
+        }
+        if let Some(v) = env("WHATSAPP_APP_SECRET") {
+            w.app_secret = Secret::new(v);
+        }
+        if let Some(v) = env("WHATSAPP_API_VERSION") {
+            w.api_version = v;
+        }
+        if let Some(v) = env("WHATSAPP_GRAPH_BASE_URL") {
+            w.graph_base_url = v;
+        }
+        if let Some(v) = env("SANDRA_BIND") {
+            self.server.bind = v.parse().map_err(|e| ConfigError::Env {
+                var: "SANDRA_BIND".into(),
+                reason: format!("{e} (expected host:port, e.g. 127.0.0.1:8080)"),
+            })?;
+        }
+        if let Some(v) = env("SANDRA_DATA_DIR") {
+            if v.is_empty() {
+                return Err(ConfigError::Env {
+                    var: "SANDRA_DATA_DIR".into(),
+                    reason: "must not be empty".into(),
+                });
+            }
+            self.storage.data_dir = PathBuf::from(v);
+        }
+        Ok(())
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let v = &self.whatsapp.api_version;
+        let ok_version = v
+            .strip_prefix('v')
+            .and_then(|r| r.split_once('.'))
+            .is_some_and(|(a, b)| {
+                !a.is_empty()
+                    && !b.is_empty()
+                    && a.chars().all(|c| c.is_ascii_digit())
+                    && b.chars().all(|c| c.is_ascii_digit())
+            });
+        if !ok_version {
+            return Err(key_err(
+                "whatsapp.api_version",
+                format!("{v:?} is not a Graph API version like \"v26.0\""),
+            ));
+        }
+        let url = &self.whatsapp.graph_base_url;
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(key_err(
+                "whatsapp.graph_base_url",
+                format!("{url:?} must start with https:// (or http:// for a local fake)"),
+            ));
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(key_err("storage.data_dir", "must not be empty"));
+        }
+        if self.storage.dedup_retention < Duration::from_secs(7 * 24 * 3600) {
+            return Err(key_err(
+                "storage.dedup_retention",
+                "must be at least 7d: Meta retries webhooks for up to 7 days",
+            ));
+        }
+        if self.server.max_in_flight == 0 {
+            return Err(key_err("server.max_in_flight", "must be at least 1"));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(key_err("server.max_body_bytes", "must be at least 1024"));
+        }
+        if !(1..=1000).contains(&self.sender.rate_per_second) {
+            return Err(key_err(
+                "sender.rate_per_second",
+                "must be between 1 and 1000 (Meta's limit per number)",
+            ));
+        }
+        if self.sender.recipient_burst == 0 {
+            return Err(key_err("sender.recipient_burst", "must be at least 1"));
+        }
+        if self.sender.max_in_flight == 0 {
+            return Err(key_err("sender.max_in_flight", "must be at least 1"));
+        }
+        if self.sender.max_attempts == 0 {
+            return Err(key_err("sender.max_attempts", "must be at least 1"));
+        }
+        if self.conversation.max_history_turns == 0 {
+            return Err(key_err(
+                "conversation.max_history_turns",
+                "must be at least 1",
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(key_err("log.format", "must be \"text\" or \"json\""));
+        }
+        Ok(())
+    }
+
+    /// What is missing before Sandra can talk to Meta (warned at start-up, shown in /readyz).
+    pub fn missing_whatsapp_settings(&self) -> Vec<&'static str> {
+        let w = &self.whatsapp;
+        let mut missing = Vec::new();
+        if w.phone_number_id.is_empty() {
+            missing.push("whatsapp.phone_number_id (WHATSAPP_PHONE_NUMBER_ID)");
+        }
+        if w.access_token.is_empty() {
+            missing.push("whatsapp.access_token (WHATSAPP_ACCESS_TOKEN)");
+        }
+        if w.verify_token.is_empty() {
+            missing.push("whatsapp.verify_token (WHATSAPP_VERIFY_TOKEN)");
+        }
+        if w.app_secret.is_empty() {
+            missing.push("whatsapp.app_secret (WHATSAPP_APP_SECRET)");
+        }
+        missing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml("[server]\nbnd = \"1.2.3.4:5\"\n", "c.toml").unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("server") && s.contains("bnd"), "{s}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let e = Config::from_toml("[server]\nbind = \"not an address\"\n", "c").unwrap_err();
+        assert!(e.to_string().contains("`server.bind`"), "{e}");
+        let e = Config::from_toml("[conversation]\nidle_timeout = \"soon\"\n", "c").unwrap_err();
+        assert!(e.to_string().contains("`conversation.idle_timeout`"), "{e}");
+        let mut c = Config::default();
+        c.sender.rate_per_second = 5000;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("sender.rate_per_second")
+        );
+    }
+
+    #[test]
+    fn env_overrides_file_and_secrets_stay_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[whatsapp]\nphone_number_id = \"1\"\naccess_token = \"from-file\"\n",
+        )
+        .unwrap();
+        let env = |k: &str| match k {
+            "WHATSAPP_ACCESS_TOKEN" => Some("from-env-TOKEN".to_string()),
+            "WHATSAPP_API_VERSION" => Some("v25.0".to_string()),
+            "SANDRA_BIND" => Some("127.0.0.1:9999".to_string()),
+            _ => None,
+        };
+        let c = Config::load_with_env(Some(&p), env).unwrap();
+        assert_eq!(c.whatsapp.access_token.expose(), "from-env-TOKEN");
+        assert_eq!(c.whatsapp.api_version, "v25.0");
+        assert_eq!(c.whatsapp.phone_number_id, "1");
+        assert_eq!(c.server.bind.port(), 9999);
+        assert!(!format!("{c:?}").contains("TOKEN"));
+        let bad = |k: &str| (k == "SANDRA_BIND").then(|| "nope".to_string());
+        assert!(
+            Config::load_with_env(None, bad)
+                .unwrap_err()
+                .to_string()
+                .contains("SANDRA_BIND")
+        );
+    }
+
+    #[test]
+    fn shipped_config_toml_parses_and_matches_defaults() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+        let c = Config::from_toml(&text, "config.toml").unwrap();
+        c.validate().unwrap();
+        let d = Config::default();
+        assert_eq!(c.server.bind, d.server.bind);
+        assert_eq!(c.whatsapp.api_version, d.whatsapp.api_version);
+        assert_eq!(c.storage.dedup_retention, d.storage.dedup_retention);
+        let _ = Config::load_with_env(None, no_env).unwrap();
+    }
+}

@@ -1,0 +1,206 @@
+//! The sender against the fake Graph API's faults: retries, window, token, permanent errors,
+//! timeouts reconciled by status webhooks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sandra_actors::secret::Secret;
+use sandra_actors::sender::SenderMsg;
+use sandra_actors::store::OutboxState;
+
+use crate::support::*;
+
+async fn one_turn(app: &TestApp, wamid: &str, from: &str) {
+    assert_eq!(
+        app.post_signed(&text_webhook(wamid, from, "hi", 0))
+            .await
+            .status(),
+        200
+    );
+}
+
+fn only_record(app: &TestApp) -> sandra_actors::store::OutboxRecord {
+    let all = app.system.store.outbox_all().unwrap();
+    assert_eq!(all.len(), 1);
+    all.into_iter().next().unwrap()
+}
+
+/// Throughput and pair-rate errors (either HTTP status) and 5xx are retried, honouring
+/// Retry-After, and the message is delivered once.
+#[tokio::test]
+async fn transient_errors_are_retried() {
+    let app = TestApp::spawn().await;
+    app.graph.inject([
+        Fault::Error {
+            http: 429,
+            code: 130429,
+            retry_after: Some(1),
+        },
+        Fault::Error {
+            http: 400,
+            code: 131056,
+            retry_after: None,
+        },
+        Fault::Error {
+            http: 503,
+            code: 131000,
+            retry_after: None,
+        },
+    ]);
+    one_turn(&app, "wamid.r1", "15550003030").await;
+    let sent = app.graph.wait_accepted(1, Duration::from_secs(10)).await;
+    assert_eq!(sent.len(), 1);
+    let attempts = app.graph.sends();
+    assert_eq!(attempts.len(), 4);
+    assert!(
+        attempts[1].at.duration_since(attempts[0].at) >= Duration::from_millis(950),
+        "Retry-After honoured"
+    );
+    let rec = only_record(&app);
+    assert_eq!(rec.state, OutboxState::Sent);
+    assert_eq!(rec.attempts, 4);
+    app.stop().await;
+}
+
+/// Permanent errors are not retried and the reason is recorded on the message.
+#[tokio::test]
+async fn permanent_errors_are_not_retried() {
+    let app = TestApp::spawn().await;
+    app.graph.inject([Fault::Error {
+        http: 400,
+        code: 131026,
+        retry_after: None,
+    }]);
+    one_turn(&app, "wamid.p1", "15550004040").await;
+    assert!(
+        eventually(Duration::from_secs(5), || matches!(
+            only_record(&app).state,
+            OutboxState::Failed { .. }
+        ))
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.graph.sends().len(), 1);
+    match only_record(&app).state {
+        OutboxState::Failed { code, reason } => {
+            assert_eq!(code, Some(131026));
+            assert!(!reason.is_empty());
+        }
+        s => panic!("{s:?}"),
+    }
+    app.stop().await;
+}
+
+/// 131047 closes the window: not retried, and later replies to that chat are held, not sent.
+#[tokio::test]
+async fn window_closed_stops_free_form_sends() {
+    let app = TestApp::spawn().await;
+    app.graph.inject([Fault::Error {
+        http: 400,
+        code: 131047,
+        retry_after: None,
+    }]);
+    let from = "15550005050";
+    one_turn(&app, "wamid.w1", from).await;
+    assert!(
+        eventually(Duration::from_secs(5), || app
+            .system
+            .store
+            .outbox_all()
+            .unwrap()
+            .iter()
+            .any(|r| matches!(r.state, OutboxState::Failed { .. })))
+        .await
+    );
+    // The user has not written since: the next reply (from an old, re-delivered turn) is held.
+    let key = sandra_actors::whatsapp::ConversationKey::new(
+        PHONE_NUMBER_ID,
+        &sandra_actors::whatsapp::ChatId::Phone(from.into()),
+    );
+    assert!(app.system.store.window_closed_at(&key).unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.graph.sends().len(), 1, "131047 is not retried");
+    app.stop().await;
+}
+
+/// A 190 pauses all sending and shows in /readyz; replacing the token resumes it.
+#[tokio::test]
+async fn invalid_token_pauses_until_replaced() {
+    let app = TestApp::spawn_with(
+        |c| c.whatsapp.access_token = Secret::new("expired-token"),
+        Arc::new(EchoBrain::default()),
+    )
+    .await;
+    one_turn(&app, "wamid.t1", "15550006060").await;
+    assert!(eventually(Duration::from_secs(5), || !app.graph.sends().is_empty()).await);
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("190"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        app.graph.sends().len(),
+        1,
+        "no retries while the token is invalid"
+    );
+    assert_eq!(only_record(&app).state, OutboxState::Pending);
+
+    app.system
+        .sender
+        .get()
+        .cast(SenderMsg::TokenReplaced(Secret::new(ACCESS_TOKEN)))
+        .unwrap();
+    assert_eq!(
+        app.graph
+            .wait_accepted(1, Duration::from_secs(5))
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    app.stop().await;
+}
+
+/// A send that times out is not blindly resent: the status webhook carrying our callback data
+/// proves Meta took it, and the record is reconciled instead.
+#[tokio::test]
+async fn timeout_is_reconciled_by_status_webhook() {
+    let app = TestApp::spawn_with(
+        |c| {
+            c.whatsapp.request_timeout = Duration::from_millis(300);
+            c.sender.reconcile_wait = Duration::from_secs(3);
+        },
+        Arc::new(EchoBrain::default()),
+    )
+    .await;
+    app.graph.inject([Fault::Hang(Duration::from_secs(2))]);
+    let to = "15550007070";
+    one_turn(&app, "wamid.h1", to).await;
+    assert!(eventually(Duration::from_secs(5), || only_record(&app).attempts == 1).await);
+    let key = only_record(&app).idempotency_key;
+    // Meta did deliver it: its status webhook echoes biz_opaque_callback_data.
+    let mut status: serde_json::Value =
+        serde_json::from_slice(&status_webhook("wamid.meta-took-it", "delivered", to, None))
+            .unwrap();
+    status["entry"][0]["changes"][0]["value"]["statuses"][0]["biz_opaque_callback_data"] =
+        key.into();
+    assert_eq!(
+        app.post_signed(status.to_string().as_bytes())
+            .await
+            .status(),
+        200
+    );
+    let rec = only_record(&app);
+    assert_eq!(rec.state, OutboxState::Sent);
+    assert_eq!(rec.wamid.as_deref(), Some("wamid.meta-took-it"));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(app.graph.sends().len(), 1, "not sent a second time");
+    app.stop().await;
+}
