@@ -49,12 +49,16 @@ struct Report {
 }
 
 async fn load(url: String, bodies: Arc<Vec<(Vec<u8>, String)>>, concurrency: usize) -> Report {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (client, url, bodies, next) = (client.clone(), url.clone(), bodies.clone(), next.clone());
+        let (client, url, bodies, next) =
+            (client.clone(), url.clone(), bodies.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0;
@@ -62,7 +66,12 @@ async fn load(url: String, bodies: Arc<Vec<(Vec<u8>, String)>>, concurrency: usi
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some((b, sig)) = bodies.get(i) else { break };
                 let t = Instant::now();
-                let r = client.post(&url).header("X-Hub-Signature-256", sig).body(b.clone()).send().await;
+                let r = client
+                    .post(&url)
+                    .header("X-Hub-Signature-256", sig)
+                    .body(b.clone())
+                    .send()
+                    .await;
                 match r {
                     Ok(r) if r.status() == 200 => lat.push(t.elapsed()),
                     _ => errors += 1,
@@ -81,13 +90,25 @@ async fn load(url: String, bodies: Arc<Vec<(Vec<u8>, String)>>, concurrency: usi
     let secs = start.elapsed().as_secs_f64();
     all.sort();
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    Report { rps: all.len() as f64 / secs, p50: pct(0.50), p99: pct(0.99), errors }
+    Report {
+        rps: all.len() as f64 / secs,
+        p50: pct(0.50),
+        p99: pct(0.99),
+        errors,
+    }
 }
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (requests, concurrency, users) = if full { (20_000, 32, 2_000) } else { (200, 8, 50) };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let (requests, concurrency, users) = if full {
+        (20_000, 32, 2_000)
+    } else {
+        (200, 8, 50)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         // Graph API stand-in: accepts every send.
         let graph = serve(axum::Router::new().route(

@@ -40,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
             let cfg = Config::load(config.as_deref())?;
             sandra::init_tracing(&cfg.log.level, &cfg.log.format);
             let app = Application::build(cfg).await?;
+            tokio::spawn(reload_on_sighup(config, app.system().clone()));
             app.run_until(shutdown_signal()).await
         }
         Command::CheckConfig { config } => {
@@ -48,6 +49,38 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// SIGHUP re-reads the configuration and hands the (possibly replaced) access token to the
+/// sender, which resumes sending if it had stopped on error 190. A token set through the
+/// environment can only change with a restart.
+async fn reload_on_sighup(path: Option<PathBuf>, system: sandra_actors::System) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match Config::load(path.as_deref()) {
+                Ok(cfg) => {
+                    if let Some(sender) = system.sender.try_get() {
+                        let _ = sender.cast(sandra_actors::sender::SenderMsg::TokenReplaced(
+                            cfg.whatsapp.access_token,
+                        ));
+                    }
+                    tracing::info!(
+                        "configuration re-read on SIGHUP: access token handed to the sender"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: configuration invalid; keeping the current one")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, system);
 }
 
 async fn shutdown_signal() {

@@ -344,7 +344,8 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
         if m.contact_name.is_some() && !session.is_group {
             session.contact_name = m.contact_name.clone();
         }
-        if matches!(m.content, Content::Unsupported { .. }) {
+        if let Content::Unsupported { kind, detail } = &m.content {
+            tracing::info!(key = %state.args.key, wamid = %m.wamid, %kind, ?detail, "message type Sandra cannot read");
             Metrics::inc(&state.args.metrics.messages_unsupported);
         }
         let rendered = render(m, &policy);
@@ -497,8 +498,10 @@ async fn finish_turn(
     } else {
         None
     };
+    // WhatsApp takes at most 4096 characters a message: long replies go out in paced parts.
     let replies: Vec<NewOutbound> = texts
-        .into_iter()
+        .iter()
+        .flat_map(|t| crate::sender::split_message(t, crate::sender::MAX_TEXT_CHARS))
         .map(|body| NewOutbound {
             target: session.target.clone(),
             body: OutboundBody::Text { body },

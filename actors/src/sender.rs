@@ -110,14 +110,23 @@ pub struct Sender;
 
 pub struct SenderState {
     args: SenderArgs,
-    /// Start times of Graph calls in the last second.
+    /// Completion times of Graph calls in the last second. A call holds a slot from the moment
+    /// it starts until one second after it completes, so however the network delays calls,
+    /// Meta can never receive more than `rate_per_second` within any one second.
     window: VecDeque<Instant>,
-    /// Start times of sends per recipient within `recipient_window`.
+    /// Graph calls started and not yet completed (sends and typing indicators).
+    calls_in_flight: usize,
+    /// Completion times of sends per recipient within `recipient_window` (one send per
+    /// recipient is in flight at a time, so the same argument holds per recipient).
     per_recipient: HashMap<String, VecDeque<Instant>>,
     in_flight: HashSet<u64>,
     busy_recipients: HashSet<String>,
     typing: VecDeque<String>,
     typing_in_flight: usize,
+    /// Pending outbox records, oldest first: reloaded from the store on `Kick` and at most once
+    /// a second on `Tick`, so a busy sender does not re-read the outbox after every send.
+    cache: Vec<OutboxRecord>,
+    last_reload: Option<Instant>,
 }
 
 impl Actor for Sender {
@@ -134,11 +143,14 @@ impl Actor for Sender {
         Ok(SenderState {
             args,
             window: VecDeque::new(),
+            calls_in_flight: 0,
             per_recipient: HashMap::new(),
             in_flight: HashSet::new(),
             busy_recipients: HashSet::new(),
             typing: VecDeque::new(),
             typing_in_flight: 0,
+            cache: Vec::new(),
+            last_reload: None,
         })
     }
 
@@ -149,16 +161,23 @@ impl Actor for Sender {
         state: &mut SenderState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SenderMsg::Kick | SenderMsg::Tick => pump(&myself, state),
+            SenderMsg::Kick => pump(&myself, state, true),
+            SenderMsg::Tick => {
+                let stale = state
+                    .last_reload
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+                pump(&myself, state, stale);
+            }
             SenderMsg::Typing { wamid } => {
                 if state.typing.len() >= 256 {
                     state.typing.pop_front();
                 }
                 state.typing.push_back(wamid);
-                pump(&myself, state);
+                pump(&myself, state, false);
             }
             SenderMsg::TypingDone(result) => {
                 state.typing_in_flight -= 1;
+                call_completed(state);
                 match result {
                     Ok(()) => Metrics::inc(&state.args.metrics.typing_sent),
                     Err(e) => {
@@ -176,10 +195,22 @@ impl Actor for Sender {
             } => {
                 state.in_flight.remove(&id);
                 state.busy_recipients.remove(&recipient);
-                if let Err(e) = finish_send(state, id, &recipient, result) {
-                    tracing::error!(id, error = %e, "recording a send outcome failed");
+                call_completed(state);
+                state
+                    .per_recipient
+                    .entry(recipient.clone())
+                    .or_default()
+                    .push_back(Instant::now());
+                match finish_send(state, id, &recipient, result) {
+                    Ok(Some(rec)) if rec.state == OutboxState::Pending => {
+                        if let Some(slot) = state.cache.iter_mut().find(|r| r.id == id) {
+                            *slot = rec;
+                        }
+                    }
+                    Ok(_) => state.cache.retain(|r| r.id != id),
+                    Err(e) => tracing::error!(id, error = %e, "recording a send outcome failed"),
                 }
-                pump(&myself, state);
+                pump(&myself, state, false);
             }
             SenderMsg::TokenReplaced(token) => {
                 state.args.graph.set_token(token);
@@ -192,7 +223,7 @@ impl Actor for Sender {
                     state.args.metrics.token_invalid.store(0, Ordering::Relaxed);
                     tracing::info!("access token replaced; sending resumes");
                 }
-                pump(&myself, state);
+                pump(&myself, state, true);
             }
         }
         Ok(())
@@ -206,7 +237,7 @@ fn token_invalid(state: &mut SenderState, e: &GraphError) {
     }
 }
 
-/// Takes a Graph-call slot in the one-second window, if one is free.
+/// Takes a Graph-call slot, if one is free (see `SenderState::window`).
 fn take_slot(state: &mut SenderState, now: Instant) -> bool {
     while state
         .window
@@ -215,12 +246,19 @@ fn take_slot(state: &mut SenderState, now: Instant) -> bool {
     {
         state.window.pop_front();
     }
-    if state.window.len() < state.args.pacing.rate_per_second.max(1) as usize {
-        state.window.push_back(now);
+    if state.window.len() + state.calls_in_flight
+        < state.args.pacing.rate_per_second.max(1) as usize
+    {
+        state.calls_in_flight += 1;
         true
     } else {
         false
     }
+}
+
+fn call_completed(state: &mut SenderState) {
+    state.calls_in_flight = state.calls_in_flight.saturating_sub(1);
+    state.window.push_back(Instant::now());
 }
 
 fn recipient_allows(state: &mut SenderState, recipient: &str, now: Instant) -> bool {
@@ -238,7 +276,7 @@ fn recipient_allows(state: &mut SenderState, recipient: &str, now: Instant) -> b
     q.len() < p.recipient_burst.max(1) as usize
 }
 
-fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState) {
+fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
     if state.args.health.token_invalid.load(Ordering::SeqCst) {
         return;
     }
@@ -257,13 +295,19 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState) {
     if state.in_flight.len() >= state.args.pacing.max_in_flight {
         return;
     }
-    let pending = match state.args.store.outbox_pending(4096) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %e, "reading the outbox failed");
-            return;
+    if reload {
+        match state.args.store.outbox_pending(4096) {
+            Ok(p) => {
+                state.cache = p;
+                state.last_reload = Some(now);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the outbox failed");
+                return;
+            }
         }
-    };
+    }
+    let pending = state.cache.clone();
     let now_wall = now_ms();
     // Recipients with an earlier message still waiting: later ones must not overtake it.
     let mut blocked: HashSet<String> = HashSet::new();
@@ -292,20 +336,24 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState) {
             if let Err(e) = state.args.store.update_outbox(&rec) {
                 tracing::error!(id = rec.id, error = %e, "recording a held message failed");
             }
+            state.cache.retain(|r| r.id != rec.id);
             continue;
         }
         if !recipient_allows(state, &recipient, now) {
             blocked.insert(recipient);
             continue;
         }
+        // The cache may be stale: a status webhook can have settled this record meanwhile.
+        match state.args.store.outbox_record(rec.id) {
+            Ok(Some(fresh)) if fresh.state == OutboxState::Pending => rec = fresh,
+            _ => {
+                state.cache.retain(|r| r.id != rec.id);
+                continue;
+            }
+        }
         if !take_slot(state, now) {
             break;
         }
-        state
-            .per_recipient
-            .entry(recipient.clone())
-            .or_default()
-            .push_back(now);
         tracing::debug!(id = rec.id, %recipient, attempt = rec.attempts + 1, "sending");
         state.in_flight.insert(rec.id);
         state.busy_recipients.insert(recipient.clone());
@@ -355,13 +403,13 @@ fn finish_send(
     id: u64,
     recipient: &str,
     result: Result<String, GraphError>,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<Option<OutboxRecord>, crate::store::StoreError> {
     let Some(mut rec) = state.args.store.outbox_record(id)? else {
-        return Ok(());
+        return Ok(None);
     };
     if rec.state != OutboxState::Pending {
         // A status webhook reconciled it meanwhile.
-        return Ok(());
+        return Ok(Some(rec));
     }
     let m = &state.args.metrics;
     match result {
@@ -431,7 +479,8 @@ fn finish_send(
             }
         }
     }
-    state.args.store.update_outbox(&rec)
+    state.args.store.update_outbox(&rec)?;
+    Ok(Some(rec))
 }
 
 /// Splits a reply into WhatsApp-sized messages (≤ `max` characters each), preferring paragraph

@@ -204,3 +204,99 @@ async fn timeout_is_reconciled_by_status_webhook() {
     assert_eq!(app.graph.sends().len(), 1, "not sent a second time");
     app.stop().await;
 }
+
+/// A burst of 1,000 replies to 200 recipients never exceeds the number's rate in any one-second
+/// window, nor the per-recipient allowance, measured at the fake's receive times; every reply is
+/// delivered once, and each recipient's replies arrive in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_respects_rate_and_pair_limits() {
+    const RATE: usize = 250;
+    const PER_RECIPIENT: usize = 2;
+    let app = TestApp::spawn_with(
+        |c| {
+            c.sender.rate_per_second = RATE as u32;
+            c.sender.recipient_burst = PER_RECIPIENT as u32;
+            c.sender.recipient_window = Duration::from_secs(1);
+            c.sender.max_in_flight = 64;
+        },
+        Arc::new(EchoBrain::default()),
+    )
+    .await;
+    let store = app.system.store.clone();
+    let now = base_ts() + 3000;
+    for r in 0..200 {
+        let target = sandra_actors::whatsapp::ReplyTarget {
+            phone: Some(format!("1666{r:07}")),
+            ..Default::default()
+        };
+        let key = sandra_actors::whatsapp::ConversationKey::new(
+            PHONE_NUMBER_ID,
+            &sandra_actors::whatsapp::ChatId::Phone(format!("1666{r:07}")),
+        );
+        let mut session = sandra_actors::session::SessionState::new(key, target.clone());
+        session.last_inbound_at = Some(now);
+        let replies: Vec<_> = (0..5)
+            .map(|i| sandra_actors::store::NewOutbound {
+                target: target.clone(),
+                body: sandra_actors::store::OutboundBody::Text {
+                    body: format!("part {i}"),
+                },
+                context_message_id: None,
+                window_expires_at: session.window_expires_at(),
+            })
+            .collect();
+        store.commit_turn(&session, &[], &replies).unwrap();
+    }
+    app.system.sender.get().cast(SenderMsg::Kick).unwrap();
+    let got = app.graph.wait_accepted(1000, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), 1000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.graph.sends().len(), 1000, "nothing sent twice");
+
+    let times: Vec<std::time::Instant> = got.iter().map(|r| r.at).collect();
+    let max_in_window = |ts: &[std::time::Instant], w: Duration| {
+        let mut best = 0;
+        let mut j = 0;
+        for i in 0..ts.len() {
+            while ts[i].duration_since(ts[j]) >= w {
+                j += 1;
+            }
+            best = best.max(i - j + 1);
+        }
+        best
+    };
+    let mut sorted = times.clone();
+    sorted.sort();
+    let peak = max_in_window(&sorted, Duration::from_secs(1));
+    assert!(peak <= RATE, "{peak} sends in one second, limit {RATE}");
+    let mut by_recipient: std::collections::HashMap<String, Vec<(std::time::Instant, String)>> =
+        Default::default();
+    for r in &got {
+        by_recipient
+            .entry(r.body["to"].as_str().unwrap().to_string())
+            .or_default()
+            .push((r.at, r.body["text"]["body"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(by_recipient.len(), 200);
+    for (to, mut v) in by_recipient {
+        v.sort_by_key(|(t, _)| *t);
+        let order: Vec<&str> = v.iter().map(|(_, b)| b.as_str()).collect();
+        assert_eq!(
+            order,
+            ["part 0", "part 1", "part 2", "part 3", "part 4"],
+            "order to {to}"
+        );
+        let ts: Vec<_> = v.iter().map(|(t, _)| *t).collect();
+        let peak = max_in_window(&ts, Duration::from_secs(1));
+        assert!(
+            peak <= PER_RECIPIENT,
+            "{peak} messages to {to} within a second"
+        );
+    }
+    let spent = sorted.last().unwrap().duration_since(sorted[0]);
+    assert!(
+        spent >= Duration::from_secs(3),
+        "1000 sends at {RATE}/s cannot take {spent:?}"
+    );
+    app.stop().await;
+}
