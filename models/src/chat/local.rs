@@ -1,0 +1,356 @@
+//! The local chat model: a quantized GGUF model that lives on a [`ModelWorker`] thread.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::quantized::gguf_file::{self, Content, Value};
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
+use tokenizers::Tokenizer;
+
+use super::template::ChatTemplate;
+use super::{ChatError, DeviceChoice, SamplingParams, tokenizer};
+
+/// Prompt tokens fed to the model per forward pass (bounds attention memory on long prompts).
+const PREFILL_CHUNK: usize = 512;
+
+/// The weights of one supported family.
+enum Weights {
+    Qwen2(quantized_qwen2::ModelWeights),
+    Qwen3(quantized_qwen3::ModelWeights),
+    Llama(quantized_llama::ModelWeights),
+}
+
+impl Weights {
+    fn forward(&mut self, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Qwen2(m) => m.forward(x, pos),
+            Self::Qwen3(m) => m.forward(x, pos),
+            Self::Llama(m) => m.forward(x, pos),
+        }
+    }
+
+    fn clear_kv_cache(&mut self) {
+        match self {
+            Self::Qwen2(m) => m.clear_kv_cache(),
+            Self::Qwen3(m) => m.clear_kv_cache(),
+            Self::Llama(m) => m.clear_kv_cache(),
+        }
+    }
+}
+
+/// What the async side keeps about a loaded model (no weights; cheap to share).
+#[derive(Debug)]
+pub(crate) struct ModelInfo {
+    pub architecture: String,
+    pub name: String,
+    pub quantization: String,
+    pub device: String,
+    pub template: ChatTemplate,
+    pub context_length: usize,
+    pub tokenizer_source: &'static str,
+}
+
+/// The model on its thread.
+pub(crate) struct LocalModel {
+    weights: Weights,
+    device: Device,
+    stop_ids: Vec<u32>,
+    context_length: usize,
+}
+
+/// The result of one generation, in tokens.
+pub(crate) struct Generated {
+    pub tokens: Vec<u32>,
+    pub prompt_tokens: usize,
+}
+
+/// Resolves the configured device, logging the choice.
+pub fn select_device(choice: DeviceChoice) -> Result<Device, String> {
+    let dev = match choice {
+        DeviceChoice::Cpu => Device::Cpu,
+        DeviceChoice::Cuda => {
+            if !cfg!(feature = "cuda") {
+                return Err(
+                    "device = \"cuda\" but sandra-models was built without the `cuda` feature"
+                        .into(),
+                );
+            }
+            Device::new_cuda(0).map_err(|e| format!("opening CUDA device 0: {e}"))?
+        }
+        DeviceChoice::Auto => {
+            if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
+                Device::new_cuda(0).unwrap_or(Device::Cpu)
+            } else {
+                Device::Cpu
+            }
+        }
+    };
+    tracing::info!(requested = ?choice, device = device_name(&dev), "chat model device");
+    Ok(dev)
+}
+
+pub(crate) fn device_name(d: &Device) -> &'static str {
+    if d.is_cuda() {
+        "cuda"
+    } else if d.is_metal() {
+        "metal"
+    } else {
+        "cpu"
+    }
+}
+
+/// Everything `load` produces: the model for the thread and what the async side keeps.
+pub(crate) struct Loaded {
+    pub model: LocalModel,
+    pub tokenizer: Arc<Tokenizer>,
+    pub info: ModelInfo,
+}
+
+/// Reads a GGUF chat model and its tokenizer. Errors are plain reasons; the caller adds the path.
+pub(crate) fn load(path: &Path, device: DeviceChoice) -> Result<Loaded, String> {
+    let started = Instant::now();
+    let device = select_device(device)?;
+    let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let mut reader = BufReader::new(file);
+    let content = Content::read(&mut reader).map_err(|e| format!("not a GGUF file: {e}"))?;
+    let md = &content.metadata;
+    let arch = md
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .ok_or("GGUF metadata lacks general.architecture")?;
+    let name = md
+        .get("general.name")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+    let quantization = quantization_label(&content);
+    let mut context_length = md
+        .get(&format!("{arch}.context_length"))
+        .and_then(|v| tokenizer::as_u32(v).ok())
+        .map(|v| v as usize)
+        .ok_or_else(|| format!("GGUF metadata lacks {arch}.context_length"))?;
+    // candle's llama precomputes RoPE for MAX_SEQ_LEN positions; its qwen3 CPU KV cache holds
+    // 4096 positions.
+    if arch == "llama" {
+        context_length = context_length.min(quantized_llama::MAX_SEQ_LEN);
+    } else if arch == "qwen3" {
+        context_length = context_length.min(4096);
+    }
+
+    let (tok, tokenizer_source) = tokenizer::load(path, &content)?;
+    let template = ChatTemplate::detect(&arch, |t| tok.token_to_id(t).is_some());
+    let mut stop_ids = tokenizer::ids_of(&tok, template.end_tokens());
+    for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"] {
+        if let Some(id) = md.get(key).and_then(|v| tokenizer::as_u32(v).ok()) {
+            stop_ids.push(id);
+        }
+    }
+    stop_ids.sort_unstable();
+    stop_ids.dedup();
+    if stop_ids.is_empty() {
+        return Err("no end-of-turn token found in the vocabulary".into());
+    }
+
+    let weights = match arch.as_str() {
+        "qwen2" => Weights::Qwen2(
+            quantized_qwen2::ModelWeights::from_gguf(content, &mut reader, &device)
+                .map_err(|e| format!("loading qwen2 weights: {e}"))?,
+        ),
+        "qwen3" => Weights::Qwen3(
+            quantized_qwen3::ModelWeights::from_gguf(content, &mut reader, &device)
+                .map_err(|e| format!("loading qwen3 weights: {e}"))?,
+        ),
+        "llama" => Weights::Llama(
+            quantized_llama::ModelWeights::from_gguf(content, &mut reader, &device)
+                .map_err(|e| format!("loading llama weights: {e}"))?,
+        ),
+        other => {
+            return Err(format!(
+                "unsupported architecture `{other}` (supported: qwen2, qwen3, llama)"
+            ));
+        }
+    };
+    let info = ModelInfo {
+        architecture: arch,
+        name,
+        quantization,
+        device: device_name(&device).to_string(),
+        template,
+        context_length,
+        tokenizer_source,
+    };
+    tracing::info!(
+        model = %info.name, arch = %info.architecture, quant = %info.quantization,
+        template = info.template.name(), tokenizer = info.tokenizer_source,
+        context = info.context_length, ?stop_ids, elapsed_ms = started.elapsed().as_millis() as u64,
+        "chat model loaded"
+    );
+    Ok(Loaded {
+        model: LocalModel {
+            weights,
+            device,
+            stop_ids,
+            context_length,
+        },
+        tokenizer: Arc::new(tok),
+        info,
+    })
+}
+
+/// "Q4_K_M"-style label: `general.file_type` when present, else the commonest tensor type.
+fn quantization_label(ct: &Content) -> String {
+    if let Some(ft) = ct
+        .metadata
+        .get("general.file_type")
+        .and_then(|v| tokenizer::as_u32(v).ok())
+    {
+        // llama.cpp `llama_ftype`.
+        let s = match ft {
+            0 => "F32",
+            1 => "F16",
+            2 => "Q4_0",
+            3 => "Q4_1",
+            7 => "Q8_0",
+            8 => "Q5_0",
+            9 => "Q5_1",
+            10 => "Q2_K",
+            11 => "Q3_K_S",
+            12 => "Q3_K_M",
+            13 => "Q3_K_L",
+            14 => "Q4_K_S",
+            15 => "Q4_K_M",
+            16 => "Q5_K_S",
+            17 => "Q5_K_M",
+            18 => "Q6_K",
+            32 => "BF16",
+            _ => "",
+        };
+        if !s.is_empty() {
+            return s.to_string();
+        }
+    }
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    for ti in ct.tensor_infos.values() {
+        *counts.entry(format!("{:?}", ti.ggml_dtype)).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(k, _)| k.to_uppercase())
+        .unwrap_or_default()
+}
+
+impl LocalModel {
+    /// Generates up to `params.max_new_tokens` tokens after `prompt`, stopping at an end token.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &SamplingParams,
+    ) -> Result<Generated, ChatError> {
+        let inf = |e: candle_core::Error| ChatError::Inference(e.to_string());
+        if prompt.is_empty() {
+            return Err(ChatError::Inference("empty prompt".into()));
+        }
+        let room = self.context_length.saturating_sub(prompt.len());
+        if room == 0 {
+            return Err(ChatError::ContextOverflow {
+                prompt_tokens: prompt.len(),
+                context_window: self.context_length,
+            });
+        }
+        let max_new = params.max_new_tokens.min(room);
+        let mut sampler = LogitsProcessor::from_sampling(params.seed_or_random(), sampling(params));
+        self.weights.clear_kv_cache();
+
+        let started = Instant::now();
+        let mut logits = None;
+        for (i, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
+            let input = Tensor::new(chunk, &self.device)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(inf)?;
+            logits = Some(
+                self.weights
+                    .forward(&input, i * PREFILL_CHUNK)
+                    .map_err(inf)?,
+            );
+        }
+        let prefill = started.elapsed();
+        let mut logits = logits.expect("non-empty prompt");
+        let mut all: Vec<u32> = prompt.to_vec();
+        let mut out = Vec::new();
+        let started = Instant::now();
+        while out.len() < max_new {
+            let mut l = logits
+                .squeeze(0)
+                .and_then(|l| l.to_dtype(DType::F32))
+                .map_err(inf)?;
+            if params.repeat_penalty != 1.0 && params.repeat_last_n > 0 {
+                let start = all.len().saturating_sub(params.repeat_last_n);
+                l = candle_transformers::utils::apply_repeat_penalty(
+                    &l,
+                    params.repeat_penalty,
+                    &all[start..],
+                )
+                .map_err(inf)?;
+            }
+            let next = sampler.sample(&l).map_err(inf)?;
+            if self.stop_ids.contains(&next) {
+                break;
+            }
+            out.push(next);
+            all.push(next);
+            if out.len() == max_new {
+                break;
+            }
+            let input = Tensor::new(&[next], &self.device)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(inf)?;
+            logits = self.weights.forward(&input, all.len() - 1).map_err(inf)?;
+        }
+        let decode = started.elapsed();
+        tracing::debug!(
+            prompt_tokens = prompt.len(),
+            completion_tokens = out.len(),
+            prefill_tok_s = prompt.len() as f64 / prefill.as_secs_f64().max(1e-9),
+            decode_tok_s = out.len() as f64 / decode.as_secs_f64().max(1e-9),
+            "generated"
+        );
+        Ok(Generated {
+            tokens: out,
+            prompt_tokens: prompt.len(),
+        })
+    }
+}
+
+fn sampling(p: &SamplingParams) -> Sampling {
+    if p.temperature <= 0.0 {
+        Sampling::ArgMax
+    } else if p.top_p > 0.0 && p.top_p < 1.0 {
+        Sampling::TopP {
+            p: p.top_p,
+            temperature: p.temperature,
+        }
+    } else {
+        Sampling::All {
+            temperature: p.temperature,
+        }
+    }
+}
+
+/// Reads only the metadata of a GGUF file (for `sandra models list` and diagnostics).
+pub fn read_gguf_metadata(path: &Path) -> Result<std::collections::HashMap<String, Value>, String> {
+    let mut f = BufReader::new(File::open(path).map_err(|e| e.to_string())?);
+    gguf_file::Content::read(&mut f)
+        .map(|c| c.metadata)
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,401 @@
+//! The chat LLM: a local quantized GGUF model (candle) or a remote OpenAI-compatible server,
+//! behind one cloneable [`ChatEngine`].
+//!
+//! Local models run on a dedicated [`ModelWorker`](crate::worker::ModelWorker) thread; the
+//! tokenizer and chat template are also kept on the async side so [`ChatEngine::count_tokens`]
+//! never waits for the model. Replies are whole messages (no streaming).
+
+mod local;
+mod remote;
+pub mod template;
+pub mod tokenizer;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::worker::{ModelWorker, WorkerError};
+pub use local::{read_gguf_metadata, select_device};
+pub use remote::{RemoteConfig, RemoteError};
+pub use template::ChatTemplate;
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+        }
+    }
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new(Role::System, content)
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new(Role::User, content)
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new(Role::Assistant, content)
+    }
+}
+
+/// How tokens are chosen (the `[llm]` section of config.toml). Greedy when `temperature == 0`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplingParams {
+    /// Softmax temperature; `0` means greedy (always the most likely token).
+    pub temperature: f64,
+    /// Nucleus sampling: keep the smallest set of tokens whose probabilities sum to `top_p`
+    /// (`1.0` disables it).
+    pub top_p: f64,
+    /// Penalty for tokens seen in the last `repeat_last_n` tokens (`1.0` disables it).
+    /// Local models only: OpenAI-compatible servers do not share one name for it.
+    pub repeat_penalty: f32,
+    /// How many recent tokens `repeat_penalty` looks at.
+    pub repeat_last_n: usize,
+    /// Random seed; `None` draws a fresh one per reply.
+    pub seed: Option<u64>,
+    /// Upper bound on the reply's length in tokens.
+    pub max_new_tokens: usize,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.7,
+            top_p: 0.9,
+            repeat_penalty: 1.1,
+            repeat_last_n: 64,
+            seed: None,
+            max_new_tokens: 512,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding (deterministic), for tests and benchmarks.
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 0,
+            seed: Some(0),
+            max_new_tokens,
+        }
+    }
+
+    fn seed_or_random(&self) -> u64 {
+        self.seed.unwrap_or_else(|| {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0),
+            );
+            h.finish()
+        })
+    }
+}
+
+/// Where a local model runs. `auto` = CUDA when compiled in (feature `cuda`) and present, else CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "cuda:0" | "gpu" => Ok(Self::Cuda),
+            other => Err(format!("unknown device `{other}` (auto, cpu, cuda)")),
+        }
+    }
+}
+
+/// A whole reply and its token counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatReply {
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// Why a reply could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// The local model could not be loaded (bad path, not GGUF, unsupported architecture...).
+    #[error("cannot load chat model {}: {reason}", path.display())]
+    Load { path: PathBuf, reason: String },
+    /// The model's queue is full: shed load or retry later.
+    #[error("chat model is busy (queue full)")]
+    Busy,
+    /// The model thread has stopped.
+    #[error("chat model has stopped")]
+    Stopped,
+    /// The prompt alone fills the context window; the caller should drop older messages.
+    #[error("prompt has {prompt_tokens} tokens, the context window is {context_window}")]
+    ContextOverflow {
+        prompt_tokens: usize,
+        context_window: usize,
+    },
+    /// The model failed while generating (or panicked).
+    #[error("chat inference failed: {0}")]
+    Inference(String),
+    /// The remote backend failed.
+    #[error("remote chat backend: {0}")]
+    Remote(#[from] RemoteError),
+    /// The configuration cannot work (bad URL...).
+    #[error("invalid chat configuration: {0}")]
+    Config(String),
+}
+
+impl From<WorkerError> for ChatError {
+    fn from(e: WorkerError) -> Self {
+        match e {
+            WorkerError::Busy(_) => ChatError::Busy,
+            WorkerError::Stopped(_) => ChatError::Stopped,
+            WorkerError::Panicked(_, msg) => ChatError::Inference(format!("panicked: {msg}")),
+        }
+    }
+}
+
+type LocalWorker = ModelWorker<local::LocalModel, Result<ChatReply, ChatError>>;
+
+enum Backend {
+    Local {
+        worker: LocalWorker,
+        tokenizer: Arc<tokenizers::Tokenizer>,
+        info: local::ModelInfo,
+    },
+    Remote(remote::RemoteClient),
+}
+
+struct Inner {
+    backend: Backend,
+    params: SamplingParams,
+}
+
+/// Cloneable, `Send + Sync` handle to the chat model, local or remote.
+#[derive(Clone)]
+pub struct ChatEngine {
+    inner: Arc<Inner>,
+    context_cap: Option<usize>,
+}
+
+impl fmt::Debug for ChatEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ChatEngine").field(&self.describe()).finish()
+    }
+}
+
+impl ChatEngine {
+    /// Loads a GGUF chat model on its own thread (`queue` bounds waiting requests). Fails with the
+    /// path and the reason.
+    pub fn load_local(
+        path: &Path,
+        device: DeviceChoice,
+        params: SamplingParams,
+        queue: usize,
+    ) -> Result<Self, ChatError> {
+        let (info_tx, info_rx) = std::sync::mpsc::sync_channel(1);
+        let owned = path.to_path_buf();
+        let worker = ModelWorker::spawn("chat", queue, move || {
+            let loaded = local::load(&owned, device).map_err(|reason| ChatError::Load {
+                path: owned.clone(),
+                reason,
+            })?;
+            let _ = info_tx.send((loaded.tokenizer, loaded.info));
+            Ok::<_, ChatError>(loaded.model)
+        })?;
+        let (tokenizer, info) = info_rx.recv().map_err(|_| ChatError::Load {
+            path: path.to_path_buf(),
+            reason: "model thread exited while loading".into(),
+        })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend: Backend::Local {
+                    worker,
+                    tokenizer,
+                    info,
+                },
+                params,
+            }),
+            context_cap: None,
+        })
+    }
+
+    /// An OpenAI-compatible server (`POST {base_url}/v1/chat/completions`).
+    pub fn remote(cfg: RemoteConfig, params: SamplingParams) -> Result<Self, ChatError> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend: Backend::Remote(remote::RemoteClient::new(cfg)?),
+                params,
+            }),
+            context_cap: None,
+        })
+    }
+
+    /// Caps [`context_window`](Self::context_window) (e.g. from config, to bound memory).
+    pub fn with_context_cap(mut self, max_tokens: usize) -> Self {
+        self.context_cap = Some(max_tokens);
+        self
+    }
+
+    /// The configured sampling parameters.
+    pub fn params(&self) -> &SamplingParams {
+        &self.inner.params
+    }
+
+    /// Replies to the conversation with the configured sampling parameters.
+    pub async fn chat(&self, messages: Vec<ChatMessage>) -> Result<ChatReply, ChatError> {
+        self.chat_with(messages, self.inner.params.clone()).await
+    }
+
+    /// Replies with explicit sampling parameters.
+    pub async fn chat_with(
+        &self,
+        messages: Vec<ChatMessage>,
+        params: SamplingParams,
+    ) -> Result<ChatReply, ChatError> {
+        match &self.inner.backend {
+            Backend::Local {
+                worker,
+                tokenizer,
+                info,
+            } => {
+                let tokenizer = tokenizer.clone();
+                let template = info.template;
+                let window = self.context_window();
+                worker
+                    .run(move |model| {
+                        let prompt = template.render(&messages);
+                        let ids = encode(&tokenizer, &prompt)?;
+                        if ids.len() >= window {
+                            return Err(ChatError::ContextOverflow {
+                                prompt_tokens: ids.len(),
+                                context_window: window,
+                            });
+                        }
+                        let mut params = params;
+                        params.max_new_tokens = params.max_new_tokens.min(window - ids.len());
+                        let g = model.generate(&ids, &params)?;
+                        let text = tokenizer
+                            .decode(&g.tokens, true)
+                            .map_err(|e| ChatError::Inference(format!("decoding: {e}")))?;
+                        Ok(ChatReply {
+                            text: template::strip_think(&text).to_string(),
+                            prompt_tokens: g.prompt_tokens,
+                            completion_tokens: g.tokens.len(),
+                        })
+                    })
+                    .await?
+            }
+            Backend::Remote(client) => client.chat(&messages, &params).await,
+        }
+    }
+
+    /// Tokens the conversation's prompt takes, template included. Local: exact (the model's own
+    /// tokenizer; a few milliseconds for long conversations, never waits for the model). Remote:
+    /// an estimate that errs high — one token per 3 characters plus 4 per message and 3 for the
+    /// reply's header.
+    pub fn count_tokens(&self, messages: &[ChatMessage]) -> usize {
+        match &self.inner.backend {
+            Backend::Local {
+                tokenizer, info, ..
+            } => {
+                let prompt = info.template.render(messages);
+                encode(tokenizer, &prompt)
+                    .map(|ids| ids.len())
+                    .unwrap_or_else(|_| estimate_tokens(messages))
+            }
+            Backend::Remote(_) => estimate_tokens(messages),
+        }
+    }
+
+    /// Tokens the model can attend to (prompt + reply): GGUF `<arch>.context_length` for local
+    /// models, `RemoteConfig::context_window` for remote ones; capped by
+    /// [`with_context_cap`](Self::with_context_cap).
+    pub fn context_window(&self) -> usize {
+        let n = match &self.inner.backend {
+            Backend::Local { info, .. } => info.context_length,
+            Backend::Remote(c) => c.context_window(),
+        };
+        self.context_cap.map_or(n, |cap| n.min(cap))
+    }
+
+    /// One line for logs, e.g. "qwen2 Qwen2.5-1.5B-Instruct Q4_K_M (local, cpu)".
+    pub fn describe(&self) -> String {
+        match &self.inner.backend {
+            Backend::Local { info, .. } => format!(
+                "{} {} {} (local, {})",
+                info.architecture, info.name, info.quantization, info.device
+            ),
+            Backend::Remote(c) => c.describe(),
+        }
+    }
+
+    /// Free slots in the local model's queue (`None` for remote).
+    pub fn free_slots(&self) -> Option<usize> {
+        match &self.inner.backend {
+            Backend::Local { worker, .. } => Some(worker.free_slots()),
+            Backend::Remote(_) => None,
+        }
+    }
+
+    /// The local model's tokenizer (tests, diagnostics).
+    pub fn tokenizer(&self) -> Option<&tokenizers::Tokenizer> {
+        match &self.inner.backend {
+            Backend::Local { tokenizer, .. } => Some(tokenizer),
+            Backend::Remote(_) => None,
+        }
+    }
+
+    /// The local model's chat template.
+    pub fn template(&self) -> Option<ChatTemplate> {
+        match &self.inner.backend {
+            Backend::Local { info, .. } => Some(info.template),
+            Backend::Remote(_) => None,
+        }
+    }
+}
+
+fn encode(tok: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>, ChatError> {
+    tok.encode(text, false)
+        .map(|e| e.get_ids().to_vec())
+        .map_err(|e| ChatError::Inference(format!("tokenizing: {e}")))
+}
+
+fn estimate_tokens(messages: &[ChatMessage]) -> usize {
+    messages
+        .iter()
+        .map(|m| m.content.chars().count().div_ceil(3) + 4)
+        .sum::<usize>()
+        + 3
+}

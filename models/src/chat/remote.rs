@@ -1,0 +1,285 @@
+//! An OpenAI-compatible chat server (llama.cpp server, vLLM, Ollama, ...):
+//! `POST {base_url}/v1/chat/completions`, non-streaming.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ChatError, ChatMessage, ChatReply, SamplingParams};
+
+/// Where the remote model is.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// Server root, e.g. `http://127.0.0.1:8080` (a trailing `/v1` is accepted too).
+    pub base_url: String,
+    /// Model name sent in each request.
+    pub model: String,
+    /// Bearer token; a secret: never shown by `Debug` nor logged.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Whole-request timeout in seconds.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// The model's context window in tokens (the server does not say).
+    #[serde(default = "default_context_window")]
+    pub context_window: usize,
+}
+
+fn default_timeout_secs() -> u64 {
+    120
+}
+fn default_context_window() -> usize {
+    8192
+}
+
+impl RemoteConfig {
+    pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            model: model.into(),
+            api_key: None,
+            timeout_secs: default_timeout_secs(),
+            context_window: default_context_window(),
+        }
+    }
+}
+
+impl fmt::Debug for RemoteConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteConfig")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("timeout_secs", &self.timeout_secs)
+            .field("context_window", &self.context_window)
+            .finish()
+    }
+}
+
+/// Why a remote request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The server answered with a non-2xx status; `body` is its (truncated) error text.
+    #[error("{url} answered HTTP {status}: {body}")]
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    /// No complete answer within the configured timeout.
+    #[error("{url} did not answer within {secs} s")]
+    Timeout { url: String, secs: u64 },
+    /// Connection or protocol failure.
+    #[error("request to {url} failed: {reason}")]
+    Transport { url: String, reason: String },
+    /// The answer was not the expected JSON.
+    #[error("malformed answer from {url}: {reason}")]
+    Malformed { url: String, reason: String },
+}
+
+pub(crate) struct RemoteClient {
+    http: reqwest::Client,
+    url: String,
+    cfg: RemoteConfig,
+}
+
+#[derive(Serialize)]
+struct Request<'a> {
+    model: &'a str,
+    messages: &'a [ChatMessage],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    max_tokens: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    stream: bool,
+}
+
+#[derive(Deserialize)]
+struct Response {
+    choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+#[derive(Deserialize)]
+struct Choice {
+    message: ResponseMessage,
+}
+#[derive(Deserialize)]
+struct ResponseMessage {
+    #[serde(default)]
+    content: Option<String>,
+}
+#[derive(Deserialize)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: usize,
+    #[serde(default)]
+    completion_tokens: usize,
+}
+
+/// Longest error body kept in an error message.
+const MAX_ERROR_BODY: usize = 2000;
+
+impl RemoteClient {
+    pub fn new(cfg: RemoteConfig) -> Result<Self, ChatError> {
+        let base = cfg.base_url.trim_end_matches('/');
+        let base = base.strip_suffix("/v1").unwrap_or(base);
+        let parsed = reqwest::Url::parse(base)
+            .map_err(|e| ChatError::Config(format!("llm base_url `{base}`: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ChatError::Config(format!(
+                "llm base_url `{base}` must be http or https"
+            )));
+        }
+        if cfg.model.trim().is_empty() {
+            return Err(ChatError::Config("remote llm model name is empty".into()));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(cfg.timeout_secs.max(1)))
+            .build()
+            .map_err(|e| ChatError::Config(format!("HTTP client: {e}")))?;
+        let url = format!("{base}/v1/chat/completions");
+        tracing::info!(url = %url, model = %cfg.model, "remote chat backend");
+        Ok(Self { http, url, cfg })
+    }
+
+    pub fn context_window(&self) -> usize {
+        self.cfg.context_window
+    }
+
+    pub fn describe(&self) -> String {
+        format!("{} (remote, {})", self.cfg.model, self.url)
+    }
+
+    pub async fn chat(
+        &self,
+        messages: &[ChatMessage],
+        params: &SamplingParams,
+    ) -> Result<ChatReply, ChatError> {
+        let greedy = params.temperature <= 0.0;
+        let body = Request {
+            model: &self.cfg.model,
+            messages,
+            temperature: Some(params.temperature.max(0.0)),
+            top_p: (!greedy && params.top_p < 1.0).then_some(params.top_p),
+            max_tokens: params.max_new_tokens,
+            seed: params.seed,
+            stream: false,
+        };
+        let url = &self.url;
+        let transport = |e: reqwest::Error| {
+            if e.is_timeout() {
+                RemoteError::Timeout {
+                    url: url.clone(),
+                    secs: self.cfg.timeout_secs,
+                }
+            } else {
+                RemoteError::Transport {
+                    url: url.clone(),
+                    reason: error_chain(&e),
+                }
+            }
+        };
+        let mut req = self.http.post(url).json(&body);
+        if let Some(key) = &self.cfg.api_key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(transport)?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&bytes);
+            return Err(RemoteError::Status {
+                url: url.clone(),
+                status: status.as_u16(),
+                body: truncate(text.trim(), MAX_ERROR_BODY),
+            }
+            .into());
+        }
+        let parsed: Response =
+            serde_json::from_slice(&bytes).map_err(|e| RemoteError::Malformed {
+                url: url.clone(),
+                reason: format!(
+                    "{e}; body starts {:?}",
+                    truncate(&String::from_utf8_lossy(&bytes), 200)
+                ),
+            })?;
+        let content = parsed
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message.content)
+            .ok_or_else(|| RemoteError::Malformed {
+                url: url.clone(),
+                reason: "no choices[0].message.content".into(),
+            })?;
+        let text = super::template::strip_think(&content).to_string();
+        let (prompt_tokens, completion_tokens) = match parsed.usage {
+            Some(u) => (u.prompt_tokens, u.completion_tokens),
+            None => (
+                super::estimate_tokens(messages),
+                text.chars().count().div_ceil(3),
+            ),
+        };
+        Ok(ChatReply {
+            text,
+            prompt_tokens,
+            completion_tokens,
+        })
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_api_key() {
+        let mut c = RemoteConfig::new("http://x", "m");
+        c.api_key = Some("sk-very-secret".into());
+        let d = format!("{c:?}");
+        assert!(!d.contains("sk-very-secret"), "{d}");
+        assert!(d.contains("<redacted>"));
+    }
+
+    #[test]
+    fn bad_urls_are_config_errors() {
+        assert!(matches!(
+            RemoteClient::new(RemoteConfig::new("not a url", "m")),
+            Err(ChatError::Config(_))
+        ));
+        assert!(matches!(
+            RemoteClient::new(RemoteConfig::new("ftp://x", "m")),
+            Err(ChatError::Config(_))
+        ));
+        let c = RemoteClient::new(RemoteConfig::new("http://h:1/v1/", "m")).unwrap();
+        assert_eq!(c.url, "http://h:1/v1/chat/completions");
+    }
+}
