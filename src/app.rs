@@ -30,9 +30,11 @@ pub struct Application {
 }
 
 impl Application {
-    /// Opens the store, starts the actors (replaying unanswered messages) and binds the listener.
+    /// Loads the configured brain, opens the store, starts the actors (replaying unanswered
+    /// messages) and binds the listener.
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
-        Self::build_with_brain(cfg, Arc::new(PlaceholderBrain)).await
+        let brain = build_brain(&cfg).await?;
+        Self::build_with_brain(cfg, brain).await
     }
 
     /// [`Application::build`] with a given brain (tests, and the LLM once configured).
@@ -144,4 +146,62 @@ impl Application {
         system.shutdown().await;
         served.context("HTTP server failed")
     }
+}
+
+/// The brain `[llm]` asks for. A configured model that fails to load stops start-up with the
+/// path and the reason; no model configured or installed falls back to the placeholder, loudly.
+pub async fn build_brain(cfg: &Config) -> anyhow::Result<Arc<dyn Brain>> {
+    use sandra_actors::llm_brain::LlmBrain;
+    use sandra_models::chat::{ChatEngine, RemoteConfig};
+    use sandra_models::install::{Manifest, ModelRole, models_dir};
+
+    use crate::config::LlmBackend;
+    let l = &cfg.llm;
+    let engine = match l.backend {
+        LlmBackend::None => {
+            tracing::info!("llm.backend = \"none\": replies come from the placeholder brain");
+            return Ok(Arc::new(PlaceholderBrain));
+        }
+        LlmBackend::Openai => {
+            let mut rc = RemoteConfig::new(l.openai.base_url.clone(), l.openai.model.clone());
+            if !l.openai.api_key.is_empty() {
+                rc.api_key = Some(l.openai.api_key.expose().to_string());
+            }
+            rc.timeout_secs = l.openai.timeout.as_secs().max(1);
+            rc.context_window = l.openai.context_tokens;
+            ChatEngine::remote(rc, l.sampling.clone()).context("configuring llm.openai")?
+        }
+        LlmBackend::Local => {
+            let path = if l.model.as_os_str().is_empty() {
+                let dir = models_dir(&cfg.storage.data_dir);
+                let installed = Manifest::load(&dir)
+                    .ok()
+                    .and_then(|m| m.get(ModelRole::Chat).and_then(|c| c.main_path(&dir)));
+                match installed {
+                    Some(p) => p,
+                    None => {
+                        tracing::warn!(models_dir = %dir.display(), "no chat model installed and llm.model is empty: replies come from the placeholder brain. Install one with `sandra models fetch`.");
+                        return Ok(Arc::new(PlaceholderBrain));
+                    }
+                }
+            } else {
+                l.model.clone()
+            };
+            let (device, params, queue) = (l.device, l.sampling.clone(), l.queue);
+            tracing::info!(model = %path.display(), "loading chat model");
+            let started = std::time::Instant::now();
+            let engine = tokio::task::spawn_blocking(move || {
+                ChatEngine::load_local(&path, device, params, queue)
+            })
+            .await
+            .context("loading the chat model")??;
+            tracing::info!(model = %engine.describe(), secs = started.elapsed().as_secs_f32(), "chat model loaded");
+            engine
+        }
+    };
+    let engine = engine.with_context_cap(l.context_tokens);
+    Ok(Arc::new(LlmBrain::new(
+        engine,
+        cfg.system_prompt().to_string(),
+    )))
 }

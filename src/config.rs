@@ -32,7 +32,78 @@ pub struct Config {
     pub whatsapp: WhatsAppConfig,
     pub conversation: ConversationConfig,
     pub sender: SenderConfig,
+    pub llm: LlmConfig,
     pub log: LogConfig,
+}
+
+/// Which brain composes replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmBackend {
+    /// A GGUF model run in-process with candle.
+    #[default]
+    Local,
+    /// An OpenAI-compatible server (llama.cpp, vLLM, Ollama...).
+    Openai,
+    /// No model: the placeholder brain.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmConfig {
+    pub backend: LlmBackend,
+    /// GGUF file for `backend = "local"`; empty means the chat model installed by
+    /// `sandra models fetch` (recorded in `<data_dir>/models/manifest.json`).
+    pub model: PathBuf,
+    pub device: sandra_models::chat::DeviceChoice,
+    /// Upper bound on the prompt + reply tokens (the model's own window may be smaller).
+    pub context_tokens: usize,
+    /// Requests waiting for the local model before new ones are refused ("busy").
+    pub queue: usize,
+    pub system_prompt: String,
+    pub sampling: sandra_models::chat::SamplingParams,
+    pub openai: OpenAiConfig,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            backend: LlmBackend::Local,
+            model: PathBuf::new(),
+            device: Default::default(),
+            context_tokens: 4096,
+            queue: 16,
+            system_prompt: sandra_actors::llm_brain::DEFAULT_SYSTEM_PROMPT.into(),
+            sampling: Default::default(),
+            openai: OpenAiConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiConfig {
+    /// Server root, e.g. `http://127.0.0.1:8081` (llama-server) or `http://127.0.0.1:11434` (Ollama).
+    pub base_url: String,
+    pub model: String,
+    pub api_key: Secret,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The served model's context window in tokens.
+    pub context_tokens: usize,
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        Self {
+            base_url: String::new(),
+            model: String::new(),
+            api_key: Secret::default(),
+            timeout: Duration::from_secs(120),
+            context_tokens: 8192,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -338,10 +409,57 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let l = &self.llm;
+        if l.context_tokens < 256 {
+            return Err(key_err("llm.context_tokens", "must be at least 256"));
+        }
+        if l.queue == 0 {
+            return Err(key_err("llm.queue", "must be at least 1"));
+        }
+        if l.sampling.max_new_tokens == 0 || l.sampling.max_new_tokens >= l.context_tokens {
+            return Err(key_err(
+                "llm.sampling.max_new_tokens",
+                "must be at least 1 and less than llm.context_tokens",
+            ));
+        }
+        if !(0.0..=5.0).contains(&l.sampling.temperature) {
+            return Err(key_err(
+                "llm.sampling.temperature",
+                "must be between 0 and 5",
+            ));
+        }
+        if !(0.0 < l.sampling.top_p && l.sampling.top_p <= 1.0) {
+            return Err(key_err("llm.sampling.top_p", "must be in (0, 1]"));
+        }
+        if l.backend == LlmBackend::Openai {
+            if !(l.openai.base_url.starts_with("http://")
+                || l.openai.base_url.starts_with("https://"))
+            {
+                return Err(key_err(
+                    "llm.openai.base_url",
+                    "must be an http(s) URL when llm.backend = \"openai\"",
+                ));
+            }
+            if l.openai.model.is_empty() {
+                return Err(key_err(
+                    "llm.openai.model",
+                    "must be set when llm.backend = \"openai\"",
+                ));
+            }
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(key_err("log.format", "must be \"text\" or \"json\""));
         }
         Ok(())
+    }
+
+    /// The system prompt in effect (the built-in persona when the key is empty).
+    pub fn system_prompt(&self) -> &str {
+        if self.llm.system_prompt.trim().is_empty() {
+            sandra_actors::llm_brain::DEFAULT_SYSTEM_PROMPT
+        } else {
+            &self.llm.system_prompt
+        }
     }
 
     /// What is missing before Sandra can talk to Meta (warned at start-up, shown in /readyz).

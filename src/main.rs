@@ -25,10 +25,37 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Install and list models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// Check a configuration and print it (secrets hidden).
     CheckConfig {
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Download, verify (sha256) and install a model under `<data_dir>/models`.
+    Fetch {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Catalog id (see `sandra models list --available`); defaults to the default chat model.
+        #[arg(long)]
+        model: Option<String>,
+        /// Do nothing when the model's role already has a verified installation.
+        #[arg(long)]
+        if_missing: bool,
+    },
+    /// Show what is installed, what each role uses, and (with --available) what can be fetched.
+    List {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        available: bool,
     },
 }
 
@@ -43,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(reload_on_sighup(config, app.system().clone()));
             app.run_until(shutdown_signal()).await
         }
+        Command::Models { command } => models(command),
         Command::CheckConfig { config } => {
             let cfg = Config::load(config.as_deref())?;
             println!("{cfg:#?}");
@@ -101,4 +129,87 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
+}
+
+fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
+    use sandra_models::install::{self, Manifest, ModelRole};
+    match cmd {
+        ModelsCommand::Fetch {
+            config,
+            model,
+            if_missing,
+        } => {
+            let cfg = Config::load(config.as_deref())?;
+            sandra::init_tracing(&cfg.log.level, &cfg.log.format);
+            let dir = install::models_dir(&cfg.storage.data_dir);
+            let id = model.unwrap_or_else(|| install::DEFAULT_CHAT_PYPI.to_string());
+            let entry = install::find(&id).ok_or_else(|| {
+                anyhow::anyhow!("unknown model `{id}`; see `sandra models list --available`")
+            })?;
+            if if_missing {
+                let manifest = Manifest::load(&dir).unwrap_or_default();
+                if manifest.get(entry.role).is_some() && manifest.verify(entry.role, &dir).is_ok() {
+                    println!("{} model already installed; nothing to do", entry.role);
+                    return Ok(());
+                }
+            }
+            println!(
+                "fetching {} ({}) into {}",
+                entry.id,
+                entry.description,
+                dir.display()
+            );
+            let m = install::fetch(entry, &dir, &install::FetchOptions::default())?;
+            println!("installed {} for role {}", m.id, entry.role);
+            Ok(())
+        }
+        ModelsCommand::List { config, available } => {
+            let cfg = Config::load(config.as_deref())?;
+            let dir = install::models_dir(&cfg.storage.data_dir);
+            let manifest = Manifest::load(&dir).unwrap_or_default();
+            println!("models directory: {}", dir.display());
+            for role in [ModelRole::Chat, ModelRole::Transcription, ModelRole::Vision] {
+                let configured = match (role, cfg.llm.backend) {
+                    (ModelRole::Chat, sandra::config::LlmBackend::Openai) => Some(format!(
+                        "remote {} at {}",
+                        cfg.llm.openai.model, cfg.llm.openai.base_url
+                    )),
+                    (ModelRole::Chat, sandra::config::LlmBackend::None) => {
+                        Some("none (placeholder)".into())
+                    }
+                    (ModelRole::Chat, _) if !cfg.llm.model.as_os_str().is_empty() => {
+                        Some(format!("{} (llm.model)", cfg.llm.model.display()))
+                    }
+                    _ => None,
+                };
+                let installed = manifest.get(role).map(|m| {
+                    let ok = manifest
+                        .verify(role, &dir)
+                        .map(|_| "verified")
+                        .unwrap_or("FILES MISSING OR CHANGED");
+                    let size: u64 = m.files.iter().map(|f| f.size).sum();
+                    format!("{} [{}], {:.0} MB, {ok}", m.id, m.format, size as f64 / 1e6)
+                });
+                let uses = configured
+                    .or(installed.clone())
+                    .unwrap_or_else(|| "nothing installed".into());
+                println!("{role:<14} uses: {uses}");
+                if let Some(i) = installed {
+                    println!("{:<14} installed: {i}", "");
+                }
+            }
+            if available {
+                println!("\navailable (`sandra models fetch --model ID`):");
+                for e in install::catalog() {
+                    println!(
+                        "  {:<40} {:<14} {}",
+                        e.id,
+                        e.role.to_string(),
+                        e.description
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
 }

@@ -42,7 +42,30 @@ pub enum BrainError {
     Failed(String),
 }
 
-pub type BrainFuture = Pin<Box<dyn Future<Output = Result<String, BrainError>> + Send>>;
+/// What a brain answers: the reply, and optionally a new running summary that replaces the
+/// oldest `folded_turns` turns of history (so old turns are summarised, not silently dropped).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BrainReply {
+    pub text: String,
+    pub summary: Option<SummaryUpdate>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryUpdate {
+    pub summary: String,
+    pub folded_turns: usize,
+}
+
+impl From<String> for BrainReply {
+    fn from(text: String) -> Self {
+        Self {
+            text,
+            summary: None,
+        }
+    }
+}
+
+pub type BrainFuture = Pin<Box<dyn Future<Output = Result<BrainReply, BrainError>> + Send>>;
 
 /// Composes replies. Implementations are cheap to share (`Arc<dyn Brain>`).
 pub trait Brain: Send + Sync + 'static {
@@ -72,7 +95,8 @@ impl Brain for PlaceholderBrain {
                 "{greeting}I received {}. My language model is not installed yet, so I can't \
                  answer properly; the operator can install one with `sandra models fetch`.",
                 heard.join(", ")
-            ))
+            )
+            .into())
         })
     }
 

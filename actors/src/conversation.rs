@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::brain::{Brain, BrainError, TurnInput, UserInput};
+use crate::brain::{Brain, BrainError, BrainReply, TurnInput, UserInput};
 use crate::metrics::Metrics;
 use crate::router::RouterMsg;
 use crate::sender::SenderMsg;
@@ -74,7 +74,7 @@ pub enum ConversationMsg {
     /// A newly accepted (or replayed) message for this chat.
     Inbound(Box<InboxRecord>),
     /// The brain task finished (or panicked: `None`).
-    TurnDone(Option<Result<String, BrainError>>),
+    TurnDone(Option<Result<BrainReply, BrainError>>),
     /// Retry committing after a storage error.
     RetryCommit,
     /// The router's idle sweep: stop if nothing is pending, else decline.
@@ -100,7 +100,7 @@ pub struct ConversationState {
     pending: BTreeMap<(i64, u64), InboxRecord>,
     in_flight: Option<InFlight>,
     /// A finished turn whose commit failed, waiting for `RetryCommit`.
-    uncommitted: Option<(InFlight, Option<String>)>,
+    uncommitted: Option<(InFlight, Option<BrainReply>)>,
 }
 
 impl Actor for Conversation {
@@ -170,14 +170,14 @@ impl Actor for Conversation {
                     return Ok(());
                 };
                 let reply = match result {
-                    Ok(text) => Some(text),
+                    Ok(reply) => Some(reply),
                     Err(e) => {
                         tracing::warn!(key = %state.args.key, error = %e, "brain failed; apologising");
                         Metrics::inc(&state.args.metrics.turns_brain_errors);
-                        Some(match e {
+                        Some(BrainReply::from(match e {
                             BrainError::Busy => "I'm a bit overloaded right now. Please send that again in a minute.".to_string(),
                             BrainError::Failed(_) => "Sorry, something went wrong while I was thinking about that. Please try again.".to_string(),
-                        })
+                        }))
                     }
                 };
                 finish_turn(&myself, state, flight, reply).await;
@@ -382,7 +382,7 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
 
     if flight.inputs.is_empty() {
         state.in_flight = Some(flight);
-        let _ = myself.cast(ConversationMsg::TurnDone(Some(Ok(String::new()))));
+        let _ = myself.cast(ConversationMsg::TurnDone(Some(Ok(BrainReply::default()))));
         return;
     }
 
@@ -446,7 +446,7 @@ async fn finish_turn(
     myself: &ActorRef<ConversationMsg>,
     state: &mut ConversationState,
     flight: InFlight,
-    reply: Option<String>,
+    reply: Option<BrainReply>,
 ) {
     let Some(base) = state.session.clone() else {
         return;
@@ -475,8 +475,18 @@ async fn finish_turn(
             wamids: vec![i.wamid.clone()],
         });
     }
+    // A new running summary replaces the turns it folded in (counted from the oldest).
+    if let Some(update) = reply.as_ref().and_then(|r| r.summary.as_ref()) {
+        let n = update.folded_turns.min(session.history.len());
+        session.history.drain(..n);
+        session.summary = Some(update.summary.clone());
+    }
     let mut texts: Vec<String> = flight.direct.clone();
-    if let Some(r) = reply.as_ref().filter(|r| !r.trim().is_empty()) {
+    if let Some(r) = reply
+        .as_ref()
+        .map(|r| &r.text)
+        .filter(|r| !r.trim().is_empty())
+    {
         texts.push(r.clone());
         session.history.push(Turn {
             speaker: Speaker::Assistant,

@@ -14,6 +14,7 @@
 pub mod brain;
 pub mod conversation;
 pub mod graph;
+pub mod llm_brain;
 pub mod metrics;
 pub mod router;
 pub mod secret;

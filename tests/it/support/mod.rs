@@ -258,11 +258,7 @@ impl Brain for EchoBrain {
                 tokio::time::sleep(d).await;
             }
             let said: Vec<String> = input.inputs.iter().map(|i| i.text.clone()).collect();
-            Ok(format!(
-                "echo[{}]: {}",
-                input.history.len(),
-                said.join(" | ")
-            ))
+            Ok(format!("echo[{}]: {}", input.history.len(), said.join(" | ")).into())
         })
     }
     fn describe(&self) -> String {
@@ -298,7 +294,8 @@ impl Brain for PanickyBrain {
                     .map(|i| i.text.clone())
                     .collect::<Vec<_>>()
                     .join(" | ")
-            ))
+            )
+            .into())
         })
     }
     fn describe(&self) -> String {
