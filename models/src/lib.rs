@@ -2,4 +2,6 @@
 //! need. It knows candle, audio and image formats; it knows nothing of WhatsApp, HTTP routes or
 //! ractor. Every model runs on its own thread behind a bounded queue ([`worker`]).
 
+pub mod audio;
+pub mod whisper;
 pub mod worker;
