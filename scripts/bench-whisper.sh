@@ -33,10 +33,18 @@ done
 cargo build --quiet --release -p sandra-models --example whisper --manifest-path "$repo/Cargo.toml"
 bin="$repo/target/release/examples/whisper"
 results="$work/results.jsonl"
-for weights in gguf safetensors; do
-  "$bin" bench "$model" "$weights" "$threads" "${clips[@]}" \
-    | sed "s/^{/{\"engine\":\"sandra-$weights\",/" >> "$results"
-done
+# sandra-f32: dense weights, full 30 s encoder window (Whisper's own way).
+# sandra-f32-trim1s: encoder context trimmed to the audio + 1 s (WhisperOptions::encoder_trim_margin_ms).
+# sandra-gguf (BENCH_GGUF=1, needs `... --example whisper -- quantize <dir>`): q8_0 decoder.
+run_sandra() { # engine weights trim_ms
+  WHISPER_TRIM_MS="$3" "$bin" bench "$model" "$2" "$threads" "${clips[@]}" \
+    | sed "s/^{/{\"engine\":\"$1\",/" >> "$results"
+}
+run_sandra sandra-f32 safetensors ""
+run_sandra sandra-f32-trim1s safetensors 1000
+if [[ "${BENCH_GGUF:-0}" == 1 && -f "$model/model.gguf" ]]; then
+  run_sandra sandra-gguf-q8 gguf ""
+fi
 for ct in int8 float32; do
   python3 "$repo/scripts/bench-whisper-fw.py" "$ct2" "$ct" "$threads" "${clips[@]}" >> "$results"
 done
@@ -63,11 +71,11 @@ for line in open(res):
     else:
         summary[d["engine"]] = d
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-print(f"machine: {cpu}, {os.cpu_count()} cpus; threads={sys.argv[0] and os.environ.get('THREADS', '')}")
-print(f"{'engine':<22}{'clip':<7}{'audio s':>8}{'proc s':>8}{'RTF':>7}{'WER':>6}{'load s':>8}{'peak RSS MB':>12}")
+print(f"machine: {cpu}, {os.cpu_count()} cpus, load average at the end {os.getloadavg()}")
+print(f"{'engine':<24}{'clip':<7}{'audio s':>8}{'proc s':>8}{'RTF':>7}{'WER':>6}{'load s':>8}{'peak RSS MB':>12}")
 for e, n, a, p, r, w, t in rows:
     s = summary.get(e, {})
-    print(f"{e:<22}{n:<7}{a:>8.1f}{p:>8.2f}{r:>7.3f}{w:>6.2f}{s.get('load_s', 0):>8.2f}{s.get('peak_rss_mb', 0):>12.0f}")
+    print(f"{e:<24}{n:<7}{a:>8.1f}{p:>8.2f}{r:>7.3f}{w:>6.2f}{s.get('load_s', 0):>8.2f}{s.get('peak_rss_mb', 0):>12.0f}")
 print()
 for e, n, a, p, r, w, t in rows:
     print(f"{e} {n}: {t}")

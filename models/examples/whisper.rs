@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p sandra-models --example whisper -- install <ct2-dir> <dst-dir>
+//! cargo run --release -p sandra-models --example whisper -- quantize <model-dir>   # adds model.gguf
 //! cargo run --release -p sandra-models --example whisper -- transcribe <model-dir> <audio> [mime]
 //! cargo run --release -p sandra-models --example whisper -- bench <model-dir> <weights: gguf|safetensors> <threads> <clip.opus>...
 //! ```
@@ -47,6 +48,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 args[2], cfg.encoder_layers, cfg.d_model
             );
         }
+        Some("quantize") if args.len() == 2 => {
+            let dir = Path::new(&args[1]);
+            whisper::gguf::quantize_dir(dir, &dir.join("model.gguf"), Default::default())?;
+            println!("wrote {}", dir.join("model.gguf").display());
+        }
         Some("transcribe") if args.len() >= 3 => {
             let bytes = std::fs::read(&args[2])?;
             let mime = args
@@ -58,10 +64,47 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let t = m.transcribe(&pcm.samples)?;
             println!("[{}] {}", t.language.unwrap_or_default(), t.text);
         }
+        Some("profile") if args.len() >= 4 => {
+            // Where the time goes for one clip: mel, encoder, cross K/V, decoder steps.
+            let opts = WhisperOptions {
+                prefer_gguf: args[2] == "gguf",
+                ..Default::default()
+            };
+            let m = WhisperModel::load(Path::new(&args[1]), &opts)?;
+            let pcm = decode_to_pcm16k(&std::fs::read(&args[3])?, mime_for(&args[3]))?;
+            for _ in 0..2 {
+                let t = Instant::now();
+                let mel = m.mel_tensor(&pcm.samples)?;
+                let t_mel = t.elapsed();
+                let t = Instant::now();
+                let audio = m.whisper().encoder.forward(&mel)?;
+                let t_enc = t.elapsed();
+                let t = Instant::now();
+                let mut st = m.whisper().decoder.start(&audio)?;
+                let t_cross = t.elapsed();
+                let t = Instant::now();
+                let _ = m
+                    .whisper()
+                    .decoder
+                    .step(&mut st, &[50258, 50259, 50359, 50363])?;
+                let t_prompt = t.elapsed();
+                let t = Instant::now();
+                for i in 0..20 {
+                    let _ = m.whisper().decoder.step(&mut st, &[220 + i])?;
+                }
+                let t_steps = t.elapsed() / 20;
+                println!(
+                    "mel {t_mel:?} encoder {t_enc:?} cross-kv {t_cross:?} prompt {t_prompt:?} per-token {t_steps:?}"
+                );
+            }
+        }
         Some("bench") if args.len() >= 5 => {
             let opts = WhisperOptions {
                 prefer_gguf: args[2] == "gguf",
                 threads: Some(args[3].parse()?),
+                encoder_trim_margin_ms: std::env::var("WHISPER_TRIM_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok()),
                 ..Default::default()
             };
             let threads = opts.threads.unwrap_or(1);

@@ -299,7 +299,14 @@ fn quantized_gguf_loads_and_its_cache_matches_too() {
         gguf::QuantPlan::default(),
     )
     .unwrap();
-    let q = WhisperModel::load(dir.path(), &opts(40)).unwrap();
+    let q = WhisperModel::load(
+        dir.path(),
+        &WhisperOptions {
+            prefer_gguf: true,
+            ..opts(40)
+        },
+    )
+    .unwrap();
     assert_cache_matches_reference(&q, 0.02, false);
     // q8_0 stays close to the dense model.
     let mel = dense.mel_tensor(&speechlike(2.0)).unwrap();
@@ -380,6 +387,19 @@ async fn transcriber_loads_and_transcribes_in_windows() {
     let long = t.transcribe(speechlike(65.0)).await.unwrap();
     assert!(long.text.split(' ').count() > short.text.split(' ').count());
     assert!(t.transcribe(Vec::new()).await.unwrap().text.is_empty());
+
+    // Encoder context trimmed to the audio: a shorter encoder input, same decoding path.
+    let trimmed = Transcriber::load(
+        dir.path(),
+        WhisperOptions {
+            encoder_trim_margin_ms: Some(1000),
+            ..opts(8)
+        },
+        1,
+    )
+    .unwrap();
+    let out = trimmed.transcribe(speechlike(1.5)).await.unwrap();
+    assert!(!out.text.is_empty());
 
     // A configured language skips detection and is reported.
     let es = Transcriber::load(
@@ -697,17 +717,13 @@ fn ct2_converter_parses_and_maps_names() {
     let ea = a.whisper().encoder.forward(&mel).unwrap();
     let eb = b.whisper().encoder.forward(&mel).unwrap();
     assert!(max_abs_diff(&ea, &eb) < 0.05);
-    // f16 output and the installer (safetensors + gguf).
+    // f16 output through the installer.
     let inst = tempfile::tempdir().unwrap();
     sandra_models::whisper::install::install_from_ct2_dir(src.path(), inst.path()).unwrap();
-    for f in [
-        "model.safetensors",
-        "model.gguf",
-        "config.json",
-        "tokenizer.json",
-    ] {
+    for f in ["model.safetensors", "config.json", "tokenizer.json"] {
         assert!(inst.path().join(f).is_file(), "{f}");
     }
+    WhisperModel::load(inst.path(), &opts(4)).unwrap();
     let _ = std::fs::remove_file(src.path().join("tokenizer.json"));
     // Not a Whisper spec → clear error.
     let mut other = bin.clone();

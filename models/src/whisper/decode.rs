@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use tokenizers::Tokenizer;
 
 use super::config::Config;
-use super::mel::{MelExtractor, WINDOW_FRAMES, WINDOW_SAMPLES};
+use super::mel::{HOP, MelExtractor, WINDOW_FRAMES, WINDOW_SAMPLES};
 use super::model::{Weights, Whisper};
 use super::{Transcript, WhisperError, WhisperOptions};
 
@@ -63,6 +63,8 @@ pub struct WhisperModel {
     begin_mask: Vec<u32>,
     language: Option<u32>,
     max_new_tokens: usize,
+    /// `Some(margin)`: encode only the audio's frames plus `margin` frames of padding.
+    trim_margin_frames: Option<usize>,
 }
 
 fn load_err(path: &Path, reason: impl std::fmt::Display) -> WhisperError {
@@ -72,7 +74,8 @@ fn load_err(path: &Path, reason: impl std::fmt::Display) -> WhisperError {
     }
 }
 
-/// The weights file a model directory provides (GGUF preferred: it is the quantized, faster one).
+/// The weights file a model directory provides: `model.safetensors` or `model.gguf`, in the
+/// preferred order.
 pub fn weights_file(dir: &Path, prefer_gguf: bool) -> Result<PathBuf, WhisperError> {
     let gguf = dir.join("model.gguf");
     let st = dir.join("model.safetensors");
@@ -165,6 +168,9 @@ impl WhisperModel {
             begin_mask,
             language,
             max_new_tokens,
+            trim_margin_frames: opts
+                .encoder_trim_margin_ms
+                .map(|ms| (ms as usize).div_ceil(10)),
         })
     }
 
@@ -246,6 +252,10 @@ impl WhisperModel {
         let n_mels = self.mel.n_mels();
         let mel = self.mel.window(samples);
         let mel = Tensor::from_vec(mel, (1, n_mels, WINDOW_FRAMES), self.device()).map_err(inf)?;
+        let mel = match self.encoder_frames(samples.len()) {
+            Some(frames) => mel.narrow(2, 0, frames).map_err(inf)?,
+            None => mel,
+        };
         let audio = self.model.encoder.forward(&mel).map_err(inf)?;
         let dec = &self.model.decoder;
         let sp = &self.specials;
@@ -310,6 +320,14 @@ impl WhisperModel {
             .map_err(inf)?;
         }
         Ok((out, lang))
+    }
+
+    /// Mel frames to encode when the encoder context is trimmed to the audio (plus a margin of
+    /// silence); `None` encodes the full 30 s window as Whisper was trained to.
+    fn encoder_frames(&self, samples: usize) -> Option<usize> {
+        let margin = self.trim_margin_frames?;
+        let frames = (samples.div_ceil(HOP) + margin).next_multiple_of(2);
+        (frames < WINDOW_FRAMES).then_some(frames)
     }
 
     /// Language code of a language token id.

@@ -4,12 +4,12 @@ use std::path::Path;
 
 use super::WhisperError;
 use super::ct2::{OutDType, convert_with};
-use super::gguf::{QuantPlan, quantize_dir};
 
 /// Converts the CTranslate2 model in `src` (`model.bin`, `config.json`, `tokenizer.json`) into a
 /// directory [`super::Transcriber::load`] accepts: `dst/model.safetensors` (f16), `config.json`,
-/// `tokenizer.json`, plus `dst/model.gguf` (decoder in q8_0, encoder in f16), which the
-/// transcriber prefers by default. Returns the derived config.
+/// `tokenizer.json`. Returns the derived config. (A quantized `model.gguf` can be added with
+/// [`super::gguf::quantize_dir`]; on CPU it measured slower than dense weights, so it is not
+/// written by default.)
 pub fn install_from_ct2_dir(src: &Path, dst: &Path) -> Result<super::Config, WhisperError> {
     let cfg = convert_with(
         &src.join("model.bin"),
@@ -23,6 +23,5 @@ pub fn install_from_ct2_dir(src: &Path, dst: &Path) -> Result<super::Config, Whi
             src.display()
         )));
     }
-    quantize_dir(dst, &dst.join("model.gguf"), QuantPlan::default())?;
     Ok(cfg)
 }

@@ -81,9 +81,15 @@ pub struct WhisperOptions {
     pub threads: Option<usize>,
     pub device: DeviceChoice,
     /// Use `model.gguf` (quantized) when the directory has both it and `model.safetensors`.
+    /// Off by default: with candle 0.11 on CPU, q8_0 matmuls measured slower than dense f32
+    /// for Whisper base (see the benchmark notes).
     pub prefer_gguf: bool,
     /// Cap on text tokens per 30 s window (default 224).
     pub max_new_tokens: Option<usize>,
+    /// Speed/accuracy trade: encode only the note's own frames plus this much trailing
+    /// padding (milliseconds) instead of the full 30 s window Whisper was trained on. A 10 s
+    /// note then costs about a third of the encoder time. `None` (default): full window.
+    pub encoder_trim_margin_ms: Option<u32>,
 }
 
 impl Default for WhisperOptions {
@@ -92,8 +98,9 @@ impl Default for WhisperOptions {
             language: None,
             threads: None,
             device: DeviceChoice::Auto,
-            prefer_gguf: true,
+            prefer_gguf: false,
             max_new_tokens: None,
+            encoder_trim_margin_ms: None,
         }
     }
 }
