@@ -387,6 +387,9 @@ async fn transcriber_loads_and_transcribes_in_windows() {
     let long = t.transcribe(speechlike(65.0)).await.unwrap();
     assert!(long.text.split(' ').count() > short.text.split(' ').count());
     assert!(t.transcribe(Vec::new()).await.unwrap().text.is_empty());
+    // Digital silence is not handed to the model (which would invent words for it).
+    let silent = t.transcribe(vec![0.0; 48_000]).await.unwrap();
+    assert_eq!((silent.text.as_str(), silent.audio_seconds), ("", 3.0));
 
     // Encoder context trimmed to the audio: a shorter encoder input, same decoding path.
     let trimmed = Transcriber::load(

@@ -97,6 +97,19 @@ async fn whisper_base_transcribes_a_spoken_sentence() {
     assert_eq!(out.language.as_deref(), Some("en"));
     assert!(w <= 0.2, "WER {w}: {:?}", out.text);
 
+    // Silence and faint noise: no invented words.
+    let silence = t.transcribe(vec![0.0; 3 * 16_000]).await.unwrap();
+    assert_eq!(silence.text, "");
+    let mut seed = 1u32;
+    let noise: Vec<f32> = (0..3 * 16_000)
+        .map(|_| {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 * 0.02 - 0.01
+        })
+        .collect();
+    let noisy = t.transcribe(noise).await.unwrap();
+    println!("faint noise: {:?}", noisy.text);
+
     // Language detection on a Spanish note.
     if let Some(note) = voice_note("Hola, ¿cómo estás? Mañana te llamo por teléfono.", "es") {
         let pcm = decode_to_pcm16k(&note, "audio/ogg").unwrap();

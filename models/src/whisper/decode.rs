@@ -23,6 +23,11 @@ pub const LANGUAGES: &[&str] = &[
 
 /// Whisper never writes more than half its text context per window.
 const MAX_NEW_TOKENS: usize = 224;
+/// RMS below which a window is not transcribed at all (-60 dBFS).
+const SILENCE_RMS: f32 = 1e-3;
+/// Whisper's defaults for judging a window silent.
+const NO_SPEECH_THRESHOLD: f32 = 0.6;
+const LOGPROB_THRESHOLD: f64 = -1.0;
 /// A trailing window shorter than this (after at least one full window) is not transcribed:
 /// a fraction of a second of tail invites hallucinated words.
 const MIN_TAIL_SAMPLES: usize = 16_000 / 5;
@@ -41,6 +46,8 @@ struct Specials {
     eot: u32,
     transcribe: u32,
     no_timestamps: u32,
+    /// `<|nospeech|>` (`<|nocaptions|>` in older vocabularies), when the tokenizer has it.
+    no_speech: Option<u32>,
     languages: Vec<(String, u32)>,
 }
 
@@ -116,6 +123,9 @@ impl WhisperModel {
             eot: token(&tokenizer, "<|endoftext|>", dir)?,
             transcribe: token(&tokenizer, "<|transcribe|>", dir)?,
             no_timestamps: token(&tokenizer, "<|notimestamps|>", dir)?,
+            no_speech: tokenizer
+                .token_to_id("<|nospeech|>")
+                .or_else(|| tokenizer.token_to_id("<|nocaptions|>")),
             languages: LANGUAGES
                 .iter()
                 .filter_map(|l| {
@@ -212,6 +222,11 @@ impl WhisperModel {
             if i > 0 && chunk.len() < MIN_TAIL_SAMPLES {
                 break;
             }
+            // Digital silence (below -60 dBFS): Whisper would answer with an invented "you".
+            let rms = (chunk.iter().map(|x| x * x).sum::<f32>() / chunk.len() as f32).sqrt();
+            if rms < SILENCE_RMS {
+                continue;
+            }
             let (tokens, lang) = self.window_tokens(chunk, language, DecodeMode::Cached)?;
             language = language.or(lang);
             let text = self
@@ -262,39 +277,39 @@ impl WhisperModel {
         let multilingual = self.model.config.is_multilingual() && !sp.languages.is_empty();
 
         let mut state = dec.start(&audio).map_err(inf)?;
+        // The logits after <|startoftranscript|> alone give the language and the no-speech
+        // probability; the rest of the prompt follows in a second step.
         let mut seq: Vec<u32> = vec![sp.sot];
+        let first = match mode {
+            DecodeMode::Cached => dec.step(&mut state, &seq),
+            DecodeMode::NoCacheReference => dec.logits_no_cache(&audio, &seq),
+        }
+        .and_then(|l| l.to_vec1::<f32>())
+        .map_err(inf)?;
+        let no_speech = sp.no_speech.map(|t| softmax_at(&first, t as usize));
         let mut lang = None;
-        let mut logits = if multilingual {
-            let lang_id = match language {
-                Some(l) => l,
-                None => {
-                    let logits = dec.step(&mut state, &[sp.sot]).map_err(inf)?;
-                    let l = logits.to_vec1::<f32>().map_err(inf)?;
-                    sp.languages
-                        .iter()
-                        .map(|(_, id)| *id)
-                        .max_by(|a, b| l[*a as usize].total_cmp(&l[*b as usize]))
-                        .expect("languages is not empty")
-                }
-            };
+        let rest: Vec<u32> = if multilingual {
+            let lang_id = language.unwrap_or_else(|| {
+                sp.languages
+                    .iter()
+                    .map(|(_, id)| *id)
+                    .max_by(|a, b| first[*a as usize].total_cmp(&first[*b as usize]))
+                    .expect("languages is not empty")
+            });
             lang = Some(lang_id);
-            let rest = [lang_id, sp.transcribe, sp.no_timestamps];
-            seq.extend_from_slice(&rest);
-            match mode {
-                DecodeMode::Cached if state.len == 1 => dec.step(&mut state, &rest),
-                DecodeMode::Cached => dec.step(&mut state, &seq),
-                DecodeMode::NoCacheReference => dec.logits_no_cache(&audio, &seq),
-            }
+            vec![lang_id, sp.transcribe, sp.no_timestamps]
         } else {
-            seq.push(sp.no_timestamps);
-            match mode {
-                DecodeMode::Cached => dec.step(&mut state, &seq),
-                DecodeMode::NoCacheReference => dec.logits_no_cache(&audio, &seq),
-            }
+            vec![sp.no_timestamps]
+        };
+        seq.extend_from_slice(&rest);
+        let mut logits = match mode {
+            DecodeMode::Cached => dec.step(&mut state, &rest),
+            DecodeMode::NoCacheReference => dec.logits_no_cache(&audio, &seq),
         }
         .map_err(inf)?;
 
         let mut out = Vec::new();
+        let mut sum_logprob = 0f64;
         for i in 0..self.max_new_tokens {
             let mut l = logits.to_vec1::<f32>().map_err(inf)?;
             for (x, m) in l.iter_mut().zip(&self.mask) {
@@ -308,6 +323,7 @@ impl WhisperModel {
                 }
             }
             let next = argmax(&l);
+            sum_logprob += (l[next as usize] - log_sum_exp(&l)) as f64;
             if next == sp.eot || seq.len() + 1 >= self.model.config.max_target_positions {
                 break;
             }
@@ -318,6 +334,17 @@ impl WhisperModel {
                 DecodeMode::NoCacheReference => dec.logits_no_cache(&audio, &seq),
             }
             .map_err(inf)?;
+        }
+        // Whisper's silence rule: a confident "no speech" and an unconfident transcript mean
+        // the window is silence or noise, not the stock phrase ("you", "Thank you.") the
+        // decoder invents for it.
+        let avg_logprob = sum_logprob / (out.len() + 1) as f64;
+        if let Some(p) = no_speech
+            && p > NO_SPEECH_THRESHOLD
+            && avg_logprob < LOGPROB_THRESHOLD
+        {
+            tracing::debug!(no_speech = p, avg_logprob, "window judged silent");
+            out.clear();
         }
         Ok((out, lang))
     }
@@ -338,6 +365,19 @@ impl WhisperModel {
             .find(|(_, t)| *t == id)
             .map(|(c, _)| c.as_str())
     }
+}
+
+fn log_sum_exp(l: &[f32]) -> f32 {
+    let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return max;
+    }
+    max + l.iter().map(|x| (x - max).exp()).sum::<f32>().ln()
+}
+
+/// Softmax probability of index `i`.
+fn softmax_at(l: &[f32], i: usize) -> f32 {
+    l.get(i).map_or(0.0, |x| (x - log_sum_exp(l)).exp())
 }
 
 fn argmax(l: &[f32]) -> u32 {
