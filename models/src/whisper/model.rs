@@ -1,0 +1,495 @@
+//! Whisper's encoder and decoder, written for fast greedy decoding on a CPU.
+//!
+//! Compared with candle-transformers' `whisper::model` (which informed it), the decoder keeps a
+//! per-layer self-attention key/value cache, so each new token costs one position of work
+//! instead of the whole sequence, and the cross-attention keys/values of the encoder output are
+//! computed once per 30 s window (keys stored transposed, ready for `q·Kᵀ`). Every projection is
+//! a [`QMatMul`], so the same code runs dense (`f32`) weights from safetensors and quantized
+//! (`q8_0`, `q4_0`, ...) weights from GGUF.
+//!
+//! [`Whisper::decoder_logits_no_cache`] recomputes the whole sequence with a causal mask, the way
+//! the stock decoder does; tests use it as the reference for the cached path.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor, gguf_file};
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Conv1d, Conv1dConfig, LayerNorm};
+
+use super::config::Config;
+
+/// Where the weights come from.
+pub enum Weights {
+    Dense(candle_nn::VarBuilder<'static>),
+    Gguf(candle_transformers::quantized_var_builder::VarBuilder),
+}
+
+impl Weights {
+    /// Memory-maps `model.safetensors` (weights converted to `f32` on load).
+    pub fn safetensors(path: &Path, device: &Device) -> Result<Self> {
+        // SAFETY: the file is not modified while mapped (it is our own model directory).
+        let vb =
+            unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device)? };
+        Ok(Self::Dense(vb))
+    }
+
+    pub fn gguf(path: &Path, device: &Device) -> Result<Self> {
+        let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf(path, device)?;
+        Ok(Self::Gguf(vb))
+    }
+
+    /// A dense `f32` tensor (quantized ones are dequantized).
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        match self {
+            Self::Dense(vb) => vb.get(shape, name),
+            Self::Gguf(vb) => vb.get(shape, name)?.dequantize(vb.device()),
+        }
+    }
+
+    /// A matrix `[out, in]` for `x·Wᵀ`, kept quantized when stored quantized.
+    fn matrix(&self, name: &str, out: usize, inp: usize) -> Result<QMatMul> {
+        match self {
+            Self::Dense(vb) => Ok(QMatMul::Tensor(vb.get((out, inp), name)?)),
+            Self::Gguf(vb) => QMatMul::from_arc(vb.get((out, inp), name)?),
+        }
+    }
+
+    fn qtensor(&self, name: &str, shape: &[usize]) -> Result<Option<Arc<QTensor>>> {
+        match self {
+            Self::Dense(_) => Ok(None),
+            Self::Gguf(vb) => Ok(Some(vb.get(shape, name)?)),
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        match self {
+            Self::Dense(vb) => vb.contains_tensor(name),
+            Self::Gguf(vb) => vb.get_no_shape(name).is_ok(),
+        }
+    }
+}
+
+struct Linear {
+    w: QMatMul,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    fn load(w: &Weights, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
+        let m = w.matrix(&format!("{prefix}.weight"), out, inp)?;
+        let b = if bias {
+            Some(w.tensor(&format!("{prefix}.bias"), &[out])?)
+        } else {
+            None
+        };
+        Ok(Self { w: m, b })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.w.forward(x)?;
+        match &self.b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+fn layer_norm(w: &Weights, prefix: &str, n: usize) -> Result<LayerNorm> {
+    Ok(LayerNorm::new(
+        w.tensor(&format!("{prefix}.weight"), &[n])?,
+        w.tensor(&format!("{prefix}.bias"), &[n])?,
+        1e-5,
+    ))
+}
+
+/// Query/key/value/output projections of one attention block.
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(w: &Weights, prefix: &str, d: usize, heads: usize) -> Result<Self> {
+        Ok(Self {
+            q: Linear::load(w, &format!("{prefix}.q_proj"), d, d, true)?,
+            k: Linear::load(w, &format!("{prefix}.k_proj"), d, d, false)?,
+            v: Linear::load(w, &format!("{prefix}.v_proj"), d, d, true)?,
+            out: Linear::load(w, &format!("{prefix}.out_proj"), d, d, true)?,
+            heads,
+            head_dim: d / heads,
+        })
+    }
+
+    /// `[1, T, d]` → `[1, heads, T, head_dim]` (contiguous).
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        x.reshape((b, t, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    fn merge_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, _, t, _) = x.dims4()?;
+        x.transpose(1, 2)?
+            .reshape((b, t, self.heads * self.head_dim))
+    }
+
+    fn scaled_query(&self, x: &Tensor) -> Result<Tensor> {
+        let q = self.q.forward(x)?;
+        self.split_heads(&(q * (1.0 / (self.head_dim as f64).sqrt()))?)
+    }
+
+    /// softmax(q·kᵀ + mask)·v, with `kt` already transposed to `[1, heads, head_dim, S]`.
+    fn attend(&self, q: &Tensor, kt: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let mut scores = q.matmul(kt)?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let p = candle_nn::ops::softmax_last_dim(&scores)?;
+        let o = p.matmul(v)?;
+        self.out.forward(&self.merge_heads(&o)?)
+    }
+
+    /// Full (uncached) attention of `x` over `kv_source`.
+    fn forward_full(
+        &self,
+        x: &Tensor,
+        kv_source: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let q = self.scaled_query(x)?;
+        let kt = self
+            .split_heads(&self.k.forward(kv_source)?)?
+            .transpose(2, 3)?
+            .contiguous()?;
+        let v = self.split_heads(&self.v.forward(kv_source)?)?;
+        self.attend(&q, &kt, &v, mask)
+    }
+}
+
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    ln: LayerNorm,
+}
+
+impl Mlp {
+    fn load(w: &Weights, prefix: &str, d: usize, ffn: usize) -> Result<Self> {
+        Ok(Self {
+            fc1: Linear::load(w, &format!("{prefix}.fc1"), ffn, d, true)?,
+            fc2: Linear::load(w, &format!("{prefix}.fc2"), d, ffn, true)?,
+            ln: layer_norm(w, &format!("{prefix}.final_layer_norm"), d)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.fc1.forward(&self.ln.forward(x)?)?.gelu_erf()?;
+        x + self.fc2.forward(&h)?
+    }
+}
+
+struct EncoderLayer {
+    attn: Attention,
+    attn_ln: LayerNorm,
+    mlp: Mlp,
+}
+
+pub struct Encoder {
+    conv1: Conv1d,
+    conv2: Conv1d,
+    positions: Tensor,
+    layers: Vec<EncoderLayer>,
+    ln_post: LayerNorm,
+}
+
+fn conv1d(w: &Weights, prefix: &str, inp: usize, out: usize, stride: usize) -> Result<Conv1d> {
+    let weight = w.tensor(&format!("{prefix}.weight"), &[out, inp, 3])?;
+    let bias = w.tensor(&format!("{prefix}.bias"), &[out])?;
+    let cfg = Conv1dConfig {
+        padding: 1,
+        stride,
+        ..Default::default()
+    };
+    Ok(Conv1d::new(weight, Some(bias), cfg))
+}
+
+/// Whisper's fixed sinusoidal position table for the encoder (used when a checkpoint omits it).
+pub fn sinusoids(length: usize, channels: usize) -> Vec<f32> {
+    let half = channels / 2;
+    let inc = (10_000f64).ln() / (half as f64 - 1.0);
+    let mut out = vec![0f32; length * channels];
+    for t in 0..length {
+        for i in 0..half {
+            let a = t as f64 * (-inc * i as f64).exp();
+            out[t * channels + i] = a.sin() as f32;
+            out[t * channels + half + i] = a.cos() as f32;
+        }
+    }
+    out
+}
+
+impl Encoder {
+    fn load(w: &Weights, cfg: &Config, device: &Device) -> Result<Self> {
+        let d = cfg.d_model;
+        let p = "model.encoder";
+        let pos_name = format!("{p}.embed_positions.weight");
+        let positions = if w.contains(&pos_name) {
+            w.tensor(&pos_name, &[cfg.max_source_positions, d])?
+        } else {
+            Tensor::from_vec(
+                sinusoids(cfg.max_source_positions, d),
+                (cfg.max_source_positions, d),
+                device,
+            )?
+        };
+        let layers = (0..cfg.encoder_layers)
+            .map(|i| {
+                let lp = format!("{p}.layers.{i}");
+                Ok(EncoderLayer {
+                    attn: Attention::load(
+                        w,
+                        &format!("{lp}.self_attn"),
+                        d,
+                        cfg.encoder_attention_heads,
+                    )?,
+                    attn_ln: layer_norm(w, &format!("{lp}.self_attn_layer_norm"), d)?,
+                    mlp: Mlp::load(w, &lp, d, cfg.encoder_ffn())?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            conv1: conv1d(w, &format!("{p}.conv1"), cfg.num_mel_bins, d, 1)?,
+            conv2: conv1d(w, &format!("{p}.conv2"), d, d, 2)?,
+            positions,
+            layers,
+            ln_post: layer_norm(w, &format!("{p}.layer_norm"), d)?,
+        })
+    }
+
+    /// `mel`: `[1, n_mels, frames]` → `[1, frames / 2, d_model]`.
+    pub fn forward(&self, mel: &Tensor) -> Result<Tensor> {
+        let x = self.conv1.forward(mel)?.gelu_erf()?;
+        let x = self.conv2.forward(&x)?.gelu_erf()?;
+        let x = x.transpose(1, 2)?;
+        let t = x.dim(1)?;
+        let mut x = x.broadcast_add(&self.positions.narrow(0, 0, t)?)?;
+        for l in &self.layers {
+            let h = l.attn_ln.forward(&x)?;
+            x = (&x + l.attn.forward_full(&h, &h, None)?)?;
+            x = l.mlp.forward(&x)?;
+        }
+        self.ln_post.forward(&x)
+    }
+}
+
+struct DecoderLayer {
+    self_attn: Attention,
+    self_ln: LayerNorm,
+    cross_attn: Attention,
+    cross_ln: LayerNorm,
+    mlp: Mlp,
+}
+
+/// Per-window decoder state: the self-attention cache grows with each token, the
+/// cross-attention keys/values are fixed for the window.
+pub struct DecoderState {
+    /// Per layer: keys transposed `[1, H, hd, T]` and values `[1, H, T, hd]` so far.
+    self_kv: Vec<Option<(Tensor, Tensor)>>,
+    /// Per layer: encoder keys transposed `[1, H, hd, S]` and values `[1, H, S, hd]`.
+    cross_kv: Vec<(Tensor, Tensor)>,
+    /// Tokens already in the cache.
+    pub len: usize,
+}
+
+pub struct Decoder {
+    embed: Tensor,
+    /// The output projection (tied to the token embedding), possibly quantized.
+    logits_proj: QMatMul,
+    positions: Tensor,
+    layers: Vec<DecoderLayer>,
+    ln: LayerNorm,
+    device: Device,
+}
+
+impl Decoder {
+    fn load(w: &Weights, cfg: &Config, device: &Device) -> Result<Self> {
+        let d = cfg.d_model;
+        let p = "model.decoder";
+        let embed_name = format!("{p}.embed_tokens.weight");
+        let embed = w.tensor(&embed_name, &[cfg.vocab_size, d])?;
+        let logits_proj = match w.qtensor(&embed_name, &[cfg.vocab_size, d])? {
+            Some(q) => QMatMul::from_arc(q)?,
+            None => QMatMul::Tensor(embed.clone()),
+        };
+        let layers = (0..cfg.decoder_layers)
+            .map(|i| {
+                let lp = format!("{p}.layers.{i}");
+                let h = cfg.decoder_attention_heads;
+                Ok(DecoderLayer {
+                    self_attn: Attention::load(w, &format!("{lp}.self_attn"), d, h)?,
+                    self_ln: layer_norm(w, &format!("{lp}.self_attn_layer_norm"), d)?,
+                    cross_attn: Attention::load(w, &format!("{lp}.encoder_attn"), d, h)?,
+                    cross_ln: layer_norm(w, &format!("{lp}.encoder_attn_layer_norm"), d)?,
+                    mlp: Mlp::load(w, &lp, d, cfg.decoder_ffn())?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embed,
+            logits_proj,
+            positions: w.tensor(
+                &format!("{p}.embed_positions.weight"),
+                &[cfg.max_target_positions, d],
+            )?,
+            layers,
+            ln: layer_norm(w, &format!("{p}.layer_norm"), d)?,
+            device: device.clone(),
+        })
+    }
+
+    /// Prepares a window: projects the encoder output into each layer's cross-attention K/V.
+    pub fn start(&self, audio: &Tensor) -> Result<DecoderState> {
+        let cross_kv = self
+            .layers
+            .iter()
+            .map(|l| {
+                let a = &l.cross_attn;
+                let kt = a
+                    .split_heads(&a.k.forward(audio)?)?
+                    .transpose(2, 3)?
+                    .contiguous()?;
+                let v = a.split_heads(&a.v.forward(audio)?)?;
+                Ok((kt, v))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DecoderState {
+            self_kv: vec![None; self.layers.len()],
+            cross_kv,
+            len: 0,
+        })
+    }
+
+    fn embed_tokens(&self, tokens: &[u32], offset: usize) -> Result<Tensor> {
+        let ids = Tensor::new(tokens, &self.device)?;
+        let tok = self.embed.index_select(&ids, 0)?;
+        let pos = self.positions.narrow(0, offset, tokens.len())?;
+        (tok + pos)?.unsqueeze(0)
+    }
+
+    /// Causal mask `[n, offset + n]` for `n` new tokens after `offset` cached ones.
+    fn causal_mask(&self, n: usize, offset: usize) -> Result<Option<Tensor>> {
+        if n <= 1 {
+            return Ok(None);
+        }
+        let total = offset + n;
+        let m: Vec<f32> = (0..n)
+            .flat_map(|i| {
+                (0..total).map(move |j| {
+                    if j > offset + i {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
+            .collect();
+        Tensor::from_vec(m, (n, total), &self.device).map(Some)
+    }
+
+    /// Feeds `tokens` (appended to what `state` holds) and returns the logits of the last one,
+    /// `[vocab]`.
+    pub fn step(&self, state: &mut DecoderState, tokens: &[u32]) -> Result<Tensor> {
+        let n = tokens.len();
+        let offset = state.len;
+        let mut x = self.embed_tokens(tokens, offset)?;
+        let mask = self.causal_mask(n, offset)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            // Self-attention over the cache plus the new positions.
+            let a = &l.self_attn;
+            let h = l.self_ln.forward(&x)?;
+            let q = a.scaled_query(&h)?;
+            let k_new = a.split_heads(&a.k.forward(&h)?)?.transpose(2, 3)?;
+            let v_new = a.split_heads(&a.v.forward(&h)?)?;
+            let (kt, v) = match state.self_kv[i].take() {
+                Some((kt, v)) => (
+                    Tensor::cat(&[&kt, &k_new], 3)?,
+                    Tensor::cat(&[&v, &v_new], 2)?,
+                ),
+                None => (k_new.contiguous()?, v_new),
+            };
+            x = (&x + a.attend(&q, &kt, &v, mask.as_ref())?)?;
+            state.self_kv[i] = Some((kt, v));
+            // Cross-attention over the window's audio.
+            let c = &l.cross_attn;
+            let h = l.cross_ln.forward(&x)?;
+            let q = c.scaled_query(&h)?;
+            let (kt, v) = &state.cross_kv[i];
+            x = (&x + c.attend(&q, kt, v, None)?)?;
+            x = l.mlp.forward(&x)?;
+        }
+        state.len += n;
+        self.logits(&x.narrow(1, n - 1, 1)?)
+    }
+
+    fn logits(&self, last: &Tensor) -> Result<Tensor> {
+        let h = self.ln.forward(last)?;
+        self.logits_proj.forward(&h)?.flatten_all()
+    }
+
+    /// The stock way: the whole sequence again, no cache. Reference for tests.
+    pub fn logits_no_cache(&self, audio: &Tensor, tokens: &[u32]) -> Result<Tensor> {
+        let n = tokens.len();
+        let mut x = self.embed_tokens(tokens, 0)?;
+        let mask = self.causal_mask(n, 0)?;
+        for l in &self.layers {
+            let h = l.self_ln.forward(&x)?;
+            x = (&x + l.self_attn.forward_full(&h, &h, mask.as_ref())?)?;
+            let h = l.cross_ln.forward(&x)?;
+            x = (&x + l.cross_attn.forward_full(&h, audio, None)?)?;
+            x = l.mlp.forward(&x)?;
+        }
+        self.logits(&x.narrow(1, n - 1, 1)?)
+    }
+}
+
+/// Encoder + decoder.
+pub struct Whisper {
+    pub config: Config,
+    pub encoder: Encoder,
+    pub decoder: Decoder,
+    pub device: Device,
+}
+
+impl Whisper {
+    pub fn load(weights: &Weights, config: Config, device: &Device) -> Result<Self> {
+        Ok(Self {
+            encoder: Encoder::load(weights, &config, device)?,
+            decoder: Decoder::load(weights, &config, device)?,
+            config,
+            device: device.clone(),
+        })
+    }
+
+    /// Convenience for tests: the uncached logits of `tokens` after encoding `mel`.
+    pub fn decoder_logits_no_cache(&self, audio: &Tensor, tokens: &[u32]) -> Result<Tensor> {
+        self.decoder.logits_no_cache(audio, tokens)
+    }
+}
+
+/// Whether `path` is a GGUF file that holds Whisper tensors.
+pub fn is_whisper_gguf(path: &Path) -> bool {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    gguf_file::Content::read(&mut f)
+        .map(|c| {
+            c.tensor_infos
+                .contains_key("model.decoder.embed_tokens.weight")
+        })
+        .unwrap_or(false)
+}
