@@ -5,6 +5,7 @@ CMAKE_ARGS="-DGGML_NATIVE=ON").
 
     bench-llm-llamacpp.py MODEL.gguf [GEN_TOKENS] [--no-mmap]
 """
+import os
 import resource
 import statistics
 import sys
@@ -50,7 +51,7 @@ def main():
                                  if vocab_has(s)}
     prefill, gen = [], []
     generated = 0
-    for _ in range(3):
+    for _ in range(int(os.environ.get("BENCH_RUNS", "3"))):
         llm.reset()
         t = time.perf_counter()
         llm.eval(tokens)
