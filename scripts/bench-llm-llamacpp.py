@@ -76,5 +76,31 @@ def main():
           f"gen_tok_s={statistics.median(gen):.1f}\tpeak_rss_mb={rss_mb:.0f}\tthreads=2")
 
 
+
+
+def compare_tokens(dump):
+    """Compares `SANDRA_TOKENIZER_DUMP` JSON lines (see models/tests/chat_real.rs) with llama.cpp."""
+    import json
+    import pathlib
+    models = {}
+    bad = 0
+    for line in open(dump):
+        if not line.startswith("{"):
+            continue
+        row = json.loads(line)
+        path = pathlib.Path(os.environ.get("SANDRA_MODELS_DIR", ".models")) / row["model"]
+        if path not in models:
+            models[path] = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        ref = models[path].tokenize(row["text"].encode(), add_bos=False, special=True)
+        same = ref == row["ids"]
+        bad += not same
+        print(("same " if same else "DIFF ") + row["model"] + " " + repr(row["text"][:40]),
+              "" if same else f"\n  sandra {row['ids']}\n  llama  {ref}")
+    sys.exit(1 if bad else 0)
+
+
 if __name__ == "__main__":
-    main()
+    if "--compare-tokens" in sys.argv:
+        compare_tokens(sys.argv[sys.argv.index("--compare-tokens") + 1])
+    else:
+        main()
