@@ -5,6 +5,7 @@ CMAKE_ARGS="-DGGML_NATIVE=ON").
 
     bench-llm-llamacpp.py MODEL.gguf [GEN_TOKENS] [--no-mmap]
 """
+import os
 import resource
 import statistics
 import sys
@@ -50,7 +51,7 @@ def main():
                                  if vocab_has(s)}
     prefill, gen = [], []
     generated = 0
-    for _ in range(3):
+    for _ in range(int(os.environ.get("BENCH_RUNS", "3"))):
         llm.reset()
         t = time.perf_counter()
         llm.eval(tokens)
@@ -75,5 +76,31 @@ def main():
           f"gen_tok_s={statistics.median(gen):.1f}\tpeak_rss_mb={rss_mb:.0f}\tthreads=2")
 
 
+
+
+def compare_tokens(dump):
+    """Compares `SANDRA_TOKENIZER_DUMP` JSON lines (see models/tests/chat_real.rs) with llama.cpp."""
+    import json
+    import pathlib
+    models = {}
+    bad = 0
+    for line in open(dump):
+        if not line.startswith("{"):
+            continue
+        row = json.loads(line)
+        path = pathlib.Path(os.environ.get("SANDRA_MODELS_DIR", ".models")) / row["model"]
+        if path not in models:
+            models[path] = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        ref = models[path].tokenize(row["text"].encode(), add_bos=False, special=True)
+        same = ref == row["ids"]
+        bad += not same
+        print(("same " if same else "DIFF ") + row["model"] + " " + repr(row["text"][:40]),
+              "" if same else f"\n  sandra {row['ids']}\n  llama  {ref}")
+    sys.exit(1 if bad else 0)
+
+
 if __name__ == "__main__":
-    main()
+    if "--compare-tokens" in sys.argv:
+        compare_tokens(sys.argv[sys.argv.index("--compare-tokens") + 1])
+    else:
+        main()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # candle (Sandra's local chat engine) beside llama.cpp on the same GGUF: load time, prefill and
 # generation tokens/s (greedy, same ~220-token prompt, median of 3), peak RSS. Both sides use
-# 2 threads.
+# 2 threads. BENCH_RUNS (default 3) sets the number of runs.
 #
 #   scripts/bench-llm.sh MODEL.gguf [GEN_TOKENS]
 #
@@ -12,7 +12,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$(realpath "$1")
 gen=${2:-128}
-cargo bench -p sandra-models --bench bench_llm --locked -- "$model" "$gen" 2>/dev/null | grep '^candle'
+# PROFILE=dev reuses the test build (dependencies at opt-level 2) instead of a release build.
+if [ "${PROFILE:-release}" = dev ]; then
+  cargo test -p sandra-models --bench bench_llm --locked -- --bench "$model" "$gen" 2>/dev/null | grep '^candle'
+else
+  cargo bench -p sandra-models --bench bench_llm --locked -- "$model" "$gen" 2>/dev/null | grep '^candle'
+fi
 if "${LLAMA_PY:-python3}" -c 'import llama_cpp' 2>/dev/null; then
   "${LLAMA_PY:-python3}" scripts/bench-llm-llamacpp.py "$model" "$gen"
   "${LLAMA_PY:-python3}" scripts/bench-llm-llamacpp.py "$model" "$gen" --no-mmap

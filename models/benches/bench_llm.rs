@@ -54,18 +54,23 @@ fn main() {
         std::process::exit(2);
     };
     let gen_tokens: usize = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(128);
-    let runs = 3;
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
 
     let t = Instant::now();
     let engine = ChatEngine::load_local(&model, DeviceChoice::Auto, SamplingParams::greedy(1), 1)
         .expect("loading");
     let load_s = t.elapsed().as_secs_f64();
+    eprintln!("loaded in {load_s:.2} s: {}", engine.describe());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let msgs = bench_messages();
     let prompt_tokens = engine.count_tokens(&msgs);
+    eprintln!("prompt: {prompt_tokens} tokens");
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     let mut generated = 0;
@@ -75,6 +80,7 @@ fn main() {
         rt.block_on(engine.chat_with(msgs.clone(), SamplingParams::greedy(1)))
             .unwrap();
         let t1 = t.elapsed().as_secs_f64();
+        eprintln!("prefill run: {t1:.2} s");
         let t = Instant::now();
         let r = rt
             .block_on(engine.chat_with(msgs.clone(), SamplingParams::greedy(gen_tokens)))

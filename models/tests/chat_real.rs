@@ -68,3 +68,34 @@ async fn real_model_knows_the_capital_of_france() {
         "no end-of-turn token: {reply:?}"
     );
 }
+
+/// Prints, for each installed model, the token ids the GGUF-derived tokenizer gives a few tricky
+/// strings, as JSON lines (`SANDRA_TOKENIZER_DUMP=1`), to compare with llama.cpp's tokenizer
+/// (`scripts/bench-llm-llamacpp.py --compare-tokens FILE`).
+#[test]
+fn dump_tokenizer_ids_for_comparison() {
+    if std::env::var_os("SANDRA_TOKENIZER_DUMP").is_none() {
+        return;
+    }
+    for path in installed_models() {
+        let md = sandra_models::chat::read_gguf_metadata(&path).unwrap();
+        let tok = sandra_models::chat::tokenizer::from_gguf(&md).unwrap();
+        for text in TRICKY {
+            let ids = tok.encode(*text, false).unwrap().get_ids().to_vec();
+            println!(
+                "{}",
+                serde_json::json!({"model": path.file_name().unwrap().to_string_lossy(),
+                                   "text": text, "ids": ids})
+            );
+        }
+    }
+}
+
+const TRICKY: &[&str] = &[
+    "What is the capital of France?",
+    "¿Qué tal? Estoy en la ciudad de México, año 2024: 12345 pesos.",
+    "<|im_start|>user\nHello  world!\n\n\tTabs and   spaces <|im_end|>\n",
+    "I'm here, you're there; they'll go. DON'T SHOUT",
+    "emoji 😀👍🏽 and 中文字符 and Ελληνικά",
+    "code: fn main() { println!(\"{}\", x[0] + 3.14e-2); }",
+];

@@ -58,7 +58,7 @@ impl ChatMessage {
 
 /// How tokens are chosen (the `[llm]` section of config.toml). Greedy when `temperature == 0`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct SamplingParams {
     /// Softmax temperature; `0` means greedy (always the most likely token).
     pub temperature: f64,
@@ -227,10 +227,20 @@ impl ChatEngine {
         let (info_tx, info_rx) = std::sync::mpsc::sync_channel(1);
         let owned = path.to_path_buf();
         let worker = ModelWorker::spawn("chat", queue, move || {
-            let loaded = local::load(&owned, device).map_err(|reason| ChatError::Load {
-                path: owned.clone(),
-                reason,
-            })?;
+            // A panic inside candle while reading a malformed file is a load error too.
+            let loaded = std::panic::catch_unwind(|| local::load(&owned, device))
+                .unwrap_or_else(|p| {
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(format!("panicked while loading: {msg}"))
+                })
+                .map_err(|reason| ChatError::Load {
+                    path: owned.clone(),
+                    reason,
+                })?;
             let _ = info_tx.send((loaded.tokenizer, loaded.info));
             Ok::<_, ChatError>(loaded.model)
         })?;

@@ -10,7 +10,6 @@ use super::{ChatError, ChatMessage, ChatReply, SamplingParams};
 
 /// Where the remote model is.
 #[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RemoteConfig {
     /// Server root, e.g. `http://127.0.0.1:8080` (a trailing `/v1` is accepted too).
     pub base_url: String,
