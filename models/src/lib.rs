@@ -5,5 +5,7 @@
 pub mod audio;
 pub mod chat;
 pub mod install;
+#[doc(hidden)]
+pub mod testing;
 pub mod whisper;
 pub mod worker;

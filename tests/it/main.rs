@@ -5,5 +5,6 @@ mod support;
 mod actors;
 mod conversation;
 mod crash;
+mod llm;
 mod sender;
 mod webhook;

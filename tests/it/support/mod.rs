@@ -116,6 +116,8 @@ pub fn test_config(data_dir: PathBuf, graph_url: String) -> Config {
     c.sender.recipient_burst = 100;
     c.sender.recipient_window = Duration::from_secs(1);
     c.conversation.typing_indicator = false;
+    // Tests that want a model configure one; by default no model is looked for.
+    c.llm.backend = sandra::config::LlmBackend::None;
     c
 }
 
@@ -140,19 +142,17 @@ impl TestApp {
         Self::spawn_in(dir, graph, tweak, brain).await
     }
 
-    /// Starts the app on an existing data dir and fake (restarts).
-    pub async fn spawn_in(
-        dir: tempfile::TempDir,
-        graph: FakeGraph,
-        tweak: impl FnOnce(&mut Config),
-        brain: Arc<dyn Brain>,
-    ) -> Self {
-        if std::env::var_os("TEST_LOG").is_some() {
-            sandra::init_tracing("debug,sled=info,hyper=info,reqwest=info", "text");
-        }
+    /// Starts the app through [`Application::build`], so the brain comes from the config.
+    pub async fn spawn_built(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let graph = FakeGraph::start(ACCESS_TOKEN).await;
         let mut cfg = test_config(dir.path().join("data"), graph.url());
         tweak(&mut cfg);
-        let app = Application::build_with_brain(cfg, brain).await.unwrap();
+        let app = Application::build(cfg).await.unwrap();
+        Self::run(app, dir, graph)
+    }
+
+    fn run(app: Application, dir: tempfile::TempDir, graph: FakeGraph) -> Self {
         let addr = app.local_addr();
         let system = app.system().clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -168,6 +168,22 @@ impl TestApp {
             shutdown: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// Starts the app on an existing data dir and fake (restarts).
+    pub async fn spawn_in(
+        dir: tempfile::TempDir,
+        graph: FakeGraph,
+        tweak: impl FnOnce(&mut Config),
+        brain: Arc<dyn Brain>,
+    ) -> Self {
+        if std::env::var_os("TEST_LOG").is_some() {
+            sandra::init_tracing("debug,sled=info,hyper=info,reqwest=info", "text");
+        }
+        let mut cfg = test_config(dir.path().join("data"), graph.url());
+        tweak(&mut cfg);
+        let app = Application::build_with_brain(cfg, brain).await.unwrap();
+        Self::run(app, dir, graph)
     }
 
     pub fn url(&self, path: &str) -> String {
