@@ -34,11 +34,21 @@ impl Application {
     /// messages) and binds the listener.
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
         let brain = build_brain(&cfg).await?;
-        Self::build_with_brain(cfg, brain).await
+        let transcriber = build_transcriber(&cfg).await?;
+        Self::build_with(cfg, brain, transcriber).await
     }
 
     /// [`Application::build`] with a given brain (tests, and the LLM once configured).
     pub async fn build_with_brain(cfg: Config, brain: Arc<dyn Brain>) -> anyhow::Result<Self> {
+        Self::build_with(cfg, brain, None).await
+    }
+
+    /// [`Application::build`] with a given brain and transcriber.
+    pub async fn build_with(
+        cfg: Config,
+        brain: Arc<dyn Brain>,
+        transcriber: Option<sandra_models::whisper::Transcriber>,
+    ) -> anyhow::Result<Self> {
         let missing = cfg.missing_whatsapp_settings();
         if !missing.is_empty() {
             tracing::warn!(missing = ?missing, "WhatsApp is not fully configured: webhooks will be refused or replies cannot be sent until these are set");
@@ -72,6 +82,11 @@ impl Application {
             sweep_every: (c.idle_timeout / 4)
                 .clamp(Duration::from_millis(50), Duration::from_secs(30)),
             max_failures: 3,
+            voice: transcriber.map(|t| sandra_actors::conversation::VoiceSupport {
+                media: sandra_actors::media::MediaClient::new(graph.clone()),
+                transcriber: t,
+                echo_transcript: cfg.transcription.echo_transcript,
+            }),
         };
         let sender_args = SenderArgs {
             store: store.clone(),
@@ -204,4 +219,55 @@ pub async fn build_brain(cfg: &Config) -> anyhow::Result<Arc<dyn Brain>> {
         engine,
         cfg.system_prompt().to_string(),
     )))
+}
+
+/// The Whisper model `[transcription]` asks for, if any. A configured directory that fails to
+/// load stops start-up with the path and the reason.
+pub async fn build_transcriber(
+    cfg: &Config,
+) -> anyhow::Result<Option<sandra_models::whisper::Transcriber>> {
+    use sandra_models::install::{Manifest, ModelRole, models_dir};
+    use sandra_models::whisper::{Transcriber, WhisperOptions};
+    let t = &cfg.transcription;
+    if !t.enabled {
+        return Ok(None);
+    }
+    let dir = if t.model_dir.as_os_str().is_empty() {
+        let models = models_dir(&cfg.storage.data_dir);
+        let installed = Manifest::load(&models).ok().and_then(|m| {
+            m.get(ModelRole::Transcription)
+                .and_then(|w| w.main_path(&models))
+                .and_then(|p| {
+                    if p.is_dir() {
+                        Some(p)
+                    } else {
+                        p.parent().map(|d| d.to_path_buf())
+                    }
+                })
+        });
+        match installed {
+            Some(d) => d,
+            None => {
+                tracing::warn!(
+                    "no transcription model installed: voice notes get a polite \"I can't listen yet\". Install one with `sandra models fetch --model whisper-base`."
+                );
+                return Ok(None);
+            }
+        }
+    } else {
+        t.model_dir.clone()
+    };
+    let opts = WhisperOptions {
+        language: (!t.language.is_empty()).then(|| t.language.clone()),
+        threads: (t.threads > 0).then_some(t.threads),
+        ..Default::default()
+    };
+    let queue = t.queue;
+    let shown = dir.display().to_string();
+    let tr = tokio::task::spawn_blocking(move || Transcriber::load(&dir, opts, queue))
+        .await
+        .context("loading the transcription model")?
+        .with_context(|| format!("loading the transcription model from {shown}"))?;
+    tracing::info!(model = %shown, "transcription model loaded");
+    Ok(Some(tr))
 }

@@ -33,7 +33,39 @@ pub struct Config {
     pub conversation: ConversationConfig,
     pub sender: SenderConfig,
     pub llm: LlmConfig,
+    pub transcription: TranscriptionConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TranscriptionConfig {
+    /// Answer voice notes by transcribing them with a local Whisper model.
+    pub enabled: bool,
+    /// A Whisper model directory (config.json, model.safetensors, tokenizer.json). Empty: the
+    /// transcription model installed by `sandra models fetch` (manifest), if any.
+    pub model_dir: PathBuf,
+    /// Force a language ("es"); empty detects it per voice note.
+    pub language: String,
+    /// CPU threads for Whisper; 0 = all cores.
+    pub threads: usize,
+    /// Voice notes waiting for the model before new ones are refused.
+    pub queue: usize,
+    /// Start replies to voice notes with what Sandra heard.
+    pub echo_transcript: bool,
+}
+
+impl Default for TranscriptionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            model_dir: PathBuf::new(),
+            language: String::new(),
+            threads: 0,
+            queue: 8,
+            echo_transcript: true,
+        }
+    }
 }
 
 /// Which brain composes replies.
@@ -446,6 +478,9 @@ impl Config {
                     "must be set when llm.backend = \"openai\"",
                 ));
             }
+        }
+        if self.transcription.queue == 0 {
+            return Err(key_err("transcription.queue", "must be at least 1"));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(key_err("log.format", "must be \"text\" or \"json\""));

@@ -68,13 +68,32 @@ pub struct ConversationArgs {
     pub router: ActorRef<RouterMsg>,
     pub metrics: Arc<Metrics>,
     pub policy: ConversationPolicy,
+    /// Voice-note transcription, when a Whisper model is installed.
+    pub voice: Option<VoiceSupport>,
+}
+
+/// What a conversation needs to answer voice notes: the media client and the transcriber.
+#[derive(Clone)]
+pub struct VoiceSupport {
+    pub media: crate::media::MediaClient,
+    pub transcriber: sandra_models::whisper::Transcriber,
+    /// Start the reply with what Sandra heard, so the user can tell a mishearing.
+    pub echo_transcript: bool,
+}
+
+/// What the turn task hands back: the brain's reply, the inputs as resolved (voice notes
+/// replaced by their transcripts), and messages for inputs that could not be used.
+pub struct TurnOutcome {
+    pub reply: Result<BrainReply, BrainError>,
+    pub inputs: Vec<UserInput>,
+    pub notes: Vec<String>,
 }
 
 pub enum ConversationMsg {
     /// A newly accepted (or replayed) message for this chat.
     Inbound(Box<InboxRecord>),
-    /// The brain task finished (or panicked: `None`).
-    TurnDone(Option<Result<BrainReply, BrainError>>),
+    /// The turn task finished (or panicked: `None`).
+    TurnDone(Option<TurnOutcome>),
     /// Retry committing after a storage error.
     RetryCommit,
     /// The router's idle sweep: stop if nothing is pending, else decline.
@@ -91,6 +110,8 @@ struct InFlight {
     direct: Vec<String>,
     /// Messages that only become history (reactions, group chatter not addressed to Sandra).
     quiet: Vec<Turn>,
+    /// Voice notes to transcribe first: (index into `inputs`, media).
+    voice: Vec<(usize, crate::whatsapp::MediaRef)>,
 }
 
 pub struct ConversationState {
@@ -165,11 +186,13 @@ impl Actor for Conversation {
                     start_turn(&myself, state);
                 }
             }
-            ConversationMsg::TurnDone(Some(result)) => {
-                let Some(flight) = state.in_flight.take() else {
+            ConversationMsg::TurnDone(Some(outcome)) => {
+                let Some(mut flight) = state.in_flight.take() else {
                     return Ok(());
                 };
-                let reply = match result {
+                flight.inputs = outcome.inputs;
+                flight.direct.extend(outcome.notes);
+                let reply = match outcome.reply {
                     Ok(reply) => Some(reply),
                     Err(e) => {
                         tracing::warn!(key = %state.args.key, error = %e, "brain failed; apologising");
@@ -223,12 +246,14 @@ enum Rendered {
     Quiet(String),
     /// `/reset`.
     Reset,
+    /// A voice note or audio file, transcribed in the turn task.
+    Voice(crate::whatsapp::MediaRef),
 }
 
 const HELP: &str = "I'm Sandra, an AI assistant. Just write to me and I'll answer. \
 Commands: /reset forgets our conversation, /help shows this message.";
 
-fn render(m: &InboundMessage, policy: &ConversationPolicy) -> Rendered {
+fn render(m: &InboundMessage, policy: &ConversationPolicy, can_hear: bool) -> Rendered {
     match &m.content {
         Content::Text { body } => {
             let t = body.trim();
@@ -271,6 +296,9 @@ fn render(m: &InboundMessage, policy: &ConversationPolicy) -> Rendered {
         } else {
             format!("[reacted {emoji} to message {message_id}]")
         }),
+        Content::Media(media) if media.kind == MediaKind::Audio && can_hear => {
+            Rendered::Voice(media.clone())
+        }
         Content::Media(media) => {
             let what = match media.kind {
                 MediaKind::Image => "photo",
@@ -337,6 +365,7 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
         inputs: Vec::new(),
         direct: Vec::new(),
         quiet: Vec::new(),
+        voice: Vec::new(),
     };
     for rec in records {
         let m = &rec.message;
@@ -348,12 +377,12 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
             tracing::info!(key = %state.args.key, wamid = %m.wamid, %kind, ?detail, "message type Sandra cannot read");
             Metrics::inc(&state.args.metrics.messages_unsupported);
         }
-        let rendered = render(m, &policy);
+        let rendered = render(m, &policy, state.args.voice.is_some());
         if session.is_group && !addressed_in_group(m, &policy) {
             // Group chatter: remember it as context, answer nothing.
             let text = match rendered {
                 Rendered::Input(t) | Rendered::Quiet(t) => t,
-                Rendered::Direct(_) | Rendered::Reset => String::new(),
+                Rendered::Direct(_) | Rendered::Reset | Rendered::Voice(_) => String::new(),
             };
             if !text.is_empty() {
                 flight.quiet.push(user_turn(m, text));
@@ -369,6 +398,14 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
             }),
             Rendered::Direct(text) => flight.direct.push(text),
             Rendered::Quiet(text) => flight.quiet.push(user_turn(m, text)),
+            Rendered::Voice(media) => {
+                flight.voice.push((flight.inputs.len(), media));
+                flight.inputs.push(UserInput {
+                    wamid: m.wamid.clone(),
+                    author: m.contact_name.clone(),
+                    text: String::new(),
+                });
+            }
             Rendered::Reset => {
                 session.history.clear();
                 session.summary = None;
@@ -382,11 +419,15 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
 
     if flight.inputs.is_empty() {
         state.in_flight = Some(flight);
-        let _ = myself.cast(ConversationMsg::TurnDone(Some(Ok(BrainReply::default()))));
+        let _ = myself.cast(ConversationMsg::TurnDone(Some(TurnOutcome {
+            reply: Ok(BrainReply::default()),
+            inputs: Vec::new(),
+            notes: Vec::new(),
+        })));
         return;
     }
 
-    let input = TurnInput {
+    let mut input = TurnInput {
         history: session.history.clone(),
         summary: session.summary.clone(),
         inputs: flight.inputs.clone(),
@@ -396,13 +437,55 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
     let typing_for = (!session.is_group && policy.typing_indicator)
         .then(|| flight.inputs.last().map(|i| i.wamid.clone()))
         .flatten();
+    let voice_jobs = flight.voice.clone();
     state.in_flight = Some(flight);
 
     let brain = state.args.brain.clone();
+    let voice = state.args.voice.clone();
     let sender = state.args.sender.clone();
     let me = myself.clone();
     tokio::spawn(async move {
-        let work = tokio::spawn(async move { brain.reply(input).await });
+        let work = tokio::spawn(async move {
+            let mut notes = Vec::new();
+            let mut heard = Vec::new();
+            let mut failed = Vec::new();
+            if let Some(v) = &voice {
+                for (idx, media) in &voice_jobs {
+                    match transcribe(v, media).await {
+                        Ok(text) => {
+                            heard.push(text.clone());
+                            input.inputs[*idx].text = text;
+                        }
+                        Err(note) => {
+                            notes.push(note);
+                            failed.push(*idx);
+                        }
+                    }
+                }
+            }
+            let mut i = 0;
+            input.inputs.retain(|_| {
+                i += 1;
+                !failed.contains(&(i - 1))
+            });
+            let reply = if input.inputs.is_empty() {
+                Ok(BrainReply::default())
+            } else {
+                brain.reply(input.clone()).await.map(|mut r| {
+                    if voice.as_ref().is_some_and(|v| v.echo_transcript) && !heard.is_empty() {
+                        let quoted: Vec<String> =
+                            heard.iter().map(|h| format!("🎙️ _\"{h}\"_")).collect();
+                        r.text = format!("{}\n\n{}", quoted.join("\n"), r.text);
+                    }
+                    r
+                })
+            };
+            TurnOutcome {
+                reply,
+                inputs: input.inputs,
+                notes,
+            }
+        });
         let mut work = std::pin::pin!(tokio::time::timeout(policy.brain_timeout, work));
         // The typing indicator lasts ~25 s: refresh it every 20 s while the brain works.
         let mut refresh = tokio::time::interval(Duration::from_secs(20));
@@ -417,15 +500,61 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
             }
         };
         let done = match outcome {
-            Ok(Ok(result)) => Some(result),
+            Ok(Ok(outcome)) => Some(outcome),
             Ok(Err(join)) => {
-                tracing::error!(error = %join, "brain task panicked");
+                tracing::error!(error = %join, "turn task panicked");
                 None
             }
-            Err(_) => Some(Err(BrainError::Failed("timed out".into()))),
+            Err(_) => Some(TurnOutcome {
+                reply: Err(BrainError::Failed("timed out".into())),
+                inputs: Vec::new(),
+                notes: Vec::new(),
+            }),
         };
         let _ = me.cast(ConversationMsg::TurnDone(done));
     });
+}
+
+/// Downloads, decodes (off the runtime) and transcribes one voice note, in memory only.
+/// The error is the friendly message the user gets.
+async fn transcribe(v: &VoiceSupport, media: &crate::whatsapp::MediaRef) -> Result<String, String> {
+    let fetched = v.media.fetch(media).await.map_err(|e| {
+        tracing::warn!(media = %media.id, error = %e, "voice note download failed");
+        match e {
+            crate::media::MediaError::Gone => {
+                "I couldn't download your voice note anymore. Could you send it again?".to_string()
+            }
+            crate::media::MediaError::TooLarge { .. } => {
+                "Your voice note is too long for me. Could you send a shorter one?".to_string()
+            }
+            _ => "I couldn't download your voice note. Could you send it again?".to_string(),
+        }
+    })?;
+    let mime = fetched.mime.clone();
+    let pcm = tokio::task::spawn_blocking(move || {
+        sandra_models::audio::decode_to_pcm16k(&fetched.bytes, &mime)
+    })
+    .await
+    .map_err(|_| "I couldn't play your voice note. Could you send it again?".to_string())?
+    .map_err(|e| {
+        tracing::warn!(media = %media.id, error = %e, "voice note decoding failed");
+        match e {
+            sandra_models::audio::AudioError::Unsupported { .. } => {
+                "I can't play this audio format yet. Could you record a voice note instead?"
+                    .to_string()
+            }
+            _ => "I couldn't play your voice note. Could you send it again?".to_string(),
+        }
+    })?;
+    let t = v.transcriber.transcribe(pcm.samples).await.map_err(|e| {
+        tracing::warn!(media = %media.id, error = %e, "transcription failed");
+        "Sorry, I couldn't transcribe your voice note. Could you try again, or type it?".to_string()
+    })?;
+    let text = t.text.trim().to_string();
+    if text.is_empty() {
+        return Err("I couldn't hear anything in your voice note. Could you try again?".into());
+    }
+    Ok(text)
 }
 
 fn user_turn(m: &InboundMessage, text: String) -> Turn {

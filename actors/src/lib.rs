@@ -15,6 +15,7 @@ pub mod brain;
 pub mod conversation;
 pub mod graph;
 pub mod llm_brain;
+pub mod media;
 pub mod metrics;
 pub mod router;
 pub mod secret;

@@ -59,6 +59,7 @@ pub struct RouterArgs {
     pub idle_timeout: Duration,
     pub sweep_every: Duration,
     pub max_failures: usize,
+    pub voice: Option<crate::conversation::VoiceSupport>,
 }
 
 pub struct Router;
@@ -282,6 +283,7 @@ async fn spawn_conversation(
         router: myself.clone(),
         metrics: state.args.metrics.clone(),
         policy: state.args.policy.clone(),
+        voice: state.args.voice.clone(),
     };
     let (actor, _) = Actor::spawn_linked(None, Conversation, args, myself.get_cell()).await?;
     state.by_id.insert(actor.get_id(), key.clone());

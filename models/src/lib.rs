@@ -7,5 +7,7 @@ pub mod chat;
 pub mod install;
 #[doc(hidden)]
 pub mod testing;
+#[doc(hidden)]
+pub mod testing_whisper;
 pub mod whisper;
 pub mod worker;

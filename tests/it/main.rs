@@ -7,4 +7,5 @@ mod conversation;
 mod crash;
 mod llm;
 mod sender;
+mod voice;
 mod webhook;

@@ -45,6 +45,7 @@ struct Inner {
     reads: Vec<Received>,
     faults: VecDeque<Fault>,
     media: HashMap<String, (String, Vec<u8>)>,
+    media_calls: Vec<String>,
     next_id: u64,
 }
 
@@ -78,6 +79,19 @@ impl FakeGraph {
     /// Queues faults answered to the next sends, in order.
     pub fn inject(&self, faults: impl IntoIterator<Item = Fault>) {
         self.inner.lock().unwrap().faults.extend(faults);
+    }
+
+    pub fn add_media(&self, id: &str, mime: &str, bytes: Vec<u8>) {
+        self.inner
+            .lock()
+            .unwrap()
+            .media
+            .insert(id.to_string(), (mime.to_string(), bytes));
+    }
+
+    /// Media requests seen: `info:<id>` for hop 1, `bytes:<id>` for hop 2 (with a valid token).
+    pub fn media_calls(&self) -> Vec<String> {
+        self.inner.lock().unwrap().media_calls.clone()
     }
 
     pub fn clear_faults(&self) {
@@ -245,10 +259,11 @@ async fn media_info(
     Path((_version, media_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let g = inner.lock().unwrap();
+    let mut g = inner.lock().unwrap();
     if !bearer_ok(&g, &headers) {
         return token_error();
     }
+    g.media_calls.push(format!("info:{media_id}"));
     let Some((mime, bytes)) = g.media.get(&media_id) else {
         return (
             StatusCode::BAD_REQUEST,
@@ -280,10 +295,11 @@ async fn media_bytes(
     Path(media_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let g = inner.lock().unwrap();
+    let mut g = inner.lock().unwrap();
     if !bearer_ok(&g, &headers) {
         return (StatusCode::UNAUTHORIZED, "unauthorized").into_response();
     }
+    g.media_calls.push(format!("bytes:{media_id}"));
     match g.media.get(&media_id) {
         Some((mime, bytes)) => {
             ([(header::CONTENT_TYPE, mime.clone())], bytes.clone()).into_response()

@@ -152,6 +152,10 @@ impl TestApp {
         Self::run(app, dir, graph)
     }
 
+    pub fn from_app(app: Application, dir: tempfile::TempDir, graph: FakeGraph) -> Self {
+        Self::run(app, dir, graph)
+    }
+
     fn run(app: Application, dir: tempfile::TempDir, graph: FakeGraph) -> Self {
         let addr = app.local_addr();
         let system = app.system().clone();
