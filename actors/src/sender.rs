@@ -307,36 +307,40 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
             }
         }
     }
-    let pending = state.cache.clone();
     let now_wall = now_ms();
     // Recipients with an earlier message still waiting: later ones must not overtake it.
     let mut blocked: HashSet<String> = HashSet::new();
-    for mut rec in pending {
+    // Records settled during this pass (held, or reconciled by a status webhook).
+    let mut settled: HashSet<u64> = HashSet::new();
+    let mut i = 0;
+    while i < state.cache.len() {
         if state.in_flight.len() >= state.args.pacing.max_in_flight {
             break;
         }
-        let recipient = rec.target.recipient_key();
-        if state.in_flight.contains(&rec.id)
+        let (id, recipient, next_at) = {
+            let r = &state.cache[i];
+            (r.id, r.target.recipient_key(), r.next_attempt_at_ms)
+        };
+        i += 1;
+        if state.in_flight.contains(&id)
             || blocked.contains(&recipient)
             || state.busy_recipients.contains(&recipient)
+            || next_at > now_wall
         {
             blocked.insert(recipient);
             continue;
         }
-        if rec.next_attempt_at_ms > now_wall {
-            blocked.insert(recipient);
-            continue;
-        }
-        if let Some(reason) = window_closed(state, &rec, now_wall) {
+        if let Some(reason) = window_closed(state, &state.cache[i - 1], now_wall) {
+            let mut rec = state.cache[i - 1].clone();
             rec.state = OutboxState::Failed {
                 code: Some(131047),
                 reason,
             };
             Metrics::inc(&state.args.metrics.sends_held);
             if let Err(e) = state.args.store.update_outbox(&rec) {
-                tracing::error!(id = rec.id, error = %e, "recording a held message failed");
+                tracing::error!(id, error = %e, "recording a held message failed");
             }
-            state.cache.retain(|r| r.id != rec.id);
+            settled.insert(id);
             continue;
         }
         if !recipient_allows(state, &recipient, now) {
@@ -344,18 +348,18 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
             continue;
         }
         // The cache may be stale: a status webhook can have settled this record meanwhile.
-        match state.args.store.outbox_record(rec.id) {
-            Ok(Some(fresh)) if fresh.state == OutboxState::Pending => rec = fresh,
+        let rec = match state.args.store.outbox_record(id) {
+            Ok(Some(fresh)) if fresh.state == OutboxState::Pending => fresh,
             _ => {
-                state.cache.retain(|r| r.id != rec.id);
+                settled.insert(id);
                 continue;
             }
-        }
+        };
         if !take_slot(state, now) {
             break;
         }
-        tracing::debug!(id = rec.id, %recipient, attempt = rec.attempts + 1, "sending");
-        state.in_flight.insert(rec.id);
+        tracing::debug!(id, %recipient, attempt = rec.attempts + 1, "sending");
+        state.in_flight.insert(id);
         state.busy_recipients.insert(recipient.clone());
         blocked.insert(recipient.clone());
         let graph = state.args.graph.clone();
@@ -368,6 +372,9 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
                 result,
             });
         });
+    }
+    if !settled.is_empty() {
+        state.cache.retain(|r| !settled.contains(&r.id));
     }
 }
 
