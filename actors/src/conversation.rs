@@ -85,7 +85,8 @@ pub struct VoiceSupport {
 /// replaced by their transcripts), and messages for inputs that could not be used.
 pub struct TurnOutcome {
     pub reply: Result<BrainReply, BrainError>,
-    pub inputs: Vec<UserInput>,
+    /// `None` keeps the inputs as they were (the task timed out before resolving them).
+    pub inputs: Option<Vec<UserInput>>,
     pub notes: Vec<String>,
 }
 
@@ -190,7 +191,9 @@ impl Actor for Conversation {
                 let Some(mut flight) = state.in_flight.take() else {
                     return Ok(());
                 };
-                flight.inputs = outcome.inputs;
+                if let Some(inputs) = outcome.inputs {
+                    flight.inputs = inputs;
+                }
                 flight.direct.extend(outcome.notes);
                 let reply = match outcome.reply {
                     Ok(reply) => Some(reply),
@@ -421,7 +424,7 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
         state.in_flight = Some(flight);
         let _ = myself.cast(ConversationMsg::TurnDone(Some(TurnOutcome {
             reply: Ok(BrainReply::default()),
-            inputs: Vec::new(),
+            inputs: None,
             notes: Vec::new(),
         })));
         return;
@@ -482,7 +485,7 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
             };
             TurnOutcome {
                 reply,
-                inputs: input.inputs,
+                inputs: Some(input.inputs),
                 notes,
             }
         });
@@ -507,7 +510,7 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
             }
             Err(_) => Some(TurnOutcome {
                 reply: Err(BrainError::Failed("timed out".into())),
-                inputs: Vec::new(),
+                inputs: None,
                 notes: Vec::new(),
             }),
         };
