@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
-bash scripts/install-test-deps.sh
+bash scripts/install-test-deps.sh || echo "warning: could not install the audio test tools; tests that need them print skipped"
 cargo test --workspace --all-targets --locked
