@@ -184,7 +184,7 @@ pub async fn build_brain(cfg: &Config) -> anyhow::Result<Arc<dyn Brain>> {
             }
             rc.timeout_secs = l.openai.timeout.as_secs().max(1);
             rc.context_window = l.openai.context_tokens;
-            ChatEngine::remote(rc, l.sampling.clone()).context("configuring llm.openai")?
+            ChatEngine::remote(rc, l.sampling.params()).context("configuring llm.openai")?
         }
         LlmBackend::Local => {
             let path = if l.model.as_os_str().is_empty() {
@@ -202,7 +202,7 @@ pub async fn build_brain(cfg: &Config) -> anyhow::Result<Arc<dyn Brain>> {
             } else {
                 l.model.clone()
             };
-            let (device, params, queue) = (l.device, l.sampling.clone(), l.queue);
+            let (device, params, queue) = (l.device, l.sampling.params(), l.queue);
             tracing::info!(model = %path.display(), "loading chat model");
             let started = std::time::Instant::now();
             let engine = tokio::task::spawn_blocking(move || {

@@ -94,8 +94,52 @@ pub struct LlmConfig {
     /// Requests waiting for the local model before new ones are refused ("busy").
     pub queue: usize,
     pub system_prompt: String,
-    pub sampling: sandra_models::chat::SamplingParams,
+    pub sampling: SamplingConfig,
     pub openai: OpenAiConfig,
+}
+
+/// `[llm.sampling]`: how tokens are chosen (see `sandra_models::chat::SamplingParams`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingConfig {
+    pub temperature: f64,
+    pub top_p: f64,
+    pub repeat_penalty: f32,
+    pub repeat_last_n: usize,
+    pub seed: Option<u64>,
+    pub max_new_tokens: usize,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        sandra_models::chat::SamplingParams::default().into()
+    }
+}
+
+impl From<sandra_models::chat::SamplingParams> for SamplingConfig {
+    fn from(p: sandra_models::chat::SamplingParams) -> Self {
+        Self {
+            temperature: p.temperature,
+            top_p: p.top_p,
+            repeat_penalty: p.repeat_penalty,
+            repeat_last_n: p.repeat_last_n,
+            seed: p.seed,
+            max_new_tokens: p.max_new_tokens,
+        }
+    }
+}
+
+impl SamplingConfig {
+    pub fn params(&self) -> sandra_models::chat::SamplingParams {
+        sandra_models::chat::SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self.seed,
+            max_new_tokens: self.max_new_tokens,
+        }
+    }
 }
 
 impl Default for LlmConfig {
@@ -530,6 +574,15 @@ mod tests {
         let e = Config::from_toml("[server]\nbnd = \"1.2.3.4:5\"\n", "c.toml").unwrap_err();
         let s = e.to_string();
         assert!(s.contains("server") && s.contains("bnd"), "{s}");
+    }
+
+    #[test]
+    fn unknown_nested_key_is_named() {
+        let e = Config::from_toml("[llm.sampling]\ntemprature = 0.1\n", "c").unwrap_err();
+        assert!(
+            e.to_string().contains("llm.sampling") && e.to_string().contains("temprature"),
+            "{e}"
+        );
     }
 
     #[test]

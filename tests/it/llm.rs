@@ -22,7 +22,7 @@ async fn local_tiny_model_answers_end_to_end() {
     let app = TestApp::spawn_built(move |c| {
         c.llm.backend = LlmBackend::Local;
         c.llm.model = path;
-        c.llm.sampling = sandra_models::chat::SamplingParams::greedy(6);
+        c.llm.sampling = sandra_models::chat::SamplingParams::greedy(6).into();
         c.llm.context_tokens = 256;
         // The tiny model's byte-level vocabulary spends a token per character: keep it short.
         c.llm.system_prompt = "Be brief.".into();
