@@ -194,3 +194,44 @@ async fn checksum_mismatch_is_refused() {
     );
     app.stop().await;
 }
+
+/// With the real default models installed in `<repo>/.models` (`scripts/fetch-whisper.sh`,
+/// `scripts/fetch-models.sh qwen`), a spoken question goes through Whisper base and the 1.5B chat
+/// model and gets a sensible answer. Prints `skipped:` otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_models_answer_a_spoken_question() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(".models");
+    let whisper = root.join("whisper-base");
+    let chat = root.join("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf");
+    if !whisper.join("model.safetensors").is_file() || !chat.is_file() {
+        println!("skipped: real models not installed in {}", root.display());
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(clip) = voice_note(scratch.path(), "What is the capital of France?") else {
+        println!("skipped: espeak-ng/opusenc not installed (run scripts/install-test-deps.sh)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let graph = FakeGraph::start(ACCESS_TOKEN).await;
+    let mut cfg = test_config(dir.path().join("data"), graph.url());
+    cfg.llm.backend = sandra::config::LlmBackend::Local;
+    cfg.llm.model = chat;
+    cfg.llm.sampling = sandra_models::chat::SamplingParams::greedy(40).into();
+    cfg.transcription.model_dir = whisper;
+    let app = TestApp::from_app(Application::build(cfg).await.unwrap(), dir, graph);
+    app.graph
+        .add_media("REAL1", "audio/ogg; codecs=opus", clip.clone());
+    let sha = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&clip));
+    app.post_signed(&voice_webhook("wamid.real1", "15550003434", "REAL1", &sha))
+        .await;
+    let sent = app.graph.wait_accepted(1, Duration::from_secs(240)).await;
+    let reply = sent[0].body["text"]["body"].as_str().unwrap().to_string();
+    println!("reply to the spoken question: {reply}");
+    assert!(
+        reply.to_lowercase().contains("capital of france"),
+        "transcript echoed: {reply}"
+    );
+    assert!(reply.contains("Paris"), "{reply}");
+    app.stop().await;
+}
