@@ -180,3 +180,34 @@ pub fn write_tiny_model(dir: &Path, seed: u64) -> Config {
     write_tokenizer(&dir.join("tokenizer.json"));
     cfg
 }
+
+/// Speaks `text` with espeak-ng (`voice`, e.g. "en" or "es") and encodes it with opusenc into an
+/// Ogg/Opus voice note like WhatsApp's. `None` when the tools are missing
+/// (`scripts/install-test-deps.sh` installs them). The scratch files are removed before returning.
+pub fn spoken_voice_note(text: &str, voice: &str) -> Option<Vec<u8>> {
+    use std::process::Command;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let stem = std::env::temp_dir().join(format!(
+        "sandra-spoken-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let (wav, opus) = (stem.with_extension("wav"), stem.with_extension("opus"));
+    let ok = Command::new("espeak-ng")
+        .args(["-v", voice, "-s", "150", "-w"])
+        .arg(&wav)
+        .arg(text)
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new("opusenc")
+            .arg("--quiet")
+            .arg(&wav)
+            .arg(&opus)
+            .status()
+            .is_ok_and(|s| s.success());
+    let bytes = if ok { std::fs::read(&opus).ok() } else { None };
+    let _ = std::fs::remove_file(&wav);
+    let _ = std::fs::remove_file(&opus);
+    bytes
+}

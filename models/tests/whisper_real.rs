@@ -4,7 +4,6 @@
 //! prints a visible `skipped:` line and passes.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use sandra_models::audio::decode_to_pcm16k;
 use sandra_models::whisper::{Transcriber, WhisperOptions};
@@ -46,26 +45,7 @@ fn wer(reference: &str, hyp: &str) -> f32 {
     prev[h.len()] as f32 / r.len().max(1) as f32
 }
 
-fn voice_note(text: &str, voice: &str) -> Option<Vec<u8>> {
-    let dir = tempfile::tempdir().ok()?;
-    let wav = dir.path().join("s.wav");
-    let opus = dir.path().join("s.opus");
-    let ok = Command::new("espeak-ng")
-        .args(["-v", voice, "-s", "150", "-w"])
-        .arg(&wav)
-        .arg(text)
-        .status()
-        .ok()?
-        .success()
-        && Command::new("opusenc")
-            .arg("--quiet")
-            .arg(&wav)
-            .arg(&opus)
-            .status()
-            .ok()?
-            .success();
-    if ok { std::fs::read(&opus).ok() } else { None }
-}
+use sandra_models::testing_whisper::spoken_voice_note as voice_note;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn whisper_base_transcribes_a_spoken_sentence() {

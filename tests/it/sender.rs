@@ -156,15 +156,7 @@ async fn invalid_token_pauses_until_replaced() {
             .len(),
         1
     );
-    assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.status_of("/readyz").await, 200);
     app.stop().await;
 }
 

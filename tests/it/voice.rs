@@ -3,41 +3,16 @@
 //! through candle and loaded by the real loader) → brain → reply. And the failure paths.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use sandra::app::Application;
+use sandra_models::testing_whisper::spoken_voice_note;
 use sandra_models::whisper::{Transcriber, WhisperOptions};
 use sha2::{Digest, Sha256};
 
 use crate::support::*;
-
-/// Speaks `text` into an Ogg/Opus voice note (espeak-ng + opusenc), or `None` when the tools
-/// are missing (`scripts/install-test-deps.sh` installs them).
-fn voice_note(dir: &Path, text: &str) -> Option<Vec<u8>> {
-    let wav = dir.join("note.wav");
-    let ogg = dir.join("note.ogg");
-    let ok = Command::new("espeak-ng")
-        .arg("-w")
-        .arg(&wav)
-        .arg(text)
-        .status()
-        .ok()?
-        .success()
-        && Command::new("opusenc")
-            .arg("--quiet")
-            .arg(&wav)
-            .arg(&ogg)
-            .status()
-            .ok()?
-            .success();
-    let bytes = ok.then(|| std::fs::read(&ogg).ok()).flatten();
-    let _ = std::fs::remove_file(&wav);
-    let _ = std::fs::remove_file(&ogg);
-    bytes
-}
 
 fn voice_webhook(wamid: &str, from: &str, media_id: &str, sha256_b64: &str) -> Vec<u8> {
     serde_json::json!({
@@ -75,11 +50,8 @@ async fn app_with_tiny_whisper() -> (TestApp, Transcriber, tempfile::TempDir) {
 /// answered as if the user had typed the transcript; the bytes are never written to disk.
 #[tokio::test]
 async fn voice_note_is_transcribed_and_answered() {
-    let scratch = tempfile::tempdir().unwrap();
-    let Some(clip) = voice_note(
-        scratch.path(),
-        "Hello Sandra, what is the weather like today?",
-    ) else {
+    let Some(clip) = spoken_voice_note("Hello Sandra, what is the weather like today?", "en")
+    else {
         println!("skipped: espeak-ng/opusenc not installed (run scripts/install-test-deps.sh)");
         return;
     };
@@ -207,8 +179,7 @@ async fn real_models_answer_a_spoken_question() {
         println!("skipped: real models not installed in {}", root.display());
         return;
     }
-    let scratch = tempfile::tempdir().unwrap();
-    let Some(clip) = voice_note(scratch.path(), "What is the capital of France?") else {
+    let Some(clip) = spoken_voice_note("What is the capital of France?", "en") else {
         println!("skipped: espeak-ng/opusenc not installed (run scripts/install-test-deps.sh)");
         return;
     };

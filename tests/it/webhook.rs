@@ -201,24 +201,8 @@ async fn duplicates_are_processed_once() {
 #[tokio::test]
 async fn health_endpoints() {
     let app = TestApp::spawn().await;
-    assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.status_of("/healthz").await, 200);
+    assert_eq!(app.status_of("/readyz").await, 200);
     app.stop().await;
 }
 

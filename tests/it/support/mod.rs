@@ -211,6 +211,17 @@ impl TestApp {
         req.send().await.unwrap()
     }
 
+    /// The HTTP status of `GET path`.
+    pub async fn status_of(&self, path: &str) -> u16 {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     pub async fn metric(&self, name: &str) -> u64 {
         let text = self
             .client
