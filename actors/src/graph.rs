@@ -53,6 +53,24 @@ pub struct GraphError {
 }
 
 impl GraphError {
+    /// An error found on our side of the call (no Meta envelope): a bad response shape, a limit.
+    fn local(http_status: Option<u16>, message: String) -> Self {
+        Self {
+            http_status,
+            code: None,
+            subcode: None,
+            message,
+            details: None,
+            retry_after: None,
+            timed_out: false,
+        }
+    }
+
+    /// The media download was cut off at the caller's size limit.
+    pub fn is_over_limit(&self) -> bool {
+        self.http_status == Some(413) && self.code.is_none()
+    }
+
     pub fn class(&self) -> ErrorClass {
         match self.code {
             Some(131047) => ErrorClass::WindowClosed,
@@ -185,14 +203,8 @@ impl GraphClient {
         v.pointer("/messages/0/id")
             .and_then(Value::as_str)
             .map(str::to_owned)
-            .ok_or_else(|| GraphError {
-                http_status: Some(200),
-                code: None,
-                subcode: None,
-                message: "send response without messages[0].id".into(),
-                details: None,
-                retry_after: None,
-                timed_out: false,
+            .ok_or_else(|| {
+                GraphError::local(Some(200), "send response without messages[0].id".into())
             })
     }
 
@@ -224,15 +236,8 @@ impl GraphClient {
             .await
             .map_err(transport_error)?;
         let v = read_json(resp).await?;
-        serde_json::from_value(v).map_err(|e| GraphError {
-            http_status: Some(200),
-            code: None,
-            subcode: None,
-            message: format!("unexpected media info: {e}"),
-            details: None,
-            retry_after: None,
-            timed_out: false,
-        })
+        serde_json::from_value(v)
+            .map_err(|e| GraphError::local(Some(200), format!("unexpected media info: {e}")))
     }
 
     /// Hop 2: the bytes, with the same bearer token, refusing more than `max_bytes`.
@@ -250,15 +255,11 @@ impl GraphClient {
         let mut out = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
             if out.len() as u64 + chunk.len() as u64 > max_bytes {
-                return Err(GraphError {
-                    http_status: Some(200),
-                    code: None,
-                    subcode: None,
-                    message: format!("media larger than {max_bytes} bytes"),
-                    details: None,
-                    retry_after: None,
-                    timed_out: false,
-                });
+                // Reported as 413 so callers can tell the cap from a failed download.
+                return Err(GraphError::local(
+                    Some(413),
+                    format!("media larger than {max_bytes} bytes"),
+                ));
             }
             out.extend_from_slice(&chunk);
         }
@@ -284,26 +285,16 @@ async fn read_json(resp: reqwest::Response) -> Result<Value, GraphError> {
     }
     let status = resp.status().as_u16();
     resp.json::<Value>().await.map_err(|e| GraphError {
-        http_status: Some(status),
-        code: None,
-        subcode: None,
-        message: format!("response is not JSON: {e}"),
-        details: None,
-        retry_after: None,
         timed_out: e.is_timeout(),
+        ..GraphError::local(Some(status), format!("response is not JSON: {e}"))
     })
 }
 
 fn transport_error(e: reqwest::Error) -> GraphError {
+    // reqwest's Display includes the URL, never headers: no token leaks here.
     GraphError {
-        http_status: None,
-        code: None,
-        subcode: None,
-        // reqwest's Display includes the URL, never headers: no token leaks here.
-        message: e.to_string(),
-        details: None,
-        retry_after: None,
         timed_out: e.is_timeout(),
+        ..GraphError::local(None, e.to_string())
     }
 }
 
@@ -333,16 +324,14 @@ async fn error_from(resp: reqwest::Response) -> GraphError {
             timed_out: false,
         },
         Err(_) => GraphError {
-            http_status: Some(status),
-            code: None,
-            subcode: None,
-            message: format!(
-                "HTTP {status}: {}",
-                text.chars().take(200).collect::<String>()
-            ),
-            details: None,
             retry_after,
-            timed_out: false,
+            ..GraphError::local(
+                Some(status),
+                format!(
+                    "HTTP {status}: {}",
+                    text.chars().take(200).collect::<String>()
+                ),
+            )
         },
     }
 }
@@ -353,13 +342,8 @@ mod tests {
 
     fn err(code: Option<i64>, http: Option<u16>) -> GraphError {
         GraphError {
-            http_status: http,
             code,
-            subcode: None,
-            message: String::new(),
-            details: None,
-            retry_after: None,
-            timed_out: false,
+            ..GraphError::local(http, String::new())
         }
     }
 

@@ -110,7 +110,7 @@ impl MediaClient {
                     }
                     return Ok(Media { bytes, mime });
                 }
-                Err(e) if e.message.contains("larger than") => {
+                Err(e) if e.is_over_limit() => {
                     return Err(MediaError::TooLarge {
                         size: limit + 1,
                         limit,
