@@ -256,7 +256,7 @@ enum Rendered {
 const HELP: &str = "I'm Sandra, an AI assistant. Just write to me and I'll answer. \
 Commands: /reset forgets our conversation, /help shows this message.";
 
-fn render(m: &InboundMessage, policy: &ConversationPolicy, can_hear: bool) -> Rendered {
+fn render(m: &InboundMessage, can_hear: bool) -> Rendered {
     match &m.content {
         Content::Text { body } => {
             let t = body.trim();
@@ -324,12 +324,9 @@ fn render(m: &InboundMessage, policy: &ConversationPolicy, can_hear: bool) -> Re
                 )),
             }
         }
-        Content::Unsupported { kind, .. } => {
-            let _ = policy;
-            Rendered::Direct(format!(
-                "I can't read this kind of message ({kind}) yet. Could you send it as text?"
-            ))
-        }
+        Content::Unsupported { kind, .. } => Rendered::Direct(format!(
+            "I can't read this kind of message ({kind}) yet. Could you send it as text?"
+        )),
     }
 }
 
@@ -380,7 +377,7 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
             tracing::info!(key = %state.args.key, wamid = %m.wamid, %kind, ?detail, "message type Sandra cannot read");
             Metrics::inc(&state.args.metrics.messages_unsupported);
         }
-        let rendered = render(m, &policy, state.args.voice.is_some());
+        let rendered = render(m, state.args.voice.is_some());
         if session.is_group && !addressed_in_group(m, &policy) {
             // Group chatter: remember it as context, answer nothing.
             let text = match rendered {

@@ -106,7 +106,6 @@ impl Actor for Router {
         // started now; it reloads those messages from the inbox itself.
         let unfinished = state.args.store.unfinished()?;
         let mut keys: Vec<ConversationKey> = unfinished.into_iter().map(|r| r.key).collect();
-        keys.dedup();
         keys.sort();
         keys.dedup();
         if !keys.is_empty() {

@@ -226,7 +226,7 @@ impl Store {
 
     /// Checks the database answers (for `/readyz`).
     pub fn healthy(&self) -> bool {
-        self.db.was_recovered() || self.db.size_on_disk().is_ok()
+        self.db.size_on_disk().is_ok()
     }
 
     // === inbound ===
