@@ -8,7 +8,8 @@
 #
 # Clips: English text spoken by espeak-ng (~10 s and ~30 s), encoded with opusenc like a voice
 # note. Reports real-time factor (processing s / audio s, Ogg decode included, model load
-# excluded, after one warm-up run), peak RSS per process, and WER against the source text.
+# excluded, after one warm-up run; median of BENCH_RUNS runs, default 3), peak RSS per process,
+# and WER against the source text.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 threads="${1:-2}"
@@ -33,17 +34,19 @@ done
 cargo build --quiet --release -p sandra-models --example whisper --manifest-path "$repo/Cargo.toml"
 bin="$repo/target/release/examples/whisper"
 results="$work/results.jsonl"
-# sandra-f32: dense weights, full 30 s encoder window (Whisper's own way).
-# sandra-f32-trim1s: encoder context trimmed to the audio + 1 s (WhisperOptions::encoder_trim_margin_ms).
+# sandra: Sandra's defaults (f32 encoder, q8_0 decoder matrices quantized on load).
+# sandra-f32: every weight f32 (WHISPER_DECODER_Q8=0).
+# sandra-trim1s: encoder context trimmed to the audio + 1 s (WhisperOptions::encoder_trim_margin_ms).
 # sandra-gguf (BENCH_GGUF=1, needs `... --example whisper -- quantize <dir>`): q8_0 decoder.
-run_sandra() { # engine weights trim_ms
-  WHISPER_TRIM_MS="$3" "$bin" bench "$model" "$2" "$threads" "${clips[@]}" \
+run_sandra() { # engine weights trim_ms decoder_q8
+  WHISPER_TRIM_MS="$3" WHISPER_DECODER_Q8="$4" "$bin" bench "$model" "$2" "$threads" "${clips[@]}" \
     | sed "s/^{/{\"engine\":\"$1\",/" >> "$results"
 }
-run_sandra sandra-f32 safetensors ""
-run_sandra sandra-f32-trim1s safetensors 1000
+run_sandra sandra safetensors "" 1
+run_sandra sandra-f32 safetensors "" 0
+run_sandra sandra-trim1s safetensors 1000 1
 if [[ "${BENCH_GGUF:-0}" == 1 && -f "$model/model.gguf" ]]; then
-  run_sandra sandra-gguf-q8 gguf ""
+  run_sandra sandra-gguf-q8 gguf "" 1
 fi
 for ct in int8 float32; do
   python3 "$repo/scripts/bench-whisper-fw.py" "$ct2" "$ct" "$threads" "${clips[@]}" >> "$results"

@@ -102,6 +102,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let opts = WhisperOptions {
                 prefer_gguf: args[2] == "gguf",
                 threads: Some(args[3].parse()?),
+                decoder_q8: std::env::var("WHISPER_DECODER_Q8").as_deref() != Ok("0"),
                 encoder_trim_margin_ms: std::env::var("WHISPER_TRIM_MS")
                     .ok()
                     .and_then(|v| v.parse().ok()),
@@ -117,18 +118,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // One warm-up pass on the first clip (page faults, allocator), not timed.
             let first = decode_to_pcm16k(&std::fs::read(&args[4])?, mime_for(&args[4]))?;
             pool.install(|| m.transcribe(&first.samples))?;
+            let runs: usize = std::env::var("BENCH_RUNS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3);
             for clip in &args[4..] {
                 let bytes = std::fs::read(clip)?;
-                let t0 = Instant::now();
-                let pcm = decode_to_pcm16k(&bytes, mime_for(clip))?;
-                let decode_s = t0.elapsed().as_secs_f64();
-                let t1 = Instant::now();
-                let out = pool.install(|| m.transcribe(&pcm.samples))?;
-                let asr_s = t1.elapsed().as_secs_f64();
+                // The run with the median processing time of `runs`.
+                let mut timed = Vec::new();
+                for _ in 0..runs.max(1) {
+                    let t0 = Instant::now();
+                    let pcm = decode_to_pcm16k(&bytes, mime_for(clip))?;
+                    let decode_s = t0.elapsed().as_secs_f64();
+                    let t1 = Instant::now();
+                    let out = pool.install(|| m.transcribe(&pcm.samples))?;
+                    timed.push((decode_s, t1.elapsed().as_secs_f64(), pcm.seconds, out));
+                }
+                timed.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
+                let (decode_s, asr_s, seconds, out) = timed.swap_remove(timed.len() / 2);
                 println!(
                     "{}",
-                    serde_json::json!({"clip": clip, "audio_s": pcm.seconds, "decode_s": decode_s,
-                        "asr_s": asr_s, "rtf": (decode_s + asr_s) / pcm.seconds as f64,
+                    serde_json::json!({"clip": clip, "audio_s": seconds, "decode_s": decode_s,
+                        "asr_s": asr_s, "rtf": (decode_s + asr_s) / seconds as f64,
                         "language": out.language, "text": out.text})
                 );
             }

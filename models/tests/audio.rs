@@ -199,12 +199,10 @@ fn ogg_opus_matches_libopus_reference() {
     assert!((pcm.seconds - reference.len() as f32 / 16_000.0).abs() < 0.001);
     let (shift, snr) = best_snr(&reference, &pcm.samples);
     println!("opus vs opusdec: shift {shift} samples, SNR {snr:.1} dB");
-    assert!(
-        shift.abs() <= 13,
-        "misaligned by {shift} samples (0.8 ms allowed)"
-    );
-    // opus-decoder is not bit-exact with libopus at 16 kHz (sub-sample phase differences cap
-    // the waveform SNR); the 10 ms energy envelopes must agree closely.
+    // opusdec decodes at 48 kHz and resamples to 16 kHz, so it is one sample off a direct
+    // 16 kHz decode and its resampler's phase caps the waveform SNR near 15 dB (rusty-opus is
+    // bit-exact with libopus decoding at 16 kHz); the 10 ms energy envelopes must agree closely.
+    assert!(shift.abs() <= 2, "misaligned by {shift} samples");
     assert!(snr > 10.0, "SNR {snr:.1} dB");
     let corr = envelope_correlation(&reference, &pcm.samples, shift);
     println!("envelope correlation {corr:.4}");
@@ -288,18 +286,7 @@ fn stereo_and_other_rates_are_downmixed_to_16k_mono() {
         .arg(&stereo)
         .arg(&opus));
     let mono_opus = make_opus(dir.path(), &[]);
-    let a = match decode_to_pcm16k(&std::fs::read(&opus).unwrap(), "audio/ogg") {
-        Ok(a) => a,
-        // opus-decoder 0.1.1 shifts a u8 past its width on some stereo CELT frames; with
-        // overflow checks on (debug builds) that panics, which we turn into a typed error.
-        Err(AudioError::Malformed { reason, .. })
-            if cfg!(debug_assertions) && reason.contains("panicked") =>
-        {
-            println!("skipped: stereo Opus in a debug build (opus-decoder overflow check)");
-            return;
-        }
-        Err(e) => panic!("{e}"),
-    };
+    let a = decode_to_pcm16k(&std::fs::read(&opus).unwrap(), "audio/ogg").unwrap();
     let b = decode_to_pcm16k(&std::fs::read(&mono_opus).unwrap(), "audio/ogg").unwrap();
     assert!(
         (a.seconds - b.seconds).abs() < 0.01,

@@ -4,7 +4,7 @@
 //! synchronous and CPU-bound (tens of milliseconds for a minute of audio): callers on an async
 //! runtime run [`decode_to_pcm16k`] inside `spawn_blocking`.
 //!
-//! - Ogg/Opus (WhatsApp voice notes, `audio/ogg; codecs=opus`): [`opus`], `ogg` + `opus-decoder`,
+//! - Ogg/Opus (WhatsApp voice notes, `audio/ogg; codecs=opus`): [`opus`], `ogg` + `rusty-opus`,
 //!   decoded straight at 16 kHz (Opus decodes natively at 16 kHz, no resampler), honouring the
 //!   OpusHead pre-skip and output gain and the end trimming given by the final granule position.
 //! - AAC/M4A (`audio/mp4`, `audio/aac`), MP3 (`audio/mpeg`), WAV, FLAC and Ogg/Vorbis: [`other`],

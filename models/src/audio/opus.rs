@@ -1,4 +1,4 @@
-//! Ogg/Opus → 16 kHz mono, in memory (RFC 7845 framing, `opus-decoder` for the packets).
+//! Ogg/Opus → 16 kHz mono, in memory (RFC 7845 framing, `rusty-opus` for the packets).
 //!
 //! Opus timestamps (granule positions, pre-skip) count 48 kHz samples whatever the decode rate;
 //! decoding at 16 kHz divides them by 3. The decoder is created at 16 kHz directly, which is as
@@ -7,7 +7,7 @@
 use std::io::Cursor;
 
 use ogg::reading::PacketReader;
-use opus_decoder::OpusDecoder;
+use rusty_opus::OpusDecoder;
 
 use super::{AudioError, Pcm, SAMPLE_RATE};
 
@@ -81,12 +81,15 @@ pub fn decode_ogg_opus(bytes: &[u8]) -> Result<Pcm, AudioError> {
         ));
     }
     let channels = head.channels as usize;
-    let mut decoder =
-        OpusDecoder::new(SAMPLE_RATE, channels).map_err(|e| AudioError::malformed(FORMAT, e))?;
+    let mut decoder = OpusDecoder::new(SAMPLE_RATE as i32, channels)
+        .map_err(|e| AudioError::malformed(FORMAT, e))?;
 
     let mut out: Vec<f32> = Vec::with_capacity(bytes.len() * 8);
     // 120 ms, the longest Opus packet, at 16 kHz, per channel.
-    let mut buf = vec![0f32; 1920 * channels];
+    const MAX_FRAME: usize = 1920;
+    let mut buf = vec![0f32; MAX_FRAME * channels];
+    // An empty packet (a lost frame) is concealed for as long as the packet before it.
+    let mut last_n = SAMPLE_RATE as usize / 50;
     let mut seen_tags = false;
     let mut last_granule: Option<u64> = None;
     loop {
@@ -113,9 +116,15 @@ pub fn decode_ogg_opus(bytes: &[u8]) -> Result<Pcm, AudioError> {
             seen_tags = true;
             continue;
         }
+        let frame = if packet.data.is_empty() {
+            last_n
+        } else {
+            MAX_FRAME
+        };
         let n = decoder
-            .decode_float(&packet.data, &mut buf, false)
+            .decode(&packet.data, frame, &mut buf)
             .map_err(|e| AudioError::malformed(FORMAT, e))?;
+        last_n = n.max(1);
         if channels == 1 {
             out.extend_from_slice(&buf[..n]);
         } else {

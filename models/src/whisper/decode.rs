@@ -115,7 +115,7 @@ impl WhisperModel {
         }
         .map_err(|e| load_err(&wpath, e))?;
         let model =
-            Whisper::load(&weights, config.clone(), &device).map_err(|e| load_err(&wpath, e))?;
+            Whisper::load(&weights, config.clone(), &device, opts.decoder_q8).map_err(|e| load_err(&wpath, e))?;
         drop(weights);
 
         let specials = Specials {

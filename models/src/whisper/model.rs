@@ -11,13 +11,16 @@
 //! the stock decoder does; tests use it as the reference for the cached path.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor, gguf_file};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, LayerNorm};
 
 use super::config::Config;
+use super::fastops;
+
+/// The largest attention-score buffer computed at once (see [`Attention::attend`]).
+const SCORES_BYTES: usize = 24 << 20;
 
 /// Where the weights come from.
 pub enum Weights {
@@ -47,18 +50,19 @@ impl Weights {
         }
     }
 
-    /// A matrix `[out, in]` for `x·Wᵀ`, kept quantized when stored quantized.
-    fn matrix(&self, name: &str, out: usize, inp: usize) -> Result<QMatMul> {
-        match self {
-            Self::Dense(vb) => Ok(QMatMul::Tensor(vb.get((out, inp), name)?)),
-            Self::Gguf(vb) => QMatMul::from_arc(vb.get((out, inp), name)?),
-        }
-    }
-
-    fn qtensor(&self, name: &str, shape: &[usize]) -> Result<Option<Arc<QTensor>>> {
-        match self {
-            Self::Dense(_) => Ok(None),
-            Self::Gguf(vb) => Ok(Some(vb.get(shape, name)?)),
+    /// A matrix `[out, in]` for `x·Wᵀ`, stored as `store` asks.
+    fn matrix(&self, name: &str, out: usize, inp: usize, store: Store) -> Result<QMatMul> {
+        match (self, store) {
+            (Self::Dense(vb), Store::AsFile) => Ok(QMatMul::Tensor(vb.get((out, inp), name)?)),
+            (Self::Dense(vb), Store::Q8) => QMatMul::from_qtensor(QTensor::quantize(
+                &vb.get((out, inp), name)?,
+                GgmlDType::Q8_0,
+            )?),
+            (Self::Gguf(vb), Store::Dense) => {
+                Ok(QMatMul::Tensor(vb.get((out, inp), name)?.dequantize(vb.device())?))
+            }
+            (Self::Dense(vb), Store::Dense) => Ok(QMatMul::Tensor(vb.get((out, inp), name)?)),
+            (Self::Gguf(vb), _) => QMatMul::from_arc(vb.get((out, inp), name)?),
         }
     }
 
@@ -70,14 +74,33 @@ impl Weights {
     }
 }
 
+/// How a weight matrix is held in memory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Store {
+    /// As the file has it (f32 from safetensors, quantized from GGUF).
+    AsFile,
+    /// Dense f32 whatever the file: for products over many rows (the encoder output), where
+    /// candle's f32 GEMM beats its quantized kernels.
+    Dense,
+    /// `q8_0` (quantized on load when the file is f32): for one-token decoder steps, which are
+    /// bound by memory bandwidth and read a quarter of the bytes.
+    Q8,
+}
+
 struct Linear {
     w: QMatMul,
     b: Option<Tensor>,
 }
 
 impl Linear {
-    fn load(w: &Weights, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
-        let m = w.matrix(&format!("{prefix}.weight"), out, inp)?;
+    fn load(
+        w: &Weights,
+        prefix: &str,
+        (out, inp): (usize, usize),
+        bias: bool,
+        store: Store,
+    ) -> Result<Self> {
+        let m = w.matrix(&format!("{prefix}.weight"), out, inp, store)?;
         let b = if bias {
             Some(w.tensor(&format!("{prefix}.bias"), &[out])?)
         } else {
@@ -114,12 +137,19 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(w: &Weights, prefix: &str, d: usize, heads: usize) -> Result<Self> {
+    /// `store` is for the query and output projections, `kv_store` for the keys and values.
+    fn load(
+        w: &Weights,
+        prefix: &str,
+        d: usize,
+        heads: usize,
+        (store, kv_store): (Store, Store),
+    ) -> Result<Self> {
         Ok(Self {
-            q: Linear::load(w, &format!("{prefix}.q_proj"), d, d, true)?,
-            k: Linear::load(w, &format!("{prefix}.k_proj"), d, d, false)?,
-            v: Linear::load(w, &format!("{prefix}.v_proj"), d, d, true)?,
-            out: Linear::load(w, &format!("{prefix}.out_proj"), d, d, true)?,
+            q: Linear::load(w, &format!("{prefix}.q_proj"), (d, d), true, store)?,
+            k: Linear::load(w, &format!("{prefix}.k_proj"), (d, d), false, kv_store)?,
+            v: Linear::load(w, &format!("{prefix}.v_proj"), (d, d), true, kv_store)?,
+            out: Linear::load(w, &format!("{prefix}.out_proj"), (d, d), true, store)?,
             heads,
             head_dim: d / heads,
         })
@@ -146,12 +176,31 @@ impl Attention {
 
     /// softmax(q·kᵀ + mask)·v, with `kt` already transposed to `[1, heads, head_dim, S]`.
     fn attend(&self, q: &Tensor, kt: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let mut scores = q.matmul(kt)?;
-        if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
+        let (_, heads, t, _) = q.dims4()?;
+        let s = kt.dim(3)?;
+        // Score buffers above glibc's largest mmap threshold (32 MiB) are mapped and zeroed
+        // afresh on every call; heads are taken in groups that stay below it (the encoder's
+        // 8 × 1500 × 1500 scores are 72 MB at once, 9 MB a head).
+        let group = (SCORES_BYTES / (t * s * 4).max(1)).clamp(1, heads);
+        let mut outs = Vec::with_capacity(heads.div_ceil(group));
+        for h in (0..heads).step_by(group) {
+            let n = group.min(heads - h);
+            let (q, kt, v) = if n == heads {
+                (q.clone(), kt.clone(), v.clone())
+            } else {
+                (q.narrow(1, h, n)?, kt.narrow(1, h, n)?, v.narrow(1, h, n)?)
+            };
+            let mut scores = q.matmul(&kt)?;
+            if let Some(m) = mask {
+                scores = scores.broadcast_add(m)?;
+            }
+            outs.push(fastops::softmax_last_dim(scores)?.matmul(&v)?);
         }
-        let p = candle_nn::ops::softmax_last_dim(&scores)?;
-        let o = p.matmul(v)?;
+        let o = if outs.len() == 1 {
+            outs.pop().expect("one group")
+        } else {
+            Tensor::cat(&outs, 1)?
+        };
         self.out.forward(&self.merge_heads(&o)?)
     }
 
@@ -179,16 +228,16 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(w: &Weights, prefix: &str, d: usize, ffn: usize) -> Result<Self> {
+    fn load(w: &Weights, prefix: &str, d: usize, ffn: usize, store: Store) -> Result<Self> {
         Ok(Self {
-            fc1: Linear::load(w, &format!("{prefix}.fc1"), ffn, d, true)?,
-            fc2: Linear::load(w, &format!("{prefix}.fc2"), d, ffn, true)?,
+            fc1: Linear::load(w, &format!("{prefix}.fc1"), (ffn, d), true, store)?,
+            fc2: Linear::load(w, &format!("{prefix}.fc2"), (d, ffn), true, store)?,
             ln: layer_norm(w, &format!("{prefix}.final_layer_norm"), d)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.fc1.forward(&self.ln.forward(x)?)?.gelu_erf()?;
+        let h = fastops::gelu_erf(self.fc1.forward(&self.ln.forward(x)?)?)?;
         x + self.fc2.forward(&h)?
     }
 }
@@ -256,9 +305,10 @@ impl Encoder {
                         &format!("{lp}.self_attn"),
                         d,
                         cfg.encoder_attention_heads,
+                        (Store::AsFile, Store::AsFile),
                     )?,
                     attn_ln: layer_norm(w, &format!("{lp}.self_attn_layer_norm"), d)?,
-                    mlp: Mlp::load(w, &lp, d, cfg.encoder_ffn())?,
+                    mlp: Mlp::load(w, &lp, d, cfg.encoder_ffn(), Store::AsFile)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -273,8 +323,8 @@ impl Encoder {
 
     /// `mel`: `[1, n_mels, frames]` → `[1, frames / 2, d_model]`.
     pub fn forward(&self, mel: &Tensor) -> Result<Tensor> {
-        let x = self.conv1.forward(mel)?.gelu_erf()?;
-        let x = self.conv2.forward(&x)?.gelu_erf()?;
+        let x = fastops::gelu_erf(self.conv1.forward(mel)?)?;
+        let x = fastops::gelu_erf(self.conv2.forward(&x)?)?;
         let x = x.transpose(1, 2)?;
         let t = x.dim(1)?;
         let mut x = x.broadcast_add(&self.positions.narrow(0, 0, t)?)?;
@@ -307,7 +357,9 @@ pub struct DecoderState {
 }
 
 pub struct Decoder {
-    embed: Tensor,
+    /// The token embedding in f32 when the output projection is too (else rows are read from
+    /// the quantized projection).
+    embed: Option<Tensor>,
     /// The output projection (tied to the token embedding), possibly quantized.
     logits_proj: QMatMul,
     positions: Tensor,
@@ -317,25 +369,33 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    fn load(w: &Weights, cfg: &Config, device: &Device) -> Result<Self> {
+    fn load(w: &Weights, cfg: &Config, device: &Device, q8: bool) -> Result<Self> {
         let d = cfg.d_model;
         let p = "model.decoder";
+        let store = if q8 { Store::Q8 } else { Store::AsFile };
         let embed_name = format!("{p}.embed_tokens.weight");
-        let embed = w.tensor(&embed_name, &[cfg.vocab_size, d])?;
-        let logits_proj = match w.qtensor(&embed_name, &[cfg.vocab_size, d])? {
-            Some(q) => QMatMul::from_arc(q)?,
-            None => QMatMul::Tensor(embed.clone()),
+        let logits_proj = w.matrix(&embed_name, cfg.vocab_size, d, store)?;
+        let embed = match &logits_proj {
+            QMatMul::Tensor(t) => Some(t.clone()),
+            _ => None,
         };
         let layers = (0..cfg.decoder_layers)
             .map(|i| {
                 let lp = format!("{p}.layers.{i}");
                 let h = cfg.decoder_attention_heads;
                 Ok(DecoderLayer {
-                    self_attn: Attention::load(w, &format!("{lp}.self_attn"), d, h)?,
+                    self_attn: Attention::load(w, &format!("{lp}.self_attn"), d, h, (store, store))?,
                     self_ln: layer_norm(w, &format!("{lp}.self_attn_layer_norm"), d)?,
-                    cross_attn: Attention::load(w, &format!("{lp}.encoder_attn"), d, h)?,
+                    // Cross keys/values are projected once per window over 1500 positions.
+                    cross_attn: Attention::load(
+                        w,
+                        &format!("{lp}.encoder_attn"),
+                        d,
+                        h,
+                        (store, Store::Dense),
+                    )?,
                     cross_ln: layer_norm(w, &format!("{lp}.encoder_attn_layer_norm"), d)?,
-                    mlp: Mlp::load(w, &lp, d, cfg.decoder_ffn())?,
+                    mlp: Mlp::load(w, &lp, d, cfg.decoder_ffn(), store)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -376,7 +436,10 @@ impl Decoder {
 
     fn embed_tokens(&self, tokens: &[u32], offset: usize) -> Result<Tensor> {
         let ids = Tensor::new(tokens, &self.device)?;
-        let tok = self.embed.index_select(&ids, 0)?;
+        let tok = match &self.embed {
+            Some(e) => e.index_select(&ids, 0)?,
+            None => self.logits_proj.embedding(&ids)?,
+        };
         let pos = self.positions.narrow(0, offset, tokens.len())?;
         (tok + pos)?.unsqueeze(0)
     }
@@ -466,10 +529,16 @@ pub struct Whisper {
 }
 
 impl Whisper {
-    pub fn load(weights: &Weights, config: Config, device: &Device) -> Result<Self> {
+    /// `decoder_q8`: hold the decoder's per-token matrices as `q8_0` (see [`Store::Q8`]).
+    pub fn load(
+        weights: &Weights,
+        config: Config,
+        device: &Device,
+        decoder_q8: bool,
+    ) -> Result<Self> {
         Ok(Self {
             encoder: Encoder::load(weights, &config, device)?,
-            decoder: Decoder::load(weights, &config, device)?,
+            decoder: Decoder::load(weights, &config, device, decoder_q8)?,
             config,
             device: device.clone(),
         })
