@@ -34,6 +34,14 @@ fn opts(max_new: usize) -> WhisperOptions {
     }
 }
 
+/// Every weight f32, as the file has it.
+fn f32_opts(max_new: usize) -> WhisperOptions {
+    WhisperOptions {
+        decoder_q8: false,
+        ..opts(max_new)
+    }
+}
+
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
         .unwrap()
@@ -122,7 +130,7 @@ fn kv_cache_decoder_matches_no_cache_reference() {
 fn quantized_gguf_loads_and_its_cache_matches_too() {
     let dir = tempfile::tempdir().unwrap();
     write_tiny_model(dir.path(), 11);
-    let dense = WhisperModel::load(dir.path(), &opts(40)).unwrap();
+    let dense = WhisperModel::load(dir.path(), &f32_opts(40)).unwrap();
     gguf::quantize_dir(
         dir.path(),
         &dir.path().join("model.gguf"),
@@ -156,13 +164,50 @@ fn quantized_gguf_loads_and_its_cache_matches_too() {
     assert!(max_abs_diff(&la, &lb) < 0.05 * scale.max(1.0));
 }
 
+/// The default decoder (q8_0 matrices quantized on load) stays close to the f32 one, and its
+/// cache still matches its own uncached path.
+#[test]
+fn q8_decoder_stays_close_to_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), 13);
+    let dense = WhisperModel::load(dir.path(), &f32_opts(40)).unwrap();
+    let q8 = WhisperModel::load(dir.path(), &opts(40)).unwrap();
+    assert_cache_matches_reference(&q8, 0.02, false);
+    let mel = dense.mel_tensor(&speechlike(2.0)).unwrap();
+    let a = dense.whisper().encoder.forward(&mel).unwrap();
+    // The encoder is f32 in both.
+    assert_eq!(
+        max_abs_diff(&a, &q8.whisper().encoder.forward(&mel).unwrap()),
+        0.0
+    );
+    let toks = [(WORDS + 1) as u32, (WORDS + 2) as u32, 4, 9];
+    let la = dense.whisper().decoder.logits_no_cache(&a, &toks).unwrap();
+    let lb = q8.whisper().decoder.logits_no_cache(&a, &toks).unwrap();
+    let scale = la
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let d = max_abs_diff(&la, &lb);
+    assert!(
+        d < 0.05 * scale.max(1.0),
+        "q8 logits off by {d} (scale {scale})"
+    );
+    assert_eq!(
+        la.argmax(0).unwrap().to_scalar::<u32>().unwrap(),
+        lb.argmax(0).unwrap().to_scalar::<u32>().unwrap()
+    );
+}
+
 /// Same weights through candle-transformers' stock Whisper: the layout and names agree.
 #[test]
 fn agrees_with_candle_transformers_stock_model() {
     use candle_transformers::models::whisper as stock;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_tiny_model(dir.path(), 3);
-    let ours = WhisperModel::load(dir.path(), &opts(10)).unwrap();
+    let ours = WhisperModel::load(dir.path(), &f32_opts(10)).unwrap();
     let stock_cfg: stock::Config =
         serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
     let vb = unsafe {

@@ -114,8 +114,8 @@ impl WhisperModel {
             Weights::safetensors(&wpath, &device)
         }
         .map_err(|e| load_err(&wpath, e))?;
-        let model =
-            Whisper::load(&weights, config.clone(), &device, opts.decoder_q8).map_err(|e| load_err(&wpath, e))?;
+        let model = Whisper::load(&weights, config.clone(), &device, opts.decoder_q8)
+            .map_err(|e| load_err(&wpath, e))?;
         drop(weights);
 
         let specials = Specials {

@@ -58,9 +58,9 @@ impl Weights {
                 &vb.get((out, inp), name)?,
                 GgmlDType::Q8_0,
             )?),
-            (Self::Gguf(vb), Store::Dense) => {
-                Ok(QMatMul::Tensor(vb.get((out, inp), name)?.dequantize(vb.device())?))
-            }
+            (Self::Gguf(vb), Store::Dense) => Ok(QMatMul::Tensor(
+                vb.get((out, inp), name)?.dequantize(vb.device())?,
+            )),
             (Self::Dense(vb), Store::Dense) => Ok(QMatMul::Tensor(vb.get((out, inp), name)?)),
             (Self::Gguf(vb), _) => QMatMul::from_arc(vb.get((out, inp), name)?),
         }
@@ -384,7 +384,13 @@ impl Decoder {
                 let lp = format!("{p}.layers.{i}");
                 let h = cfg.decoder_attention_heads;
                 Ok(DecoderLayer {
-                    self_attn: Attention::load(w, &format!("{lp}.self_attn"), d, h, (store, store))?,
+                    self_attn: Attention::load(
+                        w,
+                        &format!("{lp}.self_attn"),
+                        d,
+                        h,
+                        (store, store),
+                    )?,
                     self_ln: layer_norm(w, &format!("{lp}.self_attn_layer_norm"), d)?,
                     // Cross keys/values are projected once per window over 1500 positions.
                     cross_attn: Attention::load(
