@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use sandra_models::chat::{ChatEngine, ChatMessage, DeviceChoice, SamplingParams};
+use sandra_models::chat::{
+    ChatEngine, ChatMessage, CpuPrefill, DeviceChoice, LocalOptions, SamplingParams,
+};
 
 /// The shared benchmark prompt (system + user), about 220 tokens with ChatML.
 pub fn bench_messages() -> Vec<ChatMessage> {
@@ -59,17 +61,35 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
 
+    // BENCH_PREFILL=compact measures `[llm] cpu_prefill = "compact"`.
+    let cpu_prefill = match std::env::var("BENCH_PREFILL").as_deref() {
+        Ok("compact") => CpuPrefill::Compact,
+        _ => CpuPrefill::Repacked,
+    };
     let t = Instant::now();
-    let engine = ChatEngine::load_local(&model, DeviceChoice::Auto, SamplingParams::greedy(1), 1)
-        .expect("loading");
+    let opts = LocalOptions {
+        device: DeviceChoice::Auto,
+        queue: 1,
+        cpu_prefill,
+    };
+    let engine =
+        ChatEngine::load_local_with(&model, opts, SamplingParams::greedy(1)).expect("loading");
     let load_s = t.elapsed().as_secs_f64();
     eprintln!("loaded in {load_s:.2} s: {}", engine.describe());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let msgs = bench_messages();
-    let prompt_tokens = engine.count_tokens(&msgs);
+    // Every call gets its own system prompt, so the engine cannot reuse the previous call's
+    // cached prompt beyond the template's first few tokens; rates count the tokens it fed.
+    let mut call = 0;
+    let mut fresh = || {
+        call += 1;
+        let mut m = bench_messages();
+        m[0] = ChatMessage::system(format!("[call {call}] {}", m[0].content));
+        m
+    };
+    let prompt_tokens = engine.count_tokens(&fresh());
     eprintln!("prompt: {prompt_tokens} tokens");
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
@@ -77,26 +97,50 @@ fn main() {
     for _ in 0..runs {
         // One token: prefill + one sampling step. N tokens: prefill + N steps.
         let t = Instant::now();
-        rt.block_on(engine.chat_with(msgs.clone(), SamplingParams::greedy(1)))
+        let r = rt
+            .block_on(engine.chat_with(fresh(), SamplingParams::greedy(1)))
             .unwrap();
         let t1 = t.elapsed().as_secs_f64();
+        let rate = (r.prompt_tokens - r.reused_prompt_tokens) as f64 / t1;
         eprintln!("prefill run: {t1:.2} s");
         let t = Instant::now();
         let r = rt
-            .block_on(engine.chat_with(msgs.clone(), SamplingParams::greedy(gen_tokens)))
+            .block_on(engine.chat_with(fresh(), SamplingParams::greedy(gen_tokens)))
             .unwrap();
         let tn = t.elapsed().as_secs_f64();
+        let t_prefill = (r.prompt_tokens - r.reused_prompt_tokens) as f64 / rate;
         generated = r.completion_tokens;
-        prefill.push(prompt_tokens as f64 / t1);
-        decode.push((r.completion_tokens.saturating_sub(1)) as f64 / (tn - t1).max(1e-9));
+        prefill.push(rate);
+        decode.push((r.completion_tokens.saturating_sub(1)) as f64 / (tn - t_prefill).max(1e-9));
     }
+    // The conversation's next turn: the last prompt and reply come from the cache, only the
+    // new message is read before the first reply token.
+    let mut next = bench_messages();
+    next[0] = ChatMessage::system(format!("[call {call}] {}", next[0].content));
+    let last = rt
+        .block_on(engine.chat_with(next.clone(), SamplingParams::greedy(gen_tokens)))
+        .unwrap();
+    next.push(ChatMessage::assistant(last.text));
+    next.push(ChatMessage::user(
+        "Thanks! Which of those museums are free on Sundays?",
+    ));
+    let t = Instant::now();
+    let r = rt
+        .block_on(engine.chat_with(next, SamplingParams::greedy(1)))
+        .unwrap();
+    let next_turn_s = t.elapsed().as_secs_f64();
+    eprintln!(
+        "next turn: {} prompt tokens, {} reused, first token after {next_turn_s:.2} s",
+        r.prompt_tokens, r.reused_prompt_tokens
+    );
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
     println!(
         "candle\t{}\tload_s={load_s:.2}\tprompt_tokens={prompt_tokens}\tgen_tokens={generated}\t\
-         prefill_tok_s={:.1}\tgen_tok_s={:.1}\tpeak_rss_mb={:.0}\tthreads={}",
+         prefill_tok_s={:.1}\tgen_tok_s={:.1}\tpeak_rss_mb={:.0}\tthreads={}\t\
+         cpu_prefill={cpu_prefill:?}\tnext_turn_first_token_s={next_turn_s:.2}",
         engine.describe(),
         median(&mut prefill),
         median(&mut decode),

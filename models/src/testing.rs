@@ -217,7 +217,11 @@ pub fn write_model(
         match family {
             Family::Qwen2 => {
                 for (n, len) in [("q", HIDDEN), ("k", kv), ("v", kv)] {
-                    let b = Tensor::zeros(len, DType::F32, &dev).unwrap();
+                    let b = if zero_layers {
+                        Tensor::zeros(len, DType::F32, &dev).unwrap()
+                    } else {
+                        randn((1, len), 0.5).flatten_all().unwrap()
+                    };
                     tensors.push((format!("{p}.attn_{n}.bias"), f32q(b)));
                 }
             }

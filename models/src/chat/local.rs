@@ -9,39 +9,17 @@ use std::time::Instant;
 use candle_core::quantized::gguf_file::{self, Content, Value};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
 use tokenizers::Tokenizer;
 
+use super::qdecoder::{CpuPrefill, Family, QDecoder};
 use super::template::ChatTemplate;
 use super::{ChatError, DeviceChoice, SamplingParams, tokenizer};
 
 /// Prompt tokens fed to the model per forward pass (bounds attention memory on long prompts).
 const PREFILL_CHUNK: usize = 512;
 
-/// The weights of one supported family.
-enum Weights {
-    Qwen2(quantized_qwen2::ModelWeights),
-    Qwen3(quantized_qwen3::ModelWeights),
-    Llama(quantized_llama::ModelWeights),
-}
-
-impl Weights {
-    fn forward(&mut self, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
-        match self {
-            Self::Qwen2(m) => m.forward(x, pos),
-            Self::Qwen3(m) => m.forward(x, pos),
-            Self::Llama(m) => m.forward(x, pos),
-        }
-    }
-
-    fn clear_kv_cache(&mut self) {
-        match self {
-            Self::Qwen2(m) => m.clear_kv_cache(),
-            Self::Qwen3(m) => m.clear_kv_cache(),
-            Self::Llama(m) => m.clear_kv_cache(),
-        }
-    }
-}
+/// The longest context Sandra uses, whatever the model allows.
+const MAX_CONTEXT: usize = 32_768;
 
 /// What the async side keeps about a loaded model (no weights; cheap to share).
 #[derive(Debug)]
@@ -57,16 +35,22 @@ pub(crate) struct ModelInfo {
 
 /// The model on its thread.
 pub(crate) struct LocalModel {
-    weights: Weights,
+    weights: QDecoder,
     device: Device,
     stop_ids: Vec<u32>,
     context_length: usize,
+    /// The tokens whose keys and values the cache holds, in order. A prompt that starts with
+    /// them (the same conversation's next turn: same system prompt, history, last reply) only
+    /// feeds the rest.
+    cached: Vec<u32>,
 }
 
 /// The result of one generation, in tokens.
 pub(crate) struct Generated {
     pub tokens: Vec<u32>,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values came from the previous generation.
+    pub reused_tokens: usize,
 }
 
 /// Resolves the configured device, logging the choice.
@@ -112,7 +96,11 @@ pub(crate) struct Loaded {
 }
 
 /// Reads a GGUF chat model and its tokenizer. Errors are plain reasons; the caller adds the path.
-pub(crate) fn load(path: &Path, device: DeviceChoice) -> Result<Loaded, String> {
+pub(crate) fn load(
+    path: &Path,
+    device: DeviceChoice,
+    prefill: CpuPrefill,
+) -> Result<Loaded, String> {
     let started = Instant::now();
     let device = select_device(device)?;
     let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
@@ -139,13 +127,11 @@ pub(crate) fn load(path: &Path, device: DeviceChoice) -> Result<Loaded, String> 
         .and_then(|v| tokenizer::as_u32(v).ok())
         .map(|v| v as usize)
         .ok_or_else(|| format!("GGUF metadata lacks {arch}.context_length"))?;
-    // candle's llama precomputes RoPE for MAX_SEQ_LEN positions; its qwen3 CPU KV cache holds
-    // 4096 positions.
-    if arch == "llama" {
-        context_length = context_length.min(quantized_llama::MAX_SEQ_LEN);
-    } else if arch == "qwen3" {
-        context_length = context_length.min(4096);
-    }
+    // The RoPE tables are precomputed for this many positions (16 MB at 32k for 128-wide heads).
+    context_length = context_length.min(MAX_CONTEXT);
+    let family = Family::from_arch(&arch).ok_or_else(|| {
+        format!("unsupported architecture `{arch}` (supported: qwen2, qwen3, llama)")
+    })?;
 
     let (tok, tokenizer_source) = tokenizer::load(path, &content)?;
     let template = ChatTemplate::detect(&arch, |t| tok.token_to_id(t).is_some());
@@ -161,25 +147,15 @@ pub(crate) fn load(path: &Path, device: DeviceChoice) -> Result<Loaded, String> 
         return Err("no end-of-turn token found in the vocabulary".into());
     }
 
-    let weights = match arch.as_str() {
-        "qwen2" => Weights::Qwen2(
-            quantized_qwen2::ModelWeights::from_gguf(content, &mut reader, &device)
-                .map_err(|e| format!("loading qwen2 weights: {e}"))?,
-        ),
-        "qwen3" => Weights::Qwen3(
-            quantized_qwen3::ModelWeights::from_gguf(content, &mut reader, &device)
-                .map_err(|e| format!("loading qwen3 weights: {e}"))?,
-        ),
-        "llama" => Weights::Llama(
-            quantized_llama::ModelWeights::from_gguf(content, &mut reader, &device)
-                .map_err(|e| format!("loading llama weights: {e}"))?,
-        ),
-        other => {
-            return Err(format!(
-                "unsupported architecture `{other}` (supported: qwen2, qwen3, llama)"
-            ));
-        }
-    };
+    let weights = QDecoder::from_gguf(
+        family,
+        &content,
+        &mut reader,
+        &device,
+        context_length,
+        prefill,
+    )
+    .map_err(|e| format!("loading {arch} weights: {e}"))?;
     let info = ModelInfo {
         architecture: arch,
         name,
@@ -201,6 +177,7 @@ pub(crate) fn load(path: &Path, device: DeviceChoice) -> Result<Loaded, String> 
             device,
             stop_ids,
             context_length,
+            cached: Vec::new(),
         },
         tokenizer: Arc::new(tok),
         info,
@@ -270,19 +247,33 @@ impl LocalModel {
         }
         let max_new = params.max_new_tokens.min(room);
         let mut sampler = LogitsProcessor::from_sampling(params.seed_or_random(), sampling(params));
-        self.weights.clear_kv_cache();
+        // Reuse the cached prefix; at least the last prompt token is fed again for its logits.
+        let reused = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len() - 1);
+        self.weights.truncate_kv(reused);
+        self.cached.truncate(reused);
 
         let started = Instant::now();
         let mut logits = None;
-        for (i, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
+        for (i, chunk) in prompt[reused..].chunks(PREFILL_CHUNK).enumerate() {
             let input = Tensor::new(chunk, &self.device)
                 .and_then(|t| t.unsqueeze(0))
                 .map_err(inf)?;
-            logits = Some(
-                self.weights
-                    .forward(&input, i * PREFILL_CHUNK)
-                    .map_err(inf)?,
-            );
+            let fed = self
+                .weights
+                .forward(&input, reused + i * PREFILL_CHUNK)
+                .map_err(|e| {
+                    // What the cache holds past `reused` is unknown now.
+                    self.cached.clear();
+                    inf(e)
+                })?;
+            self.cached.extend_from_slice(chunk);
+            logits = Some(fed);
         }
         let prefill = started.elapsed();
         let mut logits = logits.expect("non-empty prompt");
@@ -315,19 +306,28 @@ impl LocalModel {
             let input = Tensor::new(&[next], &self.device)
                 .and_then(|t| t.unsqueeze(0))
                 .map_err(inf)?;
-            logits = self.weights.forward(&input, all.len() - 1).map_err(inf)?;
+            logits = match self.weights.forward(&input, all.len() - 1) {
+                Ok(l) => l,
+                Err(e) => {
+                    self.cached.clear();
+                    return Err(inf(e));
+                }
+            };
+            self.cached.push(next);
         }
         let decode = started.elapsed();
         tracing::debug!(
             prompt_tokens = prompt.len(),
+            reused_tokens = reused,
             completion_tokens = out.len(),
-            prefill_tok_s = prompt.len() as f64 / prefill.as_secs_f64().max(1e-9),
+            prefill_tok_s = (prompt.len() - reused) as f64 / prefill.as_secs_f64().max(1e-9),
             decode_tok_s = out.len() as f64 / decode.as_secs_f64().max(1e-9),
             "generated"
         );
         Ok(Generated {
             tokens: out,
             prompt_tokens: prompt.len(),
+            reused_tokens: reused,
         })
     }
 }

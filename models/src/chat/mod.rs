@@ -6,6 +6,8 @@
 //! never waits for the model. Replies are whole messages (no streaming).
 
 mod local;
+mod qdecoder;
+pub use qdecoder::CpuPrefill;
 mod remote;
 pub mod template;
 pub mod tokenizer;
@@ -139,12 +141,34 @@ impl FromStr for DeviceChoice {
     }
 }
 
+/// How a local model is run.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalOptions {
+    pub device: DeviceChoice,
+    /// Requests that may wait for the model thread before new ones get [`ChatError::Busy`].
+    pub queue: usize,
+    pub cpu_prefill: CpuPrefill,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        Self {
+            device: DeviceChoice::Auto,
+            queue: 16,
+            cpu_prefill: CpuPrefill::default(),
+        }
+    }
+}
+
 /// A whole reply and its token counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatReply {
     pub text: String,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Prompt tokens the local model did not have to process again: the start of the prompt
+    /// matched what it had just seen (the same conversation's previous turn). 0 for remote.
+    pub reused_prompt_tokens: usize,
 }
 
 /// Why a reply could not be produced.
@@ -224,11 +248,33 @@ impl ChatEngine {
         params: SamplingParams,
         queue: usize,
     ) -> Result<Self, ChatError> {
+        Self::load_local_with(
+            path,
+            LocalOptions {
+                device,
+                queue,
+                ..Default::default()
+            },
+            params,
+        )
+    }
+
+    /// [`load_local`](Self::load_local) with every option.
+    pub fn load_local_with(
+        path: &Path,
+        opts: LocalOptions,
+        params: SamplingParams,
+    ) -> Result<Self, ChatError> {
+        let LocalOptions {
+            device,
+            queue,
+            cpu_prefill,
+        } = opts;
         let (info_tx, info_rx) = std::sync::mpsc::sync_channel(1);
         let owned = path.to_path_buf();
         let worker = ModelWorker::spawn("chat", queue, move || {
             // A panic inside candle while reading a malformed file is a load error too.
-            let loaded = std::panic::catch_unwind(|| local::load(&owned, device))
+            let loaded = std::panic::catch_unwind(|| local::load(&owned, device, cpu_prefill))
                 .unwrap_or_else(|p| {
                     let msg = p
                         .downcast_ref::<&str>()
@@ -323,6 +369,7 @@ impl ChatEngine {
                             text: template::strip_think(&text).to_string(),
                             prompt_tokens: g.prompt_tokens,
                             completion_tokens: g.tokens.len(),
+                            reused_prompt_tokens: g.reused_tokens,
                         })
                     })
                     .await?

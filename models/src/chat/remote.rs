@@ -229,6 +229,7 @@ impl RemoteClient {
             text,
             prompt_tokens,
             completion_tokens,
+            reused_prompt_tokens: 0,
         })
     }
 }
