@@ -202,11 +202,16 @@ pub async fn build_brain(cfg: &Config) -> anyhow::Result<Arc<dyn Brain>> {
             } else {
                 l.model.clone()
             };
-            let (device, params, queue) = (l.device, l.sampling.params(), l.queue);
+            let opts = sandra_models::chat::LocalOptions {
+                device: l.device,
+                queue: l.queue,
+                cpu_prefill: l.cpu_prefill,
+            };
+            let params = l.sampling.params();
             tracing::info!(model = %path.display(), "loading chat model");
             let started = std::time::Instant::now();
             let engine = tokio::task::spawn_blocking(move || {
-                ChatEngine::load_local(&path, device, params, queue)
+                ChatEngine::load_local_with(&path, opts, params)
             })
             .await
             .context("loading the chat model")??;
@@ -260,6 +265,7 @@ pub async fn build_transcriber(
     let opts = WhisperOptions {
         language: (!t.language.is_empty()).then(|| t.language.clone()),
         threads: (t.threads > 0).then_some(t.threads),
+        decoder_q8: t.decoder_q8,
         ..Default::default()
     };
     let queue = t.queue;
