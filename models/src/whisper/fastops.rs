@@ -16,7 +16,8 @@ use rayon::prelude::*;
 fn exp_approx(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.7);
     // x = n·ln2 + r, |r| ≤ ln2/2
-    let n = (x * std::f32::consts::LOG2_E).round();
+    // Ties-to-even rounding is one vector instruction (`round` is a libm call).
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
     let r = n.mul_add(-0.693_145_75, x);
     let r = n.mul_add(-1.428_606_8e-6, r);
     // e^r by its Taylor polynomial (degree 6 is enough for |r| ≤ 0.347).
@@ -53,11 +54,36 @@ fn gelu_slice(xs: &mut [f32]) {
     }
 }
 
+/// Lanes of the running max and sum: independent accumulators let the compiler vectorize the
+/// reductions (a single float accumulator must add in order).
+const LANES: usize = 8;
+
 #[inline(always)]
 fn softmax_row(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for x in row.iter_mut() {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let mut max = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for i in 0..LANES {
+            m[i] = m[i].max(c[i]);
+        }
+    }
+    max = m.iter().copied().fold(max, f32::max);
+    let mut s = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            let e = exp_approx(c[i] - max);
+            c[i] = e;
+            s[i] += e;
+        }
+    }
+    let mut sum: f32 = s.iter().sum();
+    for x in chunks.into_remainder() {
         *x = exp_approx(*x - max);
         sum += *x;
     }
