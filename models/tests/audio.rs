@@ -201,7 +201,8 @@ fn ogg_opus_matches_libopus_reference() {
     println!("opus vs opusdec: shift {shift} samples, SNR {snr:.1} dB");
     // opusdec decodes at 48 kHz and resamples to 16 kHz, so it is one sample off a direct
     // 16 kHz decode and its resampler's phase caps the waveform SNR near 15 dB (rusty-opus is
-    // bit-exact with libopus decoding these hybrid-mode clips at 16 kHz); the 10 ms energy envelopes must agree closely.
+    // bit-exact with libopus decoding these hybrid-mode clips at 16 kHz); the 10 ms energy
+    // envelopes must agree closely.
     assert!(shift.abs() <= 2, "misaligned by {shift} samples");
     assert!(snr > 10.0, "SNR {snr:.1} dB");
     let corr = envelope_correlation(&reference, &pcm.samples, shift);
