@@ -82,12 +82,15 @@ fn main() {
         .unwrap();
     // Every call gets its own system prompt, so the engine cannot reuse the previous call's
     // cached prompt beyond the template's first few tokens; rates count the tokens it fed.
-    let mut call = 0;
-    let mut fresh = || {
-        call += 1;
+    let tagged = |call: usize| {
         let mut m = bench_messages();
         m[0] = ChatMessage::system(format!("[call {call}] {}", m[0].content));
         m
+    };
+    let mut call = 0;
+    let mut fresh = || {
+        call += 1;
+        tagged(call)
     };
     let prompt_tokens = engine.count_tokens(&fresh());
     eprintln!("prompt: {prompt_tokens} tokens");
@@ -115,8 +118,7 @@ fn main() {
     }
     // The conversation's next turn: the last prompt and reply come from the cache, only the
     // new message is read before the first reply token.
-    let mut next = bench_messages();
-    next[0] = ChatMessage::system(format!("[call {call}] {}", next[0].content));
+    let mut next = tagged(call);
     let last = rt
         .block_on(engine.chat_with(next.clone(), SamplingParams::greedy(gen_tokens)))
         .unwrap();

@@ -2,6 +2,7 @@
 //! need. It knows candle, audio and image formats; it knows nothing of WhatsApp, HTTP routes or
 //! ractor. Every model runs on its own thread behind a bounded queue ([`worker`]).
 
+mod attention;
 pub mod audio;
 pub mod chat;
 pub mod install;

@@ -379,9 +379,9 @@ impl QDecoder {
                 self.max_positions
             );
         }
-        let mut x = QMatMul::from_arc(self.embed.clone())?.embedding(ids)?;
+        let mut x = self.embed.embedding(ids)?;
         let mask = if l > 1 {
-            Some(causal_mask(l, pos, x.device())?)
+            Some(crate::attention::causal_mask(l, pos, x.device())?)
         } else {
             None
         };
@@ -457,15 +457,6 @@ fn rope_tables(
         .reshape((positions, 1))?;
     let freqs = t.broadcast_mul(&inv)?;
     Ok((freqs.cos()?, freqs.sin()?))
-}
-
-/// `[l, pos + l]`: 0 where query `i` (at `pos + i`) may attend, -inf after it.
-fn causal_mask(l: usize, pos: usize, device: &Device) -> Result<Tensor> {
-    let t = pos + l;
-    let m: Vec<f32> = (0..l)
-        .flat_map(|i| (0..t).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(m, (l, t), device)
 }
 
 #[cfg(test)]

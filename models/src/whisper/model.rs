@@ -53,7 +53,9 @@ impl Weights {
     /// A matrix `[out, in]` for `x·Wᵀ`, stored as `store` asks.
     fn matrix(&self, name: &str, out: usize, inp: usize, store: Store) -> Result<QMatMul> {
         match (self, store) {
-            (Self::Dense(vb), Store::AsFile) => Ok(QMatMul::Tensor(vb.get((out, inp), name)?)),
+            (Self::Dense(vb), Store::AsFile | Store::Dense) => {
+                Ok(QMatMul::Tensor(vb.get((out, inp), name)?))
+            }
             (Self::Dense(vb), Store::Q8) => QMatMul::from_qtensor(QTensor::quantize(
                 &vb.get((out, inp), name)?,
                 GgmlDType::Q8_0,
@@ -61,7 +63,6 @@ impl Weights {
             (Self::Gguf(vb), Store::Dense) => Ok(QMatMul::Tensor(
                 vb.get((out, inp), name)?.dequantize(vb.device())?,
             )),
-            (Self::Dense(vb), Store::Dense) => Ok(QMatMul::Tensor(vb.get((out, inp), name)?)),
             (Self::Gguf(vb), _) => QMatMul::from_arc(vb.get((out, inp), name)?),
         }
     }
@@ -357,9 +358,6 @@ pub struct DecoderState {
 }
 
 pub struct Decoder {
-    /// The token embedding in f32 when the output projection is too (else rows are read from
-    /// the quantized projection).
-    embed: Option<Tensor>,
     /// The output projection (tied to the token embedding), possibly quantized.
     logits_proj: QMatMul,
     positions: Tensor,
@@ -375,10 +373,6 @@ impl Decoder {
         let store = if q8 { Store::Q8 } else { Store::AsFile };
         let embed_name = format!("{p}.embed_tokens.weight");
         let logits_proj = w.matrix(&embed_name, cfg.vocab_size, d, store)?;
-        let embed = match &logits_proj {
-            QMatMul::Tensor(t) => Some(t.clone()),
-            _ => None,
-        };
         let layers = (0..cfg.decoder_layers)
             .map(|i| {
                 let lp = format!("{p}.layers.{i}");
@@ -406,7 +400,6 @@ impl Decoder {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embed,
             logits_proj,
             positions: w.tensor(
                 &format!("{p}.embed_positions.weight"),
@@ -442,32 +435,18 @@ impl Decoder {
 
     fn embed_tokens(&self, tokens: &[u32], offset: usize) -> Result<Tensor> {
         let ids = Tensor::new(tokens, &self.device)?;
-        let tok = match &self.embed {
-            Some(e) => e.index_select(&ids, 0)?,
-            None => self.logits_proj.embedding(&ids)?,
-        };
+        // Rows of the tied output projection, f32 or quantized.
+        let tok = self.logits_proj.embedding(&ids)?;
         let pos = self.positions.narrow(0, offset, tokens.len())?;
         (tok + pos)?.unsqueeze(0)
     }
 
-    /// Causal mask `[n, offset + n]` for `n` new tokens after `offset` cached ones.
+    /// Causal mask for `n` new tokens after `offset` cached ones; none for a single token.
     fn causal_mask(&self, n: usize, offset: usize) -> Result<Option<Tensor>> {
         if n <= 1 {
             return Ok(None);
         }
-        let total = offset + n;
-        let m: Vec<f32> = (0..n)
-            .flat_map(|i| {
-                (0..total).map(move |j| {
-                    if j > offset + i {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
-            })
-            .collect();
-        Tensor::from_vec(m, (n, total), &self.device).map(Some)
+        crate::attention::causal_mask(n, offset, &self.device).map(Some)
     }
 
     /// Feeds `tokens` (appended to what `state` holds) and returns the logits of the last one,
