@@ -3,6 +3,7 @@
 mod support;
 
 mod actors;
+mod bad_input;
 mod conversation;
 mod crash;
 mod llm;
