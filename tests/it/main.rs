@@ -5,6 +5,7 @@ mod support;
 mod actors;
 mod conversation;
 mod crash;
+mod faults;
 mod llm;
 mod sender;
 mod voice;
