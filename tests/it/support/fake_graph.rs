@@ -40,6 +40,9 @@ pub enum Fault {
     /// Close the connection without answering (the send is *not* recorded as accepted): what
     /// a reset or a load balancer dropping the request looks like to the client.
     Drop,
+    /// Accept the send (it counts as delivered, and its status webhook follows) but close the
+    /// connection before answering: Meta took it, the client cannot know.
+    DropAfterAccept,
     /// Answer this send normally: interleaves successes with faults in a queue.
     Pass,
 }
@@ -342,7 +345,7 @@ async fn messages(
             conn.kill();
             (StatusCode::INTERNAL_SERVER_ERROR, "never seen").into_response()
         }
-        None | Some(Fault::Pass) => {
+        f @ (None | Some(Fault::Pass | Fault::DropAfterAccept)) => {
             let mut g = inner.lock().unwrap();
             g.next_id += 1;
             let wamid = format!("wamid.FAKE{:06}", g.next_id);
@@ -357,6 +360,9 @@ async fn messages(
                 body,
                 accepted: true,
             });
+            if matches!(f, Some(Fault::DropAfterAccept)) {
+                conn.kill();
+            }
             axum::Json(json!({
                 "messaging_product": "whatsapp",
                 "contacts": [{"input": to, "wa_id": to}],
