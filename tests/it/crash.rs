@@ -471,6 +471,22 @@ async fn kill_dash_nine_at_scale(strict: bool) {
     let lost: Vec<usize> = acked.iter().copied().filter(|i| replies[*i] == 0).collect();
     let doubled: Vec<usize> = (0..plan.messages).filter(|i| replies[*i] > 1).collect();
     let records_doubled = per_record.values().filter(|n| **n > 1).count();
+    // Of those, sent again although Sandra had already taken the status webhook proving Meta
+    // had the first copy (a reconciliation that did not work, not a race it lost).
+    let resent_after_status = per_record
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .filter(|(key, _)| {
+            let sends: Vec<Instant> = accepted
+                .iter()
+                .filter(|r| r.body["biz_opaque_callback_data"].as_str() == Some(key.as_str()))
+                .map(|r| r.at)
+                .collect();
+            graph
+                .status_delivered_at(key)
+                .is_some_and(|t| sends.iter().any(|s| *s > t))
+        })
+        .count();
     let abandoned = plan.messages - acked.len();
     let abandoned_answered = (0..plan.messages)
         .filter(|i| outcome[*i] == Delivery::Abandoned && replies[*i] == 1)
@@ -511,7 +527,8 @@ async fn kill_dash_nine_at_scale(strict: bool) {
         "crash test: {:.1} s ({:.1} s posting), {kills} kills, {} messages: {} acknowledged, \
          {abandoned} abandoned ({abandoned_answered} of them answered anyway); {} sends accepted \
          of {} attempted, {statuses} status webhooks delivered; lost {}, answered twice {}, \
-         records sent twice {records_doubled}, wrong recipient {}, missing from history {}, \
+         records sent twice {records_doubled} ({resent_after_status} after their status webhook \
+         was taken), wrong recipient {}, missing from history {}, \
          twice in history {}, left unanswered {unfinished}, left unsent {unsent}",
         started.elapsed().as_secs_f64(),
         posted_by.as_secs_f64(),

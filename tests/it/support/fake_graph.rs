@@ -83,6 +83,8 @@ struct StatusHook {
     delivered: usize,
     /// Status webhooks abandoned after [`STATUS_GIVE_UP`].
     abandoned: usize,
+    /// When Sandra took each status webhook, by the `biz_opaque_callback_data` it echoed.
+    delivered_at: Vec<(String, Instant)>,
 }
 
 /// How long the fake keeps re-delivering one status webhook before giving up.
@@ -180,6 +182,16 @@ impl FakeGraph {
     /// and are re-delivered to wherever it is when they are retried.
     pub fn set_webhook_url(&self, url: Option<String>) {
         self.inner.lock().unwrap().statuses.url = url;
+    }
+
+    /// When Sandra answered 200 to a status webhook echoing `callback` (the first time).
+    pub fn status_delivered_at(&self, callback: &str) -> Option<Instant> {
+        let g = self.inner.lock().unwrap();
+        g.statuses
+            .delivered_at
+            .iter()
+            .find(|(c, _)| c == callback)
+            .map(|(_, t)| *t)
     }
 
     /// (delivered, outstanding, abandoned) status webhooks.
@@ -353,7 +365,11 @@ async fn messages(
             if let Some(delay) = g.statuses.delay {
                 g.statuses.outstanding += 1;
                 let status = status_sent(&pnid, &wamid, &body);
-                tokio::spawn(deliver_status(inner.clone(), delay, status));
+                let callback = body["biz_opaque_callback_data"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                tokio::spawn(deliver_status(inner.clone(), delay, status, callback));
             }
             g.sends.push(Received {
                 at,
@@ -462,7 +478,12 @@ fn status_sent(pnid: &str, wamid: &str, sent: &Value) -> Vec<u8> {
 
 /// Posts one status webhook after `delay`, re-delivering until Sandra answers 200 (wherever it
 /// listens by then), as Meta does.
-async fn deliver_status(inner: Arc<Mutex<Inner>>, delay: Duration, body: Vec<u8>) {
+async fn deliver_status(
+    inner: Arc<Mutex<Inner>>,
+    delay: Duration,
+    body: Vec<u8>,
+    callback: String,
+) {
     tokio::time::sleep(delay).await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -485,6 +506,7 @@ async fn deliver_status(inner: Arc<Mutex<Inner>>, delay: Duration, body: Vec<u8>
                 let mut g = inner.lock().unwrap();
                 g.statuses.outstanding -= 1;
                 g.statuses.delivered += 1;
+                g.statuses.delivered_at.push((callback, Instant::now()));
                 return;
             }
         }
