@@ -6,6 +6,7 @@ mod actors;
 mod bad_input;
 mod conversation;
 mod crash;
+mod faults;
 mod llm;
 mod sender;
 mod voice;

@@ -1,15 +1,25 @@
 //! A loopback stand-in for Meta's Graph API, faithful to the fact sheet: Meta's success and
 //! error envelopes, bearer-token checks (190 on a wrong token), `Retry-After`, two-hop media
 //! downloads that need the bearer token on both hops, `400 / code 100 / subcode 33` for unknown
-//! media ids, and scripted faults (error codes with either HTTP status, hangs for timeouts).
+//! media ids, and scripted faults (error codes with either HTTP status, hangs for timeouts,
+//! connections closed without an answer), in order or for sends whose text matches.
+//!
+//! Like Meta, it can also POST a signed `statuses: sent` webhook (echoing
+//! `biz_opaque_callback_data`) back to Sandra for every send it accepted, a little later, and
+//! keeps re-delivering it until Sandra answers 200 (Meta retries webhooks for days). That is what
+//! lets Sandra reconcile a send whose answer it never recorded; it is off by default.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -27,6 +37,14 @@ pub enum Fault {
     },
     /// Never answer within the client's timeout (the send is *not* recorded as accepted).
     Hang(Duration),
+    /// Close the connection without answering (the send is *not* recorded as accepted): what
+    /// a reset or a load balancer dropping the request looks like to the client.
+    Drop,
+    /// Accept the send (it counts as delivered, and its status webhook follows) but close the
+    /// connection before answering: Meta took it, the client cannot know.
+    DropAfterAccept,
+    /// Answer this send normally: interleaves successes with faults in a queue.
+    Pass,
 }
 
 /// A request the fake received.
@@ -44,10 +62,33 @@ struct Inner {
     sends: Vec<Received>,
     reads: Vec<Received>,
     faults: VecDeque<Fault>,
+    /// Faults answered to every send whose text contains the needle, before the queue.
+    rules: Vec<(String, Fault)>,
     media: HashMap<String, (String, Vec<u8>)>,
     media_calls: Vec<String>,
     next_id: u64,
+    statuses: StatusHook,
 }
+
+/// Status webhooks the fake posts back, as Meta does, once configured.
+#[derive(Default)]
+struct StatusHook {
+    /// `None`: no status webhooks at all (the default).
+    delay: Option<Duration>,
+    /// Where Sandra currently listens; `None` while it is down (deliveries wait and retry).
+    url: Option<String>,
+    /// Accepted sends whose status webhook has not been answered 200 yet.
+    outstanding: usize,
+    /// Status webhooks Sandra answered 200.
+    delivered: usize,
+    /// Status webhooks abandoned after [`STATUS_GIVE_UP`].
+    abandoned: usize,
+    /// When Sandra took each status webhook, by the `biz_opaque_callback_data` it echoed.
+    delivered_at: Vec<(String, Instant)>,
+}
+
+/// How long the fake keeps re-delivering one status webhook before giving up.
+const STATUS_GIVE_UP: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 pub struct FakeGraph {
@@ -68,7 +109,15 @@ impl FakeGraph {
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let listener = KillableListener(listener);
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<ConnHandle>(),
+            )
+            .await
+            .unwrap()
+        });
         Self { addr, inner }
     }
 
@@ -95,7 +144,64 @@ impl FakeGraph {
     }
 
     pub fn clear_faults(&self) {
-        self.inner.lock().unwrap().faults.clear();
+        let mut g = self.inner.lock().unwrap();
+        g.faults.clear();
+        g.rules.clear();
+    }
+
+    /// Faults still queued (not yet answered to a send).
+    pub fn faults_left(&self) -> usize {
+        self.inner.lock().unwrap().faults.len()
+    }
+
+    /// Answers `fault` to every send whose text contains `needle` (until `clear_faults`).
+    pub fn fail_matching(&self, needle: &str, fault: Fault) {
+        self.inner
+            .lock()
+            .unwrap()
+            .rules
+            .push((needle.to_string(), fault));
+    }
+
+    /// Rotates the token the fake accepts: calls with the old one get 190 from now on.
+    pub fn set_token(&self, token: &str) {
+        self.inner.lock().unwrap().token = token.to_string();
+    }
+
+    pub fn token(&self) -> String {
+        self.inner.lock().unwrap().token.clone()
+    }
+
+    /// Posts a signed `sent` status webhook for every accepted send, `delay` after accepting it,
+    /// to the URL set with [`FakeGraph::set_webhook_url`].
+    pub fn send_status_webhooks(&self, delay: Duration) {
+        self.inner.lock().unwrap().statuses.delay = Some(delay);
+    }
+
+    /// Where Sandra's webhook endpoint is now (`None` while it is down): status webhooks wait
+    /// and are re-delivered to wherever it is when they are retried.
+    pub fn set_webhook_url(&self, url: Option<String>) {
+        self.inner.lock().unwrap().statuses.url = url;
+    }
+
+    /// When Sandra answered 200 to a status webhook echoing `callback` (the first time).
+    pub fn status_delivered_at(&self, callback: &str) -> Option<Instant> {
+        let g = self.inner.lock().unwrap();
+        g.statuses
+            .delivered_at
+            .iter()
+            .find(|(c, _)| c == callback)
+            .map(|(_, t)| *t)
+    }
+
+    /// (delivered, outstanding, abandoned) status webhooks.
+    pub fn status_webhooks(&self) -> (usize, usize, usize) {
+        let g = self.inner.lock().unwrap();
+        (
+            g.statuses.delivered,
+            g.statuses.outstanding,
+            g.statuses.abandoned,
+        )
     }
 
     /// Every message send received (accepted or not).
@@ -162,7 +268,8 @@ fn token_error() -> Response {
 
 async fn messages(
     State(inner): State<Arc<Mutex<Inner>>>,
-    Path((_version, _pnid)): Path<(String, String)>,
+    ConnectInfo(conn): ConnectInfo<ConnHandle>,
+    Path((_version, pnid)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -201,7 +308,13 @@ async fn messages(
             });
             return axum::Json(json!({"success": true})).into_response();
         }
-        g.faults.pop_front()
+        let text = body["text"]["body"].as_str().unwrap_or_default();
+        let rule = g
+            .rules
+            .iter()
+            .find(|(needle, _)| text.contains(needle.as_str()))
+            .map(|(_, f)| f.clone());
+        rule.or_else(|| g.faults.pop_front())
     };
     match fault {
         Some(Fault::Error {
@@ -234,16 +347,38 @@ async fn messages(
             tokio::time::sleep(d).await;
             (StatusCode::GATEWAY_TIMEOUT, "late").into_response()
         }
-        None => {
+        Some(Fault::Drop) => {
+            inner.lock().unwrap().sends.push(Received {
+                at,
+                body,
+                accepted: false,
+            });
+            // The connection is dead before hyper writes this: the client gets no answer.
+            conn.kill();
+            (StatusCode::INTERNAL_SERVER_ERROR, "never seen").into_response()
+        }
+        f @ (None | Some(Fault::Pass | Fault::DropAfterAccept)) => {
             let mut g = inner.lock().unwrap();
             g.next_id += 1;
             let wamid = format!("wamid.FAKE{:06}", g.next_id);
             let to = body.get("to").cloned().unwrap_or(Value::Null);
+            if let Some(delay) = g.statuses.delay {
+                g.statuses.outstanding += 1;
+                let status = status_sent(&pnid, &wamid, &body);
+                let callback = body["biz_opaque_callback_data"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                tokio::spawn(deliver_status(inner.clone(), delay, status, callback));
+            }
             g.sends.push(Received {
                 at,
                 body,
                 accepted: true,
             });
+            if matches!(f, Some(Fault::DropAfterAccept)) {
+                conn.kill();
+            }
             axum::Json(json!({
                 "messaging_product": "whatsapp",
                 "contacts": [{"input": to, "wa_id": to}],
@@ -305,5 +440,199 @@ async fn media_bytes(
             ([(header::CONTENT_TYPE, mime.clone())], bytes.clone()).into_response()
         }
         None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}
+
+/// Meta's `sent` status webhook for a message it accepted (shape of the `status_sent` fixture).
+fn status_sent(pnid: &str, wamid: &str, sent: &Value) -> Vec<u8> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut status = json!({
+        "id": wamid,
+        "status": "sent",
+        "timestamp": now.to_string(),
+        "recipient_id": sent.get("to").cloned().unwrap_or(Value::Null),
+        "conversation": {
+            "id": "72b14d6bd5407799e66f64d1b338e567",
+            "expiration_timestamp": (now + 86_400).to_string(),
+            "origin": {"type": "service"}
+        },
+        "pricing": {"billable": false, "pricing_model": "PMP", "type": "free_customer_service", "category": "service"}
+    });
+    if let Some(cb) = sent.get("biz_opaque_callback_data") {
+        status["biz_opaque_callback_data"] = cb.clone();
+    }
+    json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": pnid},
+            "statuses": [status]
+        }}]}]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Posts one status webhook after `delay`, re-delivering until Sandra answers 200 (wherever it
+/// listens by then), as Meta does.
+async fn deliver_status(
+    inner: Arc<Mutex<Inner>>,
+    delay: Duration,
+    body: Vec<u8>,
+    callback: String,
+) {
+    tokio::time::sleep(delay).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let signature = super::sign(&body);
+    let give_up = Instant::now() + STATUS_GIVE_UP;
+    loop {
+        let url = inner.lock().unwrap().statuses.url.clone();
+        if let Some(url) = url {
+            let ok = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("X-Hub-Signature-256", &signature)
+                .body(body.clone())
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK);
+            if ok {
+                let mut g = inner.lock().unwrap();
+                g.statuses.outstanding -= 1;
+                g.statuses.delivered += 1;
+                g.statuses.delivered_at.push((callback, Instant::now()));
+                return;
+            }
+        }
+        if Instant::now() > give_up {
+            let mut g = inner.lock().unwrap();
+            g.statuses.outstanding -= 1;
+            g.statuses.abandoned += 1;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A listener whose connections a handler can close without answering ([`Fault::Drop`]).
+struct KillableListener(tokio::net::TcpListener);
+
+/// Identifies a connection to its handler (as connect info) and can kill it.
+#[derive(Clone)]
+pub struct ConnHandle(Arc<KillSwitch>);
+
+impl std::fmt::Debug for ConnHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnHandle")
+    }
+}
+
+#[derive(Default)]
+struct KillSwitch {
+    killed: AtomicBool,
+    /// The tasks last parked reading (0) and writing (1): woken by `kill` so they see it.
+    wakers: Mutex<[Option<Waker>; 2]>,
+}
+
+impl ConnHandle {
+    /// From now on every read and write on this connection fails, so hyper drops it without
+    /// writing a byte of the response.
+    fn kill(&self) {
+        self.0.killed.store(true, Ordering::SeqCst);
+        for w in self.0.wakers.lock().unwrap().iter_mut() {
+            if let Some(w) = w.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+struct KillableStream {
+    inner: tokio::net::TcpStream,
+    switch: Arc<KillSwitch>,
+}
+
+impl KillableStream {
+    fn dead(&self, cx: &Context<'_>, slot: usize) -> bool {
+        if self.switch.killed.load(Ordering::SeqCst) {
+            return true;
+        }
+        self.switch.wakers.lock().unwrap()[slot] = Some(cx.waker().clone());
+        // Killed between the check and registering the waker: nobody will wake us.
+        self.switch.killed.load(Ordering::SeqCst)
+    }
+}
+
+fn reset() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::ConnectionReset, "killed by Fault::Drop")
+}
+
+impl tokio::io::AsyncRead for KillableStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.dead(cx, 0) {
+            return Poll::Ready(Err(reset()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for KillableStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.dead(cx, 1) {
+            return Poll::Ready(Err(reset()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.dead(cx, 1) {
+            return Poll::Ready(Err(reset()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl axum::serve::Listener for KillableListener {
+    type Io = KillableStream;
+    type Addr = ConnHandle;
+
+    async fn accept(&mut self) -> (KillableStream, ConnHandle) {
+        loop {
+            match self.0.accept().await {
+                Ok((inner, _)) => {
+                    let switch = Arc::new(KillSwitch::default());
+                    let handle = ConnHandle(switch.clone());
+                    return (KillableStream { inner, switch }, handle);
+                }
+                // Out of file descriptors and the like: back off rather than spin.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<ConnHandle> {
+        Ok(ConnHandle(Arc::new(KillSwitch::default())))
+    }
+}
+
+impl Connected<axum::serve::IncomingStream<'_, KillableListener>> for ConnHandle {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, KillableListener>) -> Self {
+        stream.remote_addr().clone()
     }
 }
