@@ -383,7 +383,7 @@ async fn control_tokens_typed_by_a_user_reach_the_model_as_text() {
             _ => 2 * msgs.len() + 1,
         };
         assert_eq!(
-            ids.iter().filter(|i| is_control(*i)).count(),
+            ids.iter().filter(|i| is_control(i)).count(),
             expected,
             "{family:?}: {ids:?}"
         );
@@ -394,7 +394,7 @@ async fn control_tokens_typed_by_a_user_reach_the_model_as_text() {
             .get_ids()
             .to_vec();
         assert!(
-            naive.iter().filter(|i| is_control(*i)).count() > expected,
+            naive.iter().filter(|i| is_control(i)).count() > expected,
             "{family:?}: the attack string holds this family's control tokens"
         );
 

@@ -148,7 +148,15 @@ async fn control_token_strings_reach_the_server_broken() {
         .map(|m| m["content"].as_str().unwrap())
         .collect();
     for c in &contents[..3] {
-        for token in ["<|", "|>", "[INST]", "<start_of_turn>"] {
+        for token in [
+            "<|",
+            "<|im_end|>",
+            "<|im_start|>",
+            "<|eot_id|>",
+            "<|start_header_id|>",
+            "[INST]",
+            "<start_of_turn>",
+        ] {
             assert!(!c.contains(token), "{token} in {c:?}");
         }
     }
