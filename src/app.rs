@@ -26,6 +26,7 @@ pub struct Application {
     listener: TcpListener,
     system: System,
     router: axum::Router,
+    metrics: Arc<Metrics>,
     cfg: Config,
 }
 
@@ -107,9 +108,12 @@ impl Application {
             verify_token: w.verify_token.clone(),
             app_secret: w.app_secret.clone(),
             admission: Arc::new(Semaphore::new(cfg.server.max_in_flight)),
-            metrics,
+            metrics: metrics.clone(),
+            max_body_bytes: cfg.server.max_body_bytes,
+            phone_number_id: w.phone_number_id.clone(),
+            missing_settings: missing,
         };
-        let router = http::router(state, cfg.server.max_body_bytes);
+        let router = http::router(state, cfg.server.request_timeout);
         let listener = TcpListener::bind(cfg.server.bind)
             .await
             .with_context(|| format!("binding {}", cfg.server.bind))?;
@@ -117,6 +121,7 @@ impl Application {
             listener,
             system,
             router,
+            metrics,
             cfg,
         })
     }
@@ -155,13 +160,18 @@ impl Application {
                 }
             }
         });
-        tracing::info!(addr = %self.local_addr(), "listening");
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let server = &self.cfg.server;
+        let opts = http::ServeOptions {
+            header_timeout: server.header_timeout,
+            max_connections: server.max_connections,
+            // No request outlives request_timeout, so this wait is enough for every one of them.
+            shutdown_grace: server.request_timeout,
+        };
+        tracing::info!(addr = %self.local_addr(), max_connections = opts.max_connections, "listening");
+        http::serve(self.listener, self.router, opts, self.metrics, shutdown).await;
         sweeper.abort();
         system.shutdown().await;
-        served.context("HTTP server failed")
+        Ok(())
     }
 }
 

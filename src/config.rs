@@ -203,6 +203,17 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     /// Largest webhook body accepted, in bytes; larger gets 413.
     pub max_body_bytes: usize,
+    /// A connection whose request head (line and headers) has not fully arrived this long
+    /// after the connection opened, or after its previous response, is closed. Frees the slots
+    /// of idle and slow-loris connections.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A request not answered this long after its head arrived, body upload included, gets
+    /// 408. Also the longest shutdown waits for requests in progress.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Open connections at most; further ones wait in the kernel's accept queue.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -211,6 +222,9 @@ impl Default for ServerConfig {
             bind: "127.0.0.1:8080".parse().expect("valid default"),
             max_in_flight: 256,
             max_body_bytes: 3 * 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 1024,
         }
     }
 }
@@ -477,6 +491,16 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return Err(key_err("server.max_body_bytes", "must be at least 1024"));
         }
+        // Below these, ordinary clients on slow links would be cut off mid-request.
+        if self.server.header_timeout < Duration::from_millis(100) {
+            return Err(key_err("server.header_timeout", "must be at least 100ms"));
+        }
+        if self.server.request_timeout < Duration::from_secs(1) {
+            return Err(key_err("server.request_timeout", "must be at least 1s"));
+        }
+        if self.server.max_connections == 0 {
+            return Err(key_err("server.max_connections", "must be at least 1"));
+        }
         if !(1..=1000).contains(&self.sender.rate_per_second) {
             return Err(key_err(
                 "sender.rate_per_second",
@@ -623,6 +647,28 @@ mod tests {
     }
 
     #[test]
+    fn server_limits_are_validated_and_named() {
+        let c = Config::from_toml(
+            "[server]\nheader_timeout = \"2s\"\nrequest_timeout = \"1m\"\nmax_connections = 8\n",
+            "c",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.server.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.server.request_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.max_connections, 8);
+        for (toml, key) in [
+            ("header_timeout = \"0s\"", "server.header_timeout"),
+            ("request_timeout = \"500ms\"", "server.request_timeout"),
+            ("max_connections = 0", "server.max_connections"),
+        ] {
+            let c = Config::from_toml(&format!("[server]\n{toml}\n"), "c").unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+    }
+
+    #[test]
     fn env_overrides_file_and_secrets_stay_hidden() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
@@ -683,6 +729,9 @@ mod tests {
         assert_eq!(c.server.bind, d.server.bind);
         assert_eq!(c.whatsapp.api_version, d.whatsapp.api_version);
         assert_eq!(c.storage.dedup_retention, d.storage.dedup_retention);
+        assert_eq!(c.server.header_timeout, d.server.header_timeout);
+        assert_eq!(c.server.request_timeout, d.server.request_timeout);
+        assert_eq!(c.server.max_connections, d.server.max_connections);
         let _ = Config::load_with_env(None, no_env).unwrap();
     }
 }

@@ -41,6 +41,7 @@ pub struct System {
     pub store: Arc<store::Store>,
     pub metrics: Arc<metrics::Metrics>,
     pub sender_health: Arc<sender::SenderHealth>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl System {
@@ -56,7 +57,9 @@ impl System {
             sender: sender.clone(),
             router_slot: router_slot.clone(),
             sender_slot: sender_slot.clone(),
+            stopping: Arc::default(),
         };
+        let stopping = args.stopping.clone();
         let (root, _) = Actor::spawn(None, supervisor::Root, args).await?;
         Ok(Self {
             root,
@@ -65,6 +68,7 @@ impl System {
             store: router.store.clone(),
             metrics: router.metrics.clone(),
             sender_health: sender.health.clone(),
+            stopping,
         })
     }
 
@@ -79,6 +83,8 @@ impl System {
 
     /// Stops every actor (draining conversations) and flushes the store.
     pub async fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self
             .root
             .stop_children_and_wait(None, Some(std::time::Duration::from_secs(10)))

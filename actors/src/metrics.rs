@@ -49,6 +49,9 @@ counters! {
     sends_held: "messages not attempted because the 24 h window is closed",
     typing_sent: "read receipts / typing indicators sent",
     token_invalid: "1 while the access token is known to be invalid (error 190)",
+    webhooks_other_number: "webhook POSTs carrying items for a business number other than whatsapp.phone_number_id (answered 200, those items ignored)",
+    items_other_number: "messages and statuses ignored because they were addressed to another business number",
+    http_header_timeouts: "connections closed because no complete request head arrived within server.header_timeout of opening (idle keep-alive connections between requests are closed without counting)",
 }
 
 impl Metrics {

@@ -13,6 +13,9 @@
 //!   (ractor has no restart strategy: restart means spawn again) and its slot updated; the
 //!   router and sender rebuild their state from the store.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::router::{Router, RouterArgs, RouterMsg};
@@ -27,6 +30,9 @@ pub struct RootArgs {
     pub sender: SenderArgs,
     pub router_slot: ActorSlot<RouterMsg>,
     pub sender_slot: ActorSlot<SenderMsg>,
+    /// Set by `System::shutdown` before it stops the children: their exits are then expected,
+    /// and re-creating them would restart work (an inbox replay) in a process that is exiting.
+    pub stopping: Arc<AtomicBool>,
 }
 
 pub struct RootState {
@@ -67,6 +73,10 @@ impl Actor for Root {
         };
         let id = cell.get_id();
         let a = &state.args;
+        if a.stopping.load(Ordering::SeqCst) {
+            tracing::debug!(reason = %why, "child stopped at shutdown");
+            return Ok(());
+        }
         if a.router_slot.try_get().is_some_and(|r| r.get_id() == id) {
             tracing::error!(reason = %why, "router exited; re-creating it");
             let (router, _) =

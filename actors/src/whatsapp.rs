@@ -364,6 +364,11 @@ pub struct WebhookBatch {
     /// Things we accepted but do not act on, for logs and counters: unknown `field` values,
     /// value-level `errors[]`, entries we could not read. Human-readable.
     pub ignored: Vec<String>,
+    /// Business numbers (`value.metadata.phone_number_id`) other than the one asked for in
+    /// [`parse_webhook_for`], each with how many messages and statuses it carried. One app
+    /// receives the webhooks of every number in its WhatsApp Business Account; those items
+    /// are not parsed further.
+    pub other_numbers: Vec<(String, usize)>,
 }
 
 /// A body that is not JSON, or not a JSON object.
@@ -373,6 +378,16 @@ pub struct NotJson(String);
 
 /// Parses a webhook body. Never fails on unknown content; fails only when the body is not JSON.
 pub fn parse_webhook(body: &[u8]) -> Result<WebhookBatch, NotJson> {
+    parse_webhook_for(body, None)
+}
+
+/// [`parse_webhook`] for one business number: changes whose `value.metadata.phone_number_id`
+/// is not `phone_number_id` are only counted in [`WebhookBatch::other_numbers`]. `None` keeps
+/// every number.
+pub fn parse_webhook_for(
+    body: &[u8],
+    phone_number_id: Option<&str>,
+) -> Result<WebhookBatch, NotJson> {
     let payload: WebhookPayload =
         serde_json::from_slice(body).map_err(|e| NotJson(e.to_string()))?;
     let mut batch = WebhookBatch::default();
@@ -397,6 +412,15 @@ pub fn parse_webhook(body: &[u8]) -> Result<WebhookBatch, NotJson> {
                     continue;
                 }
             };
+            let number = &value.metadata.phone_number_id;
+            if phone_number_id.is_some_and(|ours| ours != number) {
+                let items = value.messages.len() + value.statuses.len();
+                match batch.other_numbers.iter_mut().find(|(n, _)| n == number) {
+                    Some((_, n)) => *n += items,
+                    None => batch.other_numbers.push((number.clone(), items)),
+                }
+                continue;
+            }
             for err in &value.errors {
                 batch.ignored.push(format!("value-level error: {err}"));
             }
@@ -611,6 +635,29 @@ mod tests {
             matches!(&b.messages[0].content, Content::Unsupported { kind, .. } if kind == "hologram")
         );
         assert_eq!(b.ignored, vec!["field \"account_update\"".to_string()]);
+    }
+
+    #[test]
+    fn other_business_numbers_are_counted_not_parsed() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[
+            {"field":"messages","value":{"metadata":{"phone_number_id":"ours"},
+             "messages":[{"from":"1","id":"wamid.a","timestamp":"5","type":"text","text":{"body":"a"}}]}},
+            {"field":"messages","value":{"metadata":{"phone_number_id":"theirs"},
+             "messages":[{"from":"2","id":"wamid.b","timestamp":"5","type":"text","text":{"body":"b"}}],
+             "statuses":[{"id":"wamid.s","status":"sent","timestamp":"5","recipient_id":"2"}]}},
+            {"field":"messages","value":{"messages":[{"from":"3","id":"wamid.c","timestamp":"5","type":"text","text":{"body":"c"}}]}}]}]}"#;
+        let b = parse_webhook_for(body, Some("ours")).unwrap();
+        let wamids: Vec<&str> = b.messages.iter().map(|m| m.wamid.as_str()).collect();
+        assert_eq!(wamids, ["wamid.a"]);
+        assert!(b.statuses.is_empty());
+        // A change without metadata is not known to be ours either.
+        assert_eq!(
+            b.other_numbers,
+            vec![("theirs".to_string(), 2), (String::new(), 1)]
+        );
+        let all = parse_webhook(body).unwrap();
+        assert_eq!((all.messages.len(), all.statuses.len()), (3, 1));
+        assert!(all.other_numbers.is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod bad_input;
 mod conversation;
 mod crash;
 mod faults;
+mod http_limits;
 mod llm;
 mod sender;
 mod voice;

@@ -55,7 +55,13 @@ async fn verification_handshake() {
 /// Every shared fixture, signed, is answered 200 (unknown types and fields included).
 #[tokio::test]
 async fn every_fixture_is_accepted() {
-    let app = TestApp::spawn().await;
+    // The fixtures come from several business numbers; with none configured nothing is
+    // filtered, so every message in them counts.
+    let app = TestApp::spawn_with(
+        |c| c.whatsapp.phone_number_id.clear(),
+        std::sync::Arc::new(EchoBrain::default()),
+    )
+    .await;
     let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -203,6 +209,61 @@ async fn health_endpoints() {
     let app = TestApp::spawn().await;
     assert_eq!(app.status_of("/healthz").await, 200);
     assert_eq!(app.status_of("/readyz").await, 200);
+    app.stop().await;
+}
+
+/// Webhooks for another business number of the same account are acknowledged (Meta must not
+/// retry) but neither stored nor answered, and counted.
+#[tokio::test]
+async fn other_business_numbers_are_acknowledged_and_ignored() {
+    let app = TestApp::spawn().await;
+    let mut v: serde_json::Value = serde_json::from_slice(&fresh_fixture("text.json", 0)).unwrap();
+    let wamid = v["entry"][0]["changes"][0]["value"]["messages"][0]["id"].clone();
+    v["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = "999000111".into();
+    let theirs = serde_json::to_vec(&v).unwrap();
+    assert_eq!(app.post_signed(&theirs).await.status(), 200);
+    assert_eq!(app.metric("webhooks_other_number").await, 1);
+    assert_eq!(app.metric("items_other_number").await, 1);
+    assert_eq!(app.metric("messages_accepted").await, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(app.graph.sends().is_empty());
+
+    // Not even remembered for de-duplication: the same message to our number is new.
+    v["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = PHONE_NUMBER_ID.into();
+    assert_eq!(
+        v["entry"][0]["changes"][0]["value"]["messages"][0]["id"],
+        wamid
+    );
+    assert_eq!(
+        app.post_signed(&serde_json::to_vec(&v).unwrap())
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.metric("messages_accepted").await, 1);
+    assert_eq!(app.metric("messages_duplicate").await, 0);
+    app.graph.wait_accepted(1, Duration::from_secs(5)).await;
+    assert_eq!(app.graph.accepted().len(), 1);
+    app.stop().await;
+}
+
+/// /readyz names every WhatsApp setting that is missing.
+#[tokio::test]
+async fn readyz_names_missing_credentials() {
+    let app = TestApp::spawn_with(
+        |c| {
+            c.whatsapp.access_token = Default::default();
+            c.whatsapp.app_secret = Default::default();
+        },
+        std::sync::Arc::new(EchoBrain::default()),
+    )
+    .await;
+    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("whatsapp.access_token"), "{text}");
+    assert!(text.contains("whatsapp.app_secret"), "{text}");
+    assert!(!text.contains("whatsapp.verify_token"), "{text}");
     app.stop().await;
 }
 

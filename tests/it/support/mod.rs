@@ -29,7 +29,7 @@ pub fn sign(body: &[u8]) -> String {
 }
 
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/webhooks")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/webhooks")
 }
 
 pub fn fixture(name: &str) -> Vec<u8> {
