@@ -5,6 +5,7 @@ mod support;
 mod actors;
 mod conversation;
 mod crash;
+mod limits;
 mod llm;
 mod sender;
 mod voice;
