@@ -730,7 +730,10 @@ mod tests {
                 .to_string()
         };
         let e = bad("[limits]\nallow = [\"+34\", \"friends\"]\n");
-        assert!(e.contains("`limits.allow[1]`") && e.contains("friends"), "{e}");
+        assert!(
+            e.contains("`limits.allow[1]`") && e.contains("friends"),
+            "{e}"
+        );
         let e = bad("[limits]\nblock = [\"+\"]\n");
         assert!(e.contains("`limits.block[0]`"), "{e}");
         assert!(bad("[limits]\nburst = 0\n").contains("`limits.burst`"));

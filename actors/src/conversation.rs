@@ -383,7 +383,11 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
             continue;
         }
         let m = &rec.message;
-        let sender_id = m.from.as_deref().or(m.from_user_id.as_deref()).unwrap_or("");
+        let sender_id = m
+            .from
+            .as_deref()
+            .or(m.from_user_id.as_deref())
+            .unwrap_or("");
         match limits.check(sender_id, m.from.as_deref()) {
             Verdict::Answer => {}
             Verdict::Blocked => {

@@ -150,8 +150,11 @@ impl<C: Clock> Limits<C> {
     /// number (user id only) passes only when there is no allowlist.
     pub fn admits(&self, phone: Option<&str>) -> bool {
         let digits = phone.and_then(normalise_number);
-        let listed =
-            |list: &[String]| digits.as_deref().is_some_and(|d| list.iter().any(|p| d.starts_with(p.as_str())));
+        let listed = |list: &[String]| {
+            digits
+                .as_deref()
+                .is_some_and(|d| list.iter().any(|p| d.starts_with(p.as_str())))
+        };
         if listed(&self.block) {
             return false;
         }
@@ -236,9 +239,15 @@ mod tests {
 
     #[test]
     fn numbers_are_normalised_and_junk_refused() {
-        assert_eq!(normalise_number("+34 600-111 222").as_deref(), Some("34600111222"));
+        assert_eq!(
+            normalise_number("+34 600-111 222").as_deref(),
+            Some("34600111222")
+        );
         assert_eq!(normalise_number("+34").as_deref(), Some("34"));
-        assert_eq!(normalise_number("(555) 000.1234").as_deref(), Some("5550001234"));
+        assert_eq!(
+            normalise_number("(555) 000.1234").as_deref(),
+            Some("5550001234")
+        );
         assert_eq!(normalise_number("+"), None);
         assert_eq!(normalise_number("34abc"), None);
     }
@@ -255,13 +264,19 @@ mod tests {
         assert!(!l.admits(Some("15550002222")), "not on the allowlist");
         assert!(!l.admits(Some("34600999000")), "the blocklist wins");
         assert!(!l.admits(None), "no number, and an allowlist exists");
-        assert_eq!(l.check("34600999000", Some("34600999000")), Verdict::Blocked);
+        assert_eq!(
+            l.check("34600999000", Some("34600999000")),
+            Verdict::Blocked
+        );
 
         let (open, _) = limits(LimitsPolicy {
             block: vec!["+44".into()],
             ..Default::default()
         });
-        assert!(open.admits(Some("15550002222")), "empty allowlist admits everyone");
+        assert!(
+            open.admits(Some("15550002222")),
+            "empty allowlist admits everyone"
+        );
         assert!(open.admits(None));
         assert!(!open.admits(Some("447700900123")));
     }

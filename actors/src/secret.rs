@@ -59,7 +59,10 @@ impl Credentials {
     pub fn current(&self) -> Secret {
         // A writer cannot panic half-way through replacing a `String`: a poisoned lock still
         // holds a whole token.
-        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Replaces the token for every clone; returns whether it changed.

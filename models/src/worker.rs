@@ -58,7 +58,11 @@ thread_local! {
 /// Inside a job: true once its caller stopped waiting, so long work can stop early (its result
 /// would be thrown away). Always false outside a worker job.
 pub fn cancelled() -> bool {
-    CURRENT.with(|c| c.borrow().as_ref().is_some_and(|f| f.load(Ordering::Relaxed)))
+    CURRENT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+    })
 }
 
 /// Lives in the caller's future: dropping it before the reply arrived raises the job's flag.
@@ -151,12 +155,7 @@ impl<M: 'static, Out: Send + 'static> ModelWorker<M, Out> {
         let flag = Arc::new(AtomicBool::new(false));
         let mut gone = CancelOnDrop(Some(flag.clone()));
         self.tx
-            .try_send((
-                Box::new(job),
-                reply_tx,
-                tracing::Span::current(),
-                flag,
-            ))
+            .try_send((Box::new(job), reply_tx, tracing::Span::current(), flag))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => WorkerError::Busy(self.name),
                 mpsc::error::TrySendError::Closed(_) => WorkerError::Stopped(self.name),

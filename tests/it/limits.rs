@@ -106,7 +106,13 @@ async fn blocked_and_not_allowed_senders_get_nothing() {
         .await;
     app.post_signed(&text_webhook("wamid.b3", "15550008080", "friend-text", 2))
         .await;
-    assert_eq!(app.graph.wait_accepted(1, Duration::from_secs(10)).await.len(), 1);
+    assert_eq!(
+        app.graph
+            .wait_accepted(1, Duration::from_secs(10))
+            .await
+            .len(),
+        1
+    );
     assert!(inbox_drained(&app).await);
     assert_eq!(app.metric("messages_blocked").await, 2);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -137,8 +143,13 @@ async fn long_messages_are_cut_and_big_batches_wait_for_the_next_turn() {
     // These arrive while the first turn is with the brain, so they queue up together.
     tokio::time::sleep(Duration::from_millis(100)).await;
     for (i, t) in ["b", "c", "d"].iter().enumerate() {
-        app.post_signed(&text_webhook(&format!("wamid.c{}", i + 1), user, t, i as i64 + 1))
-            .await;
+        app.post_signed(&text_webhook(
+            &format!("wamid.c{}", i + 1),
+            user,
+            t,
+            i as i64 + 1,
+        ))
+        .await;
     }
     let sent = app.graph.wait_accepted(3, Duration::from_secs(15)).await;
     let sent: Vec<&str> = sent
@@ -147,7 +158,10 @@ async fn long_messages_are_cut_and_big_batches_wait_for_the_next_turn() {
         .collect();
     assert_eq!(sent.len(), 3, "{sent:?}");
     assert!(
-        sent[0].starts_with(&format!("echo[0]: {}\n[This message was too long", "x".repeat(12))),
+        sent[0].starts_with(&format!(
+            "echo[0]: {}\n[This message was too long",
+            "x".repeat(12)
+        )),
         "{}",
         sent[0]
     );

@@ -145,7 +145,11 @@ async fn invalid_token_pauses_until_replaced() {
     assert_eq!(only_record(&app).state, OutboxState::Pending);
 
     app.system.credentials.replace(Secret::new(ACCESS_TOKEN));
-    app.system.sender.get().cast(SenderMsg::TokenReplaced).unwrap();
+    app.system
+        .sender
+        .get()
+        .cast(SenderMsg::TokenReplaced)
+        .unwrap();
     assert_eq!(
         app.graph
             .wait_accepted(1, Duration::from_secs(5))

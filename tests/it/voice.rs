@@ -230,7 +230,13 @@ async fn rotated_token_is_used_by_sender_media_and_a_recreated_sender() {
     let wrong = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(b"other"));
     app.post_signed(&voice_webhook("wamid.rot1", "15550003535", "ROT1", &wrong))
         .await;
-    assert_eq!(app.graph.wait_accepted(1, Duration::from_secs(10)).await.len(), 1);
+    assert_eq!(
+        app.graph
+            .wait_accepted(1, Duration::from_secs(10))
+            .await
+            .len(),
+        1
+    );
     assert_eq!(app.graph.media_calls(), ["info:ROT1", "bytes:ROT1"]);
 
     // Crash the sender: its replacement, built from the original arguments, still sends with
@@ -256,7 +262,10 @@ async fn rotated_token_is_used_by_sender_media_and_a_recreated_sender() {
         .await,
         "the re-created sender sent with the rotated token"
     );
-    assert!(app.graph.sends().iter().all(|s| s.accepted), "no call used the old token");
+    assert!(
+        app.graph.sends().iter().all(|s| s.accepted),
+        "no call used the old token"
+    );
     app.stop().await;
 }
 
@@ -268,7 +277,13 @@ async fn an_unheard_voice_note_is_remembered_as_such() {
     let user = "15550003737";
     app.post_signed(&voice_webhook("wamid.unheard", user, "GONE", "x"))
         .await;
-    assert_eq!(app.graph.wait_accepted(1, Duration::from_secs(10)).await.len(), 1);
+    assert_eq!(
+        app.graph
+            .wait_accepted(1, Duration::from_secs(10))
+            .await
+            .len(),
+        1
+    );
     let key = sandra_actors::whatsapp::ConversationKey::new(
         PHONE_NUMBER_ID,
         &sandra_actors::whatsapp::ChatId::Phone(user.into()),
@@ -286,7 +301,9 @@ async fn an_unheard_voice_note_is_remembered_as_such() {
     let turn = s
         .history
         .iter()
-        .find(|t| t.wamids == ["wamid.unheard"] && t.speaker == sandra_actors::session::Speaker::User)
+        .find(|t| {
+            t.wamids == ["wamid.unheard"] && t.speaker == sandra_actors::session::Speaker::User
+        })
         .expect("the voice note is in history");
     assert_eq!(turn.text, sandra_actors::conversation::UNHEARD_VOICE_NOTE);
     app.stop().await;
@@ -323,7 +340,12 @@ async fn a_timed_out_voice_turn_keeps_what_was_heard() {
     let user = "15550003838";
     app.post_signed(&voice_webhook("wamid.late", user, "TIMEOUT1", &sha))
         .await;
-    assert!(!app.graph.wait_accepted(1, Duration::from_secs(60)).await.is_empty());
+    assert!(
+        !app.graph
+            .wait_accepted(1, Duration::from_secs(60))
+            .await
+            .is_empty()
+    );
     let key = sandra_actors::whatsapp::ConversationKey::new(
         PHONE_NUMBER_ID,
         &sandra_actors::whatsapp::ChatId::Phone(user.into()),

@@ -284,7 +284,9 @@ impl LocalModel {
             // Nobody waits for this reply anymore (the turn timed out): stop computing it. The
             // KV cache still matches `cached`, so the next turn reuses it as usual.
             if crate::worker::cancelled() {
-                return Err(ChatError::Inference("cancelled: the caller has gone".into()));
+                return Err(ChatError::Inference(
+                    "cancelled: the caller has gone".into(),
+                ));
             }
             let mut l = logits
                 .squeeze(0)
