@@ -77,7 +77,7 @@ fn main() {
             base_url: format!("http://{graph}"),
             api_version: "v26.0".into(),
             phone_number_id: "1065".into(),
-            access_token: Secret::new("t"),
+            credentials: sandra_actors::secret::Credentials::new(Secret::new("t")),
             timeout: Duration::from_secs(10),
         });
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;

@@ -64,7 +64,7 @@ impl Application {
             base_url: w.graph_base_url.clone(),
             api_version: w.api_version.clone(),
             phone_number_id: w.phone_number_id.clone(),
-            access_token: w.access_token.clone(),
+            credentials: sandra_actors::secret::Credentials::new(w.access_token.clone()),
             timeout: w.request_timeout,
         });
         let c = &cfg.conversation;
@@ -83,6 +83,7 @@ impl Application {
             sweep_every: (c.idle_timeout / 4)
                 .clamp(Duration::from_millis(50), Duration::from_secs(30)),
             max_failures: 3,
+            limits: Arc::new(sandra_actors::limits::Limits::new(cfg.limits.policy())),
             voice: transcriber.map(|t| sandra_actors::conversation::VoiceSupport {
                 media: sandra_actors::media::MediaClient::new(graph.clone()),
                 transcriber: t,

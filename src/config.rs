@@ -1,7 +1,7 @@
 //! `config.toml` and the environment: the only place Sandra reads its settings.
 //!
 //! Layers, later wins: built-in defaults → the TOML file → environment variables
-//! (`WHATSAPP_*`, `SANDRA_BIND`, `SANDRA_DATA_DIR`). Unknown keys and bad values fail start-up
+//! (`WHATSAPP_*`, `SANDRA_BIND`, `SANDRA_DATA_DIR`, `SANDRA_LLM_API_KEY`). Unknown keys and bad values fail start-up
 //! with an error naming the key (or variable). Secrets are [`Secret`]s: never printed.
 
 use std::net::SocketAddr;
@@ -34,7 +34,54 @@ pub struct Config {
     pub sender: SenderConfig,
     pub llm: LlmConfig,
     pub transcription: TranscriptionConfig,
+    pub limits: LimitsConfig,
     pub log: LogConfig,
+}
+
+/// `[limits]`: who may talk to Sandra, how fast, and how much one turn takes in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Sustained messages per minute per sender; 0 turns the rate limit off.
+    pub messages_per_minute: u32,
+    /// Messages a sender may send back to back before the sustained rate applies.
+    pub burst: u32,
+    /// Numbers or country prefixes ("+34", "34600111222") that may talk to Sandra; empty =
+    /// everyone.
+    pub allow: Vec<String>,
+    /// Numbers or country prefixes Sandra ignores (wins over `allow`).
+    pub block: Vec<String>,
+    /// Longer messages are cut to this many characters (the model is told).
+    pub max_message_chars: usize,
+    /// Inputs answered in one turn; the rest wait for the next turn.
+    pub max_batch_inputs: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let p = sandra_actors::limits::LimitsPolicy::default();
+        Self {
+            messages_per_minute: p.messages_per_minute,
+            burst: p.burst,
+            allow: p.allow,
+            block: p.block,
+            max_message_chars: p.max_message_chars,
+            max_batch_inputs: p.max_batch_inputs,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn policy(&self) -> sandra_actors::limits::LimitsPolicy {
+        sandra_actors::limits::LimitsPolicy {
+            messages_per_minute: self.messages_per_minute,
+            burst: self.burst,
+            allow: self.allow.clone(),
+            block: self.block.clone(),
+            max_message_chars: self.max_message_chars,
+            max_batch_inputs: self.max_batch_inputs,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -433,6 +480,9 @@ impl Config {
         if let Some(v) = env("WHATSAPP_GRAPH_BASE_URL") {
             w.graph_base_url = v;
         }
+        if let Some(v) = env("SANDRA_LLM_API_KEY") {
+            self.llm.openai.api_key = Secret::new(v);
+        }
         if let Some(v) = env("SANDRA_BIND") {
             self.server.bind = v.parse().map_err(|e| ConfigError::Env {
                 var: "SANDRA_BIND".into(),
@@ -559,6 +609,31 @@ impl Config {
                     "must be set when llm.backend = \"openai\"",
                 ));
             }
+        }
+        let lim = &self.limits;
+        if lim.messages_per_minute > 0 && lim.burst == 0 {
+            return Err(key_err(
+                "limits.burst",
+                "must be at least 1 while limits.messages_per_minute is set",
+            ));
+        }
+        for (name, list) in [("limits.allow", &lim.allow), ("limits.block", &lim.block)] {
+            for (i, entry) in list.iter().enumerate() {
+                if sandra_actors::limits::normalise_number(entry).is_none() {
+                    return Err(key_err(
+                        &format!("{name}[{i}]"),
+                        format!(
+                            "{entry:?} is not a phone number or country prefix like \"+34\" or \"34600111222\""
+                        ),
+                    ));
+                }
+            }
+        }
+        if lim.max_message_chars == 0 {
+            return Err(key_err("limits.max_message_chars", "must be at least 1"));
+        }
+        if lim.max_batch_inputs == 0 {
+            return Err(key_err("limits.max_batch_inputs", "must be at least 1"));
         }
         if self.transcription.queue == 0 {
             return Err(key_err("transcription.queue", "must be at least 1"));
@@ -720,6 +795,47 @@ mod tests {
     }
 
     #[test]
+    fn limits_are_validated_naming_the_key() {
+        let c = Config::from_toml(
+            "[limits]\nallow = [\"+34\", \"1 555 000 1111\"]\nblock = [\"+44\"]\n",
+            "c",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let bad = |toml: &str| {
+            Config::from_toml(toml, "c")
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        let e = bad("[limits]\nallow = [\"+34\", \"friends\"]\n");
+        assert!(
+            e.contains("`limits.allow[1]`") && e.contains("friends"),
+            "{e}"
+        );
+        let e = bad("[limits]\nblock = [\"+\"]\n");
+        assert!(e.contains("`limits.block[0]`"), "{e}");
+        assert!(bad("[limits]\nburst = 0\n").contains("`limits.burst`"));
+        assert!(bad("[limits]\nmax_batch_inputs = 0\n").contains("`limits.max_batch_inputs`"));
+        assert!(bad("[limits]\nmax_message_chars = 0\n").contains("`limits.max_message_chars`"));
+        // 0 per minute turns the rate limit off; the burst then does not matter.
+        Config::from_toml("[limits]\nmessages_per_minute = 0\nburst = 0\n", "c")
+            .unwrap()
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn llm_api_key_comes_from_the_environment_and_never_prints() {
+        let env = |k: &str| (k == "SANDRA_LLM_API_KEY").then(|| "sk-from-env-KEY".to_string());
+        let c = Config::load_with_env(None, env).unwrap();
+        assert_eq!(c.llm.openai.api_key.expose(), "sk-from-env-KEY");
+        assert!(!format!("{c:?}").contains("sk-from-env-KEY"));
+        assert!(!format!("{c:#?}").contains("sk-from-env-KEY"));
+    }
+
+    #[test]
     fn shipped_config_toml_parses_and_matches_defaults() {
         let text =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
@@ -732,6 +848,7 @@ mod tests {
         assert_eq!(c.server.header_timeout, d.server.header_timeout);
         assert_eq!(c.server.request_timeout, d.server.request_timeout);
         assert_eq!(c.server.max_connections, d.server.max_connections);
+        assert_eq!(c.limits.policy(), d.limits.policy());
         let _ = Config::load_with_env(None, no_env).unwrap();
     }
 }

@@ -79,9 +79,10 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// SIGHUP re-reads the configuration and hands the (possibly replaced) access token to the
-/// sender, which resumes sending if it had stopped on error 190. A token set through the
-/// environment can only change with a restart.
+/// SIGHUP re-reads the configuration and writes the (possibly replaced) access token into the
+/// shared credentials every Graph client reads (sender, media downloads, a re-created sender),
+/// then tells the sender, which resumes sending if it had stopped on error 190. A token set
+/// through the environment can only change with a restart.
 async fn reload_on_sighup(path: Option<PathBuf>, system: sandra_actors::System) {
     #[cfg(unix)]
     {
@@ -92,13 +93,13 @@ async fn reload_on_sighup(path: Option<PathBuf>, system: sandra_actors::System) 
         while hup.recv().await.is_some() {
             match Config::load(path.as_deref()) {
                 Ok(cfg) => {
+                    let changed = system.credentials.replace(cfg.whatsapp.access_token);
                     if let Some(sender) = system.sender.try_get() {
-                        let _ = sender.cast(sandra_actors::sender::SenderMsg::TokenReplaced(
-                            cfg.whatsapp.access_token,
-                        ));
+                        let _ = sender.cast(sandra_actors::sender::SenderMsg::TokenReplaced);
                     }
                     tracing::info!(
-                        "configuration re-read on SIGHUP: access token handed to the sender"
+                        token_changed = changed,
+                        "configuration re-read on SIGHUP: access token updated for every Graph client"
                     );
                 }
                 Err(e) => {

@@ -24,6 +24,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::brain::{Brain, BrainError, BrainReply, TurnInput, UserInput};
+use crate::limits::{Limits, RATE_NOTICE, Verdict};
 use crate::metrics::Metrics;
 use crate::router::RouterMsg;
 use crate::sender::SenderMsg;
@@ -70,6 +71,8 @@ pub struct ConversationArgs {
     pub policy: ConversationPolicy,
     /// Voice-note transcription, when a Whisper model is installed.
     pub voice: Option<VoiceSupport>,
+    /// Allow/block lists, per-sender rates and per-turn caps, shared by every conversation.
+    pub limits: Arc<Limits>,
 }
 
 /// What a conversation needs to answer voice notes: the media client and the transcriber.
@@ -267,6 +270,10 @@ enum Rendered {
     Voice(crate::whatsapp::MediaRef),
 }
 
+/// A voice note's place in history when it was never heard (download, decoding or
+/// transcription failed, or the turn timed out first).
+pub const UNHEARD_VOICE_NOTE: &str = "[voice note that could not be transcribed]";
+
 const HELP: &str = "I'm Sandra, an AI assistant. Just write to me and I'll answer. \
 Commands: /reset forgets our conversation, /help shows this message.";
 
@@ -381,8 +388,40 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
         quiet: Vec::new(),
         voice: Vec::new(),
     };
+    let limits = state.args.limits.clone();
+    let max_batch = limits.policy().max_batch_inputs.max(1);
     for rec in records {
+        // A full batch: the rest wait in `pending` (and the inbox) for the next turn, unjudged.
+        if flight.inputs.len() >= max_batch {
+            state.pending.insert((rec.message.timestamp, rec.seq), rec);
+            continue;
+        }
         let m = &rec.message;
+        let sender_id = m
+            .from
+            .as_deref()
+            .or(m.from_user_id.as_deref())
+            .unwrap_or("");
+        match limits.check(sender_id, m.from.as_deref()) {
+            Verdict::Answer => {}
+            Verdict::Blocked => {
+                // Answered by silence: leaves the inbox with this turn, enters no history.
+                tracing::info!(key = %state.args.key, wamid = %m.wamid, "message from a blocked or not allowed sender dropped");
+                Metrics::inc(&state.args.metrics.messages_blocked);
+                flight.records.push(rec);
+                continue;
+            }
+            Verdict::RateLimited { notify } => {
+                tracing::info!(key = %state.args.key, wamid = %m.wamid, notify, "message over the sender's rate limit dropped");
+                Metrics::inc(&state.args.metrics.messages_rate_limited);
+                // No notice for group chatter not meant for Sandra: the group did not ask.
+                if notify && (!session.is_group || addressed_in_group(m, &policy)) {
+                    flight.direct.push(RATE_NOTICE.into());
+                }
+                flight.records.push(rec);
+                continue;
+            }
+        }
         refresh_target(&mut session.target, m);
         if m.contact_name.is_some() && !session.is_group {
             session.contact_name = m.contact_name.clone();
@@ -391,7 +430,11 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
             tracing::info!(key = %state.args.key, wamid = %m.wamid, %kind, ?detail, "message type Sandra cannot read");
             Metrics::inc(&state.args.metrics.messages_unsupported);
         }
-        let rendered = render(m, state.args.voice.is_some());
+        let rendered = match render(m, state.args.voice.is_some()) {
+            Rendered::Input(t) => Rendered::Input(limits.cap_text(t)),
+            Rendered::Quiet(t) => Rendered::Quiet(limits.cap_text(t)),
+            other => other,
+        };
         if session.is_group && !addressed_in_group(m, &policy) {
             // Group chatter: remember it as context, answer nothing.
             let text = match rendered {
@@ -414,10 +457,12 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
             Rendered::Quiet(text) => flight.quiet.push(user_turn(m, text)),
             Rendered::Voice(media) => {
                 flight.voice.push((flight.inputs.len(), media));
+                // Replaced by the transcript once heard; kept as is if it never is, so history
+                // never holds an empty user turn.
                 flight.inputs.push(UserInput {
                     wamid: m.wamid.clone(),
                     author: m.contact_name.clone(),
-                    text: String::new(),
+                    text: UNHEARD_VOICE_NOTE.into(),
                 });
             }
             Rendered::Reset => {
@@ -459,6 +504,10 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
     let sender = state.args.sender.clone();
     let me = myself.clone();
     tokio::spawn(async move {
+        // What the voice notes turned out to say, kept outside the task so that a turn that
+        // times out after transcribing still records the transcripts in history.
+        let resolved: Arc<std::sync::Mutex<Option<Vec<UserInput>>>> = Arc::default();
+        let resolved_in_task = resolved.clone();
         let work = tokio::spawn(async move {
             let mut notes = Vec::new();
             let mut heard = Vec::new();
@@ -477,7 +526,14 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
                         }
                     }
                 }
+                *resolved_in_task
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(input.inputs.clone());
             }
+            // History keeps every input (an unheard voice note as its marker); the brain gets
+            // only what it can answer: the user already got a note about the rest.
+            let all = input.inputs.clone();
             let mut i = 0;
             input.inputs.retain(|_| {
                 i += 1;
@@ -497,10 +553,13 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
             };
             TurnOutcome {
                 reply,
-                inputs: Some(input.inputs),
+                inputs: Some(all),
                 notes,
             }
         });
+        // Dropping a JoinHandle does not stop its task: on timeout the task is aborted, which
+        // drops the brain's future, and with it the model job's caller (see `ModelWorker`).
+        let abort = work.abort_handle();
         let mut work = std::pin::pin!(tokio::time::timeout(policy.brain_timeout, work));
         // The typing indicator lasts ~25 s: refresh it every 20 s while the brain works.
         let mut refresh = tokio::time::interval(Duration::from_secs(20));
@@ -520,11 +579,17 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
                 tracing::error!(error = %join, "turn task panicked");
                 None
             }
-            Err(_) => Some(TurnOutcome {
-                reply: Err(BrainError::Failed("timed out".into())),
-                inputs: None,
-                notes: Vec::new(),
-            }),
+            Err(_) => {
+                abort.abort();
+                Some(TurnOutcome {
+                    reply: Err(BrainError::Failed("timed out".into())),
+                    inputs: resolved
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take(),
+                    notes: Vec::new(),
+                })
+            }
         };
         let _ = me.cast(ConversationMsg::TurnDone(done));
     });

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::secret::Secret;
+use crate::secret::Credentials;
 use crate::store::{OutboundBody, OutboxRecord};
 
 /// How to reach the Graph API for one business number.
@@ -19,7 +19,9 @@ pub struct GraphConfig {
     pub base_url: String,
     pub api_version: String,
     pub phone_number_id: String,
-    pub access_token: Secret,
+    /// The access token, shared with every other holder (see [`Credentials`]): read per request,
+    /// so a replaced token is used by the next call of every clone.
+    pub credentials: Credentials,
     pub timeout: Duration,
 }
 
@@ -153,9 +155,24 @@ impl GraphClient {
         &self.cfg
     }
 
-    /// Replaces the access token (after a 190, once the operator set a new one).
-    pub fn set_token(&mut self, token: Secret) {
-        self.cfg.access_token = token;
+    /// The shared access-token handle this client (and every clone) reads per request.
+    pub fn credentials(&self) -> &Credentials {
+        &self.cfg.credentials
+    }
+
+    /// Whether hop 2 of a media download may carry the bearer token to `url`: only over
+    /// `https://`, or to the very origin (scheme, host, port) of `base_url` (a local fake in
+    /// tests). The URL comes from a JSON answer, so anything else (plain http elsewhere, a
+    /// malformed URL) is refused rather than handing the token to whoever it names.
+    pub fn media_url_trusted(&self, url: &str) -> bool {
+        let Ok(u) = reqwest::Url::parse(url) else {
+            return false;
+        };
+        if u.scheme() == "https" && u.host().is_some() {
+            return true;
+        }
+        reqwest::Url::parse(&self.cfg.base_url)
+            .is_ok_and(|base| base.origin() == u.origin() && u.origin().is_tuple())
     }
 
     fn messages_url(&self) -> String {
@@ -231,7 +248,7 @@ impl GraphClient {
         let resp = self
             .http
             .get(url)
-            .bearer_auth(self.cfg.access_token.expose())
+            .bearer_auth(self.cfg.credentials.current().expose())
             .send()
             .await
             .map_err(transport_error)?;
@@ -240,12 +257,19 @@ impl GraphClient {
             .map_err(|e| GraphError::local(Some(200), format!("unexpected media info: {e}")))
     }
 
-    /// Hop 2: the bytes, with the same bearer token, refusing more than `max_bytes`.
+    /// Hop 2: the bytes, with the same bearer token, refusing more than `max_bytes` and any
+    /// URL [`Self::media_url_trusted`] refuses (checked here too, so no caller can forget).
     pub async fn media_bytes(&self, url: &str, max_bytes: u64) -> Result<Vec<u8>, GraphError> {
+        if !self.media_url_trusted(url) {
+            return Err(GraphError::local(
+                Some(403),
+                "refusing to send the access token to an untrusted media URL".into(),
+            ));
+        }
         let mut resp = self
             .http
             .get(url)
-            .bearer_auth(self.cfg.access_token.expose())
+            .bearer_auth(self.cfg.credentials.current().expose())
             .send()
             .await
             .map_err(transport_error)?;
@@ -270,7 +294,7 @@ impl GraphClient {
         let resp = self
             .http
             .post(url)
-            .bearer_auth(self.cfg.access_token.expose())
+            .bearer_auth(self.cfg.credentials.current().expose())
             .json(body)
             .send()
             .await
@@ -345,6 +369,30 @@ mod tests {
             code,
             ..GraphError::local(http, String::new())
         }
+    }
+
+    fn client(base_url: &str) -> GraphClient {
+        GraphClient::new(GraphConfig {
+            base_url: base_url.into(),
+            api_version: "v26.0".into(),
+            phone_number_id: "1".into(),
+            credentials: Credentials::new(crate::secret::Secret::new("t")),
+            timeout: Duration::from_secs(1),
+        })
+    }
+
+    #[test]
+    fn the_token_goes_only_to_https_or_the_graph_origin() {
+        let prod = client("https://graph.facebook.com");
+        assert!(prod.media_url_trusted("https://lookaside.fbsbx.com/whatsapp_business/x?y=1"));
+        assert!(!prod.media_url_trusted("http://lookaside.fbsbx.com/x"));
+        assert!(!prod.media_url_trusted("http://graph.facebook.com/x"));
+        assert!(!prod.media_url_trusted("file:///etc/passwd"));
+        assert!(!prod.media_url_trusted("not a url"));
+        let fake = client("http://127.0.0.1:4000");
+        assert!(fake.media_url_trusted("http://127.0.0.1:4000/lookaside/m1"));
+        assert!(!fake.media_url_trusted("http://127.0.0.1:4001/lookaside/m1"));
+        assert!(!fake.media_url_trusted("http://evil.example:4000/lookaside/m1"));
     }
 
     #[test]

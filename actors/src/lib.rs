@@ -6,6 +6,7 @@
 //! - [`supervisor`]: the root of the tree; re-creates the router and sender when they fail.
 //! - [`router`]: one [`conversation`] actor per chat; passivation, crash restart, replay.
 //! - [`conversation`]: session state, turn taking, commands; asks a [`brain`] for replies.
+//! - [`limits`]: allow/block lists, per-sender rate limits and per-turn caps, shared by all chats.
 //! - [`sender`]: the durable outbox drained to the Graph API at Meta's pace ([`graph`]).
 //!
 //! This crate binds no sockets and reads no config files or environment: everything arrives as
@@ -14,6 +15,7 @@
 pub mod brain;
 pub mod conversation;
 pub mod graph;
+pub mod limits;
 pub mod llm_brain;
 pub mod media;
 pub mod metrics;
@@ -42,6 +44,8 @@ pub struct System {
     pub metrics: Arc<metrics::Metrics>,
     pub sender_health: Arc<sender::SenderHealth>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// The access token every Graph client reads; SIGHUP replaces it here, once.
+    pub credentials: secret::Credentials,
 }
 
 impl System {
@@ -69,6 +73,7 @@ impl System {
             metrics: router.metrics.clone(),
             sender_health: sender.health.clone(),
             stopping,
+            credentials: sender.graph.credentials().clone(),
         })
     }
 

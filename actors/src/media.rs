@@ -4,7 +4,8 @@
 //! metadata, then `GET url` for the bytes. The declared size is checked against per-kind limits
 //! before downloading, the download itself is capped, the MIME type must match the kind, and the
 //! bytes must match the sha256 Meta declared (base64 in webhooks, hex in some responses). An
-//! expired URL is refreshed once; an expired or unknown media id (400, code 100) is final.
+//! expired URL is refreshed once; an expired or unknown media id (400, code 100) is final. The
+//! bearer token goes to the hop-2 URL only over https or to the Graph API's own origin.
 //!
 //! The bytes live in memory only: nothing here (or downstream) writes them to disk.
 
@@ -35,6 +36,10 @@ pub enum MediaError {
     WrongType(String),
     #[error("the media's checksum does not match what Meta declared")]
     Checksum,
+    /// Hop 1 named a download URL the access token must not be sent to (see
+    /// [`GraphClient::media_url_trusted`]); only its origin is kept, never the signed URL.
+    #[error("refusing to download media from untrusted origin {origin}")]
+    UntrustedUrl { origin: String },
     #[error("downloading the media failed: {0}")]
     Graph(GraphError),
 }
@@ -95,6 +100,13 @@ impl MediaClient {
             };
             if !mime.starts_with(family) {
                 return Err(MediaError::WrongType(mime));
+            }
+            if !self.graph.media_url_trusted(&info.url) {
+                let origin = reqwest::Url::parse(&info.url)
+                    .map(|u| u.origin().ascii_serialization())
+                    .unwrap_or_else(|_| "(malformed URL)".into());
+                tracing::warn!(media = %media.id, %origin, "media URL refused: the access token goes only to https or the Graph API's own origin");
+                return Err(MediaError::UntrustedUrl { origin });
             }
             match self.graph.media_bytes(&info.url, limit).await {
                 Ok(bytes) => {

@@ -10,6 +10,7 @@ macro_rules! counters {
         impl Metrics {
             /// Prometheus text exposition of every counter.
             pub fn render(&self) -> String {
+                self.sync_external();
                 let mut s = String::new();
                 $(
                     s.push_str(concat!("# HELP sandra_", stringify!($name), " ", $help, "\n"));
@@ -33,6 +34,8 @@ counters! {
     messages_accepted: "inbound messages stored for the first time",
     messages_duplicate: "inbound messages dropped as duplicates",
     messages_unsupported: "inbound messages of a type Sandra cannot read",
+    messages_rate_limited: "inbound messages dropped unanswered because their sender was over limits.messages_per_minute",
+    messages_blocked: "inbound messages dropped unanswered because their sender is blocked or not on the allowlist",
     statuses_applied: "status webhooks applied to outbox records",
     statuses_duplicate: "status webhooks dropped as duplicates",
     statuses_unmatched: "status webhooks for messages Sandra has no record of",
@@ -52,9 +55,16 @@ counters! {
     webhooks_other_number: "webhook POSTs carrying items for a business number other than whatsapp.phone_number_id (answered 200, those items ignored)",
     items_other_number: "messages and statuses ignored because they were addressed to another business number",
     http_header_timeouts: "connections closed because no complete request head arrived within server.header_timeout of opening (idle keep-alive connections between requests are closed without counting)",
+    model_jobs_skipped: "model jobs (chat, transcription) skipped because whoever asked had gone (e.g. a timed-out turn)",
 }
 
 impl Metrics {
+    /// Copies counters kept outside this struct (the model workers' own) before rendering.
+    fn sync_external(&self) {
+        self.model_jobs_skipped
+            .store(sandra_models::worker::skipped_jobs(), Ordering::Relaxed);
+    }
+
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }

@@ -60,6 +60,8 @@ pub struct RouterArgs {
     pub sweep_every: Duration,
     pub max_failures: usize,
     pub voice: Option<crate::conversation::VoiceSupport>,
+    /// Shared by every conversation: one sender is one sender across chats.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 pub struct Router;
@@ -283,6 +285,7 @@ async fn spawn_conversation(
         metrics: state.args.metrics.clone(),
         policy: state.args.policy.clone(),
         voice: state.args.voice.clone(),
+        limits: state.args.limits.clone(),
     };
     let (actor, _) = Actor::spawn_linked(None, Conversation, args, myself.get_cell()).await?;
     state.by_id.insert(actor.get_id(), key.clone());

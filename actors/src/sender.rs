@@ -28,7 +28,6 @@ use rand::Rng;
 
 use crate::graph::{ErrorClass, GraphClient, GraphError};
 use crate::metrics::Metrics;
-use crate::secret::Secret;
 use crate::store::{OutboxRecord, OutboxState, Store, now_ms};
 
 pub type SenderRef = ActorRef<SenderMsg>;
@@ -51,8 +50,9 @@ pub enum SenderMsg {
     },
     /// A typing call finished.
     TypingDone(Result<(), GraphError>),
-    /// The operator replaced the access token: resume after a 190.
-    TokenReplaced(Secret),
+    /// The operator replaced the access token (in the shared [`crate::secret::Credentials`]
+    /// every Graph client reads): resume after a 190.
+    TokenReplaced,
 }
 
 /// Pacing and retry policy (from `[sender]` in config.toml).
@@ -212,8 +212,8 @@ impl Actor for Sender {
                 }
                 pump(&myself, state, false);
             }
-            SenderMsg::TokenReplaced(token) => {
-                state.args.graph.set_token(token);
+            SenderMsg::TokenReplaced => {
+                // The token itself is already in the shared credentials; only the pause ends.
                 if state
                     .args
                     .health

@@ -7,8 +7,16 @@
 //! leaving a zombie worker. [`ModelWorker::run`] refuses work with [`WorkerError::Busy`] when the
 //! queue is full instead of queueing without bound, and a panic inside one job is caught, reported
 //! as [`WorkerError::Panicked`] for that job, and the thread goes on serving the next one.
+//!
+//! Cancellation: a caller that stops waiting (its future dropped, e.g. a turn aborted on
+//! timeout) is not computed for. A queued job whose caller has gone is skipped (counted in
+//! [`skipped_jobs`]), and a job already running can poll [`cancelled`] between steps (the chat
+//! model does between tokens) and stop early.
 
+use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -31,7 +39,42 @@ type Job<M, Out> = (
     Box<dyn FnOnce(&mut M) -> Out + Send>,
     oneshot::Sender<Out>,
     tracing::Span,
+    Arc<AtomicBool>,
 );
+
+/// Jobs skipped in this process because their caller had gone before they started.
+static SKIPPED: AtomicU64 = AtomicU64::new(0);
+
+/// How many jobs every worker of this process skipped because nobody waited for them anymore.
+pub fn skipped_jobs() -> u64 {
+    SKIPPED.load(Ordering::Relaxed)
+}
+
+thread_local! {
+    /// The running job's "caller has gone" flag, on a worker thread while a job runs.
+    static CURRENT: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
+}
+
+/// Inside a job: true once its caller stopped waiting, so long work can stop early (its result
+/// would be thrown away). Always false outside a worker job.
+pub fn cancelled() -> bool {
+    CURRENT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+    })
+}
+
+/// Lives in the caller's future: dropping it before the reply arrived raises the job's flag.
+struct CancelOnDrop(Option<Arc<AtomicBool>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(flag) = &self.0 {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
 
 /// Cloneable async handle to a model that lives on a dedicated thread.
 pub struct ModelWorker<M, Out> {
@@ -71,9 +114,17 @@ impl<M: 'static, Out: Send + 'static> ModelWorker<M, Out> {
                         return;
                     }
                 };
-                while let Some((job, reply, span)) = rx.blocking_recv() {
+                while let Some((job, reply, span, gone)) = rx.blocking_recv() {
                     let _entered = span.enter();
-                    match catch_unwind(AssertUnwindSafe(|| job(&mut model))) {
+                    if reply.is_closed() || gone.load(Ordering::Relaxed) {
+                        SKIPPED.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(worker = name, "job skipped: its caller has gone");
+                        continue;
+                    }
+                    CURRENT.with(|c| *c.borrow_mut() = Some(gone));
+                    let result = catch_unwind(AssertUnwindSafe(|| job(&mut model)));
+                    CURRENT.with(|c| *c.borrow_mut() = None);
+                    match result {
                         Ok(out) => {
                             let _ = reply.send(out);
                         }
@@ -101,15 +152,20 @@ impl<M: 'static, Out: Send + 'static> ModelWorker<M, Out> {
         F: FnOnce(&mut M) -> Out + Send + 'static,
     {
         let (reply_tx, reply_rx) = oneshot::channel();
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut gone = CancelOnDrop(Some(flag.clone()));
         self.tx
-            .try_send((Box::new(job), reply_tx, tracing::Span::current()))
+            .try_send((Box::new(job), reply_tx, tracing::Span::current(), flag))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => WorkerError::Busy(self.name),
                 mpsc::error::TrySendError::Closed(_) => WorkerError::Stopped(self.name),
             })?;
-        reply_rx
+        let out = reply_rx
             .await
-            .map_err(|_| WorkerError::Panicked(self.name, "job aborted".into()))
+            .map_err(|_| WorkerError::Panicked(self.name, "job aborted".into()));
+        // Answered (or the job is over): nothing left to cancel.
+        gone.0 = None;
+        out
     }
 
     /// Number of free slots in the queue (for readiness and metrics).
@@ -152,6 +208,50 @@ mod tests {
             .unwrap(),
             42
         );
+    }
+
+    /// A queued job whose caller stopped waiting is never run, and counted; a running job sees
+    /// its caller go through `cancelled()`.
+    #[tokio::test]
+    async fn jobs_whose_caller_has_gone_are_skipped_or_see_cancellation() {
+        let (gate_tx, gate_rx) = std_mpsc::channel::<()>();
+        let gate_rx = std::sync::Mutex::new(gate_rx);
+        let (seen_tx, seen_rx) = std_mpsc::channel::<bool>();
+        let w = ModelWorker::<u32, u32>::spawn("t", 4, || Ok::<_, ()>(0)).unwrap();
+        // Job 1 holds the thread until the gate opens, then reports whether it was cancelled.
+        let w1 = w.clone();
+        let first = tokio::spawn(async move {
+            w1.run(move |_| {
+                gate_rx.lock().unwrap().recv().unwrap();
+                let _ = seen_tx.send(cancelled());
+                1
+            })
+            .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Job 2 queues behind it; its caller gives up before it starts.
+        let ran = Arc::new(AtomicBool::new(false));
+        let ran2 = ran.clone();
+        let w2 = w.clone();
+        let second = tokio::spawn(async move {
+            w2.run(move |m| {
+                ran2.store(true, Ordering::SeqCst);
+                *m
+            })
+            .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        second.abort();
+        assert!(second.await.unwrap_err().is_cancelled());
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        let skipped_before = skipped_jobs();
+        gate_tx.send(()).unwrap();
+        assert!(seen_rx.recv().unwrap(), "the running job saw its caller go");
+        // The worker is free again, and job 2 never ran.
+        assert_eq!(w.run(|m| *m + 7).await.unwrap(), 7);
+        assert!(!ran.load(Ordering::SeqCst));
+        assert!(skipped_jobs() > skipped_before);
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ mod conversation;
 mod crash;
 mod faults;
 mod http_limits;
+mod limits;
 mod llm;
 mod sender;
 mod voice;

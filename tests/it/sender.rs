@@ -144,10 +144,11 @@ async fn invalid_token_pauses_until_replaced() {
     );
     assert_eq!(only_record(&app).state, OutboxState::Pending);
 
+    app.system.credentials.replace(Secret::new(ACCESS_TOKEN));
     app.system
         .sender
         .get()
-        .cast(SenderMsg::TokenReplaced(Secret::new(ACCESS_TOKEN)))
+        .cast(SenderMsg::TokenReplaced)
         .unwrap();
     assert_eq!(
         app.graph

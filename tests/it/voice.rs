@@ -207,3 +207,165 @@ async fn real_models_answer_a_spoken_question() {
     assert!(reply.contains("Paris"), "{reply}");
     app.stop().await;
 }
+
+/// One rotated access token reaches every Graph client: the sender, the media downloader, and a
+/// sender re-created after a crash (which starts again from its original arguments).
+#[tokio::test]
+async fn rotated_token_is_used_by_sender_media_and_a_recreated_sender() {
+    let (app, _tr, _models) = app_with_tiny_whisper().await;
+    let rotated = "EAAG-rotated-token";
+    app.graph.set_token(rotated);
+    app.system
+        .credentials
+        .replace(sandra_actors::secret::Secret::new(rotated));
+    app.system
+        .sender
+        .get()
+        .cast(sandra_actors::sender::SenderMsg::TokenReplaced)
+        .unwrap();
+
+    // The media client downloads with the new token (the fake logs hop 2 only with a valid
+    // one); the bytes are junk, so the user is asked to resend, and that reply goes out too.
+    app.graph
+        .add_media("ROT1", "audio/ogg; codecs=opus", b"OggS junk".to_vec());
+    let wrong = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(b"other"));
+    app.post_signed(&voice_webhook("wamid.rot1", "15550003535", "ROT1", &wrong))
+        .await;
+    assert_eq!(
+        app.graph
+            .wait_accepted(1, Duration::from_secs(10))
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(app.graph.media_calls(), ["info:ROT1", "bytes:ROT1"]);
+
+    // Crash the sender: its replacement, built from the original arguments, still sends with
+    // the rotated token.
+    let old = app.system.sender.get();
+    old.kill();
+    assert!(
+        eventually(Duration::from_secs(5), || app
+            .system
+            .sender
+            .try_get()
+            .is_some_and(|s| s.get_id() != old.get_id()))
+        .await
+    );
+    app.post_signed(&text_webhook("wamid.rot2", "15550003636", "hi", 0))
+        .await;
+    assert!(
+        eventually(Duration::from_secs(10), || app
+            .graph
+            .accepted()
+            .iter()
+            .any(|s| s.body["to"] == "15550003636"))
+        .await,
+        "the re-created sender sent with the rotated token"
+    );
+    assert!(
+        app.graph.sends().iter().all(|s| s.accepted),
+        "no call used the old token"
+    );
+    app.stop().await;
+}
+
+/// A voice note that could not be heard stays in history as a marker, never as an empty turn,
+/// so the model later knows the user sent something it did not get.
+#[tokio::test]
+async fn an_unheard_voice_note_is_remembered_as_such() {
+    let (app, _tr, _models) = app_with_tiny_whisper().await;
+    let user = "15550003737";
+    app.post_signed(&voice_webhook("wamid.unheard", user, "GONE", "x"))
+        .await;
+    assert_eq!(
+        app.graph
+            .wait_accepted(1, Duration::from_secs(10))
+            .await
+            .len(),
+        1
+    );
+    let key = sandra_actors::whatsapp::ConversationKey::new(
+        PHONE_NUMBER_ID,
+        &sandra_actors::whatsapp::ChatId::Phone(user.into()),
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || app
+            .system
+            .store
+            .load_session(&key)
+            .unwrap()
+            .is_some_and(|s| !s.history.is_empty()))
+        .await
+    );
+    let s = app.system.store.load_session(&key).unwrap().unwrap();
+    let turn = s
+        .history
+        .iter()
+        .find(|t| {
+            t.wamids == ["wamid.unheard"] && t.speaker == sandra_actors::session::Speaker::User
+        })
+        .expect("the voice note is in history");
+    assert_eq!(turn.text, sandra_actors::conversation::UNHEARD_VOICE_NOTE);
+    app.stop().await;
+}
+
+/// A turn that times out after the voice note was transcribed keeps the transcript (or the
+/// marker, if the tiny model heard nothing) in history: never an empty user turn.
+#[tokio::test]
+async fn a_timed_out_voice_turn_keeps_what_was_heard() {
+    let Some(clip) = spoken_voice_note("Remember that I like tea.", "en") else {
+        println!("skipped: espeak-ng/opusenc not installed (run scripts/install-test-deps.sh)");
+        return;
+    };
+    let models = tempfile::tempdir().unwrap();
+    sandra_models::testing_whisper::write_tiny_model(models.path(), 5);
+    let opts = WhisperOptions {
+        max_new_tokens: Some(8),
+        ..Default::default()
+    };
+    let tr = Transcriber::load(models.path(), opts, 4).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let graph = FakeGraph::start(ACCESS_TOKEN).await;
+    let mut cfg = test_config(dir.path().join("data"), graph.url());
+    cfg.conversation.brain_timeout = Duration::from_secs(3);
+    let brain = Arc::new(EchoBrain::slow(Duration::from_secs(600)));
+    let app = TestApp::from_app(
+        Application::build_with(cfg, brain, Some(tr)).await.unwrap(),
+        dir,
+        graph,
+    );
+    app.graph
+        .add_media("TIMEOUT1", "audio/ogg; codecs=opus", clip.clone());
+    let sha = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&clip));
+    let user = "15550003838";
+    app.post_signed(&voice_webhook("wamid.late", user, "TIMEOUT1", &sha))
+        .await;
+    assert!(
+        !app.graph
+            .wait_accepted(1, Duration::from_secs(60))
+            .await
+            .is_empty()
+    );
+    let key = sandra_actors::whatsapp::ConversationKey::new(
+        PHONE_NUMBER_ID,
+        &sandra_actors::whatsapp::ChatId::Phone(user.into()),
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || app
+            .system
+            .store
+            .load_session(&key)
+            .unwrap()
+            .is_some_and(|s| !s.history.is_empty()))
+        .await
+    );
+    let s = app.system.store.load_session(&key).unwrap().unwrap();
+    let turn = s
+        .history
+        .iter()
+        .find(|t| t.wamids == ["wamid.late"])
+        .expect("the voice note is in history");
+    assert!(!turn.text.trim().is_empty());
+    app.stop().await;
+}

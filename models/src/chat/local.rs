@@ -281,6 +281,13 @@ impl LocalModel {
         let mut out = Vec::new();
         let started = Instant::now();
         while out.len() < max_new {
+            // Nobody waits for this reply anymore (the turn timed out): stop computing it. The
+            // KV cache still matches `cached`, so the next turn reuses it as usual.
+            if crate::worker::cancelled() {
+                return Err(ChatError::Inference(
+                    "cancelled: the caller has gone".into(),
+                ));
+            }
             let mut l = logits
                 .squeeze(0)
                 .and_then(|l| l.to_dtype(DType::F32))

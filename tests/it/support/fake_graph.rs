@@ -130,6 +130,11 @@ impl FakeGraph {
         self.inner.lock().unwrap().faults.extend(faults);
     }
 
+    /// Accepts only `token` from now on (a rotated access token); the old one gets 190.
+    pub fn set_token(&self, token: &str) {
+        self.inner.lock().unwrap().token = token.to_string();
+    }
+
     pub fn add_media(&self, id: &str, mime: &str, bytes: Vec<u8>) {
         self.inner
             .lock()
