@@ -25,6 +25,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::brain::{Brain, BrainError, BrainReply, TurnInput, UserInput};
 use crate::limits::{Limits, RATE_NOTICE, Verdict};
+use crate::llm_brain::author_line;
 use crate::metrics::Metrics;
 use crate::router::RouterMsg;
 use crate::sender::SenderMsg;
@@ -663,10 +664,7 @@ fn describe_duration(seconds: f32) -> String {
 }
 
 fn user_turn(m: &InboundMessage, text: String) -> Turn {
-    let text = match (&m.contact_name, m.group_id.is_some()) {
-        (Some(n), true) => format!("{n}: {text}"),
-        _ => text,
-    };
+    let text = author_line(m.contact_name.as_deref(), m.group_id.is_some(), &text);
     Turn {
         speaker: Speaker::User,
         text,
@@ -693,10 +691,7 @@ async fn finish_turn(
     }
     session.history.extend(flight.quiet.iter().cloned());
     for i in &flight.inputs {
-        let text = match (&i.author, session.is_group) {
-            (Some(n), true) => format!("{n}: {}", i.text),
-            _ => i.text.clone(),
-        };
+        let text = author_line(i.author.as_deref(), session.is_group, &i.text);
         let at = flight
             .records
             .iter()

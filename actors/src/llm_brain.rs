@@ -104,6 +104,19 @@ pub fn sanitize_name(name: &str) -> Option<String> {
     })
 }
 
+/// A group member's line as the model and the stored history see it: `name: text`, the name
+/// sanitised so that it cannot start a line of its own or pose as another speaker. Outside
+/// groups the text stands alone (there is only one other person).
+pub fn author_line(author: Option<&str>, in_group: bool, text: &str) -> String {
+    match (author, in_group) {
+        (Some(a), true) => format!(
+            "{}: {text}",
+            sanitize_name(a).unwrap_or_else(|| "(no name)".into())
+        ),
+        _ => text.to_string(),
+    }
+}
+
 /// Characters that change how text is shown without being shown: zero-width characters, bidi
 /// embeddings, overrides and isolates, the BOM, the soft hyphen.
 fn is_invisible_format(c: char) -> bool {
@@ -140,14 +153,7 @@ fn new_user_message(input: &TurnInput) -> ChatMessage {
     let lines: Vec<String> = input
         .inputs
         .iter()
-        .map(|i| match (&i.author, input.is_group) {
-            (Some(a), true) => format!(
-                "{}: {}",
-                sanitize_name(a).unwrap_or_else(|| "(no name)".into()),
-                i.text
-            ),
-            _ => i.text.clone(),
-        })
+        .map(|i| author_line(i.author.as_deref(), input.is_group, &i.text))
         .collect();
     ChatMessage::user(lines.join("\n"))
 }

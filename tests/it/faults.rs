@@ -152,10 +152,8 @@ async fn faults_clear_and_every_reply_goes_out_once() {
             loop {
                 if system.sender_health.token_invalid.load(Ordering::SeqCst) {
                     replaced.fetch_add(1, Ordering::SeqCst);
-                    let _ = system
-                        .sender
-                        .get()
-                        .cast(SenderMsg::TokenReplaced(Secret::new(graph.token())));
+                    system.credentials.replace(Secret::new(graph.token()));
+                    let _ = system.sender.get().cast(SenderMsg::TokenReplaced);
                     // Give the sender time to take it before looking again.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }

@@ -168,11 +168,6 @@ impl FakeGraph {
             .push((needle.to_string(), fault));
     }
 
-    /// Rotates the token the fake accepts: calls with the old one get 190 from now on.
-    pub fn set_token(&self, token: &str) {
-        self.inner.lock().unwrap().token = token.to_string();
-    }
-
     pub fn token(&self) -> String {
         self.inner.lock().unwrap().token.clone()
     }
