@@ -49,14 +49,23 @@ fn model(family: Family) -> Model {
     let md: HashMap<String, Value> = [
         ("tokenizer.ggml.model", s("gpt2")),
         ("tokenizer.ggml.pre", s(pre)),
-        ("tokenizer.ggml.tokens", Value::Array(v.tokens.iter().map(|t| s(t)).collect())),
+        (
+            "tokenizer.ggml.tokens",
+            Value::Array(v.tokens.iter().map(|t| s(t)).collect()),
+        ),
         (
             "tokenizer.ggml.token_type",
             Value::Array(v.types.iter().map(|t| Value::I32(*t)).collect()),
         ),
-        ("tokenizer.ggml.merges", Value::Array(v.merges.iter().map(|m| s(m)).collect())),
+        (
+            "tokenizer.ggml.merges",
+            Value::Array(v.merges.iter().map(|m| s(m)).collect()),
+        ),
         ("tokenizer.ggml.bos_token_id", Value::U32(bos)),
-        ("tokenizer.ggml.eos_token_id", Value::U32(v.id("<|custom_eos|>"))),
+        (
+            "tokenizer.ggml.eos_token_id",
+            Value::U32(v.id("<|custom_eos|>")),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -96,10 +105,16 @@ fuzz_target!(|input: Input| {
         })
         .collect();
     let prompt = m.template.render(&messages);
-    let enc = m.tok.encode(prompt.as_str(), false).expect("encoding never fails");
+    let enc = m
+        .tok
+        .encode(prompt.as_str(), false)
+        .expect("encoding never fails");
     let ids = enc.get_ids();
 
-    let decoded = m.tok.decode(ids, false).expect("decoding own ids never fails");
+    let decoded = m
+        .tok
+        .decode(ids, false)
+        .expect("decoding own ids never fails");
     assert_eq!(
         normalized(&m.tok, &decoded),
         normalized(&m.tok, &prompt),

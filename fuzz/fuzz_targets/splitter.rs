@@ -46,7 +46,11 @@ fuzz_target!(|data: &[u8]| {
     );
     let trimmed = text.trim();
     if trimmed.chars().count() <= limit {
-        let want: Vec<String> = if trimmed.is_empty() { vec![] } else { vec![trimmed.to_string()] };
+        let want: Vec<String> = if trimmed.is_empty() {
+            vec![]
+        } else {
+            vec![trimmed.to_string()]
+        };
         assert_eq!(parts, want, "text that fits was split");
     }
 });

@@ -42,10 +42,16 @@ fuzz_target!(|body: &[u8]| {
     use sandra::http::signature_valid;
 
     let good = sign(SECRET, body);
-    assert!(signature_valid(SECRET, body, Some(&good)), "own signature refused");
+    assert!(
+        signature_valid(SECRET, body, Some(&good)),
+        "own signature refused"
+    );
     // Header whitespace is tolerated (proxies pad it).
     assert!(signature_valid(SECRET, body, Some(&format!(" {good} "))));
-    assert!(!signature_valid(b"", body, Some(&good)), "empty secret accepted");
+    assert!(
+        !signature_valid(b"", body, Some(&good)),
+        "empty secret accepted"
+    );
     assert!(!signature_valid(SECRET, body, None));
 
     if let Ok(text) = std::str::from_utf8(body)
@@ -77,7 +83,11 @@ fuzz_target!(|body: &[u8]| {
     let second = sandra_actors::whatsapp::parse_webhook(body);
     match (first, second) {
         (Ok(a), Ok(b)) => {
-            assert_eq!(format!("{a:?}"), format!("{b:?}"), "parse is not deterministic");
+            assert_eq!(
+                format!("{a:?}"),
+                format!("{b:?}"),
+                "parse is not deterministic"
+            );
             for m in &a.messages {
                 // Every accepted message belongs to a chat: the parser drops sender-less ones.
                 assert!(m.chat_id().is_some(), "message without a chat: {m:?}");
