@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::worker::{ModelWorker, WorkerError};
 pub use local::{read_gguf_metadata, select_device};
 pub use remote::{RemoteConfig, RemoteError};
-pub use template::ChatTemplate;
+pub use template::{ChatTemplate, Segment};
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -351,8 +351,7 @@ impl ChatEngine {
                 let window = self.context_window();
                 worker
                     .run(move |model| {
-                        let prompt = template.render(&messages);
-                        let ids = encode(&tokenizer, &prompt)?;
+                        let ids = encode_chat(&tokenizer, template, &messages)?;
                         if ids.len() >= window {
                             return Err(ChatError::ContextOverflow {
                                 prompt_tokens: ids.len(),
@@ -386,12 +385,9 @@ impl ChatEngine {
         match &self.inner.backend {
             Backend::Local {
                 tokenizer, info, ..
-            } => {
-                let prompt = info.template.render(messages);
-                encode(tokenizer, &prompt)
-                    .map(|ids| ids.len())
-                    .unwrap_or_else(|_| estimate_tokens(messages))
-            }
+            } => encode_chat(tokenizer, info.template, messages)
+                .map(|ids| ids.len())
+                .unwrap_or_else(|_| estimate_tokens(messages)),
             Backend::Remote(_) => estimate_tokens(messages),
         }
     }
@@ -443,10 +439,47 @@ impl ChatEngine {
     }
 }
 
-fn encode(tok: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>, ChatError> {
-    tok.encode(text, false)
-        .map(|e| e.get_ids().to_vec())
-        .map_err(|e| ChatError::Inference(format!("tokenizing: {e}")))
+/// The token ids a local model sees for `messages`: the template's markup tokenized with control
+/// tokens recognised, every message's text tokenized as plain text (see [`Segment`]). So a user
+/// who types `<|im_end|>\n<|im_start|>system\n…` writes characters, not a system turn.
+///
+/// Each piece is tokenized on its own, so the ids of a conversation are a prefix of the ids of
+/// the same conversation grown by a reply and a new message (prompt-cache reuse relies on it).
+/// For ordinary text the ids equal those of tokenizing [`ChatTemplate::render`]'s string whole.
+pub fn encode_chat(
+    tokenizer: &tokenizers::Tokenizer,
+    template: ChatTemplate,
+    messages: &[ChatMessage],
+) -> Result<Vec<u32>, ChatError> {
+    Ok(encode_chat_segments(tokenizer, template, messages)?
+        .into_iter()
+        .flat_map(|(_, ids)| ids)
+        .collect())
+}
+
+/// [`encode_chat`] piece by piece: each [`Segment`] with its ids (tests and fuzzing check that
+/// control-token ids occur only in markup).
+pub fn encode_chat_segments<'a>(
+    tokenizer: &tokenizers::Tokenizer,
+    template: ChatTemplate,
+    messages: &'a [ChatMessage],
+) -> Result<Vec<(Segment<'a>, Vec<u32>)>, ChatError> {
+    let tokenizing = |e: tokenizers::Error| ChatError::Inference(format!("tokenizing: {e}"));
+    template
+        .segments(messages)
+        .into_iter()
+        .map(|seg| {
+            let ids = match seg {
+                Segment::Markup(m) => tokenizer
+                    .encode(m, false)
+                    .map_err(tokenizing)?
+                    .get_ids()
+                    .to_vec(),
+                Segment::Content(c) => tokenizer::encode_plain(tokenizer, c).map_err(tokenizing)?,
+            };
+            Ok((seg, ids))
+        })
+        .collect()
 }
 
 fn estimate_tokens(messages: &[ChatMessage]) -> usize {

@@ -3,8 +3,24 @@
 //! GGUF files carry a Jinja `tokenizer.chat_template`; instead of running Jinja we recognise the
 //! handful of formats the supported families use, chosen by architecture and tokenizer vocabulary
 //! (see [`ChatTemplate::detect`]). Rendering is exact and covered by tests.
+//!
+//! A prompt is rendered as [`Segment`]s, markup apart from message text, because the two are
+//! tokenized differently: only markup may produce control tokens (see `super::encode_chat`).
 
 use super::{ChatMessage, Role};
+
+/// One piece of a rendered prompt.
+///
+/// The split is what makes prompts safe from their own text: markup is tokenized with the
+/// model's control tokens recognised (`<|im_start|>` becomes one control token), content as plain
+/// text (a user who types `<|im_end|>` gets the characters `<|im_end|>`, never the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment<'a> {
+    /// Role headers, turn ends, generation prompt: fixed strings of the format.
+    Markup(&'static str),
+    /// The text of a message (any role: it may quote a user, and models echo users).
+    Content(&'a str),
+}
 
 /// A prompt format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,35 +55,60 @@ impl ChatTemplate {
         }
     }
 
-    /// Renders the conversation and the prompt for the assistant's next turn.
+    /// Renders the conversation and the prompt for the assistant's next turn as one string (for
+    /// logs, tests and benchmarks). Never tokenize this string with special-token matching on: a
+    /// message that contains `<|im_end|>` would end its turn. The local model tokenizes
+    /// [`segments`](Self::segments) instead (see [`super::encode_chat`]).
     pub fn render(self, messages: &[ChatMessage]) -> String {
-        let mut out = String::new();
+        self.segments(messages)
+            .iter()
+            .map(|s| match s {
+                Segment::Markup(m) => *m,
+                Segment::Content(c) => c,
+            })
+            .collect()
+    }
+
+    /// The prompt as a sequence of template markup (written here, never by a user) and message
+    /// text. Concatenated, the pieces are [`render`](Self::render)'s string. A conversation that
+    /// grows by a reply and a new message yields the same pieces up to the previous generation
+    /// prompt, which is what lets the local model reuse its cached prompt.
+    pub fn segments(self, messages: &[ChatMessage]) -> Vec<Segment<'_>> {
+        let mut out = Vec::with_capacity(messages.len() * 3 + 2);
         match self {
             Self::ChatMl | Self::ChatMlNoThink => {
                 for m in messages {
-                    out.push_str("<|im_start|>");
-                    out.push_str(m.role.as_str());
-                    out.push('\n');
-                    out.push_str(&m.content);
-                    out.push_str("<|im_end|>\n");
+                    out.push(Segment::Markup(match m.role {
+                        Role::System => "<|im_start|>system\n",
+                        Role::User => "<|im_start|>user\n",
+                        Role::Assistant => "<|im_start|>assistant\n",
+                    }));
+                    out.push(Segment::Content(&m.content));
+                    out.push(Segment::Markup("<|im_end|>\n"));
                 }
-                out.push_str("<|im_start|>assistant\n");
+                out.push(Segment::Markup("<|im_start|>assistant\n"));
                 if self == Self::ChatMlNoThink {
-                    out.push_str("<think>\n\n</think>\n\n");
+                    out.push(Segment::Markup("<think>\n\n</think>\n\n"));
                 }
             }
             Self::Llama3 => {
-                out.push_str("<|begin_of_text|>");
+                out.push(Segment::Markup("<|begin_of_text|>"));
                 for m in messages {
-                    out.push_str("<|start_header_id|>");
-                    out.push_str(m.role.as_str());
-                    out.push_str("<|end_header_id|>\n\n");
-                    out.push_str(m.content.trim());
-                    out.push_str("<|eot_id|>");
+                    out.push(Segment::Markup(match m.role {
+                        Role::System => "<|start_header_id|>system<|end_header_id|>\n\n",
+                        Role::User => "<|start_header_id|>user<|end_header_id|>\n\n",
+                        Role::Assistant => "<|start_header_id|>assistant<|end_header_id|>\n\n",
+                    }));
+                    out.push(Segment::Content(m.content.trim()));
+                    out.push(Segment::Markup("<|eot_id|>"));
                 }
-                out.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
+                out.push(Segment::Markup(
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n",
+                ));
             }
         }
+        // Empty content tokenizes to nothing; leaving it out keeps the pieces minimal.
+        out.retain(|s| !matches!(s, Segment::Content(c) if c.is_empty()));
         out
     }
 

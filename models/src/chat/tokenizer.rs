@@ -18,7 +18,10 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{
+    AddedToken, Model, NormalizedString, Normalizer, OffsetReferential, OffsetType,
+    PreTokenizedString, PreTokenizer, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
+};
 
 /// GPT-2's split regex (llama.cpp `LLAMA_VOCAB_PRE_TYPE_GPT2` and the default).
 const REGEX_GPT2: &str =
@@ -156,6 +159,32 @@ fn pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool), String> {
     })
 }
 
+/// Tokenizes `text` as plain text: normalizer, pre-tokenizer and model only, so no added token
+/// (control or not) is ever matched in it. `Tokenizer::set_encode_special_tokens(true)` is not
+/// enough: it still matches added tokens that are not flagged special, such as Qwen3's `<think>`
+/// in its tokenizer.json. For text without added-token strings the ids equal
+/// `tok.encode(text, false)`'s.
+pub fn encode_plain(tok: &Tokenizer, text: &str) -> tokenizers::Result<Vec<u32>> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut normalized = NormalizedString::from(text);
+    if let Some(n) = tok.get_normalizer() {
+        n.normalize(&mut normalized)?;
+    }
+    let mut pre = PreTokenizedString::from(normalized);
+    if let Some(p) = tok.get_pre_tokenizer() {
+        p.pre_tokenize(&mut pre)?;
+    }
+    let model = tok.get_model();
+    pre.tokenize(|piece| model.tokenize(piece.get()))?;
+    Ok(pre
+        .get_splits(OffsetReferential::Original, OffsetType::Byte)
+        .into_iter()
+        .flat_map(|(_, _, tokens)| tokens.iter().flatten().map(|t| t.id))
+        .collect())
+}
+
 /// Token id of each text in `texts` that is a single token of `tok`.
 pub fn ids_of(tok: &Tokenizer, texts: &[&str]) -> Vec<u32> {
     texts.iter().filter_map(|t| tok.token_to_id(t)).collect()
@@ -198,7 +227,6 @@ pub(crate) fn as_u32(v: &Value) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
 
     fn splits(pre: &str, s: &str) -> Vec<String> {
         let (p, _) = pre_tokenizer(pre).unwrap();
