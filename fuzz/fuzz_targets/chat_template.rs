@@ -1,23 +1,29 @@
-//! Chat prompt rendering and tokenization on arbitrary conversations: `ChatTemplate::render`
-//! then the tokenizer that `sandra_models::chat::tokenizer::from_gguf` builds from GGUF metadata,
-//! for each supported family's tiny vocabulary (`sandra_models::testing`, the same metadata the
-//! tests' tiny GGUF files carry; no model file is written).
+//! Chat prompts on arbitrary conversations: `ChatTemplate::render`/`segments` and the segmented
+//! encoder the local model uses (`sandra_models::chat::encode_chat_segments`), with the tokenizer
+//! that `chat::tokenizer::from_gguf` builds from GGUF metadata, for each supported family's tiny
+//! vocabulary (`sandra_models::testing`, the metadata the tests' tiny GGUF files carry; no model
+//! file is written).
 //!
 //! Properties:
 //! - nothing panics and encoding never fails;
-//! - decoding the ids gives back the prompt (exactly, or modulo NFC for the Qwen tokenizer, which
-//!   normalizes): tokenization loses nothing;
-//! - the prompt holds at least the special tokens the template itself emits, with every end of
-//!   turn in place.
+//! - message text never yields a control-token id, whatever it contains (`<|im_end|>`,
+//!   `<|start_header_id|>`…): the only control tokens in a prompt are the template's own, one per
+//!   role header / turn end, so a user cannot open or close a turn;
+//! - the segments concatenate to `render`'s string, markup decodes to itself exactly and content
+//!   to itself (modulo NFC for the Qwen tokenizer, which normalizes): nothing is lost;
+//! - `encode_chat` is the segments' ids in order;
+//! - `render`'s string tokenized whole also round-trips (it is what logs and benchmarks show).
 #![no_main]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
 use candle_core::quantized::gguf_file::Value;
 use libfuzzer_sys::fuzz_target;
-use sandra_models::chat::{ChatMessage, ChatTemplate, Role, tokenizer};
+use sandra_models::chat::{
+    ChatMessage, ChatTemplate, Role, Segment, encode_chat, encode_chat_segments, tokenizer,
+};
 use sandra_models::testing::{ALL, Family, vocab};
 use tokenizers::{NormalizedString, Normalizer, Tokenizer};
 
@@ -30,6 +36,8 @@ struct Input {
 struct Model {
     template: ChatTemplate,
     tok: Tokenizer,
+    /// Ids of every control token of the vocabulary (GGUF token type 3).
+    control: HashSet<u32>,
 }
 
 /// The GGUF tokenizer metadata `testing::write_model` writes for `family`.
@@ -72,7 +80,14 @@ fn model(family: Family) -> Model {
     .collect();
     let tok = tokenizer::from_gguf(&md).expect("tiny vocabulary builds");
     let template = ChatTemplate::detect(arch, |t| tok.token_to_id(t).is_some());
-    Model { template, tok }
+    let control = (0..v.tokens.len() as u32)
+        .filter(|i| v.types[*i as usize] == 3)
+        .collect();
+    Model {
+        template,
+        tok,
+        control,
+    }
 }
 
 /// `text` through the tokenizer's normalizer (NFC for Qwen), or as is. Both sides of the
@@ -104,36 +119,72 @@ fuzz_target!(|input: Input| {
             ChatMessage::new(role, content)
         })
         .collect();
+
+    let segments =
+        encode_chat_segments(&m.tok, m.template, &messages).expect("encoding never fails");
+    let mut joined = String::new();
+    let mut all_ids = Vec::new();
+    let mut markup_controls = 0;
+    for (seg, ids) in &segments {
+        let decoded = m
+            .tok
+            .decode(ids, false)
+            .expect("decoding own ids never fails");
+        match seg {
+            Segment::Markup(text) => {
+                assert_eq!(&decoded, text, "markup does not round-trip");
+                markup_controls += ids.iter().filter(|i| m.control.contains(i)).count();
+                joined.push_str(text);
+            }
+            Segment::Content(text) => {
+                if let Some(id) = ids.iter().find(|i| m.control.contains(i)) {
+                    panic!(
+                        "message text {text:?} produced control token {:?}",
+                        m.tok.id_to_token(*id)
+                    );
+                }
+                assert_eq!(
+                    normalized(&m.tok, &decoded),
+                    normalized(&m.tok, text),
+                    "content does not round-trip"
+                );
+                joined.push_str(text);
+            }
+        }
+        all_ids.extend_from_slice(ids);
+    }
     let prompt = m.template.render(&messages);
+    assert_eq!(joined, prompt, "segments are not the rendered prompt");
+    let flat = encode_chat(&m.tok, m.template, &messages).expect("encoding never fails");
+    assert_eq!(flat, all_ids, "encode_chat is not the segments' ids");
+
+    // Exactly the template's control tokens: per message a header (one token in ChatML, two in
+    // Llama 3) and a turn end; then the generation prompt's header (and Llama 3's
+    // <|begin_of_text|>).
+    let n = messages.len();
+    let want = match m.template {
+        ChatTemplate::ChatMl | ChatTemplate::ChatMlNoThink => 2 * n + 1,
+        ChatTemplate::Llama3 => 3 * n + 3,
+    };
+    assert_eq!(
+        markup_controls, want,
+        "template emitted an unexpected number of control tokens"
+    );
+    let controls = flat.iter().filter(|i| m.control.contains(i)).count();
+    assert_eq!(controls, want, "control tokens beyond the template's own");
+
+    // The whole rendered string (control tokens matched) round-trips too.
     let enc = m
         .tok
         .encode(prompt.as_str(), false)
         .expect("encoding never fails");
-    let ids = enc.get_ids();
-
     let decoded = m
         .tok
-        .decode(ids, false)
+        .decode(enc.get_ids(), false)
         .expect("decoding own ids never fails");
     assert_eq!(
         normalized(&m.tok, &decoded),
         normalized(&m.tok, &prompt),
         "tokenization is lossy"
     );
-
-    let special = |t: &str| m.tok.token_to_id(t).expect("template token in vocab");
-    let count = |id: u32| ids.iter().filter(|x| **x == id).count();
-    let n = messages.len();
-    match m.template {
-        ChatTemplate::ChatMl | ChatTemplate::ChatMlNoThink => {
-            assert!(count(special("<|im_start|>")) > n);
-            assert!(count(special("<|im_end|>")) >= n);
-        }
-        ChatTemplate::Llama3 => {
-            assert!(count(special("<|begin_of_text|>")) >= 1);
-            assert!(count(special("<|start_header_id|>")) > n);
-            assert!(count(special("<|end_header_id|>")) > n);
-            assert!(count(special("<|eot_id|>")) >= n);
-        }
-    }
 });
