@@ -86,6 +86,8 @@ impl Application {
                 media: sandra_actors::media::MediaClient::new(graph.clone()),
                 transcriber: t,
                 echo_transcript: cfg.transcription.echo_transcript,
+                max_audio_seconds: cfg.transcription.max_audio_seconds,
+                decode_slots: sandra_actors::conversation::VoiceSupport::decode_slots(),
             }),
         };
         let sender_args = SenderArgs {

@@ -56,6 +56,10 @@ pub struct TranscriptionConfig {
     /// Hold the decoder's per-token matrices as q8_0 (about 2x faster decoding, same words on
     /// the benchmark clips); false keeps every weight f32.
     pub decoder_q8: bool,
+    /// Longest part of a voice note decoded and transcribed, in seconds; a longer note is cut
+    /// there and the user is told. Bounds the decode's memory (57 MB of PCM at 900 s) whatever
+    /// the file declares. In (0, 3600].
+    pub max_audio_seconds: f32,
 }
 
 impl Default for TranscriptionConfig {
@@ -68,6 +72,7 @@ impl Default for TranscriptionConfig {
             queue: 8,
             echo_transcript: true,
             decoder_q8: true,
+            max_audio_seconds: 900.0,
         }
     }
 }
@@ -534,6 +539,14 @@ impl Config {
         if self.transcription.queue == 0 {
             return Err(key_err("transcription.queue", "must be at least 1"));
         }
+        let max_audio = self.transcription.max_audio_seconds;
+        // Written so that NaN fails too.
+        if !(max_audio > 0.0 && max_audio <= 3600.0) {
+            return Err(key_err(
+                "transcription.max_audio_seconds",
+                "must be more than 0 and at most 3600",
+            ));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(key_err("log.format", "must be \"text\" or \"json\""));
         }
@@ -637,6 +650,27 @@ mod tests {
                 .to_string()
                 .contains("SANDRA_BIND")
         );
+    }
+
+    #[test]
+    fn max_audio_seconds_must_be_in_range() {
+        for ok in ["1", "90.5", "3600"] {
+            let text = format!("[transcription]\nmax_audio_seconds = {ok}\n");
+            let c = Config::from_toml(&text, "c").unwrap();
+            c.validate().unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in ["0", "-5", "3600.5", "nan", "inf"] {
+            let text = format!("[transcription]\nmax_audio_seconds = {bad}\n");
+            let e = Config::from_toml(&text, "c")
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(
+                e.to_string().contains("transcription.max_audio_seconds"),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(Config::default().transcription.max_audio_seconds, 900.0);
     }
 
     #[test]

@@ -79,6 +79,20 @@ pub struct VoiceSupport {
     pub transcriber: sandra_models::whisper::Transcriber,
     /// Start the reply with what Sandra heard, so the user can tell a mishearing.
     pub echo_transcript: bool,
+    /// Longest stretch of a voice note decoded and transcribed; the rest is ignored and the
+    /// user told so (`transcription.max_audio_seconds`).
+    pub max_audio_seconds: f32,
+    /// Decodes running at once: one per core, so a burst of voice notes cannot take every
+    /// blocking thread or multiply the decode buffers by the burst's size.
+    pub decode_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl VoiceSupport {
+    /// One decode slot per core.
+    pub fn decode_slots() -> Arc<tokio::sync::Semaphore> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Arc::new(tokio::sync::Semaphore::new(cores))
+    }
 }
 
 /// What the turn task hands back: the brain's reply, the inputs as resolved (voice notes
@@ -452,9 +466,10 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
             if let Some(v) = &voice {
                 for (idx, media) in &voice_jobs {
                     match transcribe(v, media).await {
-                        Ok(text) => {
+                        Ok((text, note)) => {
                             heard.push(text.clone());
                             input.inputs[*idx].text = text;
+                            notes.extend(note);
                         }
                         Err(note) => {
                             notes.push(note);
@@ -515,9 +530,13 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
     });
 }
 
-/// Downloads, decodes (off the runtime) and transcribes one voice note, in memory only.
+/// Downloads, decodes (off the runtime) and transcribes one voice note, in memory only: the
+/// transcript, and a note for the user when only the first `max_audio_seconds` were heard.
 /// The error is the friendly message the user gets.
-async fn transcribe(v: &VoiceSupport, media: &crate::whatsapp::MediaRef) -> Result<String, String> {
+async fn transcribe(
+    v: &VoiceSupport,
+    media: &crate::whatsapp::MediaRef,
+) -> Result<(String, Option<String>), String> {
     let fetched = v.media.fetch(media).await.map_err(|e| {
         tracing::warn!(media = %media.id, error = %e, "voice note download failed");
         match e {
@@ -531,8 +550,13 @@ async fn transcribe(v: &VoiceSupport, media: &crate::whatsapp::MediaRef) -> Resu
         }
     })?;
     let mime = fetched.mime.clone();
+    let max_seconds = v.max_audio_seconds;
+    // Held until the decode ends; the semaphore is never closed, so this cannot fail.
+    let slot = v.decode_slots.clone().acquire_owned().await.ok();
     let pcm = tokio::task::spawn_blocking(move || {
-        sandra_models::audio::decode_to_pcm16k(&fetched.bytes, &mime)
+        let pcm = sandra_models::audio::decode_to_pcm16k(&fetched.bytes, &mime, max_seconds);
+        drop(slot);
+        pcm
     })
     .await
     .map_err(|_| "I couldn't play your voice note. Could you send it again?".to_string())?
@@ -546,6 +570,11 @@ async fn transcribe(v: &VoiceSupport, media: &crate::whatsapp::MediaRef) -> Resu
             _ => "I couldn't play your voice note. Could you send it again?".to_string(),
         }
     })?;
+    let note = pcm.truncated.then(|| {
+        tracing::info!(media = %media.id, max_seconds, "voice note longer than the cap, truncated");
+        let limit = describe_duration(max_seconds);
+        format!("Your voice note is longer than {limit}; I only listened to the first {limit}.")
+    });
     let t = v.transcriber.transcribe(pcm.samples).await.map_err(|e| {
         tracing::warn!(media = %media.id, error = %e, "transcription failed");
         "Sorry, I couldn't transcribe your voice note. Could you try again, or type it?".to_string()
@@ -554,7 +583,18 @@ async fn transcribe(v: &VoiceSupport, media: &crate::whatsapp::MediaRef) -> Resu
     if text.is_empty() {
         return Err("I couldn't hear anything in your voice note. Could you try again?".into());
     }
-    Ok(text)
+    Ok((text, note))
+}
+
+/// "15 minutes", "1 minute", "90 seconds", "1 minute 30 seconds" (whole seconds).
+fn describe_duration(seconds: f32) -> String {
+    let total = seconds.round().max(1.0) as u64;
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    match (total / 60, total % 60) {
+        (0, s) => plural(s, "second"),
+        (m, 0) => plural(m, "minute"),
+        (m, s) => format!("{} {}", plural(m, "minute"), plural(s, "second")),
+    }
 }
 
 fn user_turn(m: &InboundMessage, text: String) -> Turn {
@@ -669,5 +709,17 @@ async fn finish_turn(
             state.uncommitted = Some((flight, reply));
             myself.send_after(Duration::from_secs(1), || ConversationMsg::RetryCommit);
         }
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    #[test]
+    fn truncation_note_names_the_cap_in_words() {
+        assert_eq!(super::describe_duration(900.0), "15 minutes");
+        assert_eq!(super::describe_duration(60.0), "1 minute");
+        assert_eq!(super::describe_duration(90.0), "1 minute 30 seconds");
+        assert_eq!(super::describe_duration(1.0), "1 second");
+        assert_eq!(super::describe_duration(0.4), "1 second");
     }
 }

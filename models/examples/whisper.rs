@@ -15,6 +15,9 @@ use std::time::Instant;
 use sandra_models::audio::decode_to_pcm16k;
 use sandra_models::whisper::{self, WhisperModel, WhisperOptions};
 
+/// Clips longer than this are cut (the production default, `transcription.max_audio_seconds`).
+const MAX_SECONDS: f32 = 900.0;
+
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -59,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .get(3)
                 .map(String::as_str)
                 .unwrap_or(mime_for(&args[2]));
-            let pcm = decode_to_pcm16k(&bytes, mime)?;
+            let pcm = decode_to_pcm16k(&bytes, mime, MAX_SECONDS)?;
             let mut m = WhisperModel::load(Path::new(&args[1]), &WhisperOptions::default())?;
             let t = m.transcribe(&pcm.samples)?;
             println!("[{}] {}", t.language.unwrap_or_default(), t.text);
@@ -71,7 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ..Default::default()
             };
             let m = WhisperModel::load(Path::new(&args[1]), &opts)?;
-            let pcm = decode_to_pcm16k(&std::fs::read(&args[3])?, mime_for(&args[3]))?;
+            let pcm = decode_to_pcm16k(&std::fs::read(&args[3])?, mime_for(&args[3]), MAX_SECONDS)?;
             for _ in 0..2 {
                 let t = Instant::now();
                 let mel = m.mel_tensor(&pcm.samples)?;
@@ -116,7 +119,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut m = pool.install(|| WhisperModel::load(Path::new(&args[1]), &opts))?;
             let load_s = started.elapsed().as_secs_f64();
             // One warm-up pass on the first clip (page faults, allocator), not timed.
-            let first = decode_to_pcm16k(&std::fs::read(&args[4])?, mime_for(&args[4]))?;
+            let first =
+                decode_to_pcm16k(&std::fs::read(&args[4])?, mime_for(&args[4]), MAX_SECONDS)?;
             pool.install(|| m.transcribe(&first.samples))?;
             let runs: usize = std::env::var("BENCH_RUNS")
                 .ok()
@@ -128,7 +132,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let mut timed = Vec::new();
                 for _ in 0..runs.max(1) {
                     let t0 = Instant::now();
-                    let pcm = decode_to_pcm16k(&bytes, mime_for(clip))?;
+                    let pcm = decode_to_pcm16k(&bytes, mime_for(clip), MAX_SECONDS)?;
                     let decode_s = t0.elapsed().as_secs_f64();
                     let t1 = Instant::now();
                     let out = pool.install(|| m.transcribe(&pcm.samples))?;

@@ -5,7 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sandra_models::audio::{AudioError, decode_to_pcm16k, opus::OpusHead};
+use sandra_models::audio::{AudioError, decode_to_pcm16k, opus::OpusHead, resample};
+
+#[path = "support/oggbuild.rs"]
+mod oggbuild;
+use oggbuild::ogg_crc;
+
+/// The production default (`transcription.max_audio_seconds`), far above these clips.
+const CAP: f32 = 900.0;
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
@@ -114,21 +121,6 @@ fn envelope_correlation(reference: &[f32], ours: &[f32], shift: i32) -> f64 {
 
 // --- Ogg page surgery (to set header fields and granules) ---
 
-fn ogg_crc(data: &[u8]) -> u32 {
-    let mut crc = 0u32;
-    for &b in data {
-        crc ^= (b as u32) << 24;
-        for _ in 0..8 {
-            crc = if crc & 0x8000_0000 != 0 {
-                (crc << 1) ^ 0x04c1_1db7
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
-
 /// (offset, length) of each page.
 fn pages(b: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
@@ -188,7 +180,7 @@ fn ogg_opus_matches_libopus_reference() {
     let bytes = std::fs::read(&opus).unwrap();
     let reference = opusdec_16k(dir.path(), &opus);
 
-    let pcm = decode_to_pcm16k(&bytes, "audio/ogg; codecs=opus").unwrap();
+    let pcm = decode_to_pcm16k(&bytes, "audio/ogg; codecs=opus", CAP).unwrap();
     // Same length: pre-skip removed and the tail trimmed to the final granule position.
     assert!(
         (pcm.samples.len() as i64 - reference.len() as i64).abs() <= 1,
@@ -222,14 +214,14 @@ fn pre_skip_and_end_trim_follow_the_header_and_granule() {
     let head = OpusHead::parse(&bytes[head_at..]).unwrap();
     assert!(head.pre_skip > 0);
     let g = last_granule(&bytes);
-    let pcm = decode_to_pcm16k(&bytes, "audio/ogg").unwrap();
+    let pcm = decode_to_pcm16k(&bytes, "audio/ogg", CAP).unwrap();
     assert_eq!(
         pcm.samples.len() as u64,
         (g - head.pre_skip as u64) / 3,
         "length = (final granule - pre-skip) / 3"
     );
     // Pull the final granule 100 ms earlier: exactly 1600 samples fewer.
-    let trimmed = decode_to_pcm16k(&set_last_granule(&bytes, g - 4800), "audio/ogg").unwrap();
+    let trimmed = decode_to_pcm16k(&set_last_granule(&bytes, g - 4800), "audio/ogg", CAP).unwrap();
     assert_eq!(trimmed.samples.len() + 1600, pcm.samples.len());
     assert_eq!(trimmed.samples[..], pcm.samples[..trimmed.samples.len()]);
 }
@@ -249,9 +241,11 @@ fn output_gain_is_applied() {
     let opus = dir.path().join("q.opus");
     run(Command::new("opusenc").arg("--quiet").arg(&wav).arg(&opus));
     let bytes = std::fs::read(&opus).unwrap();
-    let plain = decode_to_pcm16k(&bytes, "audio/ogg; codecs=opus").unwrap();
-    let louder = decode_to_pcm16k(&set_gain(&bytes, 6 * 256), "audio/ogg; codecs=opus").unwrap();
-    let quieter = decode_to_pcm16k(&set_gain(&bytes, -6 * 256), "audio/ogg; codecs=opus").unwrap();
+    let plain = decode_to_pcm16k(&bytes, "audio/ogg; codecs=opus", CAP).unwrap();
+    let louder =
+        decode_to_pcm16k(&set_gain(&bytes, 6 * 256), "audio/ogg; codecs=opus", CAP).unwrap();
+    let quieter =
+        decode_to_pcm16k(&set_gain(&bytes, -6 * 256), "audio/ogg; codecs=opus", CAP).unwrap();
     assert!(
         plain.samples.iter().all(|s| s.abs() < 0.45),
         "clip too loud for the test"
@@ -287,8 +281,8 @@ fn stereo_and_other_rates_are_downmixed_to_16k_mono() {
         .arg(&stereo)
         .arg(&opus));
     let mono_opus = make_opus(dir.path(), &[]);
-    let a = decode_to_pcm16k(&std::fs::read(&opus).unwrap(), "audio/ogg").unwrap();
-    let b = decode_to_pcm16k(&std::fs::read(&mono_opus).unwrap(), "audio/ogg").unwrap();
+    let a = decode_to_pcm16k(&std::fs::read(&opus).unwrap(), "audio/ogg", CAP).unwrap();
+    let b = decode_to_pcm16k(&std::fs::read(&mono_opus).unwrap(), "audio/ogg", CAP).unwrap();
     assert!(
         (a.seconds - b.seconds).abs() < 0.01,
         "{} vs {}",
@@ -357,7 +351,7 @@ fn symphonia_formats_decode_and_resample() {
         } else if ext != "ogg" {
             run(Command::new("sox").arg(&wav).arg(&f));
         }
-        let pcm = decode_to_pcm16k(&std::fs::read(&f).unwrap(), mime)
+        let pcm = decode_to_pcm16k(&std::fs::read(&f).unwrap(), mime, CAP)
             .unwrap_or_else(|e| panic!("{ext}: {e}"));
         // MP3 adds encoder delay/padding when gapless info is absent.
         let slack = if ext == "mp3" { 2000 } else { 4 };
@@ -376,21 +370,21 @@ fn symphonia_formats_decode_and_resample() {
 #[test]
 fn bad_input_is_a_typed_error_not_a_panic() {
     assert!(matches!(
-        decode_to_pcm16k(b"#!AMR\n\x3c\x00\x00", "audio/amr"),
+        decode_to_pcm16k(b"#!AMR\n\x3c\x00\x00", "audio/amr", CAP),
         Err(AudioError::Unsupported { .. })
     ));
     assert!(matches!(
-        decode_to_pcm16k(b"", "audio/ogg; codecs=opus"),
+        decode_to_pcm16k(b"", "audio/ogg; codecs=opus", CAP),
         Err(AudioError::Malformed { .. })
     ));
     assert!(matches!(
-        decode_to_pcm16k(b"not audio at all", "audio/ogg"),
+        decode_to_pcm16k(b"not audio at all", "audio/ogg", CAP),
         Err(AudioError::Malformed { .. })
     ));
-    assert!(decode_to_pcm16k(b"garbage garbage garbage", "audio/mpeg").is_err());
-    assert!(decode_to_pcm16k(b"OggS\0\0\0", "audio/ogg").is_err());
+    assert!(decode_to_pcm16k(b"garbage garbage garbage", "audio/mpeg", CAP).is_err());
+    assert!(decode_to_pcm16k(b"OggS\0\0\0", "audio/ogg", CAP).is_err());
     assert!(matches!(
-        decode_to_pcm16k(&[0u8; 64], "video/mp4"),
+        decode_to_pcm16k(&[0u8; 64], "video/mp4", CAP),
         Err(AudioError::Unsupported { .. })
     ));
 }
@@ -405,7 +399,7 @@ fn damaged_opus_never_panics() {
     // Truncations at many points, and corrupted bytes (page CRCs make most pages vanish, so
     // also corrupt after recomputing CRCs).
     for cut in (0..bytes.len()).step_by(97) {
-        let _ = decode_to_pcm16k(&bytes[..cut], "audio/ogg");
+        let _ = decode_to_pcm16k(&bytes[..cut], "audio/ogg", CAP);
     }
     let mut seed = 0x1234_5678u32;
     for _ in 0..50 {
@@ -420,6 +414,157 @@ fn damaged_opus_never_panics() {
         for p in pages(&b) {
             fix_crc(&mut b, p);
         }
-        let _ = decode_to_pcm16k(&b, "audio/ogg; codecs=opus");
+        let _ = decode_to_pcm16k(&b, "audio/ogg; codecs=opus", CAP);
     }
+}
+
+// --- Bounded decoding: output is capped by `max_seconds`, whatever the input declares ---
+
+#[test]
+fn ogg_of_empty_packets_stops_at_the_cap() {
+    // Each 282-byte page conceals 255 lost 20 ms frames: 3 MB declares ~15 hours, 16 MB (the
+    // media limit) ~80 hours. Decoding keeps the first minute and says it stopped.
+    for size in [3 << 20, 16 << 20] {
+        let bomb = oggbuild::empty_packet_bomb(size);
+        let pcm = decode_to_pcm16k(&bomb, "audio/ogg; codecs=opus", 60.0).unwrap();
+        assert!(pcm.truncated, "{size} bytes: not flagged as truncated");
+        assert_eq!(pcm.samples.len(), 60 * 16_000, "{size} bytes");
+        assert!(
+            pcm.samples.capacity() <= 60 * 16_000,
+            "{size} bytes: capacity"
+        );
+        assert_eq!(pcm.seconds, 60.0);
+    }
+}
+
+/// 20 ms Opus packets of the test tone, encoded in-process.
+fn opus_packets(seconds: f32) -> Vec<Vec<u8>> {
+    use rusty_opus::{Application, OpusEncoder};
+    let mut enc = OpusEncoder::new(16_000, 1, Application::Voip).unwrap();
+    let mut out = vec![0u8; 1500];
+    oggbuild::tone(16_000, seconds)
+        .chunks_exact(320)
+        .map(|frame| {
+            let n = enc.encode(frame, 320, &mut out).unwrap();
+            out[..n].to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn opus_clip_under_the_cap_is_whole_and_over_it_is_cut_exactly() {
+    let clip = oggbuild::opus_stream(312, &opus_packets(10.0));
+    let whole = decode_to_pcm16k(&clip, "audio/ogg; codecs=opus", CAP).unwrap();
+    assert!(!whole.truncated);
+    // (final granule - pre-skip) / 3: 500 packets of 320 samples less 104 of pre-skip.
+    assert_eq!(whole.samples.len(), 159_896);
+    let rms = (whole.samples.iter().map(|x| x * x).sum::<f32>() / 159_896.0).sqrt();
+    assert!(rms > 0.1, "decoded tone is silent (rms {rms})");
+    // A cap equal to the clip's length is not a truncation.
+    let exact = decode_to_pcm16k(&clip, "audio/ogg", 159_896.0 / 16_000.0).unwrap();
+    assert!(!exact.truncated);
+    assert_eq!(exact.samples, whole.samples);
+    // A shorter cap keeps exactly the first 4 s, sample for sample.
+    let cut = decode_to_pcm16k(&clip, "audio/ogg", 4.0).unwrap();
+    assert!(cut.truncated);
+    assert_eq!(cut.samples.len(), 64_000);
+    assert_eq!(cut.samples[..], whole.samples[..64_000]);
+}
+
+fn to_i16(x: &[f32]) -> Vec<i16> {
+    x.iter().map(|v| (v * 32767.0) as i16).collect()
+}
+
+#[test]
+fn wav_under_the_cap_is_whole_and_over_it_is_cut_exactly() {
+    // 48 kHz goes through the resampler, 16 kHz straight through.
+    for rate in [48_000, 16_000] {
+        let frames = to_i16(&oggbuild::tone(rate, 5.0));
+        let clip = oggbuild::wav(rate, 1, &frames);
+        let whole = decode_to_pcm16k(&clip, "audio/wav", CAP).unwrap();
+        assert!(!whole.truncated, "{rate} Hz");
+        assert_eq!(whole.samples.len(), 80_000, "{rate} Hz");
+        // Unchanged: the same as resampling the whole input at once.
+        let src: Vec<f32> = frames.iter().map(|&s| s as f32 / 32768.0).collect();
+        assert_eq!(
+            whole.samples,
+            resample::resample(&src, rate, 16_000),
+            "{rate} Hz"
+        );
+        let exact = decode_to_pcm16k(&clip, "audio/wav", 5.0).unwrap();
+        assert!(!exact.truncated, "{rate} Hz");
+        let cut = decode_to_pcm16k(&clip, "audio/wav", 2.0).unwrap();
+        assert!(cut.truncated, "{rate} Hz");
+        assert_eq!(cut.samples.len(), 32_000, "{rate} Hz");
+        assert_eq!(cut.samples[..], whole.samples[..32_000], "{rate} Hz");
+    }
+}
+
+#[test]
+fn absurd_sample_rates_are_refused() {
+    let frames = vec![1000i16; 4000];
+    for rate in [0, 1, 7_999, 192_001, 10_000_000] {
+        assert_eq!(
+            decode_to_pcm16k(&oggbuild::wav(rate, 1, &frames), "audio/wav", CAP),
+            Err(AudioError::SampleRate { rate }),
+            "{rate} Hz"
+        );
+    }
+    // The edges of the range decode.
+    for rate in [8_000, 192_000] {
+        let pcm = decode_to_pcm16k(&oggbuild::wav(rate, 1, &frames), "audio/wav", CAP).unwrap();
+        assert_eq!(
+            pcm.samples.len() as u64,
+            4000 * 16_000 / rate as u64,
+            "{rate} Hz"
+        );
+    }
+}
+
+#[test]
+fn more_than_eight_channels_are_refused() {
+    let frames = vec![1000i16; 100 * 64];
+    for channels in [9, 26, 100] {
+        assert_eq!(
+            decode_to_pcm16k(&oggbuild::wav(16_000, channels, &frames), "audio/wav", CAP),
+            Err(AudioError::Channels {
+                count: channels as usize
+            }),
+            "{channels} channels"
+        );
+    }
+    // 7.1 is downmixed to mono.
+    let pcm = decode_to_pcm16k(&oggbuild::wav(16_000, 8, &frames), "audio/wav", CAP).unwrap();
+    assert_eq!(pcm.samples.len(), 100 * 64 / 8);
+    assert!((pcm.samples[0] - 1000.0 / 32768.0).abs() < 1e-6);
+}
+
+#[test]
+fn resampler_stops_at_its_cap_and_streams_like_one_call() {
+    let input = oggbuild::tone(44_100, 3.0);
+    let whole = resample::resample(&input, 44_100, 16_000);
+    assert_eq!(whole.len(), 3 * 16_000);
+    // Fed in odd-sized pieces, as packets arrive: the same samples.
+    let mut r = resample::Resampler::new(44_100, 16_000, usize::MAX);
+    let mut streamed = Vec::new();
+    for piece in input.chunks(1_153) {
+        r.push(piece, &mut streamed);
+    }
+    r.finish(&mut streamed);
+    assert_eq!(streamed, whole);
+    // Capped: exactly the cap, the same first samples, no room reserved beyond them.
+    let mut r = resample::Resampler::new(44_100, 16_000, 10_000);
+    let mut capped = Vec::new();
+    for piece in input.chunks(1_153) {
+        r.push(piece, &mut capped);
+    }
+    r.finish(&mut capped);
+    assert!(r.is_full() && r.truncated());
+    assert_eq!(capped.len(), 10_000);
+    assert!(
+        capped.capacity() <= 10_000,
+        "capacity {}",
+        capped.capacity()
+    );
+    assert_eq!(capped[..], whole[..10_000]);
 }

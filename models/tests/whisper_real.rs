@@ -61,7 +61,7 @@ async fn whisper_base_transcribes_a_spoken_sentence() {
         println!("skipped: whisper_base_transcribes_a_spoken_sentence: espeak-ng/opusenc missing");
         return;
     };
-    let pcm = decode_to_pcm16k(&note, "audio/ogg; codecs=opus").unwrap();
+    let pcm = decode_to_pcm16k(&note, "audio/ogg; codecs=opus", 900.0).unwrap();
     let t = Transcriber::load(&dir, WhisperOptions::default(), 1).unwrap();
     let started = std::time::Instant::now();
     let out = t.transcribe(pcm.samples).await.unwrap();
@@ -92,7 +92,7 @@ async fn whisper_base_transcribes_a_spoken_sentence() {
 
     // Language detection on a Spanish note.
     if let Some(note) = voice_note("Hola, ¿cómo estás? Mañana te llamo por teléfono.", "es") {
-        let pcm = decode_to_pcm16k(&note, "audio/ogg").unwrap();
+        let pcm = decode_to_pcm16k(&note, "audio/ogg", 900.0).unwrap();
         let out = t.transcribe(pcm.samples).await.unwrap();
         println!("es: {:?} {:?}", out.language, out.text);
         assert_eq!(out.language.as_deref(), Some("es"));

@@ -71,7 +71,8 @@ async fn voice_note_is_transcribed_and_answered() {
     assert_eq!(app.graph.media_calls(), ["info:MEDIA1", "bytes:MEDIA1"]);
 
     // What the same model hears in the same clip, computed directly.
-    let pcm = sandra_models::audio::decode_to_pcm16k(&clip, "audio/ogg; codecs=opus").unwrap();
+    let pcm =
+        sandra_models::audio::decode_to_pcm16k(&clip, "audio/ogg; codecs=opus", 900.0).unwrap();
     assert!(pcm.seconds > 1.0);
     let heard = tr
         .transcribe(pcm.samples)

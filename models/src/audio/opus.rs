@@ -62,8 +62,8 @@ pub fn is_ogg_opus(bytes: &[u8]) -> bool {
     matches!(r.read_packet(), Ok(Some(p)) if p.data.starts_with(b"OpusHead"))
 }
 
-/// Decodes the first Opus logical stream of an Ogg file to 16 kHz mono.
-pub fn decode_ogg_opus(bytes: &[u8]) -> Result<Pcm, AudioError> {
+/// Decodes the first Opus logical stream of an Ogg file to 16 kHz mono, at most `cap` samples.
+pub fn decode_ogg_opus(bytes: &[u8], cap: usize) -> Result<Pcm, AudioError> {
     let mut reader = PacketReader::new(Cursor::new(bytes));
     let first = reader
         .read_packet()
@@ -84,14 +84,22 @@ pub fn decode_ogg_opus(bytes: &[u8]) -> Result<Pcm, AudioError> {
     let mut decoder = OpusDecoder::new(SAMPLE_RATE as i32, channels)
         .map_err(|e| AudioError::malformed(FORMAT, e))?;
 
-    let mut out: Vec<f32> = Vec::with_capacity(bytes.len() * 8);
+    // The pre-skip is decoded and dropped, so the decoded stream may hold `start + cap` samples;
+    // one packet more tells that the input goes on past the cap.
+    let start = (head.pre_skip as u64 / RATIO) as usize;
+    let wanted = start.saturating_add(cap);
     // 120 ms, the longest Opus packet, at 16 kHz, per channel.
     const MAX_FRAME: usize = 1920;
+    // Samples are checked against `wanted` before each packet, so one packet may overshoot.
+    let limit = wanted.saturating_add(MAX_FRAME);
+    let mut out: Vec<f32> = Vec::new();
     let mut buf = vec![0f32; MAX_FRAME * channels];
-    // An empty packet (a lost frame) is concealed for as long as the packet before it.
+    // An empty packet (a lost frame) is concealed for as long as the packet before it. That is
+    // the amplification to bound: one lacing byte of input, up to 120 ms of output.
     let mut last_n = SAMPLE_RATE as usize / 50;
     let mut seen_tags = false;
     let mut last_granule: Option<u64> = None;
+    let mut truncated = false;
     loop {
         let packet = match reader.read_packet() {
             Ok(Some(p)) => p,
@@ -116,6 +124,11 @@ pub fn decode_ogg_opus(bytes: &[u8]) -> Result<Pcm, AudioError> {
             seen_tags = true;
             continue;
         }
+        if out.len() >= wanted {
+            // Audio beyond the cap: stop before decoding it.
+            truncated = true;
+            break;
+        }
         let frame = if packet.data.is_empty() {
             last_n
         } else {
@@ -124,7 +137,9 @@ pub fn decode_ogg_opus(bytes: &[u8]) -> Result<Pcm, AudioError> {
         let n = decoder
             .decode(&packet.data, frame, &mut buf)
             .map_err(|e| AudioError::malformed(FORMAT, e))?;
-        last_n = n.max(1);
+        last_n = n.clamp(1, MAX_FRAME);
+        let n = n.min(MAX_FRAME);
+        super::reserve_bounded(&mut out, n, limit);
         if channels == 1 {
             out.extend_from_slice(&buf[..n]);
         } else {
@@ -141,25 +156,31 @@ pub fn decode_ogg_opus(bytes: &[u8]) -> Result<Pcm, AudioError> {
         return Err(AudioError::malformed(FORMAT, "no OpusTags header"));
     }
 
-    // End trimming: the last granule position is the number of 48 kHz samples (pre-skip
-    // included) the stream really holds; the final packet may decode further than that.
-    let pre_skip = head.pre_skip as u64;
-    let start_48 = pre_skip;
     let mut end = out.len();
-    if let Some(g) = last_granule.filter(|&g| g != u64::MAX) {
+    // End trimming: the last granule position is the number of 48 kHz samples (pre-skip
+    // included) the stream really holds; the final packet may decode further than that. A
+    // stream stopped at the cap has not reached its end, so its last granule so far is not one.
+    if !truncated && let Some(g) = last_granule.filter(|&g| g != u64::MAX) {
         // Samples the stream holds after the pre-skip, at 16 kHz (truncated, as libopus'
         // opusdec does when it decodes at 16 kHz).
-        let keep = (g.saturating_sub(pre_skip) / RATIO) as usize;
-        end = end.min((start_48 / RATIO) as usize + keep);
+        let keep = (g.saturating_sub(head.pre_skip as u64) / RATIO) as usize;
+        end = end.min(start.saturating_add(keep));
     }
-    let pre_skip = (start_48 / RATIO) as usize;
-    let start = pre_skip.min(end);
-    let gain = head.gain_factor();
-    let mut samples: Vec<f32> = out.drain(start..end).collect();
+    if end > wanted {
+        truncated = true;
+        end = wanted;
+    }
+    // In place: a second buffer would double the peak for a long note.
+    out.truncate(end);
+    out.drain(..start.min(end));
+    out.shrink_to_fit();
     if head.output_gain != 0 {
-        samples
-            .iter_mut()
+        let gain = head.gain_factor();
+        out.iter_mut()
             .for_each(|s| *s = (*s * gain).clamp(-1.0, 1.0));
     }
-    Ok(Pcm::new(samples))
+    Ok(Pcm {
+        truncated,
+        ..Pcm::new(out)
+    })
 }
