@@ -493,6 +493,9 @@ fn finish_send(
 /// Splits a reply into WhatsApp-sized messages (≤ `max` characters each), preferring paragraph
 /// breaks, then line breaks, then sentence ends, then spaces; hard-cuts only unbroken text.
 pub fn split_message(text: &str, max: usize) -> Vec<String> {
+    // A zero limit would cut nothing off and loop forever (found by fuzzing): one character is
+    // the smallest part there is.
+    let max = max.max(1);
     let mut out = Vec::new();
     let mut rest = text.trim();
     while rest.chars().count() > max {
@@ -524,6 +527,11 @@ pub fn split_message(text: &str, max: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_with_a_zero_limit_ends_in_one_character_parts() {
+        assert_eq!(split_message("ab c", 0), vec!["a", "b", "c"]);
+    }
 
     #[test]
     fn split_prefers_paragraphs_and_respects_the_limit() {

@@ -201,7 +201,9 @@ impl Resampler {
             } else {
                 0.0
             };
-            out.push(acc);
+            // A windowed sinc overshoots next to full-scale steps (Gibbs ringing): keep the
+            // [-1, 1] range `Pcm` promises (an 8-bit WAV reached 1.14 under the fuzzer).
+            out.push(acc.clamp(-1.0, 1.0));
         }
         self.next_out = end;
     }
@@ -252,5 +254,16 @@ mod tests {
         let out = resample(&input, 48_000, 16_000);
         let rms = (out[200..15_800].iter().map(|x| x * x).sum::<f32>() / 15_600.0).sqrt();
         assert!(rms < 0.01, "rms {rms}");
+    }
+
+    #[test]
+    fn full_scale_steps_stay_in_range() {
+        // A square wave at full scale rings past ±1 through any sinc filter; the output does not.
+        let input: Vec<f32> = (0..22_050)
+            .map(|n| if (n / 50) % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        let out = resample(&input, 22_050, 16_000);
+        assert!(!out.is_empty());
+        assert!(out.iter().all(|s| (-1.0..=1.0).contains(s)));
     }
 }
