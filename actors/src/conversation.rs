@@ -382,7 +382,9 @@ async fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut Conversation
                 body: POISON_APOLOGY.into(),
             },
             context_message_id: Some(rec.message.wamid.clone()),
-            window_expires_at: Some(last.map_or(rec.message.timestamp, |t| t.max(rec.message.timestamp)) + 24 * 3600),
+            window_expires_at: Some(
+                last.map_or(rec.message.timestamp, |t| t.max(rec.message.timestamp)) + 24 * 3600,
+            ),
         }
     };
     let begun = store.begin_attempt(&state.args.key, &seqs, state.args.max_attempts, apology);
@@ -396,7 +398,10 @@ async fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut Conversation
                 for r in &a.dead_lettered {
                     tracing::error!(key = %state.args.key, wamid = %r.message.wamid, attempts = r.attempts, "message failed every attempt; moved to dead-letter and the user was told");
                 }
-                Metrics::add(&state.args.metrics.poison_messages, a.dead_lettered.len() as u64);
+                Metrics::add(
+                    &state.args.metrics.poison_messages,
+                    a.dead_lettered.len() as u64,
+                );
                 let _ = state.args.sender.get().cast(SenderMsg::Kick);
             }
             a.records

@@ -276,10 +276,7 @@ fn call_completed(state: &mut SenderState) {
 fn prune_recipients(state: &mut SenderState, now: Instant) {
     let window = state.args.pacing.recipient_window;
     state.per_recipient.retain(|_, q| {
-        while q
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= window)
-        {
+        while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
             q.pop_front();
         }
         !q.is_empty()

@@ -366,7 +366,8 @@ impl Store {
             for v in self.inbox.iter().values() {
                 // Corrupt records stay unindexed; `unfinished` dead-letters them.
                 if let Ok(rec) = from_json::<InboxRecord>(&v?) {
-                    self.inbox_by_key.insert(index_key(&rec.key, rec.seq), &[])?;
+                    self.inbox_by_key
+                        .insert(index_key(&rec.key, rec.seq), &[])?;
                     n += 1;
                 }
             }
@@ -450,55 +451,57 @@ impl Store {
             &self.outbox_queue,
             &self.inbox_by_key,
         )
-            .transaction(|(dedup, inbox, outbox, wamid_index, windows, queue, by_key)| {
-                let mut acc = Accepted::default();
-                for m in &batch.messages {
-                    let Some(key) = m.conversation_key() else {
-                        continue;
-                    };
-                    let dkey = format!("m:{}", m.wamid);
-                    if let Some(seen) = dedup.get(dkey.as_bytes())? {
-                        acc.duplicate_messages += 1;
-                        if let Some(seq) = dedup_seq(&seen)
-                            && let Some(raw) = inbox.get(be(seq))?
-                            && let Ok(rec) = serde_json::from_slice::<InboxRecord>(&raw)
-                        {
-                            acc.redelivered.push(rec);
+            .transaction(
+                |(dedup, inbox, outbox, wamid_index, windows, queue, by_key)| {
+                    let mut acc = Accepted::default();
+                    for m in &batch.messages {
+                        let Some(key) = m.conversation_key() else {
+                            continue;
+                        };
+                        let dkey = format!("m:{}", m.wamid);
+                        if let Some(seen) = dedup.get(dkey.as_bytes())? {
+                            acc.duplicate_messages += 1;
+                            if let Some(seq) = dedup_seq(&seen)
+                                && let Some(raw) = inbox.get(be(seq))?
+                                && let Ok(rec) = serde_json::from_slice::<InboxRecord>(&raw)
+                            {
+                                acc.redelivered.push(rec);
+                            }
+                            continue;
                         }
-                        continue;
+                        let seq = inbox.generate_id()?;
+                        let mut seen = be(now_s as u64).to_vec();
+                        seen.extend_from_slice(&be(seq));
+                        dedup.insert(dkey.as_bytes(), seen)?;
+                        let rec = InboxRecord {
+                            seq,
+                            key,
+                            message: m.clone(),
+                            received_at_ms,
+                            attempts: 0,
+                        };
+                        inbox.insert(&be(seq), json(&rec))?;
+                        by_key.insert(index_key(&rec.key, seq), &[])?;
+                        acc.new_messages.push(rec);
                     }
-                    let seq = inbox.generate_id()?;
-                    let mut seen = be(now_s as u64).to_vec();
-                    seen.extend_from_slice(&be(seq));
-                    dedup.insert(dkey.as_bytes(), seen)?;
-                    let rec = InboxRecord {
-                        seq,
-                        key,
-                        message: m.clone(),
-                        received_at_ms,
-                        attempts: 0,
-                    };
-                    inbox.insert(&be(seq), json(&rec))?;
-                    by_key.insert(index_key(&rec.key, seq), &[])?;
-                    acc.new_messages.push(rec);
-                }
-                for s in &batch.statuses {
-                    let dkey = format!("s:{}:{}", s.wamid, s.status);
-                    if dedup.get(dkey.as_bytes())?.is_some() {
-                        acc.duplicate_statuses += 1;
-                        continue;
-                    }
-                    dedup.insert(dkey.as_bytes(), &be(now_s as u64))?;
-                    match apply_status(outbox, wamid_index, windows, queue, s)? {
-                        StatusOutcome::Applied(closed) => {
-                            acc.statuses_applied += 1;
-                            acc.windows_closed.extend(closed);
+                    for s in &batch.statuses {
+                        let dkey = format!("s:{}:{}", s.wamid, s.status);
+                        if dedup.get(dkey.as_bytes())?.is_some() {
+                            acc.duplicate_statuses += 1;
+                            continue;
                         }
-                        StatusOutcome::Unmatched => acc.statuses_unmatched += 1,
+                        dedup.insert(dkey.as_bytes(), &be(now_s as u64))?;
+                        match apply_status(outbox, wamid_index, windows, queue, s)? {
+                            StatusOutcome::Applied(closed) => {
+                                acc.statuses_applied += 1;
+                                acc.windows_closed.extend(closed);
+                            }
+                            StatusOutcome::Unmatched => acc.statuses_unmatched += 1,
+                        }
                     }
-                }
-                Ok(acc)
-            })?;
+                    Ok(acc)
+                },
+            )?;
         Ok(out)
     }
 
@@ -529,19 +532,21 @@ impl Store {
     /// Returns whether it was still in the inbox.
     pub fn dead_letter_inbox(&self, seq: u64, reason: &str) -> Result<bool, StoreError> {
         self.write(|| {
-            Ok((&self.inbox, &self.inbox_by_key, &self.dead_letter).transaction(
-                |(inbox, by_key, dead)| {
-                    let Some(raw) = inbox.remove(&be(seq))? else {
-                        return Ok(false);
-                    };
-                    if let Ok(rec) = serde_json::from_slice::<InboxRecord>(&raw) {
-                        by_key.remove(index_key(&rec.key, seq))?;
-                    }
-                    let id = dead.generate_id()?;
-                    dead.insert(&be(id), json(&DeadLetter::new(&raw, reason)))?;
-                    Ok(true)
-                },
-            )?)
+            Ok(
+                (&self.inbox, &self.inbox_by_key, &self.dead_letter).transaction(
+                    |(inbox, by_key, dead)| {
+                        let Some(raw) = inbox.remove(&be(seq))? else {
+                            return Ok(false);
+                        };
+                        if let Ok(rec) = serde_json::from_slice::<InboxRecord>(&raw) {
+                            by_key.remove(index_key(&rec.key, seq))?;
+                        }
+                        let id = dead.generate_id()?;
+                        dead.insert(&be(id), json(&DeadLetter::new(&raw, reason)))?;
+                        Ok(true)
+                    },
+                )?,
+            )
         })
     }
 
@@ -628,7 +633,10 @@ impl Store {
                             inbox.remove(&be(seq))?;
                             by_key.remove(index_key(key, seq))?;
                             let id = dead.generate_id()?;
-                            dead.insert(&be(id), json(&DeadLetter::new(&raw, "corrupt inbox record")))?;
+                            dead.insert(
+                                &be(id),
+                                json(&DeadLetter::new(&raw, "corrupt inbox record")),
+                            )?;
                             continue;
                         };
                         if rec.attempts >= max_attempts {
@@ -696,30 +704,32 @@ impl Store {
         let mut n = 0;
         for chunk in old.chunks(SWEEP_CHUNK) {
             n += self.write(|| {
-                Ok((&self.outbox, &self.wamid_index, &self.outbox_queue).transaction(
-                    |(outbox, index, queue)| {
-                        let mut n = 0;
-                        for k in chunk {
-                            // Re-read inside the transaction: only what is still final goes.
-                            let Some(v) = outbox.get(k)? else { continue };
-                            let Ok(rec) = serde_json::from_slice::<OutboxRecord>(&v) else {
-                                continue;
-                            };
-                            if !is_final(&rec.state) {
-                                continue;
+                Ok(
+                    (&self.outbox, &self.wamid_index, &self.outbox_queue).transaction(
+                        |(outbox, index, queue)| {
+                            let mut n = 0;
+                            for k in chunk {
+                                // Re-read inside the transaction: only what is still final goes.
+                                let Some(v) = outbox.get(k)? else { continue };
+                                let Ok(rec) = serde_json::from_slice::<OutboxRecord>(&v) else {
+                                    continue;
+                                };
+                                if !is_final(&rec.state) {
+                                    continue;
+                                }
+                                outbox.remove(k.clone())?;
+                                queue.remove(k.clone())?;
+                                if let Some(w) = &rec.wamid
+                                    && index.get(w.as_bytes())?.as_deref() == Some(&k[..])
+                                {
+                                    index.remove(w.as_bytes())?;
+                                }
+                                n += 1;
                             }
-                            outbox.remove(k.clone())?;
-                            queue.remove(k.clone())?;
-                            if let Some(w) = &rec.wamid
-                                && index.get(w.as_bytes())?.as_deref() == Some(&k[..])
-                            {
-                                index.remove(w.as_bytes())?;
-                            }
-                            n += 1;
-                        }
-                        Ok(n)
-                    },
-                )?)
+                            Ok(n)
+                        },
+                    )?,
+                )
             })?;
         }
         Ok(n)
@@ -767,7 +777,9 @@ impl Store {
             }
             // Compare-and-swap: a turn that committed since we read it keeps its session.
             let removed = self.write(|| {
-                let r = self.sessions.compare_and_swap(&k, Some(&v), None::<&[u8]>)?;
+                let r = self
+                    .sessions
+                    .compare_and_swap(&k, Some(&v), None::<&[u8]>)?;
                 if r.is_ok() {
                     self.windows.remove(&k)?;
                 }
@@ -1149,17 +1161,23 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             let rec = accept_one(&store, "wamid.p", "1555");
             (key, seq) = (rec.key, rec.seq);
-            let a = store.begin_attempt(&key, &[seq], 3, |_| reply("sorry")).unwrap();
+            let a = store
+                .begin_attempt(&key, &[seq], 3, |_| reply("sorry"))
+                .unwrap();
             assert_eq!(a.records[0].attempts, 1);
             store.sync().await.unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.unfinished_for(&key).unwrap()[0].attempts, 1);
         for n in 2..=3 {
-            let a = store.begin_attempt(&key, &[seq], 3, |_| reply("sorry")).unwrap();
+            let a = store
+                .begin_attempt(&key, &[seq], 3, |_| reply("sorry"))
+                .unwrap();
             assert_eq!(a.records[0].attempts, n);
         }
-        let a = store.begin_attempt(&key, &[seq], 3, |_| reply("sorry")).unwrap();
+        let a = store
+            .begin_attempt(&key, &[seq], 3, |_| reply("sorry"))
+            .unwrap();
         assert!(a.records.is_empty());
         assert_eq!(a.dead_lettered.len(), 1);
         assert!(store.unfinished_for(&key).unwrap().is_empty());
@@ -1170,9 +1188,16 @@ mod tests {
         assert!(dead[0].body.contains("wamid.p"), "{:?}", dead[0]);
         let out = store.outbox_pending(10).unwrap();
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].body, OutboundBody::Text { body: "sorry".into() });
+        assert_eq!(
+            out[0].body,
+            OutboundBody::Text {
+                body: "sorry".into()
+            }
+        );
         // Nothing left to attempt: no second apology.
-        let a = store.begin_attempt(&key, &[seq], 3, |_| reply("sorry")).unwrap();
+        let a = store
+            .begin_attempt(&key, &[seq], 3, |_| reply("sorry"))
+            .unwrap();
         assert!(a.records.is_empty() && a.dead_lettered.is_empty());
         assert_eq!(store.outbox_pending_count(), 1);
     }
@@ -1184,7 +1209,10 @@ mod tests {
         let (_d, store) = open();
         let good = accept_one(&store, "wamid.g", "1555");
         let bad_seq = store.db.generate_id().unwrap();
-        store.inbox.insert(be(bad_seq), &b"{\"seq\":\xff"[..]).unwrap();
+        store
+            .inbox
+            .insert(be(bad_seq), &b"{\"seq\":\xff"[..])
+            .unwrap();
         store
             .inbox_by_key
             .insert(index_key(&good.key, bad_seq), &[])
@@ -1253,7 +1281,11 @@ mod tests {
         let marked = store.mark_sending(ids[0], 1234).unwrap().unwrap();
         assert_eq!(marked.sending_since_ms, Some(1234));
         assert_eq!(
-            store.outbox_record(ids[0]).unwrap().unwrap().sending_since_ms,
+            store
+                .outbox_record(ids[0])
+                .unwrap()
+                .unwrap()
+                .sending_since_ms,
             Some(1234)
         );
         let status = parse_webhook(
@@ -1349,7 +1381,11 @@ mod tests {
         accept_one(&store, "wamid.n", "1555");
         store.dedup.insert("m:wamid.legacy", &be(100)).unwrap();
         let now_s = now_ms() / 1000;
-        assert_eq!(store.sweep_dedup(now_s - 60).unwrap(), 1, "only the legacy one");
+        assert_eq!(
+            store.sweep_dedup(now_s - 60).unwrap(),
+            1,
+            "only the legacy one"
+        );
         assert_eq!(store.sweep_dedup(now_s + 60).unwrap(), 1);
         assert_eq!(store.dedup.len(), 0);
         let r = Retention {
