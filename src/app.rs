@@ -143,20 +143,29 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let system = self.system.clone();
-        let retention = self.cfg.storage.dedup_retention;
+        let retention = self.cfg.storage.retention();
         let sweeper = tokio::spawn({
             let store = system.store.clone();
             async move {
                 let mut every = tokio::time::interval(Duration::from_secs(3600));
                 loop {
                     every.tick().await;
-                    let cutoff = sandra_actors::store::now_ms() / 1000 - retention.as_secs() as i64;
-                    match store.sweep_dedup(cutoff) {
-                        Ok(n) if n > 0 => {
-                            tracing::info!(removed = n, "expired dedup entries swept")
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::error!(error = %e, "dedup sweep failed"),
+                    // Sweeps walk whole trees with blocking sled calls: off the runtime.
+                    let (store, retention) = (store.clone(), retention.clone());
+                    let swept = tokio::task::spawn_blocking(move || {
+                        store.sweep(&retention, sandra_actors::store::now_ms())
+                    })
+                    .await;
+                    match swept {
+                        Ok(Ok(r)) => tracing::info!(
+                            dedup = r.dedup,
+                            outbox = r.outbox,
+                            dead_letters = r.dead_letters,
+                            sessions = r.sessions,
+                            "retention sweep done"
+                        ),
+                        Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
+                        Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
                     }
                 }
             }

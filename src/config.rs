@@ -283,6 +283,16 @@ pub struct StorageConfig {
     /// How long message ids are remembered for de-duplication (at least 7 days).
     #[serde(with = "humantime_serde")]
     pub dedup_retention: Duration,
+    /// How long sent or failed replies are kept (at least 1 day: late status webhooks need them).
+    #[serde(with = "humantime_serde")]
+    pub outbox_retention: Duration,
+    /// How long dead-lettered bodies are kept for a human to look at (at least 1 day).
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_retention: Duration,
+    /// How long an idle conversation's memory is kept; zero keeps it forever (else at least
+    /// 1 day).
+    #[serde(with = "humantime_serde")]
+    pub session_retention: Duration,
 }
 
 impl Default for StorageConfig {
@@ -290,6 +300,21 @@ impl Default for StorageConfig {
         Self {
             data_dir: PathBuf::from("data"),
             dedup_retention: Duration::from_secs(8 * 24 * 3600),
+            outbox_retention: Duration::from_secs(30 * 24 * 3600),
+            dead_letter_retention: Duration::from_secs(30 * 24 * 3600),
+            session_retention: Duration::from_secs(365 * 24 * 3600),
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The retention policy the store's sweeper applies.
+    pub fn retention(&self) -> sandra_actors::store::Retention {
+        sandra_actors::store::Retention {
+            dedup: self.dedup_retention,
+            outbox: self.outbox_retention,
+            dead_letter: self.dead_letter_retention,
+            session: (!self.session_retention.is_zero()).then_some(self.session_retention),
         }
     }
 }
@@ -535,6 +560,26 @@ impl Config {
                 "must be at least 7d: Meta retries webhooks for up to 7 days",
             ));
         }
+        let day = Duration::from_secs(24 * 3600);
+        if self.storage.outbox_retention < day {
+            return Err(key_err(
+                "storage.outbox_retention",
+                "must be at least 1d: status webhooks for a reply can arrive a day later",
+            ));
+        }
+        if self.storage.dead_letter_retention < day {
+            return Err(key_err(
+                "storage.dead_letter_retention",
+                "must be at least 1d, so someone can look at what was dead-lettered",
+            ));
+        }
+        let s = self.storage.session_retention;
+        if !s.is_zero() && s < day {
+            return Err(key_err(
+                "storage.session_retention",
+                "must be 0 (keep forever) or at least 1d: it deletes conversation memory",
+            ));
+        }
         if self.server.max_in_flight == 0 {
             return Err(key_err("server.max_in_flight", "must be at least 1"));
         }
@@ -744,6 +789,29 @@ mod tests {
     }
 
     #[test]
+    fn retention_keys_are_validated() {
+        let err = |toml: &str| {
+            Config::from_toml(toml, "c")
+                .and_then(|c| c.validate().map(|()| c))
+                .err()
+                .map(|e| e.to_string())
+        };
+        let e = err("[storage]\ndedup_retention = \"3days\"\n").unwrap();
+        assert!(e.contains("storage.dedup_retention"), "{e}");
+        let e = err("[storage]\noutbox_retention = \"1h\"\n").unwrap();
+        assert!(e.contains("storage.outbox_retention"), "{e}");
+        let e = err("[storage]\ndead_letter_retention = \"10min\"\n").unwrap();
+        assert!(e.contains("storage.dead_letter_retention"), "{e}");
+        let e = err("[storage]\nsession_retention = \"2h\"\n").unwrap();
+        assert!(e.contains("storage.session_retention"), "{e}");
+        let forever = Config::from_toml("[storage]\nsession_retention = \"0s\"\n", "c").unwrap();
+        forever.validate().unwrap();
+        assert_eq!(forever.storage.retention().session, None);
+        let d = Config::default().storage.retention();
+        assert_eq!(d.session, Some(Duration::from_secs(365 * 24 * 3600)));
+    }
+
+    #[test]
     fn env_overrides_file_and_secrets_stay_hidden() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
@@ -849,6 +917,12 @@ mod tests {
         assert_eq!(c.server.request_timeout, d.server.request_timeout);
         assert_eq!(c.server.max_connections, d.server.max_connections);
         assert_eq!(c.limits.policy(), d.limits.policy());
+        assert_eq!(c.storage.outbox_retention, d.storage.outbox_retention);
+        assert_eq!(
+            c.storage.dead_letter_retention,
+            d.storage.dead_letter_retention
+        );
+        assert_eq!(c.storage.session_retention, d.storage.session_retention);
         let _ = Config::load_with_env(None, no_env).unwrap();
     }
 }

@@ -380,10 +380,14 @@ async fn receive(State(st): State<HttpState>, headers: HeaderMap, body: Body) ->
     for key in &accepted.windows_closed {
         tracing::info!(%key, "Meta closed the 24-hour window (131047)");
     }
-    if !accepted.new_messages.is_empty() {
+    if !accepted.new_messages.is_empty() || !accepted.redelivered.is_empty() {
         match st.system.router.try_get() {
             Some(router) => {
-                for rec in accepted.new_messages {
+                for rec in accepted
+                    .new_messages
+                    .into_iter()
+                    .chain(accepted.redelivered)
+                {
                     tracing::debug!(wamid = %rec.message.wamid, key = %rec.key, "routing");
                     // If the router is restarting, the message is durable in the inbox and
                     // the new router replays it.

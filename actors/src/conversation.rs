@@ -13,7 +13,10 @@
 //!
 //! Exactly-once: a message stays in the store's inbox until the transaction that stores the
 //! reply in the outbox and the new session state also removes it. A crash before that replays
-//! it (the next incarnation reloads the inbox in `pre_start`); a crash after never does.
+//! it (the next incarnation reloads the inbox in `pre_start`); a crash after never does. Each
+//! turn first counts an attempt on its records durably; a record that already had
+//! `max_attempts` (a poison message, even one that kills the process) is dead-lettered with one
+//! apology instead (see `Store::begin_attempt`).
 //! Messages are answered in timestamp order; messages that arrive while a turn is in progress are
 //! answered together in the next turn.
 
@@ -74,6 +77,8 @@ pub struct ConversationArgs {
     pub voice: Option<VoiceSupport>,
     /// Allow/block lists, per-sender rates and per-turn caps, shared by every conversation.
     pub limits: Arc<Limits>,
+    /// Turns a message may start (crashes included) before it is dead-lettered with an apology.
+    pub max_attempts: u32,
 }
 
 /// What a conversation needs to answer voice notes: the media client and the transcriber.
@@ -113,7 +118,8 @@ pub enum ConversationMsg {
     Inbound(Box<InboxRecord>),
     /// The turn task finished (or panicked: `None`).
     TurnDone(Option<TurnOutcome>),
-    /// Retry committing after a storage error.
+    /// Retry committing after a storage error, or start the next turn (what waited behind the
+    /// batch cap, or an attempt that could not be recorded).
     RetryCommit,
     /// The router's idle sweep: stop if nothing is pending, else decline.
     Passivate,
@@ -174,7 +180,7 @@ impl Actor for Conversation {
         myself: ActorRef<Self::Msg>,
         state: &mut ConversationState,
     ) -> Result<(), ActorProcessingErr> {
-        start_turn(&myself, state);
+        start_turn(&myself, state).await;
         Ok(())
     }
 
@@ -202,7 +208,7 @@ impl Actor for Conversation {
                 };
                 if !known && unfinished {
                     state.pending.insert((rec.message.timestamp, seq), *rec);
-                    start_turn(&myself, state);
+                    start_turn(&myself, state).await;
                 }
             }
             ConversationMsg::TurnDone(Some(outcome)) => {
@@ -237,6 +243,9 @@ impl Actor for Conversation {
             ConversationMsg::RetryCommit => {
                 if let Some((flight, reply)) = state.uncommitted.take() {
                     finish_turn(&myself, state, flight, reply).await;
+                } else {
+                    // Starting an attempt failed to reach the store: try again.
+                    start_turn(&myself, state).await;
                 }
             }
             ConversationMsg::Passivate => {
@@ -372,12 +381,78 @@ fn addressed_in_group(m: &InboundMessage, policy: &ConversationPolicy) -> bool {
             && text.contains(&format!("@{}", m.display_phone_number)))
 }
 
+const POISON_APOLOGY: &str =
+    "Sorry, I couldn't process one of your messages. Please try sending it differently.";
+
 /// Starts answering everything pending, if no turn is in progress.
-fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState) {
+async fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState) {
     if state.in_flight.is_some() || state.uncommitted.is_some() || state.pending.is_empty() {
         return;
     }
-    let records: Vec<InboxRecord> = std::mem::take(&mut state.pending).into_values().collect();
+    // At most `max_batch_inputs` messages a turn; the rest wait in `pending` (and the inbox).
+    // The cut comes before the attempt is counted, so a message that waits is not charged an
+    // attempt it never had.
+    let max_batch = state.args.limits.policy().max_batch_inputs.max(1);
+    let mut taken = BTreeMap::new();
+    while taken.len() < max_batch {
+        let Some((k, rec)) = state.pending.pop_first() else {
+            break;
+        };
+        taken.insert(k, rec);
+    }
+    // Count this attempt durably before any work, so a message that kills the whole process
+    // is given up after `max_attempts` instead of replayed forever.
+    let seqs: Vec<u64> = taken.values().map(|r| r.seq).collect();
+    let store = state.args.store.clone();
+    let session = state.session.as_ref();
+    let apology = |rec: &InboxRecord| {
+        let mut target = session.map_or_else(|| rec.message.reply_target(), |s| s.target.clone());
+        refresh_target(&mut target, &rec.message);
+        let last = session.and_then(|s| s.last_inbound_at);
+        NewOutbound {
+            target,
+            body: OutboundBody::Text {
+                body: POISON_APOLOGY.into(),
+            },
+            context_message_id: Some(rec.message.wamid.clone()),
+            window_expires_at: Some(
+                last.map_or(rec.message.timestamp, |t| t.max(rec.message.timestamp)) + 24 * 3600,
+            ),
+        }
+    };
+    let begun = store.begin_attempt(&state.args.key, &seqs, state.args.max_attempts, apology);
+    let attempt = match begun {
+        Ok(a) => store.sync().await.map(|()| a),
+        Err(e) => Err(e),
+    };
+    let records: Vec<InboxRecord> = match attempt {
+        Ok(a) => {
+            if !a.dead_lettered.is_empty() {
+                for r in &a.dead_lettered {
+                    tracing::error!(key = %state.args.key, wamid = %r.message.wamid, attempts = r.attempts, "message failed every attempt; moved to dead-letter and the user was told");
+                }
+                Metrics::add(
+                    &state.args.metrics.poison_messages,
+                    a.dead_lettered.len() as u64,
+                );
+                let _ = state.args.sender.get().cast(SenderMsg::Kick);
+            }
+            a.records
+        }
+        Err(e) => {
+            tracing::error!(key = %state.args.key, error = %e, "recording a turn attempt failed; retrying in 1 s");
+            state.pending.extend(taken);
+            myself.send_after(Duration::from_secs(1), || ConversationMsg::RetryCommit);
+            return;
+        }
+    };
+    if records.is_empty() {
+        // Everything taken was dead-lettered; what waits behind the batch cap goes next.
+        if !state.pending.is_empty() {
+            let _ = myself.cast(ConversationMsg::RetryCommit);
+        }
+        return;
+    }
     let policy = state.args.policy.clone();
     let session = state.session.get_or_insert_with(|| {
         SessionState::new(state.args.key.clone(), records[0].message.reply_target())
@@ -390,13 +465,7 @@ fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
         voice: Vec::new(),
     };
     let limits = state.args.limits.clone();
-    let max_batch = limits.policy().max_batch_inputs.max(1);
     for rec in records {
-        // A full batch: the rest wait in `pending` (and the inbox) for the next turn, unjudged.
-        if flight.inputs.len() >= max_batch {
-            state.pending.insert((rec.message.timestamp, rec.seq), rec);
-            continue;
-        }
         let m = &rec.message;
         let sender_id = m
             .from
@@ -762,7 +831,7 @@ async fn finish_turn(
             if !replies.is_empty() {
                 let _ = state.args.sender.get().cast(SenderMsg::Kick);
             }
-            start_turn(myself, state);
+            start_turn(myself, state).await;
         }
         Err(e) => {
             tracing::error!(key = %state.args.key, error = %e, "committing a turn failed; retrying in 1 s");

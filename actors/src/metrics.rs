@@ -45,7 +45,7 @@ counters! {
     conversations_spawned: "conversation actors started",
     conversations_passivated: "idle conversation actors stopped",
     conversations_failed: "conversation actors that crashed and were restarted",
-    poison_messages: "messages moved to dead-letter after crashing their conversation repeatedly",
+    poison_messages: "messages moved to dead-letter (with an apology) after every attempt crashed",
     sends_ok: "messages accepted by the Graph API",
     sends_retried: "send attempts that failed transiently and will be retried",
     sends_failed: "messages that failed permanently",

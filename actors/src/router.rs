@@ -1,8 +1,8 @@
 //! The router: owns the lifecycle of conversation actors.
 //!
 //! - Owns: `live` (key → conversation actor), `by_id` (actor id → key, to map supervision events
-//!   back), `passivating` (keys being stopped, with messages buffered for their next incarnation)
-//!   and per-key failure history (crash-loop protection).
+//!   back) and `passivating` (keys being stopped, with messages buffered for their next
+//!   incarnation).
 //! - Takes: [`RouterMsg::Route`] from the webhook handler, [`RouterMsg::Sweep`] from its own
 //!   interval, [`RouterMsg::PassivateDeclined`] from conversations that were still busy.
 //! - Supervises: every conversation (spawned linked and unnamed; only the router decides spawns,
@@ -13,8 +13,10 @@
 //! Passivation: an idle conversation is asked to stop; messages for it that arrive meanwhile are
 //! buffered here and replayed into a fresh incarnation once it has stopped (which reloads its
 //! session from the store), so none is lost to the stop. A conversation that fails is
-//! re-created from its stored state at once if it has unanswered messages; one that fails
-//! `max_failures` times within a minute has its oldest unanswered message moved to dead-letter.
+//! re-created from its stored state at once if it has unanswered messages. Crash loops end in
+//! the conversation, not here: every turn counts an attempt on its messages durably, and a
+//! message that used up `max_failures` attempts is dead-lettered with an apology. Counting in
+//! the store, not in this actor's memory, also ends loops that kill the whole process.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,6 +60,8 @@ pub struct RouterArgs {
     pub policy: ConversationPolicy,
     pub idle_timeout: Duration,
     pub sweep_every: Duration,
+    /// Turns a message may start (crashes of a conversation or of the process included) before
+    /// it is dead-lettered.
     pub max_failures: usize,
     pub voice: Option<crate::conversation::VoiceSupport>,
     /// Shared by every conversation: one sender is one sender across chats.
@@ -76,7 +80,6 @@ pub struct RouterState {
     live: HashMap<ConversationKey, Entry>,
     by_id: HashMap<ActorId, ConversationKey>,
     passivating: HashMap<ConversationKey, (ConversationRef, Vec<InboxRecord>)>,
-    failures: HashMap<ConversationKey, Vec<Instant>>,
 }
 
 impl Actor for Router {
@@ -95,7 +98,6 @@ impl Actor for Router {
             live: HashMap::new(),
             by_id: HashMap::new(),
             passivating: HashMap::new(),
-            failures: HashMap::new(),
         })
     }
 
@@ -105,8 +107,13 @@ impl Actor for Router {
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
         // Replay: every conversation with unanswered messages (after a crash or restart) is
-        // started now; it reloads those messages from the inbox itself.
-        let unfinished = state.args.store.unfinished()?;
+        // started now; it reloads those messages from the inbox itself. Corrupt records are
+        // dead-lettered by the store; a storage error is logged, not fatal: the messages stay in
+        // the inbox and a new webhook for the chat, or the next restart, picks them up.
+        let unfinished = state.args.store.unfinished().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading the inbox for replay failed");
+            Vec::new()
+        });
         let mut keys: Vec<ConversationKey> = unfinished.into_iter().map(|r| r.key).collect();
         keys.sort();
         keys.dedup();
@@ -211,26 +218,9 @@ impl Actor for Router {
                     .remove(&key)
                     .map(|(_, b)| b)
                     .unwrap_or_default();
-                let now = Instant::now();
-                let recent = state.failures.entry(key.clone()).or_default();
-                recent.retain(|t| now.duration_since(*t) < Duration::from_secs(60));
-                recent.push(now);
-                if recent.len() >= state.args.max_failures {
-                    recent.clear();
-                    // Crash loop: the oldest unanswered message is the likely poison.
-                    if let Ok(unfinished) = state.args.store.unfinished_for(&key)
-                        && let Some(first) = unfinished
-                            .iter()
-                            .min_by_key(|r| (r.message.timestamp, r.seq))
-                    {
-                        tracing::error!(%key, wamid = %first.message.wamid, "message crashed its conversation repeatedly; moved to dead-letter");
-                        Metrics::inc(&state.args.metrics.poison_messages);
-                        let _ = state
-                            .args
-                            .store
-                            .dead_letter_inbox(first.seq, "crashed its conversation repeatedly");
-                    }
-                }
+                // No crash-loop bookkeeping here: the failed turn already counted an attempt on
+                // its messages in the store, and the new incarnation dead-letters any message
+                // that used up its attempts.
                 let has_work = !buffer.is_empty()
                     || state
                         .args
@@ -286,6 +276,7 @@ async fn spawn_conversation(
         policy: state.args.policy.clone(),
         voice: state.args.voice.clone(),
         limits: state.args.limits.clone(),
+        max_attempts: u32::try_from(state.args.max_failures).unwrap_or(u32::MAX),
     };
     let (actor, _) = Actor::spawn_linked(None, Conversation, args, myself.get_cell()).await?;
     state.by_id.insert(actor.get_id(), key.clone());

@@ -12,11 +12,14 @@
 //!   what cannot succeed.
 //!
 //! Durability: replies are in the outbox (sled) before this actor hears of them; the outbox
-//! record moves Pending → Sent/Failed in one transaction when the Graph API answers. A crash
-//! between the HTTP call and that write would resend after restart; Meta has no idempotency key,
-//! so each message carries `biz_opaque_callback_data = sandra:<id>` and a status webhook for it
-//! marks the record sent (see `store::apply_status`). After a timeout the retry waits
-//! `reconcile_wait` so that webhook can arrive first.
+//! record moves Pending → Sent/Failed in one transaction when the Graph API answers. Meta has no
+//! idempotency key, so each message carries `biz_opaque_callback_data = sandra:<id>` and a
+//! status webhook for it marks the record sent (see `store::apply_status`). Before each Graph
+//! call the record gets `sending_since_ms`, made durable (one small transaction, then a group
+//! `sync`) before the call starts; the call's outcome clears it. A record found with it after a
+//! crash (of this actor or of the process) is not sent again until `reconcile_wait` has passed
+//! since that time, so the status webhook of a send Meta took can settle it first. After a
+//! timeout the retry waits `reconcile_wait` for the same reason.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -166,6 +169,9 @@ impl Actor for Sender {
                 let stale = state
                     .last_reload
                     .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+                if stale {
+                    prune_recipients(state, Instant::now());
+                }
                 pump(&myself, state, stale);
             }
             SenderMsg::Typing { wamid } => {
@@ -256,9 +262,25 @@ fn take_slot(state: &mut SenderState, now: Instant) -> bool {
     }
 }
 
+/// Gives back a slot taken for a call that did not start.
+fn release_slot(state: &mut SenderState) {
+    state.calls_in_flight = state.calls_in_flight.saturating_sub(1);
+}
+
 fn call_completed(state: &mut SenderState) {
     state.calls_in_flight = state.calls_in_flight.saturating_sub(1);
     state.window.push_back(Instant::now());
+}
+
+/// Forgets recipients with no send inside their window, so the map holds only recent ones.
+fn prune_recipients(state: &mut SenderState, now: Instant) {
+    let window = state.args.pacing.recipient_window;
+    state.per_recipient.retain(|_, q| {
+        while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            q.pop_front();
+        }
+        !q.is_empty()
+    });
 }
 
 fn recipient_allows(state: &mut SenderState, recipient: &str, now: Instant) -> bool {
@@ -317,9 +339,17 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
         if state.in_flight.len() >= state.args.pacing.max_in_flight {
             break;
         }
+        let reconcile_ms = state.args.pacing.reconcile_wait.as_millis() as i64;
         let (id, recipient, next_at) = {
             let r = &state.cache[i];
-            (r.id, r.target.recipient_key(), r.next_attempt_at_ms)
+            // A send that was under way when we crashed: give its status webhook time to
+            // settle the record before sending again.
+            let marked = r.sending_since_ms.map_or(i64::MIN, |t| t + reconcile_ms);
+            (
+                r.id,
+                r.target.recipient_key(),
+                r.next_attempt_at_ms.max(marked),
+            )
         };
         i += 1;
         if state.in_flight.contains(&id)
@@ -347,25 +377,45 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
             blocked.insert(recipient);
             continue;
         }
-        // The cache may be stale: a status webhook can have settled this record meanwhile.
-        let rec = match state.args.store.outbox_record(id) {
-            Ok(Some(fresh)) if fresh.state == OutboxState::Pending => fresh,
-            _ => {
-                settled.insert(id);
-                continue;
-            }
-        };
         if !take_slot(state, now) {
             break;
         }
+        // Mark the record as being sent (this also re-reads it: the cache may be stale, and a
+        // status webhook can have settled it meanwhile).
+        let rec = match state.args.store.mark_sending(id, now_wall) {
+            Ok(Some(fresh)) => fresh,
+            Ok(None) => {
+                release_slot(state);
+                settled.insert(id);
+                continue;
+            }
+            Err(e) => {
+                release_slot(state);
+                tracing::error!(id, error = %e, "marking a send failed; will retry");
+                break;
+            }
+        };
         tracing::debug!(id, %recipient, attempt = rec.attempts + 1, "sending");
         state.in_flight.insert(id);
         state.busy_recipients.insert(recipient.clone());
         blocked.insert(recipient.clone());
         let graph = state.args.graph.clone();
+        let store = state.args.store.clone();
         let me = myself.clone();
         tokio::spawn(async move {
-            let result = graph.send(&rec).await;
+            // The marker must be on disk before Meta can have the message.
+            let result = match store.sync().await {
+                Ok(()) => graph.send(&rec).await,
+                Err(e) => Err(GraphError {
+                    http_status: None,
+                    code: None,
+                    subcode: None,
+                    message: format!("not sent: storing the send marker failed: {e}"),
+                    details: None,
+                    retry_after: None,
+                    timed_out: false,
+                }),
+            };
             let _ = me.cast(SenderMsg::Done {
                 id: rec.id,
                 recipient,
@@ -418,6 +468,8 @@ fn finish_send(
         // A status webhook reconciled it meanwhile.
         return Ok(Some(rec));
     }
+    // The outcome is known: the record no longer needs reconciling before its next send.
+    rec.sending_since_ms = None;
     let m = &state.args.metrics;
     match result {
         Ok(wamid) => {

@@ -1,22 +1,37 @@
 //! The store: Sandra's only door to sled.
 //!
 //! Trees:
-//! - `dedup`: `m:<wamid>` / `s:<wamid>:<status>` → first-seen unix seconds. Kept for at least the
-//!   configured retention (≥ 7 days, Meta's retry horizon), then swept.
+//! - `dedup`: `m:<wamid>` → first-seen unix seconds and the message's inbox seq (both big-endian;
+//!   older databases hold the seconds alone), `s:<wamid>:<status>` → first-seen unix seconds.
+//!   Kept for at least the configured retention (≥ 7 days, Meta's retry horizon), then swept.
 //! - `inbox`: big-endian seq → [`InboxRecord`]. An accepted message lives here until the turn that
-//!   answers it commits; after a crash everything still here is replayed.
+//!   answers it commits; after a crash everything still here is replayed. `inbox_by_key`:
+//!   conversation key, NUL, big-endian seq → nothing: the same records by conversation, kept in
+//!   the same transactions (rebuilt on open for databases that predate it).
 //! - `sessions`: conversation key → [`SessionState`].
 //! - `outbox`: big-endian id → [`OutboxRecord`]; `outbox_queue`: ids still to send;
 //!   `wamid_index`: wamid Meta gave a sent message → outbox id (for status webhooks).
 //! - `windows`: conversation key → unix seconds at which Meta told us (131047) that the
 //!   customer-service window is closed.
-//! - `dead_letter`: big-endian id → bodies we accepted but could not use (not JSON, poison
-//!   messages), with the reason.
+//! - `dead_letter`: big-endian id → [`DeadLetter`]: bodies we accepted but could not use (not
+//!   JSON, corrupt inbox records, poison messages), with the reason.
 //!
 //! Every durable state change is one sled transaction. sled commits transactions to memory and
 //! writes them out in the background, so callers that promise durability (the webhook 200, a
-//! finished turn) call [`Store::sync`], which shares one `fsync` among concurrent callers (group
-//! commit).
+//! finished turn, a send about to start) call [`Store::sync`], which shares one `fsync` among
+//! concurrent callers (group commit).
+//!
+//! Exactly-once invariants (the crash tests rely on these):
+//! - A message is in the inbox from the webhook's 200 until the transaction that stores its
+//!   reply (or its dead-letter record and apology) removes it; it is answered at most once.
+//! - Each attempt at a turn first increments its records' `attempts` durably
+//!   ([`Store::begin_attempt`]); a record that already had `max_attempts` attempts — crashes of
+//!   the whole process included — is dead-lettered with one apology instead of being tried again.
+//! - A write is counted as unsynced *before* it can be seen by anyone (see [`Store::sync`]), so
+//!   a duplicate delivery is acknowledged only once its first copy is durable.
+//! - An outbox record carries `sending_since_ms`, made durable before its Graph call starts and
+//!   cleared with the call's outcome; a record found with it after a crash waits for the status
+//!   webhook (`reconcile_wait`) before it is sent again.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +78,10 @@ pub struct InboxRecord {
     pub message: InboundMessage,
     /// Unix milliseconds at which the webhook was accepted.
     pub received_at_ms: i64,
+    /// Turns started for this message (counted durably before each starts, so crashes of the
+    /// whole process count too).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// What a reply says.
@@ -104,6 +123,11 @@ pub struct OutboxRecord {
     pub wamid: Option<String>,
     pub status: Option<DeliveryStatus>,
     pub last_error: Option<String>,
+    /// Set (durably) just before a Graph call for this record starts and cleared with its
+    /// outcome. Found set after a crash, it means Meta may have the message: the sender waits
+    /// `reconcile_wait` from this time for the status webhook before sending again.
+    #[serde(default)]
+    pub sending_since_ms: Option<i64>,
 }
 
 /// A reply to put in the outbox (the store assigns the id).
@@ -120,6 +144,9 @@ pub struct NewOutbound {
 pub struct Accepted {
     /// Messages seen for the first time, now durable in the inbox (after [`Store::sync`]).
     pub new_messages: Vec<InboxRecord>,
+    /// Duplicates whose first copy is still unanswered in the inbox: route them again, in case
+    /// the first routing was lost (conversations ignore a seq they already hold).
+    pub redelivered: Vec<InboxRecord>,
     pub duplicate_messages: usize,
     pub statuses_applied: usize,
     pub duplicate_statuses: usize,
@@ -129,20 +156,81 @@ pub struct Accepted {
     pub windows_closed: Vec<ConversationKey>,
 }
 
+/// What [`Store::begin_attempt`] did with a turn's records.
+#[derive(Debug, Default)]
+pub struct Attempt {
+    /// Records to answer now, with `attempts` already incremented durably (after a sync).
+    pub records: Vec<InboxRecord>,
+    /// Records that had used up their attempts: moved to dead-letter, with one apology each in
+    /// the outbox.
+    pub dead_lettered: Vec<InboxRecord>,
+}
+
+/// A dead-letter record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub at_ms: i64,
+    pub reason: String,
+    /// The body as text (lossy if it was not UTF-8).
+    pub body: String,
+    /// The exact bytes in hex, when they were not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_hex: Option<String>,
+}
+
+impl DeadLetter {
+    fn new(body: &[u8], reason: &str) -> Self {
+        let body_hex = std::str::from_utf8(body)
+            .is_err()
+            .then(|| body.iter().map(|b| format!("{b:02x}")).collect());
+        Self {
+            at_ms: now_ms(),
+            reason: reason.to_string(),
+            body: String::from_utf8_lossy(body).into_owned(),
+            body_hex,
+        }
+    }
+}
+
+/// How long finished data is kept (from `[storage]` in config.toml).
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// Dedup entries (≥ 7 days: Meta retries webhooks that long).
+    pub dedup: std::time::Duration,
+    /// Outbox records in a final state (sent or failed), by creation time.
+    pub outbox: std::time::Duration,
+    pub dead_letter: std::time::Duration,
+    /// Sessions whose last inbound message is older than this; `None` keeps them forever.
+    pub session: Option<std::time::Duration>,
+}
+
+/// What one [`Store::sweep`] removed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SweepReport {
+    pub dedup: usize,
+    pub outbox: usize,
+    pub dead_letters: usize,
+    pub sessions: usize,
+}
+
 pub struct Store {
     db: sled::Db,
     dedup: sled::Tree,
     inbox: sled::Tree,
+    inbox_by_key: sled::Tree,
     sessions: sled::Tree,
     outbox: sled::Tree,
     outbox_queue: sled::Tree,
     wamid_index: sled::Tree,
     windows: sled::Tree,
     dead_letter: sled::Tree,
-    /// Bumped after every committed write; see [`Store::sync`].
+    /// Bumped when a write starts, before it can become visible; see [`Store::sync`].
     written: AtomicU64,
     /// The highest `written` value known to be on disk.
     synced: AtomicU64,
+    /// Writes hold it shared while they run; `sync` takes it exclusively for an instant so that
+    /// every write it counts has finished committing before the flush starts.
+    gate: std::sync::RwLock<()>,
     sync_lock: tokio::sync::Mutex<()>,
 }
 
@@ -163,6 +251,68 @@ fn json<T: Serialize>(v: &T) -> Vec<u8> {
 fn from_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
     Ok(serde_json::from_slice(b)?)
 }
+
+/// The `inbox_by_key` entry of one inbox record. Keys never contain NUL, so the prefix of one
+/// key is never the prefix of another.
+fn index_key(key: &ConversationKey, seq: u64) -> Vec<u8> {
+    let mut k = index_prefix(key);
+    k.extend_from_slice(&be(seq));
+    k
+}
+
+fn index_prefix(key: &ConversationKey) -> Vec<u8> {
+    let mut k = key.as_str().as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+/// The seq at the end of an `inbox_by_key` entry.
+fn index_seq(k: &[u8]) -> Option<u64> {
+    let tail = k.len().checked_sub(8).map(|at| &k[at..])?;
+    tail.try_into().ok().map(u64::from_be_bytes)
+}
+
+/// The first 8 bytes of a dedup value: first-seen unix seconds.
+fn dedup_seen_s(v: &[u8]) -> i64 {
+    v.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0) as i64
+}
+
+/// The inbox seq stored with a message's dedup entry, if it has one.
+fn dedup_seq(v: &[u8]) -> Option<u64> {
+    v.get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+}
+
+fn new_outbox_record(id: u64, key: &ConversationKey, r: &NewOutbound, now: i64) -> OutboxRecord {
+    OutboxRecord {
+        id,
+        key: key.clone(),
+        target: r.target.clone(),
+        body: r.body.clone(),
+        context_message_id: r.context_message_id.clone(),
+        idempotency_key: format!("sandra:{id}"),
+        window_expires_at: r.window_expires_at,
+        state: OutboxState::Pending,
+        attempts: 0,
+        next_attempt_at_ms: now,
+        created_at_ms: now,
+        wamid: None,
+        status: None,
+        last_error: None,
+        sending_since_ms: None,
+    }
+}
+
+fn is_final(state: &OutboxState) -> bool {
+    !matches!(state, OutboxState::Pending)
+}
+
+/// How many keys a sweep removes per write, so a big sweep never holds up a webhook's sync.
+const SWEEP_CHUNK: usize = 512;
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -186,9 +336,10 @@ impl Store {
                 path: dir.display().to_string(),
                 reason: e.to_string(),
             })?;
-        Ok(Self {
+        let store = Self {
             dedup: db.open_tree("dedup")?,
             inbox: db.open_tree("inbox")?,
+            inbox_by_key: db.open_tree("inbox_by_key")?,
             sessions: db.open_tree("sessions")?,
             outbox: db.open_tree("outbox")?,
             outbox_queue: db.open_tree("outbox_queue")?,
@@ -198,17 +349,51 @@ impl Store {
             db,
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
+            gate: std::sync::RwLock::new(()),
             sync_lock: tokio::sync::Mutex::new(()),
-        })
+        };
+        store.build_inbox_index()?;
+        Ok(store)
     }
 
-    fn wrote(&self) {
+    /// Databases written before `inbox_by_key` existed: index their inbox once.
+    fn build_inbox_index(&self) -> Result<(), StoreError> {
+        if !self.inbox_by_key.is_empty() || self.inbox.is_empty() {
+            return Ok(());
+        }
+        let mut n = 0;
+        self.write(|| {
+            for v in self.inbox.iter().values() {
+                // Corrupt records stay unindexed; `unfinished` dead-letters them.
+                if let Ok(rec) = from_json::<InboxRecord>(&v?) {
+                    self.inbox_by_key
+                        .insert(index_key(&rec.key, rec.seq), &[])?;
+                    n += 1;
+                }
+            }
+            Ok(())
+        })?;
+        tracing::info!(records = n, "indexed the inbox by conversation");
+        Ok(())
+    }
+
+    /// Runs one write. It is counted as unsynced before it starts, so anyone who sees its effect
+    /// (a duplicate delivery finding the first copy) and then calls [`Store::sync`] waits for a
+    /// flush that covers it.
+    fn write<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let _shared = self.gate.read().unwrap_or_else(|e| e.into_inner());
         self.written.fetch_add(1, Ordering::SeqCst);
+        f()
     }
 
-    /// Makes every write committed before this call durable. Concurrent callers share one flush:
-    /// whoever holds the lock flushes everything written so far, and callers whose writes that
-    /// flush covered return without flushing again.
+    /// Whether some write may not be on disk yet.
+    pub fn unsynced(&self) -> bool {
+        self.synced.load(Ordering::SeqCst) < self.written.load(Ordering::SeqCst)
+    }
+
+    /// Makes every write that anyone could see before this call durable. Concurrent callers
+    /// share one flush: whoever holds the lock flushes everything written so far, and callers
+    /// whose writes that flush covered return without flushing again.
     pub async fn sync(&self) -> Result<(), StoreError> {
         let mine = self.written.load(Ordering::SeqCst);
         if self.synced.load(Ordering::SeqCst) >= mine {
@@ -218,7 +403,13 @@ impl Store {
         if self.synced.load(Ordering::SeqCst) >= mine {
             return Ok(());
         }
-        let upto = self.written.load(Ordering::SeqCst);
+        // Writes count themselves before they start, so `upto` may include one still running;
+        // taking the gate exclusively waits for those (in-memory commits, microseconds) so the
+        // flush really covers everything up to `upto`.
+        let upto = {
+            let _exclusive = self.gate.write().unwrap_or_else(|e| e.into_inner());
+            self.written.load(Ordering::SeqCst)
+        };
         self.db.flush_async().await?;
         self.synced.fetch_max(upto, Ordering::SeqCst);
         Ok(())
@@ -240,6 +431,17 @@ impl Store {
         received_at_ms: i64,
     ) -> Result<Accepted, StoreError> {
         let now_s = received_at_ms / 1000;
+        // Even a batch of duplicates counts as a write: the first copies it found may be
+        // committed but not yet flushed, and its caller's sync must cover them.
+        self.write(|| self.accept_txn(batch, received_at_ms, now_s))
+    }
+
+    fn accept_txn(
+        &self,
+        batch: &WebhookBatch,
+        received_at_ms: i64,
+        now_s: i64,
+    ) -> Result<Accepted, StoreError> {
         let out = (
             &self.dedup,
             &self.inbox,
@@ -247,99 +449,219 @@ impl Store {
             &self.wamid_index,
             &self.windows,
             &self.outbox_queue,
+            &self.inbox_by_key,
         )
-            .transaction(|(dedup, inbox, outbox, wamid_index, windows, queue)| {
-                let mut acc = Accepted::default();
-                for m in &batch.messages {
-                    let Some(key) = m.conversation_key() else {
-                        continue;
-                    };
-                    let dkey = format!("m:{}", m.wamid);
-                    if dedup.get(dkey.as_bytes())?.is_some() {
-                        acc.duplicate_messages += 1;
-                        continue;
-                    }
-                    dedup.insert(dkey.as_bytes(), &be(now_s as u64))?;
-                    let seq = inbox.generate_id()?;
-                    let rec = InboxRecord {
-                        seq,
-                        key,
-                        message: m.clone(),
-                        received_at_ms,
-                    };
-                    inbox.insert(&be(seq), json(&rec))?;
-                    acc.new_messages.push(rec);
-                }
-                for s in &batch.statuses {
-                    let dkey = format!("s:{}:{}", s.wamid, s.status);
-                    if dedup.get(dkey.as_bytes())?.is_some() {
-                        acc.duplicate_statuses += 1;
-                        continue;
-                    }
-                    dedup.insert(dkey.as_bytes(), &be(now_s as u64))?;
-                    match apply_status(outbox, wamid_index, windows, queue, s)? {
-                        StatusOutcome::Applied(closed) => {
-                            acc.statuses_applied += 1;
-                            acc.windows_closed.extend(closed);
+            .transaction(
+                |(dedup, inbox, outbox, wamid_index, windows, queue, by_key)| {
+                    let mut acc = Accepted::default();
+                    for m in &batch.messages {
+                        let Some(key) = m.conversation_key() else {
+                            continue;
+                        };
+                        let dkey = format!("m:{}", m.wamid);
+                        if let Some(seen) = dedup.get(dkey.as_bytes())? {
+                            acc.duplicate_messages += 1;
+                            if let Some(seq) = dedup_seq(&seen)
+                                && let Some(raw) = inbox.get(be(seq))?
+                                && let Ok(rec) = serde_json::from_slice::<InboxRecord>(&raw)
+                            {
+                                acc.redelivered.push(rec);
+                            }
+                            continue;
                         }
-                        StatusOutcome::Unmatched => acc.statuses_unmatched += 1,
+                        let seq = inbox.generate_id()?;
+                        let mut seen = be(now_s as u64).to_vec();
+                        seen.extend_from_slice(&be(seq));
+                        dedup.insert(dkey.as_bytes(), seen)?;
+                        let rec = InboxRecord {
+                            seq,
+                            key,
+                            message: m.clone(),
+                            received_at_ms,
+                            attempts: 0,
+                        };
+                        inbox.insert(&be(seq), json(&rec))?;
+                        by_key.insert(index_key(&rec.key, seq), &[])?;
+                        acc.new_messages.push(rec);
                     }
-                }
-                Ok(acc)
-            })?;
-        if !out.new_messages.is_empty() || out.statuses_applied + out.statuses_unmatched > 0 {
-            self.wrote();
-        }
+                    for s in &batch.statuses {
+                        let dkey = format!("s:{}:{}", s.wamid, s.status);
+                        if dedup.get(dkey.as_bytes())?.is_some() {
+                            acc.duplicate_statuses += 1;
+                            continue;
+                        }
+                        dedup.insert(dkey.as_bytes(), &be(now_s as u64))?;
+                        match apply_status(outbox, wamid_index, windows, queue, s)? {
+                            StatusOutcome::Applied(closed) => {
+                                acc.statuses_applied += 1;
+                                acc.windows_closed.extend(closed);
+                            }
+                            StatusOutcome::Unmatched => acc.statuses_unmatched += 1,
+                        }
+                    }
+                    Ok(acc)
+                },
+            )?;
         Ok(out)
     }
 
     /// Keeps a body we accepted but cannot use, with the reason.
     pub fn dead_letter(&self, body: &[u8], reason: &str) -> Result<u64, StoreError> {
-        let id = self.db.generate_id()?;
-        #[derive(Serialize)]
-        struct Dead<'a> {
-            at_ms: i64,
-            reason: &'a str,
-            body: String,
-        }
-        let rec = Dead {
-            at_ms: now_ms(),
-            reason,
-            body: String::from_utf8_lossy(body).into_owned(),
-        };
-        self.dead_letter.insert(be(id), json(&rec))?;
-        self.wrote();
-        Ok(id)
+        self.write(|| {
+            let id = self.db.generate_id()?;
+            self.dead_letter
+                .insert(be(id), json(&DeadLetter::new(body, reason)))?;
+            Ok(id)
+        })
     }
 
     pub fn dead_letter_count(&self) -> usize {
         self.dead_letter.len()
     }
 
-    /// Moves one inbox record to the dead-letter tree (a poison message that keeps crashing its
-    /// conversation).
-    pub fn dead_letter_inbox(&self, seq: u64, reason: &str) -> Result<(), StoreError> {
-        if let Some(v) = self.inbox.remove(be(seq))? {
-            self.dead_letter(&v, reason)?;
+    /// Every dead-letter record, oldest first (admin and tests).
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.dead_letter
+            .iter()
+            .values()
+            .map(|v| from_json(&v?))
+            .collect()
+    }
+
+    /// Moves one inbox record, exactly as stored, to the dead-letter tree in one transaction.
+    /// Returns whether it was still in the inbox.
+    pub fn dead_letter_inbox(&self, seq: u64, reason: &str) -> Result<bool, StoreError> {
+        self.write(|| {
+            Ok(
+                (&self.inbox, &self.inbox_by_key, &self.dead_letter).transaction(
+                    |(inbox, by_key, dead)| {
+                        let Some(raw) = inbox.remove(&be(seq))? else {
+                            return Ok(false);
+                        };
+                        if let Ok(rec) = serde_json::from_slice::<InboxRecord>(&raw) {
+                            by_key.remove(index_key(&rec.key, seq))?;
+                        }
+                        let id = dead.generate_id()?;
+                        dead.insert(&be(id), json(&DeadLetter::new(&raw, reason)))?;
+                        Ok(true)
+                    },
+                )?,
+            )
+        })
+    }
+
+    /// A stored inbox record, or `None` after dead-lettering it if it is not readable (a corrupt
+    /// record must not stop the conversation or the router from starting).
+    fn read_inbox(&self, seq: u64, raw: &[u8]) -> Result<Option<InboxRecord>, StoreError> {
+        match from_json::<InboxRecord>(raw) {
+            Ok(rec) => Ok(Some(rec)),
+            Err(e) => {
+                tracing::error!(seq, error = %e, "corrupt inbox record; moved to dead-letter");
+                self.dead_letter_inbox(seq, &format!("corrupt inbox record: {e}"))?;
+                Ok(None)
+            }
         }
-        Ok(())
     }
 
-    /// Every message accepted but not yet answered, in arrival order.
+    /// Every message accepted but not yet answered, in arrival order. Corrupt records are moved
+    /// to dead-letter and left out.
     pub fn unfinished(&self) -> Result<Vec<InboxRecord>, StoreError> {
-        self.inbox.iter().values().map(|v| from_json(&v?)).collect()
+        let raw: Vec<(sled::IVec, sled::IVec)> = self.inbox.iter().collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for (k, v) in raw {
+            let seq = k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            out.extend(self.read_inbox(seq, &v)?);
+        }
+        Ok(out)
     }
 
-    /// The unfinished messages of one conversation, in arrival order.
+    /// The unfinished messages of one conversation, in arrival order (a prefix scan of
+    /// `inbox_by_key`). Corrupt records are moved to dead-letter and left out.
     pub fn unfinished_for(&self, key: &ConversationKey) -> Result<Vec<InboxRecord>, StoreError> {
         let mut out = Vec::new();
-        for v in self.inbox.iter().values() {
-            let rec: InboxRecord = from_json(&v?)?;
-            if &rec.key == key {
-                out.push(rec);
+        let entries: Vec<sled::IVec> = self
+            .inbox_by_key
+            .scan_prefix(index_prefix(key))
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for ik in entries {
+            let Some(seq) = index_seq(&ik) else { continue };
+            let rec = match self.inbox.get(be(seq))? {
+                Some(raw) => self.read_inbox(seq, &raw)?,
+                None => None,
+            };
+            match rec {
+                Some(rec) if &rec.key == key => out.push(rec),
+                // Answered or dead-lettered meanwhile, or written by a bug: drop the entry.
+                _ => {
+                    self.write(|| Ok(self.inbox_by_key.remove(&ik)?))?;
+                }
             }
         }
         Ok(out)
+    }
+
+    /// Starts an attempt at answering `seqs` (all of conversation `key`), in one transaction:
+    /// each record still in the inbox gets its `attempts` incremented, except records that
+    /// already had `max_attempts`, which move to dead-letter with `apology(record)` in the
+    /// outbox instead. Records no longer in the inbox (already answered) are left out. Call
+    /// [`Store::sync`] before starting the work, so a crash during it counts.
+    pub fn begin_attempt(
+        &self,
+        key: &ConversationKey,
+        seqs: &[u64],
+        max_attempts: u32,
+        apology: impl Fn(&InboxRecord) -> NewOutbound,
+    ) -> Result<Attempt, StoreError> {
+        let now = now_ms();
+        self.write(|| {
+            Ok((
+                &self.inbox,
+                &self.inbox_by_key,
+                &self.dead_letter,
+                &self.outbox,
+                &self.outbox_queue,
+            )
+                .transaction(|(inbox, by_key, dead, outbox, queue)| {
+                    let mut out = Attempt::default();
+                    for &seq in seqs {
+                        let Some(raw) = inbox.get(be(seq))? else {
+                            continue;
+                        };
+                        let Ok(mut rec) = serde_json::from_slice::<InboxRecord>(&raw) else {
+                            // Unreadable: keep the bytes for a human, answer nothing.
+                            inbox.remove(&be(seq))?;
+                            by_key.remove(index_key(key, seq))?;
+                            let id = dead.generate_id()?;
+                            dead.insert(
+                                &be(id),
+                                json(&DeadLetter::new(&raw, "corrupt inbox record")),
+                            )?;
+                            continue;
+                        };
+                        if rec.attempts >= max_attempts {
+                            inbox.remove(&be(seq))?;
+                            by_key.remove(index_key(key, seq))?;
+                            let reason = format!(
+                                "gave up after {} attempts (it crashed or stalled every turn)",
+                                rec.attempts
+                            );
+                            let id = dead.generate_id()?;
+                            dead.insert(&be(id), json(&DeadLetter::new(&raw, &reason)))?;
+                            let id = outbox.generate_id()?;
+                            let sorry = new_outbox_record(id, key, &apology(&rec), now);
+                            outbox.insert(&be(id), json(&sorry))?;
+                            queue.insert(&be(id), &[])?;
+                            out.dead_lettered.push(rec);
+                        } else {
+                            rec.attempts += 1;
+                            inbox.insert(&be(seq), json(&rec))?;
+                            out.records.push(rec);
+                        }
+                    }
+                    Ok(out)
+                })?)
+        })
     }
 
     pub fn is_unfinished(&self, seq: u64) -> Result<bool, StoreError> {
@@ -348,19 +670,138 @@ impl Store {
 
     /// Deletes dedup entries first seen before `older_than_s` (unix seconds). Returns how many.
     pub fn sweep_dedup(&self, older_than_s: i64) -> Result<usize, StoreError> {
-        let mut n = 0;
+        let mut old = Vec::new();
         for kv in self.dedup.iter() {
             let (k, v) = kv?;
-            let seen = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0) as i64;
-            if seen < older_than_s {
-                self.dedup.remove(k)?;
-                n += 1;
+            if dedup_seen_s(&v) < older_than_s {
+                old.push(k);
             }
         }
-        if n > 0 {
-            self.wrote();
+        for chunk in old.chunks(SWEEP_CHUNK) {
+            let mut batch = sled::Batch::default();
+            for k in chunk {
+                batch.remove(k.clone());
+            }
+            self.write(|| Ok(self.dedup.apply_batch(batch)?))?;
+        }
+        Ok(old.len())
+    }
+
+    /// Deletes outbox records in a final state (sent or failed) created before `before_ms`,
+    /// with their wamid index entries. Pending records are never deleted.
+    pub fn sweep_outbox(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let mut old = Vec::new();
+        for kv in self.outbox.iter() {
+            let (k, v) = kv?;
+            // An unreadable record is kept for a human rather than guessed about.
+            if let Ok(rec) = from_json::<OutboxRecord>(&v)
+                && is_final(&rec.state)
+                && rec.created_at_ms < before_ms
+            {
+                old.push(k);
+            }
+        }
+        let mut n = 0;
+        for chunk in old.chunks(SWEEP_CHUNK) {
+            n += self.write(|| {
+                Ok(
+                    (&self.outbox, &self.wamid_index, &self.outbox_queue).transaction(
+                        |(outbox, index, queue)| {
+                            let mut n = 0;
+                            for k in chunk {
+                                // Re-read inside the transaction: only what is still final goes.
+                                let Some(v) = outbox.get(k)? else { continue };
+                                let Ok(rec) = serde_json::from_slice::<OutboxRecord>(&v) else {
+                                    continue;
+                                };
+                                if !is_final(&rec.state) {
+                                    continue;
+                                }
+                                outbox.remove(k.clone())?;
+                                queue.remove(k.clone())?;
+                                if let Some(w) = &rec.wamid
+                                    && index.get(w.as_bytes())?.as_deref() == Some(&k[..])
+                                {
+                                    index.remove(w.as_bytes())?;
+                                }
+                                n += 1;
+                            }
+                            Ok(n)
+                        },
+                    )?,
+                )
+            })?;
         }
         Ok(n)
+    }
+
+    /// Deletes dead-letter records kept since before `before_ms`.
+    pub fn sweep_dead_letters(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let mut old = Vec::new();
+        for kv in self.dead_letter.iter() {
+            let (k, v) = kv?;
+            if from_json::<DeadLetter>(&v).is_ok_and(|d| d.at_ms < before_ms) {
+                old.push(k);
+            }
+        }
+        for chunk in old.chunks(SWEEP_CHUNK) {
+            let mut batch = sled::Batch::default();
+            for k in chunk {
+                batch.remove(k.clone());
+            }
+            self.write(|| Ok(self.dead_letter.apply_batch(batch)?))?;
+        }
+        Ok(old.len())
+    }
+
+    /// Deletes sessions (conversation memory) whose last inbound message is older than
+    /// `idle_before_s` (unix seconds), with their closed-window marks. A session with unanswered
+    /// messages, or one written meanwhile, is kept.
+    pub fn sweep_sessions(&self, idle_before_s: i64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.sessions.iter() {
+            let (k, v) = kv?;
+            let Ok(s) = from_json::<SessionState>(&v) else {
+                continue;
+            };
+            if s.last_inbound_at.is_none_or(|t| t >= idle_before_s) {
+                continue;
+            }
+            if self
+                .inbox_by_key
+                .scan_prefix(index_prefix(&s.key))
+                .next()
+                .is_some()
+            {
+                continue;
+            }
+            // Compare-and-swap: a turn that committed since we read it keeps its session.
+            let removed = self.write(|| {
+                let r = self
+                    .sessions
+                    .compare_and_swap(&k, Some(&v), None::<&[u8]>)?;
+                if r.is_ok() {
+                    self.windows.remove(&k)?;
+                }
+                Ok(r.is_ok())
+            })?;
+            n += usize::from(removed);
+        }
+        Ok(n)
+    }
+
+    /// Runs every retention sweep as of `now_ms`.
+    pub fn sweep(&self, r: &Retention, now_ms: i64) -> Result<SweepReport, StoreError> {
+        let ms = |d: std::time::Duration| now_ms - d.as_millis() as i64;
+        Ok(SweepReport {
+            dedup: self.sweep_dedup(ms(r.dedup) / 1000)?,
+            outbox: self.sweep_outbox(ms(r.outbox))?,
+            dead_letters: self.sweep_dead_letters(ms(r.dead_letter))?,
+            sessions: match r.session {
+                Some(d) => self.sweep_sessions(ms(d) / 1000)?,
+                None => 0,
+            },
+        })
     }
 
     // === conversations ===
@@ -381,52 +822,40 @@ impl Store {
         replies: &[NewOutbound],
     ) -> Result<Vec<u64>, StoreError> {
         let now = now_ms();
-        let ids = (
-            &self.sessions,
-            &self.inbox,
-            &self.outbox,
-            &self.outbox_queue,
-        )
-            .transaction(|(sessions, inbox, outbox, queue)| {
-                sessions.insert(session.key.as_str().as_bytes(), json(session))?;
-                for seq in answered {
-                    inbox.remove(&be(*seq))?;
-                }
-                let mut ids = Vec::new();
-                for r in replies {
-                    let id = outbox.generate_id()?;
-                    let rec = OutboxRecord {
-                        id,
-                        key: session.key.clone(),
-                        target: r.target.clone(),
-                        body: r.body.clone(),
-                        context_message_id: r.context_message_id.clone(),
-                        idempotency_key: format!("sandra:{id}"),
-                        window_expires_at: r.window_expires_at,
-                        state: OutboxState::Pending,
-                        attempts: 0,
-                        next_attempt_at_ms: now,
-                        created_at_ms: now,
-                        wamid: None,
-                        status: None,
-                        last_error: None,
-                    };
-                    outbox.insert(&be(id), json(&rec))?;
-                    queue.insert(&be(id), &[])?;
-                    ids.push(id);
-                }
-                Ok(ids)
-            })?;
-        self.wrote();
-        Ok(ids)
+        self.write(|| {
+            Ok((
+                &self.sessions,
+                &self.inbox,
+                &self.outbox,
+                &self.outbox_queue,
+                &self.inbox_by_key,
+            )
+                .transaction(|(sessions, inbox, outbox, queue, by_key)| {
+                    sessions.insert(session.key.as_str().as_bytes(), json(session))?;
+                    for seq in answered {
+                        inbox.remove(&be(*seq))?;
+                        by_key.remove(index_key(&session.key, *seq))?;
+                    }
+                    let mut ids = Vec::new();
+                    for r in replies {
+                        let id = outbox.generate_id()?;
+                        let rec = new_outbox_record(id, &session.key, r, now);
+                        outbox.insert(&be(id), json(&rec))?;
+                        queue.insert(&be(id), &[])?;
+                        ids.push(id);
+                    }
+                    Ok(ids)
+                })?)
+        })
     }
 
     /// Forgets a conversation's history (`/reset`), keeping its identity and window.
     pub fn save_session(&self, session: &SessionState) -> Result<(), StoreError> {
-        self.sessions
-            .insert(session.key.as_str().as_bytes(), json(session))?;
-        self.wrote();
-        Ok(())
+        self.write(|| {
+            self.sessions
+                .insert(session.key.as_str().as_bytes(), json(session))?;
+            Ok(())
+        })
     }
 
     /// Unix seconds at which Meta said the window of `key` is closed, if it did.
@@ -439,10 +868,11 @@ impl Store {
 
     /// Records that Meta refused a free-form message because the window is closed.
     pub fn close_window(&self, key: &ConversationKey, at_s: i64) -> Result<(), StoreError> {
-        self.windows
-            .insert(key.as_str().as_bytes(), &at_s.to_be_bytes())?;
-        self.wrote();
-        Ok(())
+        self.write(|| {
+            self.windows
+                .insert(key.as_str().as_bytes(), &at_s.to_be_bytes())?;
+            Ok(())
+        })
     }
 
     // === outbox ===
@@ -479,20 +909,41 @@ impl Store {
     /// Writes an updated outbox record; drops it from the send queue unless it is still pending,
     /// and indexes its wamid once it has one.
     pub fn update_outbox(&self, rec: &OutboxRecord) -> Result<(), StoreError> {
-        (&self.outbox, &self.outbox_queue, &self.wamid_index).transaction(
-            |(outbox, queue, index)| {
-                outbox.insert(&be(rec.id), json(rec))?;
+        self.write(|| {
+            (&self.outbox, &self.outbox_queue, &self.wamid_index).transaction(
+                |(outbox, queue, index)| {
+                    outbox.insert(&be(rec.id), json(rec))?;
+                    if rec.state != OutboxState::Pending {
+                        queue.remove(&be(rec.id))?;
+                    }
+                    if let Some(w) = &rec.wamid {
+                        index.insert(w.as_bytes(), &be(rec.id))?;
+                    }
+                    Ok(())
+                },
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Marks a record as being sent since `at_ms` (one small transaction; call [`Store::sync`]
+    /// before the Graph call). Returns the marked record, or `None` if it is no longer pending
+    /// (a status webhook settled it).
+    pub fn mark_sending(&self, id: u64, at_ms: i64) -> Result<Option<OutboxRecord>, StoreError> {
+        self.write(|| {
+            Ok(self.outbox.transaction(|outbox| {
+                let Some(raw) = outbox.get(be(id))? else {
+                    return Ok(None);
+                };
+                let mut rec: OutboxRecord = serde_json::from_slice(&raw).map_err(abort)?;
                 if rec.state != OutboxState::Pending {
-                    queue.remove(&be(rec.id))?;
+                    return Ok(None);
                 }
-                if let Some(w) = &rec.wamid {
-                    index.insert(w.as_bytes(), &be(rec.id))?;
-                }
-                Ok(())
-            },
-        )?;
-        self.wrote();
-        Ok(())
+                rec.sending_since_ms = Some(at_ms);
+                outbox.insert(&be(id), json(&rec))?;
+                Ok(Some(rec))
+            })?)
+        })
     }
 
     /// Flushes and closes the database (graceful shutdown).
@@ -568,6 +1019,7 @@ fn apply_status(
     }
     if rec.state != OutboxState::Pending {
         queue.remove(&id)?;
+        rec.sending_since_ms = None;
     }
     outbox.insert(&id, json(&rec))?;
     Ok(StatusOutcome::Applied(closed))
@@ -584,5 +1036,364 @@ pub fn refresh_target(target: &mut ReplyTarget, m: &InboundMessage) {
     }
     if fresh.group_id.is_some() {
         target.group_id = fresh.group_id;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::whatsapp::parse_webhook;
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    fn text(wamid: &str, from: &str) -> WebhookBatch {
+        let body = serde_json::json!({
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+                "messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": "15550783881", "phone_number_id": "42"},
+                "contacts": [{"profile": {"name": "T"}, "wa_id": from}],
+                "messages": [{"from": from, "id": wamid, "timestamp": "1750000000",
+                              "type": "text", "text": {"body": "hi"}}]
+            }}]}]
+        });
+        parse_webhook(body.to_string().as_bytes()).unwrap()
+    }
+
+    fn accept_one(store: &Store, wamid: &str, from: &str) -> InboxRecord {
+        let mut acc = store.accept(&text(wamid, from), now_ms()).unwrap();
+        assert_eq!(acc.new_messages.len(), 1);
+        acc.new_messages.remove(0)
+    }
+
+    fn reply(text: &str) -> NewOutbound {
+        NewOutbound {
+            target: ReplyTarget {
+                group_id: None,
+                phone: Some("1555".into()),
+                user_id: None,
+            },
+            body: OutboundBody::Text { body: text.into() },
+            context_message_id: None,
+            window_expires_at: None,
+        }
+    }
+
+    fn session(key: &ConversationKey, last_inbound_at: Option<i64>) -> SessionState {
+        let mut s = SessionState::new(key.clone(), reply("").target);
+        s.last_inbound_at = last_inbound_at;
+        s
+    }
+
+    /// Records written before `attempts` / `sending_since_ms` existed still load.
+    #[test]
+    fn records_from_older_versions_still_load() {
+        let (_d, store) = open();
+        let rec = accept_one(&store, "wamid.old", "1555");
+        let mut v = serde_json::to_value(&rec).unwrap();
+        v.as_object_mut().unwrap().remove("attempts");
+        let back: InboxRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(back.attempts, 0);
+        let ids = store
+            .commit_turn(&session(&rec.key, None), &[rec.seq], &[reply("x")])
+            .unwrap();
+        let mut v = serde_json::to_value(store.outbox_record(ids[0]).unwrap().unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("sending_since_ms");
+        let back: OutboxRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(back.sending_since_ms, None);
+    }
+
+    /// A write is unsynced from before anyone can see it, so a caller that sees it (a duplicate
+    /// delivery) and syncs always waits for a flush covering it; duplicates count as writes.
+    #[tokio::test]
+    async fn writes_count_as_unsynced_before_they_are_visible() {
+        let (_d, store) = open();
+        store.sync().await.unwrap();
+        assert!(!store.unsynced());
+        store
+            .write(|| {
+                // Inside the write, before its commit is visible to anyone.
+                assert!(store.unsynced(), "counted only after the commit");
+                Ok(())
+            })
+            .unwrap();
+        store.sync().await.unwrap();
+        accept_one(&store, "wamid.d1", "1555");
+        store.sync().await.unwrap();
+        assert!(!store.unsynced());
+        let dup = store.accept(&text("wamid.d1", "1555"), now_ms()).unwrap();
+        assert_eq!(dup.duplicate_messages, 1);
+        assert!(store.unsynced(), "a duplicate's sync must flush");
+        store.sync().await.unwrap();
+        assert!(!store.unsynced());
+    }
+
+    /// A duplicate of a message still waiting in the inbox is handed back to be routed again;
+    /// once answered, a duplicate is just a duplicate.
+    #[test]
+    fn duplicates_of_unanswered_messages_are_redelivered() {
+        let (_d, store) = open();
+        let rec = accept_one(&store, "wamid.r1", "1555");
+        let dup = store.accept(&text("wamid.r1", "1555"), now_ms()).unwrap();
+        assert!(dup.new_messages.is_empty());
+        assert_eq!(dup.redelivered.len(), 1);
+        assert_eq!(dup.redelivered[0].seq, rec.seq);
+        store
+            .commit_turn(&session(&rec.key, None), &[rec.seq], &[])
+            .unwrap();
+        let dup = store.accept(&text("wamid.r1", "1555"), now_ms()).unwrap();
+        assert_eq!(dup.duplicate_messages, 1);
+        assert!(dup.redelivered.is_empty());
+    }
+
+    /// Attempts are counted durably (they survive a reopen); a record that used them up is
+    /// dead-lettered with one apology in the same transaction, and leaves the inbox and index.
+    #[tokio::test]
+    async fn attempts_are_durable_and_exhausted_records_are_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let key;
+        let seq;
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let rec = accept_one(&store, "wamid.p", "1555");
+            (key, seq) = (rec.key, rec.seq);
+            let a = store
+                .begin_attempt(&key, &[seq], 3, |_| reply("sorry"))
+                .unwrap();
+            assert_eq!(a.records[0].attempts, 1);
+            store.sync().await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.unfinished_for(&key).unwrap()[0].attempts, 1);
+        for n in 2..=3 {
+            let a = store
+                .begin_attempt(&key, &[seq], 3, |_| reply("sorry"))
+                .unwrap();
+            assert_eq!(a.records[0].attempts, n);
+        }
+        let a = store
+            .begin_attempt(&key, &[seq], 3, |_| reply("sorry"))
+            .unwrap();
+        assert!(a.records.is_empty());
+        assert_eq!(a.dead_lettered.len(), 1);
+        assert!(store.unfinished_for(&key).unwrap().is_empty());
+        assert!(store.unfinished().unwrap().is_empty());
+        assert_eq!(store.inbox_by_key.len(), 0);
+        let dead = store.dead_letters().unwrap();
+        assert_eq!(dead.len(), 1);
+        assert!(dead[0].body.contains("wamid.p"), "{:?}", dead[0]);
+        let out = store.outbox_pending(10).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].body,
+            OutboundBody::Text {
+                body: "sorry".into()
+            }
+        );
+        // Nothing left to attempt: no second apology.
+        let a = store
+            .begin_attempt(&key, &[seq], 3, |_| reply("sorry"))
+            .unwrap();
+        assert!(a.records.is_empty() && a.dead_lettered.is_empty());
+        assert_eq!(store.outbox_pending_count(), 1);
+    }
+
+    /// An unreadable inbox record does not stop the replay: it is dead-lettered with its exact
+    /// bytes and the readable records are returned.
+    #[test]
+    fn corrupt_inbox_records_are_dead_lettered_with_their_bytes() {
+        let (_d, store) = open();
+        let good = accept_one(&store, "wamid.g", "1555");
+        let bad_seq = store.db.generate_id().unwrap();
+        store
+            .inbox
+            .insert(be(bad_seq), &b"{\"seq\":\xff"[..])
+            .unwrap();
+        store
+            .inbox_by_key
+            .insert(index_key(&good.key, bad_seq), &[])
+            .unwrap();
+        let mine = store.unfinished_for(&good.key).unwrap();
+        assert_eq!(mine, vec![good.clone()]);
+        assert_eq!(store.unfinished().unwrap(), vec![good]);
+        let dead = store.dead_letters().unwrap();
+        assert_eq!(dead.len(), 1);
+        assert!(dead[0].reason.contains("corrupt"), "{}", dead[0].reason);
+        assert_eq!(dead[0].body_hex.as_deref(), Some("7b22736571223aff"));
+        assert_eq!(store.inbox.len(), 1);
+        assert_eq!(store.inbox_by_key.len(), 1);
+    }
+
+    /// Dead-lettering an inbox record moves it whole: out of the inbox and the index, into
+    /// dead-letter with the stored JSON.
+    #[test]
+    fn dead_lettering_an_inbox_record_moves_it() {
+        let (_d, store) = open();
+        let rec = accept_one(&store, "wamid.dl", "1555");
+        assert!(store.dead_letter_inbox(rec.seq, "test").unwrap());
+        assert!(!store.dead_letter_inbox(rec.seq, "test").unwrap());
+        assert!(!store.is_unfinished(rec.seq).unwrap());
+        assert_eq!(store.inbox_by_key.len(), 0);
+        let dead = store.dead_letters().unwrap();
+        assert_eq!(dead.len(), 1);
+        let kept: InboxRecord = serde_json::from_str(&dead[0].body).unwrap();
+        assert_eq!(kept, rec);
+    }
+
+    /// The index serves one conversation's records, and a database without it gets it built on
+    /// open.
+    #[test]
+    fn inbox_index_by_conversation_is_kept_and_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            a = accept_one(&store, "wamid.a", "1111");
+            b = accept_one(&store, "wamid.b", "2222");
+            let a2 = accept_one(&store, "wamid.a2", "1111");
+            assert_eq!(store.unfinished_for(&a.key).unwrap(), vec![a.clone(), a2]);
+            store
+                .commit_turn(&session(&a.key, None), &[a.seq], &[])
+                .unwrap();
+            assert_eq!(store.unfinished_for(&a.key).unwrap().len(), 1);
+            store.inbox_by_key.clear().unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.inbox_by_key.len(), 2);
+        assert_eq!(store.unfinished_for(&b.key).unwrap(), vec![b]);
+        assert_eq!(store.unfinished_for(&a.key).unwrap().len(), 1);
+    }
+
+    /// The sending marker is written on pending records only, and cleared when a status
+    /// webhook settles the record.
+    #[test]
+    fn sending_marker_is_set_on_pending_records_only() {
+        let (_d, store) = open();
+        let rec = accept_one(&store, "wamid.s", "1555");
+        let ids = store
+            .commit_turn(&session(&rec.key, None), &[rec.seq], &[reply("x")])
+            .unwrap();
+        let marked = store.mark_sending(ids[0], 1234).unwrap().unwrap();
+        assert_eq!(marked.sending_since_ms, Some(1234));
+        assert_eq!(
+            store
+                .outbox_record(ids[0])
+                .unwrap()
+                .unwrap()
+                .sending_since_ms,
+            Some(1234)
+        );
+        let status = parse_webhook(
+            serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1",
+                "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": "1", "phone_number_id": "42"},
+                "statuses": [{"id": "wamid.out", "status": "sent", "timestamp": "1",
+                    "recipient_id": "1555", "biz_opaque_callback_data": format!("sandra:{}", ids[0])}]
+            }}]}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(store.accept(&status, now_ms()).unwrap().statuses_applied, 1);
+        let settled = store.outbox_record(ids[0]).unwrap().unwrap();
+        assert_eq!(settled.state, OutboxState::Sent);
+        assert_eq!(settled.sending_since_ms, None);
+        assert!(store.mark_sending(ids[0], 5678).unwrap().is_none());
+    }
+
+    /// Final outbox records past retention go with their wamid index entries; pending ones and
+    /// recent ones stay.
+    #[test]
+    fn outbox_sweep_prunes_old_final_records() {
+        let (_d, store) = open();
+        let rec = accept_one(&store, "wamid.o", "1555");
+        let ids = store
+            .commit_turn(
+                &session(&rec.key, None),
+                &[rec.seq],
+                &[reply("a"), reply("b"), reply("c")],
+            )
+            .unwrap();
+        let mut sent = store.outbox_record(ids[0]).unwrap().unwrap();
+        sent.state = OutboxState::Sent;
+        sent.wamid = Some("wamid.sent".into());
+        store.update_outbox(&sent).unwrap();
+        let mut failed = store.outbox_record(ids[1]).unwrap().unwrap();
+        failed.state = OutboxState::Failed {
+            code: None,
+            reason: "x".into(),
+        };
+        store.update_outbox(&failed).unwrap();
+        let now = now_ms();
+        assert_eq!(store.sweep_outbox(now - 60_000).unwrap(), 0, "too recent");
+        assert_eq!(store.sweep_outbox(now + 60_000).unwrap(), 2);
+        let left = store.outbox_all().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id, ids[2], "the pending record stays");
+        assert!(store.wamid_index.get("wamid.sent").unwrap().is_none());
+    }
+
+    /// Dead letters past retention are swept; recent ones stay.
+    #[test]
+    fn dead_letter_sweep_prunes_by_age() {
+        let (_d, store) = open();
+        store.dead_letter(b"not json", "test").unwrap();
+        let now = now_ms();
+        assert_eq!(store.sweep_dead_letters(now - 60_000).unwrap(), 0);
+        assert_eq!(store.dead_letter_count(), 1);
+        assert_eq!(store.sweep_dead_letters(now + 60_000).unwrap(), 1);
+        assert_eq!(store.dead_letter_count(), 0);
+    }
+
+    /// Idle sessions are forgotten after retention, unless they have unanswered messages.
+    #[test]
+    fn session_sweep_keeps_recent_and_busy_sessions() {
+        let (_d, store) = open();
+        let old = accept_one(&store, "wamid.s1", "1111");
+        let busy = accept_one(&store, "wamid.s2", "2222");
+        let recent = accept_one(&store, "wamid.s3", "3333");
+        store
+            .commit_turn(&session(&old.key, Some(100)), &[old.seq], &[])
+            .unwrap();
+        store.close_window(&old.key, 100).unwrap();
+        store
+            .commit_turn(&session(&busy.key, Some(100)), &[], &[])
+            .unwrap();
+        store
+            .commit_turn(&session(&recent.key, Some(10_000)), &[recent.seq], &[])
+            .unwrap();
+        assert_eq!(store.sweep_sessions(5_000).unwrap(), 1);
+        assert!(store.load_session(&old.key).unwrap().is_none());
+        assert!(store.window_closed_at(&old.key).unwrap().is_none());
+        assert!(store.load_session(&busy.key).unwrap().is_some());
+        assert!(store.load_session(&recent.key).unwrap().is_some());
+    }
+
+    /// Dedup entries expire by first-seen time, whether written with or without an inbox seq.
+    #[test]
+    fn dedup_sweep_reads_old_and_new_entries() {
+        let (_d, store) = open();
+        accept_one(&store, "wamid.n", "1555");
+        store.dedup.insert("m:wamid.legacy", &be(100)).unwrap();
+        let now_s = now_ms() / 1000;
+        assert_eq!(
+            store.sweep_dedup(now_s - 60).unwrap(),
+            1,
+            "only the legacy one"
+        );
+        assert_eq!(store.sweep_dedup(now_s + 60).unwrap(), 1);
+        assert_eq!(store.dedup.len(), 0);
+        let r = Retention {
+            dedup: std::time::Duration::from_secs(7 * 86400),
+            outbox: std::time::Duration::from_secs(86400),
+            dead_letter: std::time::Duration::from_secs(86400),
+            session: None,
+        };
+        assert_eq!(store.sweep(&r, now_ms()).unwrap(), SweepReport::default());
     }
 }

@@ -9,6 +9,9 @@ use sandra_actors::router::RouterMsg;
 
 use crate::support::*;
 
+const POISON_APOLOGY: &str =
+    "Sorry, I couldn't process one of your messages. Please try sending it differently.";
+
 async fn live(app: &TestApp) -> usize {
     call_t!(app.system.router.get(), RouterMsg::LiveCount, 1000).unwrap()
 }
@@ -142,10 +145,13 @@ async fn poison_message_is_dead_lettered() {
         .await
     );
     assert_eq!(app.metric("dead_letters").await, 1);
+    assert_eq!(app.metric("conversations_failed").await, 3);
+    let sent = app.graph.wait_accepted(1, Duration::from_secs(5)).await;
+    assert_eq!(sent[0].body["text"]["body"], POISON_APOLOGY);
     app.post_signed(&text_webhook("wamid.x2", from, "hello", 2))
         .await;
-    let sent = app.graph.wait_accepted(1, Duration::from_secs(5)).await;
-    assert_eq!(sent[0].body["text"]["body"], "ok: hello");
+    let sent = app.graph.wait_accepted(2, Duration::from_secs(5)).await;
+    assert_eq!(sent[1].body["text"]["body"], "ok: hello");
     app.stop().await;
 }
 
@@ -171,5 +177,108 @@ async fn brain_errors_become_apologies() {
     assert_eq!(sent[1].body["text"]["body"], "ok: fine now");
     assert_eq!(app.metric("conversations_failed").await, 0);
     assert_eq!(app.metric("turns_brain_errors").await, 1);
+    app.stop().await;
+}
+
+/// Puts `wamid` from `from` in the inbox of the data dir under `dir` with `attempts` attempts
+/// already made, as a process killed during its turns would leave it.
+async fn stored_with_attempts(dir: &std::path::Path, wamid: &str, from: &str, attempts: u32) {
+    let store = sandra_actors::store::Store::open(&dir.join("data")).unwrap();
+    let batch =
+        sandra_actors::whatsapp::parse_webhook(&text_webhook(wamid, from, "OOM me", 1)).unwrap();
+    let rec = store
+        .accept(&batch, sandra_actors::store::now_ms())
+        .unwrap()
+        .new_messages
+        .remove(0);
+    for _ in 0..attempts {
+        store
+            .begin_attempt(&rec.key, &[rec.seq], u32::MAX, |_| unreachable!())
+            .unwrap();
+    }
+    store.sync().await.unwrap();
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// A message whose turns were tried three times (the process died each time) is not tried a
+/// fourth: on start it is dead-lettered, the user gets exactly one apology, the brain never
+/// sees it, and the conversation answers the next message normally.
+#[tokio::test]
+async fn message_that_used_up_its_attempts_is_dead_lettered_once_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = "15550004545";
+    stored_with_attempts(dir.path(), "wamid.oom", from, 3).await;
+    let brain = Arc::new(EchoBrain::default());
+    let graph = FakeGraph::start(ACCESS_TOKEN).await;
+    let app = TestApp::spawn_in(dir, graph, |_| {}, brain.clone()).await;
+    let sent = app.graph.wait_accepted(1, Duration::from_secs(5)).await;
+    assert_eq!(sent[0].body["text"]["body"], POISON_APOLOGY);
+    assert_eq!(sent[0].body["to"], from);
+    assert_eq!(app.metric("poison_messages").await, 1);
+    assert_eq!(app.metric("dead_letters").await, 1);
+    assert_eq!(brain.calls.load(Ordering::SeqCst), 0);
+    assert!(app.system.store.unfinished().unwrap().is_empty());
+
+    app.post_signed(&text_webhook("wamid.after", from, "still there?", 2))
+        .await;
+    let sent = app.graph.wait_accepted(2, Duration::from_secs(5)).await;
+    assert_eq!(sent[1].body["text"]["body"], "echo[0]: still there?");
+    assert_eq!(
+        app.graph
+            .accepted()
+            .iter()
+            .filter(|r| r.body["text"]["body"] == POISON_APOLOGY)
+            .count(),
+        1,
+        "exactly one apology"
+    );
+    app.stop().await;
+}
+
+/// A message with attempts left is answered after a restart, and its crashes so far count.
+#[tokio::test]
+async fn message_with_attempts_left_is_answered_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = "15550004646";
+    stored_with_attempts(dir.path(), "wamid.retry", from, 2).await;
+    let graph = FakeGraph::start(ACCESS_TOKEN).await;
+    let app = TestApp::spawn_in(dir, graph, |_| {}, Arc::new(EchoBrain::default())).await;
+    let sent = app.graph.wait_accepted(1, Duration::from_secs(5)).await;
+    assert_eq!(sent[0].body["text"]["body"], "echo[0]: OOM me");
+    assert_eq!(app.metric("poison_messages").await, 0);
+    app.stop().await;
+}
+
+/// An inbox record that is not readable (bad JSON written by a bug or a damaged disk) neither
+/// stops the app from starting nor the replay of the other unanswered messages: it is
+/// dead-lettered, and new messages are answered.
+#[tokio::test]
+async fn corrupt_inbox_record_is_dead_lettered_and_the_app_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = "15550004747";
+    stored_with_attempts(dir.path(), "wamid.replayed", from, 0).await;
+    {
+        let db = sled::open(dir.path().join("data").join("sandra.sled")).unwrap();
+        let inbox = db.open_tree("inbox").unwrap();
+        let seq = db.generate_id().unwrap();
+        inbox
+            .insert(seq.to_be_bytes(), &b"{\"seq\": 7, \"key\": tru"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let graph = FakeGraph::start(ACCESS_TOKEN).await;
+    let app = TestApp::spawn_in(dir, graph, |_| {}, Arc::new(EchoBrain::default())).await;
+    let sent = app.graph.wait_accepted(1, Duration::from_secs(5)).await;
+    assert_eq!(sent[0].body["text"]["body"], "echo[0]: OOM me");
+    assert_eq!(app.metric("dead_letters").await, 1);
+    let dead = app.system.store.dead_letters().unwrap();
+    assert!(dead[0].reason.contains("corrupt"), "{:?}", dead[0]);
+    assert_eq!(dead[0].body, "{\"seq\": 7, \"key\": tru");
+    app.post_signed(&text_webhook("wamid.new", "15550004848", "hi", 3))
+        .await;
+    let sent = app.graph.wait_accepted(2, Duration::from_secs(5)).await;
+    assert_eq!(sent[1].body["text"]["body"], "echo[0]: hi");
     app.stop().await;
 }

@@ -11,11 +11,23 @@ use sandra_actors::store::OutboxState;
 use crate::support::*;
 
 async fn one_turn(app: &TestApp, wamid: &str, from: &str) {
+    let before = app.system.store.outbox_all().unwrap().len();
     assert_eq!(
         app.post_signed(&text_webhook(wamid, from, "hi", 0))
             .await
             .status(),
         200
+    );
+    // The turn commits its reply asynchronously; the tests inspect that record.
+    assert!(
+        eventually(Duration::from_secs(5), || app
+            .system
+            .store
+            .outbox_all()
+            .unwrap()
+            .len()
+            > before)
+        .await
     );
 }
 
@@ -291,5 +303,97 @@ async fn burst_respects_rate_and_pair_limits() {
         spent >= Duration::from_secs(3),
         "1000 sends at {RATE}/s cannot take {spent:?}"
     );
+    app.stop().await;
+}
+
+/// Puts one pending reply to `to` in the outbox under `dir`, marked as being sent since
+/// `marked_ms_ago` ago, as a process killed during the Graph call leaves it. Returns its id.
+async fn marked_reply(dir: &std::path::Path, to: &str, marked_ms_ago: i64) -> u64 {
+    use sandra_actors::store::{NewOutbound, OutboundBody, Store, now_ms};
+    let store = Store::open(&dir.join("data")).unwrap();
+    let batch =
+        sandra_actors::whatsapp::parse_webhook(&text_webhook(&format!("wamid.{to}"), to, "hi", 0))
+            .unwrap();
+    let rec = store
+        .accept(&batch, now_ms())
+        .unwrap()
+        .new_messages
+        .remove(0);
+    let session =
+        sandra_actors::session::SessionState::new(rec.key.clone(), rec.message.reply_target());
+    let reply = NewOutbound {
+        target: rec.message.reply_target(),
+        body: OutboundBody::Text {
+            body: format!("reply to {to}"),
+        },
+        context_message_id: None,
+        window_expires_at: None,
+    };
+    let id = store.commit_turn(&session, &[rec.seq], &[reply]).unwrap()[0];
+    store
+        .mark_sending(id, now_ms() - marked_ms_ago)
+        .unwrap()
+        .unwrap();
+    store.sync().await.unwrap();
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    id
+}
+
+/// After a crash during a send, the record's durable sending marker holds it back for
+/// `reconcile_wait`: if the status webhook shows Meta took it, it is never sent again; if none
+/// comes, it is sent once the wait is over, not before.
+#[tokio::test]
+async fn send_interrupted_by_a_crash_waits_for_reconciliation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (took, lost, stale) = ("15550008181", "15550008282", "15550008383");
+    let took_id = marked_reply(dir.path(), took, 0).await;
+    let marked_at = std::time::Instant::now();
+    marked_reply(dir.path(), lost, 0).await;
+    // A marker older than the wait does not delay anything.
+    marked_reply(dir.path(), stale, 60_000).await;
+    let wait = Duration::from_secs(2);
+    let graph = FakeGraph::start(ACCESS_TOKEN).await;
+    let app = TestApp::spawn_in(
+        dir,
+        graph,
+        |c| c.sender.reconcile_wait = wait,
+        Arc::new(EchoBrain::default()),
+    )
+    .await;
+    let first = app.graph.wait_accepted(1, Duration::from_secs(5)).await;
+    assert_eq!(first[0].body["to"], stale);
+    let mut status: serde_json::Value =
+        serde_json::from_slice(&status_webhook("wamid.meta-had-it", "sent", took, None)).unwrap();
+    status["entry"][0]["changes"][0]["value"]["statuses"][0]["biz_opaque_callback_data"] =
+        format!("sandra:{took_id}").into();
+    assert_eq!(
+        app.post_signed(status.to_string().as_bytes())
+            .await
+            .status(),
+        200
+    );
+    let sent = app.graph.wait_accepted(2, Duration::from_secs(8)).await;
+    assert_eq!(sent[1].body["to"], lost);
+    assert!(
+        sent[1].at.duration_since(marked_at) >= wait,
+        "sent before reconcile_wait had passed"
+    );
+    // Give the reconciled one every chance to go out wrongly.
+    tokio::time::sleep(wait).await;
+    let to_took = app
+        .graph
+        .sends()
+        .iter()
+        .filter(|r| r.body["to"] == took)
+        .count();
+    assert_eq!(to_took, 0, "a reply Meta already had was sent again");
+    let rec = app.system.store.outbox_record(took_id).unwrap().unwrap();
+    assert_eq!(rec.state, OutboxState::Sent);
+    assert_eq!(rec.sending_since_ms, None);
+    // The sends' outcomes cleared their markers.
+    for r in app.system.store.outbox_all().unwrap() {
+        assert_eq!(r.sending_since_ms, None, "{r:?}");
+    }
     app.stop().await;
 }
