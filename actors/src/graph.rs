@@ -50,8 +50,11 @@ pub struct GraphError {
     pub details: Option<String>,
     /// `Retry-After`, in seconds, when the response carried one.
     pub retry_after: Option<Duration>,
-    /// The request timed out: Meta may or may not have taken it.
-    pub timed_out: bool,
+    /// Meta may have taken the message although we saw no answer saying so: the request timed
+    /// out, the connection was lost after the request was written, or a 2xx answer was
+    /// unreadable. A retry must first give the status webhook time to reconcile (a resend would
+    /// deliver the message twice: Meta has no idempotency key).
+    pub outcome_unknown: bool,
 }
 
 impl GraphError {
@@ -64,7 +67,7 @@ impl GraphError {
             message,
             details: None,
             retry_after: None,
-            timed_out: false,
+            outcome_unknown: false,
         }
     }
 
@@ -309,15 +312,17 @@ async fn read_json(resp: reqwest::Response) -> Result<Value, GraphError> {
     }
     let status = resp.status().as_u16();
     resp.json::<Value>().await.map_err(|e| GraphError {
-        timed_out: e.is_timeout(),
+        outcome_unknown: e.is_timeout() || (200..300).contains(&status),
         ..GraphError::local(Some(status), format!("response is not JSON: {e}"))
     })
 }
 
 fn transport_error(e: reqwest::Error) -> GraphError {
     // reqwest's Display includes the URL, never headers: no token leaks here.
+    // Only a failure to connect proves the request never left; any later failure (a timeout,
+    // a connection reset or closed before the answer) may come after Meta acted on it.
     GraphError {
-        timed_out: e.is_timeout(),
+        outcome_unknown: !e.is_connect() && !e.is_builder(),
         ..GraphError::local(None, e.to_string())
     }
 }
@@ -345,7 +350,7 @@ async fn error_from(resp: reqwest::Response) -> GraphError {
                 .and_then(Value::as_str)
                 .map(str::to_owned),
             retry_after,
-            timed_out: false,
+            outcome_unknown: false,
         },
         Err(_) => GraphError {
             retry_after,

@@ -18,8 +18,9 @@
 //! call the record gets `sending_since_ms`, made durable (one small transaction, then a group
 //! `sync`) before the call starts; the call's outcome clears it. A record found with it after a
 //! crash (of this actor or of the process) is not sent again until `reconcile_wait` has passed
-//! since that time, so the status webhook of a send Meta took can settle it first. After a
-//! timeout the retry waits `reconcile_wait` for the same reason.
+//! since that time, so the status webhook of a send Meta took can settle it first. After a call
+//! whose outcome is unknown (a timeout, a connection lost after the request was written: see
+//! `GraphError::outcome_unknown`) the retry waits `reconcile_wait` for the same reason.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -72,7 +73,8 @@ pub struct Pacing {
     pub backoff_max: Duration,
     /// Attempts before a transiently failing message is given up (and recorded as failed).
     pub max_attempts: u32,
-    /// After a timeout, wait this long for a status webhook before sending again.
+    /// After a send whose outcome is unknown, wait this long for a status webhook before
+    /// sending again.
     pub reconcile_wait: Duration,
     pub tick: Duration,
 }
@@ -413,7 +415,7 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
                     message: format!("not sent: storing the send marker failed: {e}"),
                     details: None,
                     retry_after: None,
-                    timed_out: false,
+                    outcome_unknown: false,
                 }),
             };
             let _ = me.cast(SenderMsg::Done {
@@ -516,7 +518,7 @@ fn finish_send(
                     } else {
                         let p = &state.args.pacing;
                         let mut wait = backoff(p, rec.attempts, e.retry_after);
-                        if e.timed_out {
+                        if e.outcome_unknown {
                             wait = wait.max(p.reconcile_wait);
                         }
                         if e.code == Some(131056) {

@@ -352,7 +352,6 @@ async fn fake_drop_closes_the_connection_unanswered() {
 /// is ambiguous, so the retry must give Meta's status webhook (which proves it has the message)
 /// time to arrive instead of sending a second copy at once.
 #[tokio::test]
-#[ignore = "fails until the sender treats a connection lost after the request went out like a timeout (waits reconcile_wait for the status webhook before resending): Meta gets the reply twice"]
 async fn dropped_answer_is_reconciled_not_resent() {
     let app = TestApp::spawn_with(
         |c| c.sender.reconcile_wait = Duration::from_secs(3),
