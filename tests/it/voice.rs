@@ -369,3 +369,82 @@ async fn a_timed_out_voice_turn_keeps_what_was_heard() {
     assert!(!turn.text.trim().is_empty());
     app.stop().await;
 }
+
+/// The text of the one reply to a voice note whose media hop 1 describes with `lie`.
+async fn reply_to_lying_media(id: &str, bytes: Vec<u8>, lie: MediaLie) -> (String, Vec<String>) {
+    let (app, _tr, _models) = app_with_tiny_whisper().await;
+    app.graph.add_media(id, "audio/ogg; codecs=opus", bytes);
+    app.graph.lie_about_media(id, lie);
+    let wamid = format!("wamid.{id}");
+    assert_eq!(
+        app.post_signed(&voice_webhook(&wamid, "15550004444", id, "x"))
+            .await
+            .status(),
+        200
+    );
+    let sent = app.graph.wait_accepted(1, Duration::from_secs(10)).await;
+    let text = sent[0].body["text"]["body"].as_str().unwrap().to_string();
+    let calls = app.graph.media_calls();
+    app.stop().await;
+    (text, calls)
+}
+
+/// Hop 1 declares a file over the 16 MB audio limit: refused before a byte is downloaded.
+#[tokio::test]
+async fn media_declared_too_large_is_not_downloaded() {
+    let lie = MediaLie {
+        file_size: Some(17 * 1024 * 1024),
+        ..Default::default()
+    };
+    let (text, calls) = reply_to_lying_media("BIGDECL", b"OggS".to_vec(), lie).await;
+    assert!(text.contains("too long"), "{text}");
+    assert_eq!(calls, ["info:BIGDECL"]);
+}
+
+/// Hop 1 declares a small file but hop 2 streams more than the limit: the download stops at the
+/// limit (the bytes are never all held) and the user is told.
+#[tokio::test]
+async fn media_larger_than_declared_is_cut_off() {
+    let lie = MediaLie {
+        file_size: Some(1000),
+        ..Default::default()
+    };
+    let (text, calls) = reply_to_lying_media("BIGREAL", vec![0u8; 17 * 1024 * 1024], lie).await;
+    assert!(text.contains("too long"), "{text}");
+    assert_eq!(calls, ["info:BIGREAL", "bytes:BIGREAL"]);
+}
+
+/// Hop 1 says the voice note is a JPEG: the type must match the message, nothing is downloaded.
+#[tokio::test]
+async fn media_of_the_wrong_type_is_refused() {
+    let lie = MediaLie {
+        mime_type: Some("image/jpeg".into()),
+        ..Default::default()
+    };
+    let (text, calls) = reply_to_lying_media("JPEGVOICE", b"OggS".to_vec(), lie).await;
+    assert!(text.contains("couldn't download"), "{text}");
+    assert_eq!(calls, ["info:JPEGVOICE"]);
+}
+
+/// Hop 1 points the download at another origin over plain http: the bearer token is not sent
+/// there (the other server sees no request at all) and the user is told.
+#[tokio::test]
+async fn media_url_on_another_origin_gets_no_token() {
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_url = format!("http://{}/steal", other.local_addr().unwrap());
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((_sock, _)) = other.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let lie = MediaLie {
+        url: Some(other_url),
+        ..Default::default()
+    };
+    let (text, calls) = reply_to_lying_media("ELSEWHERE", b"OggS".to_vec(), lie).await;
+    assert!(text.contains("couldn't download"), "{text}");
+    assert_eq!(calls, ["info:ELSEWHERE"]);
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

@@ -65,9 +65,20 @@ struct Inner {
     /// Faults answered to every send whose text contains the needle, before the queue.
     rules: Vec<(String, Fault)>,
     media: HashMap<String, (String, Vec<u8>)>,
+    /// What hop 1 says about a media id instead of the truth (a lying or compromised upstream).
+    media_lies: HashMap<String, MediaLie>,
     media_calls: Vec<String>,
     next_id: u64,
     statuses: StatusHook,
+}
+
+/// A hop-1 answer that does not match the bytes: each `Some` replaces the true value.
+#[derive(Clone, Debug, Default)]
+pub struct MediaLie {
+    pub file_size: Option<u64>,
+    pub mime_type: Option<String>,
+    /// The download URL of hop 2 (e.g. another origin, to check the token is not sent there).
+    pub url: Option<String>,
 }
 
 /// Status webhooks the fake posts back, as Meta does, once configured.
@@ -141,6 +152,15 @@ impl FakeGraph {
             .unwrap()
             .media
             .insert(id.to_string(), (mime.to_string(), bytes));
+    }
+
+    /// Makes hop 1 describe media `id` with `lie` instead of the truth.
+    pub fn lie_about_media(&self, id: &str, lie: MediaLie) {
+        self.inner
+            .lock()
+            .unwrap()
+            .media_lies
+            .insert(id.to_string(), lie);
     }
 
     /// Media requests seen: `info:<id>` for hop 1, `bytes:<id>` for hop 2 (with a valid token).
@@ -414,12 +434,13 @@ async fn media_info(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("127.0.0.1");
+    let lie = g.media_lies.get(&media_id).cloned().unwrap_or_default();
     axum::Json(json!({
         "messaging_product": "whatsapp",
-        "url": format!("http://{host}/lookaside/{media_id}"),
-        "mime_type": mime,
+        "url": lie.url.unwrap_or_else(|| format!("http://{host}/lookaside/{media_id}")),
+        "mime_type": lie.mime_type.unwrap_or_else(|| mime.clone()),
         "sha256": "opaque",
-        "file_size": bytes.len(),
+        "file_size": lie.file_size.unwrap_or(bytes.len() as u64),
         "id": media_id
     }))
     .into_response()

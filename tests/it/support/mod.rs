@@ -15,7 +15,7 @@ use sandra_actors::brain::{Brain, BrainError, BrainFuture, TurnInput};
 use sandra_actors::secret::Secret;
 use sha2::Sha256;
 
-pub use fake_graph::{FakeGraph, Fault};
+pub use fake_graph::{FakeGraph, Fault, MediaLie};
 
 pub const APP_SECRET: &str = "test-app-secret";
 pub const VERIFY_TOKEN: &str = "verify-me-please";
