@@ -371,12 +371,15 @@ pub struct WebhookBatch {
     pub other_numbers: Vec<(String, usize)>,
 }
 
-/// A body that is not JSON, or not a JSON object.
+/// A body that is not JSON, or whose top level is not Meta's envelope (an object whose
+/// `object`/`entry` fields, when present, have the right types, e.g. `{"entry": 5}`).
 #[derive(Debug, thiserror::Error)]
 #[error("webhook body is not a JSON object: {0}")]
 pub struct NotJson(String);
 
-/// Parses a webhook body. Never fails on unknown content; fails only when the body is not JSON.
+/// Parses a webhook body. Never fails on unknown content inside the envelope (unknown fields,
+/// message types, unreadable changes are listed in `ignored`); fails only when the body is not
+/// JSON or not the envelope at all, which the caller keeps in dead-letter.
 pub fn parse_webhook(body: &[u8]) -> Result<WebhookBatch, NotJson> {
     parse_webhook_for(body, None)
 }
