@@ -98,6 +98,17 @@ impl Proc {
     }
 }
 
+/// A test that fails halfway must not leave its Sandra running (holding the port and the data
+/// dir) after the test binary exits.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn replies_to(graph: &FakeGraph, wamid_text: &str) -> usize {
     graph
         .accepted()
