@@ -83,7 +83,7 @@ impl Application {
             sweep_every: (c.idle_timeout / 4)
                 .clamp(Duration::from_millis(50), Duration::from_secs(30)),
             max_failures: 3,
-            limits: Arc::new(sandra_actors::limits::Limits::new(cfg.limits.policy())),
+            limits: Arc::new(sandra_actors::limits::Limits::new(cfg.limits.clone())),
             voice: transcriber.map(|t| sandra_actors::conversation::VoiceSupport {
                 media: sandra_actors::media::MediaClient::new(graph.clone()),
                 transcriber: t,

@@ -34,54 +34,10 @@ pub struct Config {
     pub sender: SenderConfig,
     pub llm: LlmConfig,
     pub transcription: TranscriptionConfig,
-    pub limits: LimitsConfig,
+    /// `[limits]`: who may talk to Sandra, how fast, and how much one turn takes in. The
+    /// actors' own policy type, so its defaults are written once.
+    pub limits: sandra_actors::limits::LimitsPolicy,
     pub log: LogConfig,
-}
-
-/// `[limits]`: who may talk to Sandra, how fast, and how much one turn takes in.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// Sustained messages per minute per sender; 0 turns the rate limit off.
-    pub messages_per_minute: u32,
-    /// Messages a sender may send back to back before the sustained rate applies.
-    pub burst: u32,
-    /// Numbers or country prefixes ("+34", "34600111222") that may talk to Sandra; empty =
-    /// everyone.
-    pub allow: Vec<String>,
-    /// Numbers or country prefixes Sandra ignores (wins over `allow`).
-    pub block: Vec<String>,
-    /// Longer messages are cut to this many characters (the model is told).
-    pub max_message_chars: usize,
-    /// Inputs answered in one turn; the rest wait for the next turn.
-    pub max_batch_inputs: usize,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        let p = sandra_actors::limits::LimitsPolicy::default();
-        Self {
-            messages_per_minute: p.messages_per_minute,
-            burst: p.burst,
-            allow: p.allow,
-            block: p.block,
-            max_message_chars: p.max_message_chars,
-            max_batch_inputs: p.max_batch_inputs,
-        }
-    }
-}
-
-impl LimitsConfig {
-    pub fn policy(&self) -> sandra_actors::limits::LimitsPolicy {
-        sandra_actors::limits::LimitsPolicy {
-            messages_per_minute: self.messages_per_minute,
-            burst: self.burst,
-            allow: self.allow.clone(),
-            block: self.block.clone(),
-            max_message_chars: self.max_message_chars,
-            max_batch_inputs: self.max_batch_inputs,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -916,7 +872,7 @@ mod tests {
         assert_eq!(c.server.header_timeout, d.server.header_timeout);
         assert_eq!(c.server.request_timeout, d.server.request_timeout);
         assert_eq!(c.server.max_connections, d.server.max_connections);
-        assert_eq!(c.limits.policy(), d.limits.policy());
+        assert_eq!(c.limits, d.limits);
         assert_eq!(c.storage.outbox_retention, d.storage.outbox_retention);
         assert_eq!(
             c.storage.dead_letter_retention,

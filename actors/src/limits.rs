@@ -36,15 +36,17 @@ pub const NOTICE_EVERY: Duration = Duration::from_secs(60);
 pub const PRUNE_EVERY: u64 = 1024;
 
 /// Limits from `[limits]` in config.toml.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LimitsPolicy {
     /// Sustained messages per minute per sender; 0 turns the rate limit off.
     pub messages_per_minute: u32,
     /// Messages a sender may send back to back before the sustained rate applies.
     pub burst: u32,
-    /// Numbers or country prefixes that may talk to Sandra; empty = everyone.
+    /// Numbers or country prefixes ("+34", "34600111222") that may talk to Sandra; empty =
+    /// everyone.
     pub allow: Vec<String>,
-    /// Numbers or country prefixes Sandra ignores.
+    /// Numbers or country prefixes Sandra ignores (wins over `allow`).
     pub block: Vec<String>,
     /// Longer messages are cut to this many characters (and the model is told).
     pub max_message_chars: usize,
