@@ -31,17 +31,6 @@ pub fn bench_messages() -> Vec<ChatMessage> {
     ]
 }
 
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !args.iter().any(|a| a == "--bench") {
@@ -146,7 +135,7 @@ fn main() {
         engine.describe(),
         median(&mut prefill),
         median(&mut decode),
-        peak_rss_mb(),
+        sandra_models::testing::peak_rss_mb(),
         candle_core::utils::get_num_threads(),
     );
 }

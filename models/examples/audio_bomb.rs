@@ -28,17 +28,6 @@ const CASES: [&str; 5] = [
     "opus-voice-60s",
 ];
 
-fn vm_hwm_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 fn input(case: &str) -> (Vec<u8>, &'static str) {
     match case {
         "opus-bomb-300k" => (
@@ -87,11 +76,11 @@ fn child(case: &str) {
     if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
         eprintln!("{case}: cannot reset VmHWM ({e}); peak includes building the input");
     }
-    let idle = vm_hwm_mb();
+    let idle = sandra_models::testing::peak_rss_mb();
     let t = Instant::now();
     let pcm = decode_to_pcm16k(&bytes, mime, MAX_SECONDS).expect("decode");
     let ms = t.elapsed().as_millis();
-    let peak = vm_hwm_mb();
+    let peak = sandra_models::testing::peak_rss_mb();
     println!(
         "{case:<16} {:>9} B  {:>7.1} s  truncated={:<5}  idle {idle:>6.1} MB  peak {peak:>6.1} MB  +{:>6.1} MB  {ms} ms",
         bytes.len(),

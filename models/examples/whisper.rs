@@ -18,18 +18,6 @@ use sandra_models::whisper::{self, WhisperModel, WhisperOptions};
 /// Clips longer than this are cut (the production default, `transcription.max_audio_seconds`).
 const MAX_SECONDS: f32 = 900.0;
 
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
 fn mime_for(path: &str) -> &'static str {
     match path.rsplit('.').next() {
         Some("opus") | Some("ogg") => "audio/ogg; codecs=opus",
@@ -149,7 +137,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             println!(
                 "{}",
-                serde_json::json!({"load_s": load_s, "peak_rss_mb": peak_rss_mb(), "threads": threads})
+                serde_json::json!({"load_s": load_s, "peak_rss_mb": sandra_models::testing::peak_rss_mb(), "threads": threads})
             );
         }
         _ => {

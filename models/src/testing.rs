@@ -278,3 +278,17 @@ pub fn write_model(
     gguf_file::write(&mut file, &md_refs, &t_refs).unwrap();
     (path, v)
 }
+
+/// This process's peak resident memory so far (Linux `VmHWM`), in MB; NaN where
+/// `/proc/self/status` cannot be read. For benchmarks and examples that report memory against a
+/// baseline measured in the same run.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
