@@ -422,22 +422,9 @@ mod tests {
     /// herself, and she does not introduce herself as 李小龙. Without weights it says "skipped".
     #[tokio::test]
     async fn real_model_does_not_take_the_users_name() {
-        let dir = std::env::var_os("SANDRA_MODELS_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
-                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.models")
-            });
-        let mut models: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
-            .filter_map(|p| Some((std::fs::metadata(&p).ok()?.len(), p)))
-            .collect();
-        models.sort();
+        let (dir, models) = sandra_models::testing::installed_chat_models();
         // The smallest model is the one most easily confused.
-        let Some((_, path)) = models.into_iter().next() else {
+        let Some(path) = models.into_iter().next() else {
             println!("skipped: no *.gguf chat model in {}", dir.display());
             return;
         };

@@ -292,3 +292,22 @@ pub fn peak_rss_mb() -> f64 {
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
+
+/// Real GGUF chat models installed for the tests that use real weights, smallest first:
+/// `$SANDRA_MODELS_DIR`, else `<repo>/.models` (`scripts/fetch-models.sh`). Returns the directory
+/// looked in too, for the `skipped:` line of tests that find none.
+pub fn installed_chat_models() -> (PathBuf, Vec<PathBuf>) {
+    let dir = std::env::var_os("SANDRA_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.models"));
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.len(), p)))
+        .collect();
+    found.sort();
+    (dir, found.into_iter().map(|(_, p)| p).collect())
+}

@@ -8,19 +8,7 @@ use sandra_models::chat::{ChatEngine, ChatMessage, DeviceChoice, SamplingParams}
 
 /// Installed GGUF chat models, smallest first.
 fn installed_models() -> Vec<PathBuf> {
-    let dir = std::env::var_os("SANDRA_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.models"));
-    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.len(), p)))
-        .collect();
-    found.sort();
-    found.into_iter().map(|(_, p)| p).collect()
+    sandra_models::testing::installed_chat_models().1
 }
 
 #[tokio::test]
