@@ -270,6 +270,28 @@ async fn rotated_token_is_used_by_sender_media_and_a_recreated_sender() {
     app.stop().await;
 }
 
+/// The user turn that message `wamid` of the 1:1 chat with `user` left in the stored history,
+/// once the turn is committed.
+async fn stored_user_turn(app: &TestApp, user: &str, wamid: &str) -> sandra_actors::session::Turn {
+    let key = sandra_actors::whatsapp::ConversationKey::new(
+        PHONE_NUMBER_ID,
+        &sandra_actors::whatsapp::ChatId::Phone(user.into()),
+    );
+    let store = &app.system.store;
+    let find = || {
+        store.load_session(&key).unwrap().and_then(|s| {
+            s.history
+                .into_iter()
+                .find(|t| t.wamids == [wamid] && t.speaker == sandra_actors::session::Speaker::User)
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || find().is_some()).await,
+        "message {wamid} is not in history"
+    );
+    find().unwrap()
+}
+
 /// A voice note that could not be heard stays in history as a marker, never as an empty turn,
 /// so the model later knows the user sent something it did not get.
 #[tokio::test]
@@ -285,27 +307,7 @@ async fn an_unheard_voice_note_is_remembered_as_such() {
             .len(),
         1
     );
-    let key = sandra_actors::whatsapp::ConversationKey::new(
-        PHONE_NUMBER_ID,
-        &sandra_actors::whatsapp::ChatId::Phone(user.into()),
-    );
-    assert!(
-        eventually(Duration::from_secs(5), || app
-            .system
-            .store
-            .load_session(&key)
-            .unwrap()
-            .is_some_and(|s| !s.history.is_empty()))
-        .await
-    );
-    let s = app.system.store.load_session(&key).unwrap().unwrap();
-    let turn = s
-        .history
-        .iter()
-        .find(|t| {
-            t.wamids == ["wamid.unheard"] && t.speaker == sandra_actors::session::Speaker::User
-        })
-        .expect("the voice note is in history");
+    let turn = stored_user_turn(&app, user, "wamid.unheard").await;
     assert_eq!(turn.text, sandra_actors::conversation::UNHEARD_VOICE_NOTE);
     app.stop().await;
 }
@@ -347,25 +349,7 @@ async fn a_timed_out_voice_turn_keeps_what_was_heard() {
             .await
             .is_empty()
     );
-    let key = sandra_actors::whatsapp::ConversationKey::new(
-        PHONE_NUMBER_ID,
-        &sandra_actors::whatsapp::ChatId::Phone(user.into()),
-    );
-    assert!(
-        eventually(Duration::from_secs(5), || app
-            .system
-            .store
-            .load_session(&key)
-            .unwrap()
-            .is_some_and(|s| !s.history.is_empty()))
-        .await
-    );
-    let s = app.system.store.load_session(&key).unwrap().unwrap();
-    let turn = s
-        .history
-        .iter()
-        .find(|t| t.wamids == ["wamid.late"])
-        .expect("the voice note is in history");
+    let turn = stored_user_turn(&app, user, "wamid.late").await;
     assert!(!turn.text.trim().is_empty());
     app.stop().await;
 }
