@@ -386,6 +386,23 @@ impl Store {
         f()
     }
 
+    /// Removes `keys` from `tree` in batches of [`SWEEP_CHUNK`], so a large sweep never holds
+    /// one huge batch or the write gate for long. Returns how many keys were given.
+    fn remove_in_chunks(
+        &self,
+        tree: &sled::Tree,
+        keys: &[sled::IVec],
+    ) -> Result<usize, StoreError> {
+        for chunk in keys.chunks(SWEEP_CHUNK) {
+            let mut batch = sled::Batch::default();
+            for k in chunk {
+                batch.remove(k.clone());
+            }
+            self.write(|| Ok(tree.apply_batch(batch)?))?;
+        }
+        Ok(keys.len())
+    }
+
     /// Whether some write may not be on disk yet.
     pub fn unsynced(&self) -> bool {
         self.synced.load(Ordering::SeqCst) < self.written.load(Ordering::SeqCst)
@@ -677,14 +694,7 @@ impl Store {
                 old.push(k);
             }
         }
-        for chunk in old.chunks(SWEEP_CHUNK) {
-            let mut batch = sled::Batch::default();
-            for k in chunk {
-                batch.remove(k.clone());
-            }
-            self.write(|| Ok(self.dedup.apply_batch(batch)?))?;
-        }
-        Ok(old.len())
+        self.remove_in_chunks(&self.dedup, &old)
     }
 
     /// Deletes outbox records in a final state (sent or failed) created before `before_ms`,
@@ -744,14 +754,7 @@ impl Store {
                 old.push(k);
             }
         }
-        for chunk in old.chunks(SWEEP_CHUNK) {
-            let mut batch = sled::Batch::default();
-            for k in chunk {
-                batch.remove(k.clone());
-            }
-            self.write(|| Ok(self.dead_letter.apply_batch(batch)?))?;
-        }
-        Ok(old.len())
+        self.remove_in_chunks(&self.dead_letter, &old)
     }
 
     /// Deletes sessions (conversation memory) whose last inbound message is older than
