@@ -8,13 +8,14 @@ use std::time::Duration;
 use anyhow::Context;
 use sandra_actors::System;
 use sandra_actors::brain::{Brain, PlaceholderBrain};
-use sandra_actors::conversation::ConversationPolicy;
+use sandra_actors::conversation::{ConversationDeps, ConversationPolicy, RunDeps};
 use sandra_actors::graph::{GraphClient, GraphConfig};
 use sandra_actors::metrics::Metrics;
 use sandra_actors::router::RouterArgs;
 use sandra_actors::sender::{SenderArgs, SenderHealth};
 use sandra_actors::slot::ActorSlot;
 use sandra_actors::store::Store;
+use sandra_actors::transcription::TranscriptionArgs;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -68,10 +69,23 @@ impl Application {
             timeout: w.request_timeout,
         });
         let c = &cfg.conversation;
-        let router_args = RouterArgs {
+        let sender_slot = ActorSlot::default();
+        let transcription = transcriber.map(|t| TranscriptionArgs {
+            transcriber: t,
+            media: sandra_actors::media::MediaClient::new(graph.clone()),
+            max_audio_seconds: cfg.transcription.max_audio_seconds,
+            max_jobs: 32,
+            metrics: metrics.clone(),
+        });
+        let deps = ConversationDeps {
             store: store.clone(),
-            brain: brain.clone(),
-            sender: ActorSlot::default(),
+            run: RunDeps {
+                brain: brain.clone(),
+                sender: sender_slot,
+                transcription: transcription.as_ref().map(|_| ActorSlot::default()),
+                echo_transcript: cfg.transcription.echo_transcript,
+                max_audio_seconds: cfg.transcription.max_audio_seconds,
+            },
             metrics: metrics.clone(),
             policy: ConversationPolicy {
                 bot_name: c.bot_name.clone(),
@@ -79,18 +93,14 @@ impl Application {
                 typing_indicator: c.typing_indicator,
                 brain_timeout: c.brain_timeout,
             },
+            limits: Arc::new(sandra_actors::limits::Limits::new(cfg.limits.clone())),
+            max_attempts: 3,
+        };
+        let router_args = RouterArgs {
+            deps: Arc::new(deps),
             idle_timeout: c.idle_timeout,
             sweep_every: (c.idle_timeout / 4)
                 .clamp(Duration::from_millis(50), Duration::from_secs(30)),
-            max_failures: 3,
-            limits: Arc::new(sandra_actors::limits::Limits::new(cfg.limits.clone())),
-            voice: transcriber.map(|t| sandra_actors::conversation::VoiceSupport {
-                media: sandra_actors::media::MediaClient::new(graph.clone()),
-                transcriber: t,
-                echo_transcript: cfg.transcription.echo_transcript,
-                max_audio_seconds: cfg.transcription.max_audio_seconds,
-                decode_slots: sandra_actors::conversation::VoiceSupport::decode_slots(),
-            }),
         };
         let sender_args = SenderArgs {
             store: store.clone(),
@@ -99,7 +109,7 @@ impl Application {
             pacing: cfg.sender.pacing(),
             health: Arc::new(SenderHealth::default()),
         };
-        let system = System::start(router_args, sender_args)
+        let system = System::start(router_args, sender_args, transcription)
             .await
             .context("starting the actor system")?;
         tracing::info!(brain = %brain.describe(), "actors started");

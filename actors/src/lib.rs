@@ -26,6 +26,8 @@ pub mod session;
 pub mod slot;
 pub mod store;
 pub mod supervisor;
+pub mod texts;
+pub mod transcription;
 pub mod whatsapp;
 
 use std::sync::Arc;
@@ -49,18 +51,44 @@ pub struct System {
 }
 
 impl System {
-    /// Starts the tree: root, sender, router (which replays unanswered messages).
+    /// Starts the tree: root, sender, transcription (when configured), router (which replays
+    /// unanswered messages). The transcription actor is published in the slot the
+    /// conversations read (`router.deps.run.transcription`).
     pub async fn start(
         router: router::RouterArgs,
         sender: sender::SenderArgs,
+        transcription: Option<transcription::TranscriptionArgs>,
     ) -> Result<Self, SpawnErr> {
         let router_slot = slot::ActorSlot::default();
-        let sender_slot = router.sender.clone();
+        let sender_slot = router.deps.run.sender.clone();
+        let mut children = vec![supervisor::Singleton::new(
+            "sender",
+            sender::Sender,
+            sender.clone(),
+            sender_slot.clone(),
+        )];
+        match (transcription, &router.deps.run.transcription) {
+            (Some(args), Some(slot)) => children.push(supervisor::Singleton::new(
+                "transcription",
+                transcription::Transcription,
+                args,
+                slot.clone(),
+            )),
+            (None, None) => {}
+            _ => {
+                return Err(SpawnErr::StartupFailed(
+                    "transcription arguments and slot must be given together".into(),
+                ));
+            }
+        }
+        children.push(supervisor::Singleton::new(
+            "router",
+            router::Router,
+            router.clone(),
+            router_slot.clone(),
+        ));
         let args = supervisor::RootArgs {
-            router: router.clone(),
-            sender: sender.clone(),
-            router_slot: router_slot.clone(),
-            sender_slot: sender_slot.clone(),
+            children,
             stopping: Arc::default(),
         };
         let stopping = args.stopping.clone();
@@ -69,8 +97,8 @@ impl System {
             root,
             router: router_slot,
             sender: sender_slot,
-            store: router.store.clone(),
-            metrics: router.metrics.clone(),
+            store: router.deps.store.clone(),
+            metrics: router.deps.metrics.clone(),
             sender_health: sender.health.clone(),
             stopping,
             credentials: sender.graph.credentials().clone(),

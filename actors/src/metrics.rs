@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 macro_rules! counters {
     ($($name:ident: $help:literal),* $(,)?) => {
         #[derive(Debug, Default)]
-        pub struct Metrics { $(pub $name: AtomicU64,)* }
+        pub struct Metrics { $(pub $name: AtomicU64,)* pub time_to_reply: Histo, pub transcription_rtf: Histo }
         impl Metrics {
             /// Prometheus text exposition of every counter.
             pub fn render(&self) -> String {
@@ -22,6 +22,13 @@ macro_rules! counters {
             }
         }
     };
+}
+
+/// Placeholder until histograms land (lead's branch only; replaced at merge).
+#[derive(Debug, Default)]
+pub struct Histo;
+impl Histo {
+    pub fn record(&self, _v: f64) {}
 }
 
 counters! {
@@ -55,6 +62,7 @@ counters! {
     webhooks_other_number: "webhook POSTs carrying items for a business number other than whatsapp.phone_number_id (answered 200, those items ignored)",
     items_other_number: "messages and statuses ignored because they were addressed to another business number",
     http_header_timeouts: "connections closed because no complete request head arrived within server.header_timeout of opening (idle keep-alive connections between requests are closed without counting)",
+    transcriptions_busy: "voice notes refused because the transcription actor had transcription.max_jobs in progress",
     model_jobs_skipped: "model jobs (chat, transcription) skipped because whoever asked had gone (e.g. a timed-out turn)",
 }
 

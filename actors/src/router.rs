@@ -3,8 +3,9 @@
 //! - Owns: `live` (key → conversation actor), `by_id` (actor id → key, to map supervision events
 //!   back) and `passivating` (keys being stopped, with messages buffered for their next
 //!   incarnation).
-//! - Takes: [`RouterMsg::Route`] from the webhook handler, [`RouterMsg::Sweep`] from its own
-//!   interval, [`RouterMsg::PassivateDeclined`] from conversations that were still busy.
+//! - Takes: [`RouterMsg::Route`] from ingestion, [`RouterMsg::Sweep`] from its own interval,
+//!   [`RouterMsg::Report`] from conversations (through a derived ref: conversations do not know
+//!   the router).
 //! - Supervises: every conversation (spawned linked and unnamed; only the router decides spawns,
 //!   so there is no check-then-spawn race). Supervised by the root supervisor.
 //! - Never: awaits a model or the network, or lets a conversation's exit stop it (it overrides
@@ -15,7 +16,7 @@
 //! session from the store), so none is lost to the stop. A conversation that fails is
 //! re-created from its stored state at once if it has unanswered messages. Crash loops end in
 //! the conversation, not here: every turn counts an attempt on its messages durably, and a
-//! message that used up `max_failures` attempts is dead-lettered with an apology. Counting in
+//! message that used up `max_attempts` attempts is dead-lettered with an apology. Counting in
 //! the store, not in this actor's memory, also ends loops that kill the whole process.
 
 use std::collections::HashMap;
@@ -24,14 +25,12 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::brain::Brain;
 use crate::conversation::{
-    Conversation, ConversationArgs, ConversationMsg, ConversationPolicy, ConversationRef,
+    Conversation, ConversationArgs, ConversationDeps, ConversationMsg, ConversationRef,
+    ConversationReport,
 };
 use crate::metrics::Metrics;
-use crate::sender::SenderMsg;
-use crate::slot::ActorSlot;
-use crate::store::{InboxRecord, Store};
+use crate::store::InboxRecord;
 use crate::whatsapp::ConversationKey;
 
 pub type RouterRef = ActorRef<RouterMsg>;
@@ -41,8 +40,8 @@ pub enum RouterMsg {
     Route(Box<InboxRecord>),
     /// Passivate conversations idle for longer than `idle_timeout`.
     Sweep,
-    /// A conversation asked to passivate was busy and keeps running.
-    PassivateDeclined(ConversationKey),
+    /// What a conversation reports (e.g. it was asked to passivate but is busy).
+    Report(ConversationReport),
     /// Passivate one conversation now (operators and tests).
     PassivateNow(ConversationKey),
     /// Number of live conversation actors.
@@ -51,23 +50,32 @@ pub enum RouterMsg {
     Lookup(ConversationKey, RpcReplyPort<Option<ConversationRef>>),
 }
 
-#[derive(Clone)]
-pub struct RouterArgs {
-    pub store: Arc<Store>,
-    pub brain: Arc<dyn Brain>,
-    pub sender: ActorSlot<SenderMsg>,
-    pub metrics: Arc<Metrics>,
-    pub policy: ConversationPolicy,
-    pub idle_timeout: Duration,
-    pub sweep_every: Duration,
-    /// Turns a message may start (crashes of a conversation or of the process included) before
-    /// it is dead-lettered.
-    pub max_failures: usize,
-    pub voice: Option<crate::conversation::VoiceSupport>,
-    /// Shared by every conversation: one sender is one sender across chats.
-    pub limits: Arc<crate::limits::Limits>,
+impl From<ConversationReport> for RouterMsg {
+    fn from(r: ConversationReport) -> Self {
+        RouterMsg::Report(r)
+    }
 }
 
+/// Needed by ractor's derived refs, to hand back a report that could not be delivered.
+impl TryFrom<RouterMsg> for ConversationReport {
+    type Error = ();
+    fn try_from(m: RouterMsg) -> Result<Self, ()> {
+        match m {
+            RouterMsg::Report(r) => Ok(r),
+            _ => Err(()),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RouterArgs {
+    /// What every conversation shares (store, brain, sender, limits, policy): one value.
+    pub deps: Arc<ConversationDeps>,
+    pub idle_timeout: Duration,
+    pub sweep_every: Duration,
+}
+
+#[derive(Clone, Copy)]
 pub struct Router;
 
 struct Entry {
@@ -110,7 +118,7 @@ impl Actor for Router {
         // started now; it reloads those messages from the inbox itself. Corrupt records are
         // dead-lettered by the store; a storage error is logged, not fatal: the messages stay in
         // the inbox and a new webhook for the chat, or the next restart, picks them up.
-        let unfinished = state.args.store.unfinished().unwrap_or_else(|e| {
+        let unfinished = state.args.deps.store.unfinished().unwrap_or_else(|e| {
             tracing::error!(error = %e, "reading the inbox for replay failed");
             Vec::new()
         });
@@ -149,7 +157,7 @@ impl Actor for Router {
                 }
             }
             RouterMsg::PassivateNow(key) => passivate(state, key),
-            RouterMsg::PassivateDeclined(key) => {
+            RouterMsg::Report(ConversationReport::PassivateDeclined(key)) => {
                 if let Some((actor, buffer)) = state.passivating.remove(&key) {
                     // Still alive and busy: take it back, with what arrived meanwhile.
                     for rec in buffer {
@@ -194,7 +202,7 @@ impl Actor for Router {
                     state.live.remove(&key);
                 }
                 if let Some((_, buffer)) = state.passivating.remove(&key) {
-                    Metrics::inc(&state.args.metrics.conversations_passivated);
+                    Metrics::inc(&state.args.deps.metrics.conversations_passivated);
                     if !buffer.is_empty() {
                         respawn_with(&myself, state, key, buffer).await;
                     }
@@ -204,7 +212,7 @@ impl Actor for Router {
                 let Some(key) = state.by_id.remove(&cell.get_id()) else {
                     return Ok(());
                 };
-                Metrics::inc(&state.args.metrics.conversations_failed);
+                Metrics::inc(&state.args.deps.metrics.conversations_failed);
                 tracing::error!(%key, error = %err, "conversation failed; restarting from stored state");
                 if state
                     .live
@@ -224,6 +232,7 @@ impl Actor for Router {
                 let has_work = !buffer.is_empty()
                     || state
                         .args
+                        .deps
                         .store
                         .unfinished_for(&key)
                         .map(|u| !u.is_empty())
@@ -268,15 +277,8 @@ async fn spawn_conversation(
 ) -> Result<ConversationRef, ActorProcessingErr> {
     let args = ConversationArgs {
         key: key.clone(),
-        store: state.args.store.clone(),
-        brain: state.args.brain.clone(),
-        sender: state.args.sender.clone(),
-        router: myself.clone(),
-        metrics: state.args.metrics.clone(),
-        policy: state.args.policy.clone(),
-        voice: state.args.voice.clone(),
-        limits: state.args.limits.clone(),
-        max_attempts: u32::try_from(state.args.max_failures).unwrap_or(u32::MAX),
+        deps: state.args.deps.clone(),
+        report: myself.get_derived(),
     };
     let (actor, _) = Actor::spawn_linked(None, Conversation, args, myself.get_cell()).await?;
     state.by_id.insert(actor.get_id(), key.clone());

@@ -111,6 +111,7 @@ pub struct SenderArgs {
     pub health: Arc<SenderHealth>,
 }
 
+#[derive(Clone, Copy)]
 pub struct Sender;
 
 pub struct SenderState {

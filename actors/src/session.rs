@@ -38,10 +38,6 @@ pub struct SessionState {
     pub summary: Option<String>,
     /// Unix seconds of the last inbound user message: opens the 24 h customer-service window.
     pub last_inbound_at: Option<i64>,
-    /// The account this chat is linked to (email verified), once linking lands.
-    pub linked_identity: Option<String>,
-    /// A multi-step flow in progress (e.g. account linking), opaque to the actor.
-    pub pending_flow: Option<serde_json::Value>,
     /// Number of completed turns.
     pub turns: u64,
 }
@@ -57,8 +53,6 @@ impl SessionState {
             history: Vec::new(),
             summary: None,
             last_inbound_at: None,
-            linked_identity: None,
-            pending_flow: None,
             turns: 0,
         }
     }

@@ -884,6 +884,21 @@ impl Store {
         self.outbox.get(be(id))?.map(|v| from_json(&v)).transpose()
     }
 
+    /// The text of a message Sandra sent, by the wamid Meta gave it: what a tapped button or
+    /// list row answers. `None` for messages Sandra did not send or whose record was swept.
+    pub fn sent_text(&self, wamid: &str) -> Result<Option<String>, StoreError> {
+        let Some(id) = self.wamid_index.get(wamid.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some(v) = self.outbox.get(id)? else {
+            return Ok(None);
+        };
+        let rec: OutboxRecord = from_json(&v)?;
+        Ok(match rec.body {
+            OutboundBody::Text { body } => Some(body),
+        })
+    }
+
     /// Every outbox record, oldest first (for tests, admin and metrics).
     pub fn outbox_all(&self) -> Result<Vec<OutboxRecord>, StoreError> {
         self.outbox

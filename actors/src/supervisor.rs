@@ -1,35 +1,69 @@
 //! The root supervisor: the top of Sandra's actor tree.
 //!
 //! ```text
-//! Root ─┬─ Sender            (one per business number; paces and retries Graph calls)
-//!       ├─ Router ── Conversation × N   (one per chat, spawned on demand, passivated when idle)
-//!       └─ (slots for the transcription and vision actors, added by their issues)
+//! Root ─┬─ Sender          (one per business number; paces and retries Graph calls)
+//!       ├─ Transcription   (when a Whisper model is configured; hears voice notes)
+//!       ├─ (Vision)        (photos: a singleton on the same pattern, added by its issue)
+//!       └─ Router ── Conversation × N   (one per chat, spawned on demand, passivated when idle)
 //! ```
 //!
-//! - Owns: the arguments needed to re-create each singleton, and the [`ActorSlot`]s through
-//!   which everyone else reaches them.
+//! - Owns: one [`Singleton`] per child: how to spawn it again and the [`ActorSlot`] through
+//!   which everyone else reaches it.
 //! - Takes: supervision events only.
 //! - Never: lets a child's failure stop it. A failed child is re-created from its arguments
 //!   (ractor has no restart strategy: restart means spawn again) and its slot updated; the
-//!   router and sender rebuild their state from the store.
+//!   router and sender rebuild their state from the store, the transcription actor keeps its
+//!   loaded model (the model thread survives a failed job; see `ModelWorker`).
+//!
+//! Children start in order: the sender and the model actors before the router, because the
+//! router replays unanswered messages at once and their conversations need both.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 
-use crate::router::{Router, RouterArgs, RouterMsg};
-use crate::sender::{Sender, SenderArgs, SenderMsg};
 use crate::slot::ActorSlot;
+
+type SpawnFuture = Pin<Box<dyn Future<Output = Result<ActorId, SpawnErr>> + Send>>;
+
+/// A child of the root that exists once: spawned at start, re-created when it exits.
+#[derive(Clone)]
+pub struct Singleton {
+    pub name: &'static str,
+    spawn: Arc<dyn Fn(ActorCell) -> SpawnFuture + Send + Sync>,
+}
+
+impl Singleton {
+    /// A singleton spawned from `args` (cloned for each incarnation), published in `slot`.
+    pub fn new<A>(name: &'static str, actor: A, args: A::Arguments, slot: ActorSlot<A::Msg>) -> Self
+    where
+        A: Actor + Clone,
+        A::Arguments: Clone + Sync,
+    {
+        let spawn = move |root: ActorCell| -> SpawnFuture {
+            let (actor, args, slot) = (actor.clone(), args.clone(), slot.clone());
+            Box::pin(async move {
+                let (r, _) = Actor::spawn_linked(None, actor, args, root).await?;
+                let id = r.get_id();
+                slot.set(r);
+                Ok(id)
+            })
+        };
+        Self {
+            name,
+            spawn: Arc::new(spawn),
+        }
+    }
+}
 
 pub struct Root;
 
 #[derive(Clone)]
 pub struct RootArgs {
-    pub router: RouterArgs,
-    pub sender: SenderArgs,
-    pub router_slot: ActorSlot<RouterMsg>,
-    pub sender_slot: ActorSlot<SenderMsg>,
+    /// In start order.
+    pub children: Vec<Singleton>,
     /// Set by `System::shutdown` before it stops the children: their exits are then expected,
     /// and re-creating them would restart work (an inbox replay) in a process that is exiting.
     pub stopping: Arc<AtomicBool>,
@@ -37,6 +71,8 @@ pub struct RootArgs {
 
 pub struct RootState {
     args: RootArgs,
+    /// The live incarnation of each child, by index into `args.children`.
+    ids: Vec<Option<ActorId>>,
 }
 
 impl Actor for Root {
@@ -49,13 +85,11 @@ impl Actor for Root {
         myself: ActorRef<()>,
         args: RootArgs,
     ) -> Result<RootState, ActorProcessingErr> {
-        let (sender, _) =
-            Actor::spawn_linked(None, Sender, args.sender.clone(), myself.get_cell()).await?;
-        args.sender_slot.set(sender);
-        let (router, _) =
-            Actor::spawn_linked(None, Router, args.router.clone(), myself.get_cell()).await?;
-        args.router_slot.set(router);
-        Ok(RootState { args })
+        let mut ids = Vec::with_capacity(args.children.len());
+        for child in &args.children {
+            ids.push(Some((child.spawn)(myself.get_cell()).await?));
+        }
+        Ok(RootState { args, ids })
     }
 
     async fn handle_supervisor_evt(
@@ -71,23 +105,17 @@ impl Actor for Root {
             }
             _ => return Ok(()),
         };
-        let id = cell.get_id();
-        let a = &state.args;
-        if a.stopping.load(Ordering::SeqCst) {
+        if state.args.stopping.load(Ordering::SeqCst) {
             tracing::debug!(reason = %why, "child stopped at shutdown");
             return Ok(());
         }
-        if a.router_slot.try_get().is_some_and(|r| r.get_id() == id) {
-            tracing::error!(reason = %why, "router exited; re-creating it");
-            let (router, _) =
-                Actor::spawn_linked(None, Router, a.router.clone(), myself.get_cell()).await?;
-            a.router_slot.set(router);
-        } else if a.sender_slot.try_get().is_some_and(|s| s.get_id() == id) {
-            tracing::error!(reason = %why, "sender exited; re-creating it");
-            let (sender, _) =
-                Actor::spawn_linked(None, Sender, a.sender.clone(), myself.get_cell()).await?;
-            a.sender_slot.set(sender);
-        }
+        let id = cell.get_id();
+        let Some(i) = state.ids.iter().position(|c| *c == Some(id)) else {
+            return Ok(());
+        };
+        let child = &state.args.children[i];
+        tracing::error!(child = child.name, reason = %why, "child exited; re-creating it");
+        state.ids[i] = Some((child.spawn)(myself.get_cell()).await?);
         Ok(())
     }
 }

@@ -239,6 +239,9 @@ pub enum Content {
     ChoiceReply {
         id: Option<String>,
         title: String,
+        /// A list row's description (buttons have none).
+        #[serde(default)]
+        description: Option<String>,
     },
     Reaction {
         message_id: String,
@@ -591,11 +594,13 @@ fn content_of(kind: &str, msg: &Value) -> Content {
                     Content::ChoiceReply {
                         id: s(reply, "id"),
                         title: s(reply, "title").unwrap_or_default(),
+                        description: s(reply, "description"),
                     }
                 }
                 Some(reply) if itype == "nfm_reply" => Content::ChoiceReply {
                     id: s(reply, "name"),
                     title: s(reply, "body").unwrap_or_else(|| "(form submitted)".into()),
+                    description: None,
                 },
                 _ => Content::Unsupported {
                     kind: format!("interactive/{itype}"),
@@ -606,6 +611,7 @@ fn content_of(kind: &str, msg: &Value) -> Content {
         "button" => Content::ChoiceReply {
             id: s(&body, "payload"),
             title: s(&body, "text").unwrap_or_default(),
+            description: None,
         },
         "reaction" => Content::Reaction {
             message_id: s(&body, "message_id").unwrap_or_default(),

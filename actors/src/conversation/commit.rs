@@ -1,0 +1,251 @@
+//! Committing a turn: pure code that builds the next session and the replies, once.
+//!
+//! The actor stores what this returns in one transaction (session + outbox + inbox removal, see
+//! `Store::commit_turn`), so a turn is either entirely remembered and answered or not at all.
+
+use crate::brain::BrainReply;
+use crate::llm_brain::author_line;
+use crate::sender::{MAX_TEXT_CHARS, split_message};
+use crate::session::{SessionState, Speaker, Turn};
+use crate::store::{NewOutbound, OutboundBody};
+
+use super::plan::Plan;
+
+/// The next session and the messages to send.
+pub struct Committed {
+    pub session: SessionState,
+    pub replies: Vec<NewOutbound>,
+    /// Inbox records this turn answers.
+    pub seqs: Vec<u64>,
+}
+
+/// Applies a finished turn to `base` (the session before the turn). `now` is unix seconds.
+pub fn commit(
+    base: &SessionState,
+    plan: &Plan,
+    reply: Option<&BrainReply>,
+    now: i64,
+    max_history_turns: usize,
+) -> Committed {
+    let mut session = base.clone();
+    session.target = plan.target.clone();
+    session.contact_name = plan.contact_name.clone();
+    if plan.reset {
+        session.history.clear();
+        session.summary = None;
+    }
+    // Every message the user sent opens the 24-hour window, answered or not.
+    for rec in &plan.records {
+        let ts = rec.message.timestamp;
+        session.last_inbound_at = Some(session.last_inbound_at.map_or(ts, |t| t.max(ts)));
+    }
+    session.history.extend(plan.quiet.iter().cloned());
+    for i in &plan.inputs {
+        let at = plan
+            .records
+            .iter()
+            .find(|r| r.message.wamid == i.wamid)
+            .map_or(now, |r| r.message.timestamp);
+        session.history.push(Turn {
+            speaker: Speaker::User,
+            text: author_line(i.author.as_deref(), session.is_group, &i.text),
+            at,
+            wamids: vec![i.wamid.clone()],
+        });
+    }
+    // A new running summary replaces the turns it folded in (counted from the oldest).
+    if let Some(update) = reply.and_then(|r| r.summary.as_ref()) {
+        let n = update.folded_turns.min(session.history.len());
+        session.history.drain(..n);
+        session.summary = Some(update.summary.clone());
+    }
+    let mut texts: Vec<String> = plan.direct.clone();
+    if let Some(r) = reply.map(|r| &r.text).filter(|r| !r.trim().is_empty()) {
+        texts.push(r.clone());
+        session.history.push(Turn {
+            speaker: Speaker::Assistant,
+            text: r.clone(),
+            at: now,
+            wamids: plan.inputs.iter().map(|i| i.wamid.clone()).collect(),
+        });
+    }
+    if session.history.len() > max_history_turns {
+        let drop = session.history.len() - max_history_turns;
+        session.history.drain(..drop);
+    }
+    session.turns += 1;
+
+    // Quote the message answered when the reply covers several messages or a group message.
+    let quote = if plan.inputs.len() > 1 || session.is_group {
+        plan.inputs.last().map(|i| i.wamid.clone())
+    } else {
+        None
+    };
+    // WhatsApp takes at most 4096 characters a message: long replies go out in paced parts.
+    let replies = texts
+        .iter()
+        .flat_map(|t| split_message(t, MAX_TEXT_CHARS))
+        .map(|body| NewOutbound {
+            target: session.target.clone(),
+            body: OutboundBody::Text { body },
+            context_message_id: quote.clone(),
+            window_expires_at: session.window_expires_at(),
+        })
+        .collect();
+    Committed {
+        seqs: plan.records.iter().map(|r| r.seq).collect(),
+        session,
+        replies,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::brain::SummaryUpdate;
+    use crate::conversation::plan::tests::{in_group, policy, rec, session_for, text};
+    use crate::conversation::plan::{Plan, PlanContext, plan};
+    use crate::whatsapp::InboundMessage;
+
+    fn planned(session: &SessionState, msgs: Vec<InboundMessage>) -> Plan {
+        let policy = policy();
+        let cap = |t: String| t;
+        let answered = HashMap::new();
+        let ctx = PlanContext {
+            policy: &policy,
+            can_hear: true,
+            cap_text: &cap,
+            answered: &answered,
+        };
+        let records = msgs
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| rec(i as u64 + 1, m))
+            .collect();
+        plan(session, records, &[], &ctx)
+    }
+
+    fn reply(text: &str) -> BrainReply {
+        BrainReply::from(text.to_string())
+    }
+
+    #[test]
+    fn a_turn_is_remembered_and_answered_once() {
+        let a = text("w1", 100, "Hello");
+        let s = session_for(&a);
+        let p = planned(&s, vec![a]);
+        let c = commit(&s, &p, Some(&reply("Hi Ana!")), 105, 40);
+        assert_eq!(c.seqs, vec![1]);
+        assert_eq!(c.session.turns, 1);
+        assert_eq!(c.session.last_inbound_at, Some(100));
+        assert_eq!(c.session.window_expires_at(), Some(100 + 24 * 3600));
+        let h: Vec<(Speaker, &str, i64)> = c
+            .session
+            .history
+            .iter()
+            .map(|t| (t.speaker, t.text.as_str(), t.at))
+            .collect();
+        assert_eq!(
+            h,
+            vec![
+                (Speaker::User, "Hello", 100),
+                (Speaker::Assistant, "Hi Ana!", 105)
+            ]
+        );
+        assert_eq!(c.replies.len(), 1);
+        assert_eq!(
+            c.replies[0].context_message_id, None,
+            "one message answered: no quote"
+        );
+        assert_eq!(c.replies[0].window_expires_at, Some(100 + 24 * 3600));
+        // The base is untouched: a failed commit can be retried from it.
+        assert!(s.history.is_empty());
+    }
+
+    #[test]
+    fn direct_answers_come_first_and_several_inputs_are_quoted() {
+        let a = text("w1", 1, "/help");
+        let s = session_for(&a);
+        let p = planned(&s, vec![a, text("w2", 2, "one"), text("w3", 3, "two")]);
+        let c = commit(&s, &p, Some(&reply("answer")), 5, 40);
+        let bodies: Vec<String> = c
+            .replies
+            .iter()
+            .map(|r| match &r.body {
+                OutboundBody::Text { body } => body.clone(),
+            })
+            .collect();
+        assert_eq!(bodies[1], "answer");
+        assert!(bodies[0].starts_with("I'm Sandra"));
+        assert!(
+            c.replies
+                .iter()
+                .all(|r| r.context_message_id.as_deref() == Some("w3"))
+        );
+    }
+
+    #[test]
+    fn reset_quiet_summary_and_trimming() {
+        let a = in_group(text("w1", 1, "chatter"));
+        let mut s = session_for(&a);
+        for i in 0..5 {
+            s.history.push(Turn {
+                speaker: Speaker::User,
+                text: format!("old {i}"),
+                at: i,
+                wamids: vec![],
+            });
+        }
+        // Chatter in a group: history only, no reply, but the window still opens.
+        let p = planned(&s, vec![a.clone()]);
+        let c = commit(&s, &p, None, 9, 40);
+        assert!(c.replies.is_empty());
+        assert_eq!(c.session.history.last().unwrap().text, "Ana: chatter");
+        assert_eq!(c.session.last_inbound_at, Some(1));
+
+        // A summary folds the oldest turns; the history is trimmed to the cap.
+        let p = planned(&s, vec![in_group(text("w2", 2, "Sandra, recap?"))]);
+        let mut r = reply("Here it is.");
+        r.summary = Some(SummaryUpdate {
+            summary: "they talked".into(),
+            folded_turns: 3,
+        });
+        let c = commit(&s, &p, Some(&r), 9, 3);
+        assert_eq!(c.session.summary.as_deref(), Some("they talked"));
+        let h: Vec<&str> = c.session.history.iter().map(|t| t.text.as_str()).collect();
+        assert_eq!(h, vec!["old 4", "Ana: Sandra, recap?", "Here it is."]);
+        assert_eq!(
+            c.replies[0].context_message_id.as_deref(),
+            Some("w2"),
+            "groups quote"
+        );
+
+        // /reset forgets what came before, keeps what this turn adds.
+        let b = text("w3", 3, "/reset");
+        let s1 = session_for(&b);
+        let mut s1b = s1.clone();
+        s1b.history = s.history.clone();
+        s1b.summary = Some("x".into());
+        let p = planned(&s1b, vec![b]);
+        let c = commit(&s1b, &p, None, 9, 40);
+        assert!(c.session.history.is_empty() && c.session.summary.is_none());
+        assert_eq!(c.replies.len(), 1);
+    }
+
+    #[test]
+    fn long_replies_are_split_for_whatsapp() {
+        let a = text("w1", 1, "tell me everything");
+        let s = session_for(&a);
+        let p = planned(&s, vec![a]);
+        let long = "word ".repeat(2000);
+        let c = commit(&s, &p, Some(&reply(&long)), 2, 40);
+        assert!(c.replies.len() >= 3);
+        assert_eq!(
+            c.session.history.len(),
+            2,
+            "one assistant turn however many parts"
+        );
+    }
+}

@@ -1,0 +1,729 @@
+//! Planning a turn: pure code, no actors, no I/O, no clock.
+//!
+//! Given the session as it stands, the messages taken for this turn (each with the limits'
+//! verdict on its sender) and the policy, [`plan`] decides what happens to each message: it goes
+//! to the brain, is answered directly (commands, things Sandra cannot read), only becomes
+//! history (reactions, group chatter not addressed to Sandra), is a voice note to hear first, or
+//! is dropped (blocked or over the rate). The actor then runs the plan ([`super::run`]) and
+//! commits it ([`super::commit`]). Everything a user relies on about batching, groups, commands
+//! and the 24-hour window is decided here, and tested here without an actor.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::brain::{TurnInput, UserInput};
+use crate::limits::Verdict;
+use crate::llm_brain::author_line;
+use crate::session::{SessionState, Speaker, Turn};
+use crate::store::{InboxRecord, refresh_target};
+use crate::texts::{self, Lang, MediaWord};
+use crate::whatsapp::{Content, InboundMessage, MediaKind, MediaRef, ReplyTarget};
+
+use super::ConversationPolicy;
+
+/// A voice note's place in history when it was never heard (download, decoding or
+/// transcription failed, or the turn timed out first).
+pub const UNHEARD_VOICE_NOTE: &str = "[voice note that could not be transcribed]";
+
+/// Takes at most `max` messages (at least one) in (timestamp, arrival) order; the rest wait.
+/// The cut comes before the turn's attempt is counted, so a message that waits is not charged
+/// an attempt it never had.
+pub fn take_batch(pending: &mut BTreeMap<(i64, u64), InboxRecord>, max: usize) -> Vec<InboxRecord> {
+    let mut taken = Vec::new();
+    while taken.len() < max.max(1) {
+        match pending.pop_first() {
+            Some((_, rec)) => taken.push(rec),
+            None => break,
+        }
+    }
+    taken
+}
+
+/// What the planner needs besides the session and the messages.
+pub struct PlanContext<'a> {
+    pub policy: &'a ConversationPolicy,
+    /// A transcription actor is configured: voice notes are heard, not declined.
+    pub can_hear: bool,
+    /// Caps a user text at `limits.max_message_chars` (pure).
+    pub cap_text: &'a dyn Fn(String) -> String,
+    /// The text of Sandra's own messages that button and list replies answer, by wamid.
+    pub answered: &'a HashMap<String, String>,
+}
+
+/// Something the actor logs and counts; the planner only reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlanEvent {
+    Blocked {
+        wamid: String,
+    },
+    RateLimited {
+        wamid: String,
+        notify: bool,
+    },
+    Unsupported {
+        wamid: String,
+        kind: String,
+        detail: Option<String>,
+    },
+}
+
+/// What one turn will do.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Every message this turn answers (and removes from the inbox), dropped ones included.
+    pub records: Vec<InboxRecord>,
+    /// What goes to the brain, in order. A voice note is [`UNHEARD_VOICE_NOTE`] until heard.
+    pub inputs: Vec<UserInput>,
+    /// Voice notes to hear before the brain: (index into `inputs`, media).
+    pub voice: Vec<(usize, MediaRef)>,
+    /// Replies decided without the brain (commands, canned answers), in order.
+    pub direct: Vec<String>,
+    /// Messages that only become history (reactions, group chatter not addressed to Sandra).
+    pub quiet: Vec<Turn>,
+    /// `/reset` was among the messages: history and summary are forgotten before this turn.
+    pub reset: bool,
+    /// Where replies go, refreshed from the newest messages.
+    pub target: ReplyTarget,
+    /// The user's profile name (1:1 chats), refreshed from the newest message that has one.
+    pub contact_name: Option<String>,
+    /// The language for canned texts this turn.
+    pub lang: Lang,
+    pub events: Vec<PlanEvent>,
+}
+
+impl Plan {
+    /// Nothing for the brain: the turn can be committed at once.
+    pub fn needs_brain(&self) -> bool {
+        !self.inputs.is_empty()
+    }
+
+    /// The brain's view of this turn, over the session as it stood before it.
+    pub fn brain_input(&self, session: &SessionState) -> TurnInput {
+        TurnInput {
+            history: if self.reset {
+                Vec::new()
+            } else {
+                session.history.clone()
+            },
+            summary: if self.reset {
+                None
+            } else {
+                session.summary.clone()
+            },
+            inputs: self.inputs.clone(),
+            contact_name: self.contact_name.clone(),
+            is_group: session.is_group,
+        }
+    }
+
+    /// The message whose typing indicator is shown while the brain works (1:1 chats only;
+    /// groups cannot show one).
+    pub fn typing_for(
+        &self,
+        session: &SessionState,
+        policy: &ConversationPolicy,
+    ) -> Option<String> {
+        (!session.is_group && policy.typing_indicator)
+            .then(|| self.inputs.last().map(|i| i.wamid.clone()))
+            .flatten()
+    }
+}
+
+/// Decides what the turn does with each of `records` (`verdicts[i]` is the limits' verdict on
+/// `records[i]`'s sender).
+pub fn plan(
+    session: &SessionState,
+    records: Vec<InboxRecord>,
+    verdicts: &[Verdict],
+    ctx: &PlanContext<'_>,
+) -> Plan {
+    let mut p = Plan {
+        records: Vec::with_capacity(records.len()),
+        inputs: Vec::new(),
+        voice: Vec::new(),
+        direct: Vec::new(),
+        quiet: Vec::new(),
+        reset: false,
+        target: session.target.clone(),
+        contact_name: session.contact_name.clone(),
+        lang: language_of(&records, session),
+        events: Vec::new(),
+    };
+    let lang = p.lang;
+    for (i, rec) in records.into_iter().enumerate() {
+        let m = &rec.message;
+        match verdicts.get(i).copied().unwrap_or(Verdict::Answer) {
+            Verdict::Answer => {}
+            Verdict::Blocked => {
+                // Answered by silence: leaves the inbox with this turn, enters no history.
+                p.events.push(PlanEvent::Blocked {
+                    wamid: m.wamid.clone(),
+                });
+                p.records.push(rec);
+                continue;
+            }
+            Verdict::RateLimited { notify } => {
+                p.events.push(PlanEvent::RateLimited {
+                    wamid: m.wamid.clone(),
+                    notify,
+                });
+                // No notice for group chatter not meant for Sandra: the group did not ask.
+                if notify && (!session.is_group || addressed_in_group(m, ctx.policy)) {
+                    p.direct.push(texts::rate_notice(lang));
+                }
+                p.records.push(rec);
+                continue;
+            }
+        }
+        refresh_target(&mut p.target, m);
+        if m.contact_name.is_some() && !session.is_group {
+            p.contact_name = m.contact_name.clone();
+        }
+        if let Content::Unsupported { kind, detail } = &m.content {
+            p.events.push(PlanEvent::Unsupported {
+                wamid: m.wamid.clone(),
+                kind: kind.clone(),
+                detail: detail.clone(),
+            });
+        }
+        let rendered = match render(m, ctx, lang) {
+            Rendered::Input(t) => Rendered::Input((ctx.cap_text)(t)),
+            Rendered::Quiet(t) => Rendered::Quiet((ctx.cap_text)(t)),
+            other => other,
+        };
+        if session.is_group && !addressed_in_group(m, ctx.policy) {
+            // Group chatter: remember it as context, answer nothing.
+            if let Rendered::Input(t) | Rendered::Quiet(t) = rendered {
+                p.quiet.push(user_turn(m, t));
+            }
+            p.records.push(rec);
+            continue;
+        }
+        let input = |text: String| UserInput {
+            wamid: m.wamid.clone(),
+            author: m.contact_name.clone(),
+            text,
+        };
+        match rendered {
+            Rendered::Input(text) => p.inputs.push(input(text)),
+            Rendered::Direct(text) => p.direct.push(text),
+            Rendered::Quiet(text) => p.quiet.push(user_turn(m, text)),
+            Rendered::Voice(media) => {
+                p.voice.push((p.inputs.len(), media));
+                // Replaced by the transcript once heard; kept as is if it never is, so history
+                // never holds an empty user turn.
+                p.inputs.push(input(UNHEARD_VOICE_NOTE.into()));
+            }
+            Rendered::Reset => {
+                p.reset = true;
+                p.direct.push(texts::reset_done(lang));
+            }
+        }
+        p.records.push(rec);
+    }
+    p
+}
+
+/// The language of this turn's canned texts: the newest message that says, else the newest user
+/// turn in history that does, else English.
+fn language_of(records: &[InboxRecord], session: &SessionState) -> Lang {
+    let from_messages = records.iter().rev().find_map(|r| match &r.message.content {
+        Content::Text { body } => Lang::detect(body),
+        Content::Media(m) => m.caption.as_deref().and_then(Lang::detect),
+        _ => None,
+    });
+    from_messages
+        .or_else(|| {
+            session
+                .history
+                .iter()
+                .rev()
+                .filter(|t| t.speaker == Speaker::User)
+                .find_map(|t| Lang::detect(&t.text))
+        })
+        .unwrap_or_default()
+}
+
+/// What a user message becomes for the brain, or a direct answer when the brain cannot use it.
+#[derive(Debug)]
+enum Rendered {
+    /// Goes to the brain.
+    Input(String),
+    /// Answered without the brain (commands, things Sandra cannot read yet).
+    Direct(String),
+    /// Recorded in history, not answered (reactions).
+    Quiet(String),
+    /// `/reset`.
+    Reset,
+    /// A voice note or audio file, heard by the transcription actor.
+    Voice(MediaRef),
+}
+
+fn render(m: &InboundMessage, ctx: &PlanContext<'_>, lang: Lang) -> Rendered {
+    match &m.content {
+        Content::Text { body } => {
+            let t = body.trim();
+            if let Some(cmd) = t.strip_prefix('/') {
+                let cmd = cmd.split_whitespace().next().unwrap_or("").to_lowercase();
+                return match cmd.as_str() {
+                    "reset" => Rendered::Reset,
+                    "help" | "start" => Rendered::Direct(texts::help(lang)),
+                    _ => Rendered::Direct(texts::unknown_command(lang, &cmd)),
+                };
+            }
+            Rendered::Input(body.clone())
+        }
+        Content::ChoiceReply {
+            title, description, ..
+        } => Rendered::Input(choice_text(
+            title,
+            description.as_deref(),
+            m.context
+                .as_ref()
+                .and_then(|c| c.id.as_ref())
+                .and_then(|id| ctx.answered.get(id))
+                .map(String::as_str),
+        )),
+        Content::Location {
+            latitude,
+            longitude,
+            name,
+            address,
+        } => {
+            let place = [name.as_deref(), address.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(", ");
+            Rendered::Input(format!(
+                "[I shared a location: {}({latitude:.5}, {longitude:.5})]",
+                if place.is_empty() {
+                    String::new()
+                } else {
+                    format!("{place} ")
+                }
+            ))
+        }
+        Content::Contacts { cards } => {
+            Rendered::Input(format!("[I shared contact cards: {}]", cards.join("; ")))
+        }
+        Content::Reaction { message_id, emoji } => Rendered::Quiet(if emoji.is_empty() {
+            format!("[removed a reaction from message {message_id}]")
+        } else {
+            format!("[reacted {emoji} to message {message_id}]")
+        }),
+        Content::Media(media) if media.kind == MediaKind::Audio && ctx.can_hear => {
+            Rendered::Voice(media.clone())
+        }
+        Content::Media(media) => {
+            let what = match media.kind {
+                MediaKind::Image => MediaWord::Photo,
+                MediaKind::Audio if media.voice => MediaWord::VoiceNote,
+                MediaKind::Audio => MediaWord::AudioFile,
+                MediaKind::Video => MediaWord::Video,
+                MediaKind::Document => MediaWord::Document,
+                MediaKind::Sticker => MediaWord::Sticker,
+            };
+            match &media.caption {
+                Some(c) if !c.trim().is_empty() => Rendered::Input(format!(
+                    "[I sent a {} you cannot see yet, with the caption:] {c}",
+                    what.english()
+                )),
+                _ if media.kind == MediaKind::Sticker => {
+                    Rendered::Quiet(format!("[sent a {}]", what.english()))
+                }
+                _ => Rendered::Direct(texts::cannot_open(lang, what)),
+            }
+        }
+        Content::Unsupported { kind, .. } => Rendered::Direct(texts::cannot_read(lang, kind)),
+    }
+}
+
+/// A tapped button or list row, as the model reads it: what was tapped, the row's description,
+/// and the message it answers, so "Lisboa" means the answer to "Which city?".
+fn choice_text(title: &str, description: Option<&str>, answered: Option<&str>) -> String {
+    let mut s = format!("[I tapped \"{title}\"");
+    if let Some(d) = description.filter(|d| !d.trim().is_empty()) {
+        s.push_str(&format!(" ({d})"));
+    }
+    match answered {
+        Some(a) => s.push_str(&format!(" in reply to your message: \"{a}\"]")),
+        None => s.push(']'),
+    }
+    s
+}
+
+/// In a group, Sandra answers only when mentioned by name or number, or replied to.
+pub fn addressed_in_group(m: &InboundMessage, policy: &ConversationPolicy) -> bool {
+    if m.context
+        .as_ref()
+        .and_then(|c| c.from.as_deref())
+        .is_some_and(|f| !m.display_phone_number.is_empty() && f == m.display_phone_number)
+    {
+        return true;
+    }
+    let text = match &m.content {
+        Content::Text { body } => body.to_lowercase(),
+        Content::Media(media) => media.caption.clone().unwrap_or_default().to_lowercase(),
+        _ => return false,
+    };
+    let name = policy.bot_name.to_lowercase();
+    (!name.is_empty() && text.contains(&name))
+        || (!m.display_phone_number.is_empty()
+            && text.contains(&format!("@{}", m.display_phone_number)))
+}
+
+/// A message that only becomes history, with its author in groups.
+fn user_turn(m: &InboundMessage, text: String) -> Turn {
+    let text = author_line(m.contact_name.as_deref(), m.group_id.is_some(), &text);
+    Turn {
+        speaker: Speaker::User,
+        text,
+        at: m.timestamp,
+        wamids: vec![m.wamid.clone()],
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::whatsapp::ContextRef;
+
+    pub fn policy() -> ConversationPolicy {
+        ConversationPolicy {
+            bot_name: "Sandra".into(),
+            max_history_turns: 40,
+            typing_indicator: true,
+            brain_timeout: std::time::Duration::from_secs(300),
+        }
+    }
+
+    pub fn msg(wamid: &str, ts: i64, content: Content) -> InboundMessage {
+        InboundMessage {
+            wamid: wamid.into(),
+            phone_number_id: "PNID".into(),
+            display_phone_number: "15550009999".into(),
+            from: Some("15550001111".into()),
+            from_user_id: None,
+            group_id: None,
+            contact_name: Some("Ana".into()),
+            timestamp: ts,
+            context: None,
+            content,
+        }
+    }
+
+    pub fn text(wamid: &str, ts: i64, body: &str) -> InboundMessage {
+        msg(wamid, ts, Content::Text { body: body.into() })
+    }
+
+    pub fn in_group(mut m: InboundMessage) -> InboundMessage {
+        m.group_id = Some("GROUP1".into());
+        m
+    }
+
+    pub fn rec(seq: u64, m: InboundMessage) -> InboxRecord {
+        InboxRecord {
+            seq,
+            key: m.conversation_key().unwrap(),
+            message: m,
+            received_at_ms: 0,
+            attempts: 0,
+        }
+    }
+
+    pub fn session_for(m: &InboundMessage) -> SessionState {
+        SessionState::new(m.conversation_key().unwrap(), m.reply_target())
+    }
+
+    fn run(session: &SessionState, msgs: Vec<InboundMessage>, verdicts: &[Verdict]) -> Plan {
+        run_with(session, msgs, verdicts, true, &HashMap::new())
+    }
+
+    fn run_with(
+        session: &SessionState,
+        msgs: Vec<InboundMessage>,
+        verdicts: &[Verdict],
+        can_hear: bool,
+        answered: &HashMap<String, String>,
+    ) -> Plan {
+        let policy = policy();
+        let cap = |t: String| t.chars().take(50).collect::<String>();
+        let ctx = PlanContext {
+            policy: &policy,
+            can_hear,
+            cap_text: &cap,
+            answered,
+        };
+        let records = msgs
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| rec(i as u64, m))
+            .collect();
+        plan(session, records, verdicts, &ctx)
+    }
+
+    #[test]
+    fn batch_takes_oldest_first_and_leaves_the_rest_waiting() {
+        let mut pending = BTreeMap::new();
+        for (ts, seq) in [(30, 1), (10, 2), (20, 3), (10, 4)] {
+            pending.insert((ts, seq), rec(seq, text("w", ts, "hi")));
+        }
+        let taken: Vec<u64> = take_batch(&mut pending, 3).iter().map(|r| r.seq).collect();
+        assert_eq!(taken, vec![2, 4, 3], "timestamp order, then arrival order");
+        assert_eq!(pending.len(), 1);
+        // A cap of 0 still makes progress.
+        assert_eq!(take_batch(&mut pending, 0).len(), 1);
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn a_batch_of_texts_goes_to_the_brain_together_in_order() {
+        let a = text("w1", 1, "Hello");
+        let s = session_for(&a);
+        let p = run(&s, vec![a, text("w2", 2, "Are you there?")], &[]);
+        let texts: Vec<&str> = p.inputs.iter().map(|i| i.text.as_str()).collect();
+        assert_eq!(texts, vec!["Hello", "Are you there?"]);
+        assert_eq!(p.records.len(), 2);
+        assert!(p.direct.is_empty() && p.quiet.is_empty() && !p.reset);
+        assert_eq!(p.typing_for(&s, &policy()), Some("w2".into()));
+        // Long texts are capped.
+        let long = text("w3", 3, &"x".repeat(500));
+        assert_eq!(run(&s, vec![long], &[]).inputs[0].text.len(), 50);
+    }
+
+    #[test]
+    fn commands_are_answered_without_the_brain() {
+        let a = text("w1", 1, "/help");
+        let mut s = session_for(&a);
+        s.history.push(Turn {
+            speaker: Speaker::User,
+            text: "old".into(),
+            at: 0,
+            wamids: vec![],
+        });
+        s.summary = Some("earlier".into());
+        let p = run(&s, vec![a, text("w2", 2, "/Frobnicate now")], &[]);
+        assert!(!p.needs_brain());
+        assert_eq!(p.direct[0], texts::help(Lang::En));
+        assert!(p.direct[1].starts_with("I don't know the command /frobnicate."));
+
+        let p = run(
+            &s,
+            vec![text("w1", 1, " /reset "), text("w2", 2, "new topic")],
+            &[],
+        );
+        assert!(p.reset);
+        assert_eq!(p.direct, vec![texts::reset_done(Lang::En)]);
+        let input = p.brain_input(&s);
+        assert!(
+            input.history.is_empty() && input.summary.is_none(),
+            "reset forgets before the brain answers"
+        );
+        assert_eq!(input.inputs[0].text, "new topic");
+    }
+
+    #[test]
+    fn groups_answer_only_when_addressed() {
+        let chatter = in_group(text("w1", 1, "lunch at noon?"));
+        let s = session_for(&chatter);
+        assert!(s.is_group);
+        let named = in_group(text("w2", 2, "sandra, what's the weather?"));
+        let not_a_mention = in_group(text("w3", 3, "I sent it to Sandr a"));
+        let mut replied = in_group(text("w4", 4, "thanks"));
+        replied.context = Some(ContextRef {
+            from: Some("15550009999".into()),
+            id: Some("sent1".into()),
+            forwarded: false,
+        });
+        let by_number = in_group(text("w5", 5, "@15550009999 hi"));
+        let help = in_group(text("w6", 6, "/help"));
+        let p = run(
+            &s,
+            vec![chatter, named, not_a_mention, replied, by_number, help],
+            &[],
+        );
+        let answered: Vec<&str> = p.inputs.iter().map(|i| i.wamid.as_str()).collect();
+        assert_eq!(answered, vec!["w2", "w4", "w5"]);
+        // Chatter is remembered with its author, never answered; a command not addressed to
+        // Sandra is neither answered nor remembered.
+        let quiet: Vec<&str> = p.quiet.iter().map(|t| t.text.as_str()).collect();
+        assert_eq!(
+            quiet,
+            vec!["Ana: lunch at noon?", "Ana: I sent it to Sandr a"]
+        );
+        assert!(p.direct.is_empty());
+        assert_eq!(p.records.len(), 6);
+        assert_eq!(
+            p.typing_for(&s, &policy()),
+            None,
+            "groups cannot show typing"
+        );
+    }
+
+    #[test]
+    fn blocked_and_rate_limited_senders_get_no_brain_and_no_history() {
+        let a = text("w1", 1, "spam");
+        let s = session_for(&a);
+        let p = run(
+            &s,
+            vec![a, text("w2", 2, "spam"), text("w3", 3, "spam")],
+            &[
+                Verdict::Blocked,
+                Verdict::RateLimited { notify: true },
+                Verdict::RateLimited { notify: false },
+            ],
+        );
+        assert!(!p.needs_brain());
+        assert!(p.quiet.is_empty());
+        assert_eq!(p.records.len(), 3, "dropped messages still leave the inbox");
+        assert_eq!(
+            p.direct,
+            vec![texts::rate_notice(Lang::En)],
+            "one notice, not one per message"
+        );
+        assert_eq!(p.events.len(), 3);
+
+        // In a group, no notice for chatter that was not meant for Sandra.
+        let g = in_group(text("w1", 1, "spam"));
+        let gs = session_for(&g);
+        let p = run(&gs, vec![g], &[Verdict::RateLimited { notify: true }]);
+        assert!(p.direct.is_empty());
+    }
+
+    #[test]
+    fn the_reply_target_and_name_follow_the_newest_message() {
+        let a = text("w1", 1, "hi");
+        let s = session_for(&a);
+        let mut b = text("w2", 2, "me again");
+        b.from_user_id = Some("US.123".into());
+        b.contact_name = Some("Ana María".into());
+        let p = run(&s, vec![a, b], &[]);
+        assert_eq!(p.target.user_id.as_deref(), Some("US.123"));
+        assert_eq!(p.target.phone.as_deref(), Some("15550001111"));
+        assert_eq!(p.contact_name.as_deref(), Some("Ana María"));
+        // The 24-hour window is opened by what the user sends, answered or not: every record
+        // is part of the plan, and the commit stamps `last_inbound_at` from them.
+        let p = run(&s, vec![text("w3", 9, "x")], &[Verdict::Blocked]);
+        assert_eq!(p.records[0].message.timestamp, 9);
+    }
+
+    #[test]
+    fn voice_notes_are_heard_first_or_declined_when_no_one_can_hear() {
+        let media = |voice| MediaRef {
+            kind: MediaKind::Audio,
+            id: "m1".into(),
+            mime_type: Some("audio/ogg".into()),
+            sha256: None,
+            caption: None,
+            filename: None,
+            voice,
+            animated: false,
+            url: None,
+        };
+        let a = msg("w1", 1, Content::Media(media(true)));
+        let s = session_for(&a);
+        let p = run(&s, vec![text("w0", 0, "listen:"), a.clone()], &[]);
+        assert_eq!(p.voice.len(), 1);
+        assert_eq!(
+            p.voice[0].0, 1,
+            "index of the voice note among the brain's inputs"
+        );
+        assert_eq!(p.inputs[1].text, UNHEARD_VOICE_NOTE);
+        let p = run_with(&s, vec![a], &[], false, &HashMap::new());
+        assert!(p.voice.is_empty() && !p.needs_brain());
+        assert_eq!(
+            p.direct,
+            vec![texts::cannot_open(Lang::En, MediaWord::VoiceNote)]
+        );
+    }
+
+    #[test]
+    fn list_replies_keep_title_description_and_the_question() {
+        let mut tap = msg(
+            "w1",
+            1,
+            Content::ChoiceReply {
+                id: Some("city_lis".into()),
+                title: "Lisboa".into(),
+                description: Some("Capital of Portugal".into()),
+            },
+        );
+        tap.context = Some(ContextRef {
+            from: Some("15550009999".into()),
+            id: Some("wamid.sent".into()),
+            forwarded: false,
+        });
+        let s = session_for(&tap);
+        let answered = HashMap::from([(
+            "wamid.sent".to_string(),
+            "Which city are you flying to?".to_string(),
+        )]);
+        let policy = policy();
+        let cap = |t: String| t;
+        let ctx = PlanContext {
+            policy: &policy,
+            can_hear: true,
+            cap_text: &cap,
+            answered: &answered,
+        };
+        let p = plan(&s, vec![rec(1, tap.clone())], &[], &ctx);
+        assert_eq!(
+            p.inputs[0].text,
+            "[I tapped \"Lisboa\" (Capital of Portugal) in reply to your message: \"Which city are you flying to?\"]"
+        );
+        // Without the question on record, still the title and the description.
+        let p = run(&s, vec![tap], &[]);
+        assert_eq!(
+            p.inputs[0].text,
+            "[I tapped \"Lisboa\" (Capital of Portugal)]"
+        );
+    }
+
+    #[test]
+    fn canned_texts_follow_the_users_language() {
+        let a = text("w1", 1, "/ayuda");
+        let s = session_for(&a);
+        let p = run(
+            &s,
+            vec![
+                text("w0", 0, "Hola, ¿me puedes ayudar con una receta de cocina?"),
+                a,
+            ],
+            &[],
+        );
+        assert!(
+            p.direct[0].starts_with("No conozco el comando /ayuda."),
+            "{}",
+            p.direct[0]
+        );
+        // Nothing to tell the language by: English.
+        let p = run(&s, vec![text("w1", 1, "/x")], &[]);
+        assert!(p.direct[0].starts_with("I don't know the command /x."));
+        // The history tells it when this turn's messages do not.
+        let mut s2 = s.clone();
+        s2.history.push(Turn {
+            speaker: Speaker::User,
+            text: "Bonjour, pouvez-vous m'aider à écrire une lettre à mon propriétaire ?".into(),
+            at: 0,
+            wamids: vec![],
+        });
+        let p = run(&s2, vec![text("w1", 1, "/reset")], &[]);
+        assert_eq!(p.direct, vec![texts::reset_done(Lang::Fr)]);
+    }
+
+    #[test]
+    fn unsupported_and_media_without_caption_are_answered_directly() {
+        let poll = msg(
+            "w1",
+            1,
+            Content::Unsupported {
+                kind: "poll_update".into(),
+                detail: None,
+            },
+        );
+        let s = session_for(&poll);
+        let p = run(&s, vec![poll], &[]);
+        assert!(p.direct[0].contains("can't read this kind of message (poll_update)"));
+        assert!(matches!(p.events[0], PlanEvent::Unsupported { .. }));
+    }
+}

@@ -1,0 +1,414 @@
+//! Every text Sandra sends without asking the model: command answers, apologies, notes about
+//! voice notes and media. One place, so wording stays consistent and each text exists in every
+//! language Sandra ships.
+//!
+//! The language is the user's when it can be told: the language Whisper heard in a voice note,
+//! or the language of the user's own words when they are long enough to say (`whatlang`, only
+//! when it calls its guess reliable). Otherwise English. Texts meant for the model (the bracketed
+//! descriptions of shared locations, contacts, media) are not here: the model reads English and
+//! answers in the user's language itself.
+
+/// A language Sandra's canned texts exist in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lang {
+    #[default]
+    En,
+    Es,
+    Pt,
+    Fr,
+    De,
+}
+
+/// Fewer characters than this say too little about their language to switch away from English
+/// ("ok", "Lisboa", "PANIC forever" are all guessed wrongly now and then).
+const MIN_DETECT_CHARS: usize = 16;
+
+/// whatlang's confidence (0–1) below which a guess is not acted on.
+const MIN_CONFIDENCE: f64 = 0.25;
+
+impl Lang {
+    /// The language of `text`, when it is one Sandra has texts for and the guess is reliable.
+    pub fn detect(text: &str) -> Option<Lang> {
+        let text = text.trim();
+        if text.chars().filter(|c| c.is_alphabetic()).count() < MIN_DETECT_CHARS {
+            return None;
+        }
+        // Only the languages Sandra has texts for compete: a guess among five is much surer
+        // than among seventy, and anything else stays English anyway.
+        let detector = whatlang::Detector::with_allowlist(vec![
+            whatlang::Lang::Eng,
+            whatlang::Lang::Spa,
+            whatlang::Lang::Por,
+            whatlang::Lang::Fra,
+            whatlang::Lang::Deu,
+        ]);
+        let info = detector.detect(text)?;
+        if info.script() != whatlang::Script::Latin || info.confidence() < MIN_CONFIDENCE {
+            return None;
+        }
+        Some(match info.lang() {
+            whatlang::Lang::Spa => Lang::Es,
+            whatlang::Lang::Por => Lang::Pt,
+            whatlang::Lang::Fra => Lang::Fr,
+            whatlang::Lang::Deu => Lang::De,
+            _ => Lang::En,
+        })
+    }
+
+    /// From an ISO 639-1 code (what Whisper reports).
+    pub fn from_code(code: &str) -> Option<Lang> {
+        match code {
+            "en" => Some(Lang::En),
+            "es" => Some(Lang::Es),
+            "pt" => Some(Lang::Pt),
+            "fr" => Some(Lang::Fr),
+            "de" => Some(Lang::De),
+            _ => None,
+        }
+    }
+}
+
+/// Picks one of five translations by language.
+macro_rules! by_lang {
+    ($lang:expr, en: $en:expr, es: $es:expr, pt: $pt:expr, fr: $fr:expr, de: $de:expr $(,)?) => {
+        match $lang {
+            Lang::En => $en,
+            Lang::Es => $es,
+            Lang::Pt => $pt,
+            Lang::Fr => $fr,
+            Lang::De => $de,
+        }
+    };
+}
+
+pub fn help(l: Lang) -> String {
+    by_lang!(l,
+        en: "I'm Sandra, an AI assistant. Just write to me and I'll answer. Commands: /reset forgets our conversation, /help shows this message.",
+        es: "Soy Sandra, una asistente de IA. Escríbeme y te responderé. Comandos: /reset olvida nuestra conversación, /help muestra este mensaje.",
+        pt: "Sou a Sandra, uma assistente de IA. Escreva-me e eu respondo. Comandos: /reset esquece a nossa conversa, /help mostra esta mensagem.",
+        fr: "Je suis Sandra, une assistante IA. Écrivez-moi et je vous répondrai. Commandes : /reset oublie notre conversation, /help affiche ce message.",
+        de: "Ich bin Sandra, eine KI-Assistentin. Schreib mir einfach, ich antworte. Befehle: /reset vergisst unser Gespräch, /help zeigt diese Nachricht.",
+    )
+    .to_string()
+}
+
+pub fn unknown_command(l: Lang, cmd: &str) -> String {
+    let intro = by_lang!(l,
+        en: format!("I don't know the command /{cmd}."),
+        es: format!("No conozco el comando /{cmd}."),
+        pt: format!("Não conheço o comando /{cmd}."),
+        fr: format!("Je ne connais pas la commande /{cmd}."),
+        de: format!("Den Befehl /{cmd} kenne ich nicht."),
+    );
+    format!("{intro} {}", help(l))
+}
+
+pub fn reset_done(l: Lang) -> String {
+    by_lang!(l,
+        en: "Done: I've forgotten our conversation. Let's start fresh.",
+        es: "Hecho: he olvidado nuestra conversación. Empecemos de nuevo.",
+        pt: "Feito: esqueci a nossa conversa. Vamos recomeçar.",
+        fr: "C'est fait : j'ai oublié notre conversation. On repart de zéro.",
+        de: "Erledigt: Ich habe unser Gespräch vergessen. Fangen wir neu an.",
+    )
+    .to_string()
+}
+
+pub fn busy(l: Lang) -> String {
+    by_lang!(l,
+        en: "I'm a bit overloaded right now. Please send that again in a minute.",
+        es: "Ahora mismo estoy un poco saturada. Vuelve a enviarlo en un minuto, por favor.",
+        pt: "Estou um pouco sobrecarregada agora. Envie isso de novo daqui a um minuto, por favor.",
+        fr: "Je suis un peu débordée en ce moment. Renvoyez-le dans une minute, s'il vous plaît.",
+        de: "Ich bin gerade etwas überlastet. Bitte schick das in einer Minute noch einmal.",
+    )
+    .to_string()
+}
+
+pub fn brain_failed(l: Lang) -> String {
+    by_lang!(l,
+        en: "Sorry, something went wrong while I was thinking about that. Please try again.",
+        es: "Lo siento, algo salió mal mientras lo pensaba. Inténtalo de nuevo, por favor.",
+        pt: "Desculpe, algo correu mal enquanto eu pensava nisso. Tente de novo, por favor.",
+        fr: "Désolée, un problème est survenu pendant que j'y réfléchissais. Réessayez, s'il vous plaît.",
+        de: "Entschuldigung, beim Nachdenken ist etwas schiefgegangen. Bitte versuch es noch einmal.",
+    )
+    .to_string()
+}
+
+pub fn poison_apology(l: Lang) -> String {
+    by_lang!(l,
+        en: "Sorry, I couldn't process one of your messages. Please try sending it differently.",
+        es: "Lo siento, no pude procesar uno de tus mensajes. Intenta enviarlo de otra forma.",
+        pt: "Desculpe, não consegui processar uma das suas mensagens. Tente enviá-la de outra forma.",
+        fr: "Désolée, je n'ai pas pu traiter un de vos messages. Essayez de l'envoyer autrement.",
+        de: "Entschuldigung, eine deiner Nachrichten konnte ich nicht verarbeiten. Versuch, sie anders zu senden.",
+    )
+    .to_string()
+}
+
+pub fn rate_notice(l: Lang) -> String {
+    by_lang!(l,
+        en: "You're sending messages faster than I can answer; I'll skip some for a minute.",
+        es: "Envías mensajes más rápido de lo que puedo responder; me saltaré algunos durante un minuto.",
+        pt: "Está a enviar mensagens mais depressa do que consigo responder; vou ignorar algumas durante um minuto.",
+        fr: "Vous envoyez des messages plus vite que je ne peux répondre ; j'en ignorerai quelques-uns pendant une minute.",
+        de: "Du schickst Nachrichten schneller, als ich antworten kann; ich überspringe eine Minute lang einige.",
+    )
+    .to_string()
+}
+
+/// What kind of media a user sent, in words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaWord {
+    Photo,
+    VoiceNote,
+    AudioFile,
+    Video,
+    Document,
+    Sticker,
+}
+
+impl MediaWord {
+    /// English, for the model's bracketed descriptions.
+    pub fn english(self) -> &'static str {
+        self.word(Lang::En).0
+    }
+
+    /// (singular, plural)
+    fn word(self, l: Lang) -> (&'static str, &'static str) {
+        use MediaWord::*;
+        match (self, l) {
+            (Photo, Lang::En) => ("photo", "photos"),
+            (VoiceNote, Lang::En) => ("voice note", "voice notes"),
+            (AudioFile, Lang::En) => ("audio file", "audio files"),
+            (Video, Lang::En) => ("video", "videos"),
+            (Document, Lang::En) => ("document", "documents"),
+            (Sticker, Lang::En) => ("sticker", "stickers"),
+            (Photo, Lang::Es) => ("foto", "fotos"),
+            (VoiceNote, Lang::Es) => ("nota de voz", "notas de voz"),
+            (AudioFile, Lang::Es) => ("archivo de audio", "archivos de audio"),
+            (Video, Lang::Es) => ("vídeo", "vídeos"),
+            (Document, Lang::Es) => ("documento", "documentos"),
+            (Sticker, Lang::Es) => ("sticker", "stickers"),
+            (Photo, Lang::Pt) => ("foto", "fotos"),
+            (VoiceNote, Lang::Pt) => ("mensagem de voz", "mensagens de voz"),
+            (AudioFile, Lang::Pt) => ("ficheiro de áudio", "ficheiros de áudio"),
+            (Video, Lang::Pt) => ("vídeo", "vídeos"),
+            (Document, Lang::Pt) => ("documento", "documentos"),
+            (Sticker, Lang::Pt) => ("figurinha", "figurinhas"),
+            (Photo, Lang::Fr) => ("photo", "photos"),
+            (VoiceNote, Lang::Fr) => ("message vocal", "messages vocaux"),
+            (AudioFile, Lang::Fr) => ("fichier audio", "fichiers audio"),
+            (Video, Lang::Fr) => ("vidéo", "vidéos"),
+            (Document, Lang::Fr) => ("document", "documents"),
+            (Sticker, Lang::Fr) => ("sticker", "stickers"),
+            (Photo, Lang::De) => ("Foto", "Fotos"),
+            (VoiceNote, Lang::De) => ("Sprachnachricht", "Sprachnachrichten"),
+            (AudioFile, Lang::De) => ("Audiodatei", "Audiodateien"),
+            (Video, Lang::De) => ("Video", "Videos"),
+            (Document, Lang::De) => ("Dokument", "Dokumente"),
+            (Sticker, Lang::De) => ("Sticker", "Sticker"),
+        }
+    }
+}
+
+pub fn cannot_open(l: Lang, what: MediaWord) -> String {
+    let (one, many) = what.word(l);
+    by_lang!(l,
+        en: format!("I got your {one}, but I can't open {many} yet. Could you tell me in a text message what you'd like me to know about it?"),
+        es: format!("Recibí tu {one}, pero todavía no puedo abrir {many}. ¿Me cuentas en un mensaje de texto qué quieres que sepa?"),
+        pt: format!("Recebi a sua {one}, mas ainda não consigo abrir {many}. Pode dizer-me numa mensagem de texto o que quer que eu saiba?"),
+        fr: format!("J'ai bien reçu votre {one}, mais je ne peux pas encore ouvrir les {many}. Pouvez-vous me dire par écrit ce que vous voulez que je sache ?"),
+        de: format!("Ich habe dein(e) {one} bekommen, kann {many} aber noch nicht öffnen. Schreibst du mir, was ich darüber wissen soll?"),
+    )
+}
+
+pub fn cannot_read(l: Lang, kind: &str) -> String {
+    by_lang!(l,
+        en: format!("I can't read this kind of message ({kind}) yet. Could you send it as text?"),
+        es: format!("Todavía no puedo leer este tipo de mensaje ({kind}). ¿Puedes enviarlo como texto?"),
+        pt: format!("Ainda não consigo ler este tipo de mensagem ({kind}). Pode enviá-la como texto?"),
+        fr: format!("Je ne sais pas encore lire ce type de message ({kind}). Pouvez-vous l'envoyer en texte ?"),
+        de: format!("Diese Art von Nachricht ({kind}) kann ich noch nicht lesen. Kannst du sie als Text schicken?"),
+    )
+}
+
+/// Why a voice note could not be heard, as the user is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoiceProblem {
+    /// Meta no longer has the media.
+    Gone,
+    TooLarge,
+    Download,
+    UnsupportedFormat,
+    Undecodable,
+    Transcription,
+    Silent,
+    /// The transcription actor is at capacity.
+    Busy,
+}
+
+pub fn voice_problem(l: Lang, p: VoiceProblem) -> String {
+    use VoiceProblem::*;
+    match p {
+        Gone => by_lang!(l,
+            en: "I couldn't download your voice note anymore. Could you send it again?",
+            es: "Ya no pude descargar tu nota de voz. ¿Puedes enviarla de nuevo?",
+            pt: "Já não consegui descarregar a sua mensagem de voz. Pode enviá-la de novo?",
+            fr: "Je n'ai plus pu télécharger votre message vocal. Pouvez-vous le renvoyer ?",
+            de: "Deine Sprachnachricht konnte ich nicht mehr herunterladen. Schickst du sie noch einmal?",
+        ),
+        TooLarge => by_lang!(l,
+            en: "Your voice note is too long for me. Could you send a shorter one?",
+            es: "Tu nota de voz es demasiado larga para mí. ¿Puedes enviar una más corta?",
+            pt: "A sua mensagem de voz é demasiado longa para mim. Pode enviar uma mais curta?",
+            fr: "Votre message vocal est trop long pour moi. Pouvez-vous en envoyer un plus court ?",
+            de: "Deine Sprachnachricht ist mir zu lang. Kannst du eine kürzere schicken?",
+        ),
+        Download => by_lang!(l,
+            en: "I couldn't download your voice note. Could you send it again?",
+            es: "No pude descargar tu nota de voz. ¿Puedes enviarla de nuevo?",
+            pt: "Não consegui descarregar a sua mensagem de voz. Pode enviá-la de novo?",
+            fr: "Je n'ai pas pu télécharger votre message vocal. Pouvez-vous le renvoyer ?",
+            de: "Ich konnte deine Sprachnachricht nicht herunterladen. Schickst du sie noch einmal?",
+        ),
+        UnsupportedFormat => by_lang!(l,
+            en: "I can't play this audio format yet. Could you record a voice note instead?",
+            es: "Todavía no puedo reproducir este formato de audio. ¿Puedes grabar una nota de voz?",
+            pt: "Ainda não consigo reproduzir este formato de áudio. Pode gravar uma mensagem de voz?",
+            fr: "Je ne sais pas encore lire ce format audio. Pouvez-vous enregistrer un message vocal ?",
+            de: "Dieses Audioformat kann ich noch nicht abspielen. Kannst du stattdessen eine Sprachnachricht aufnehmen?",
+        ),
+        Undecodable => by_lang!(l,
+            en: "I couldn't play your voice note. Could you send it again?",
+            es: "No pude reproducir tu nota de voz. ¿Puedes enviarla de nuevo?",
+            pt: "Não consegui reproduzir a sua mensagem de voz. Pode enviá-la de novo?",
+            fr: "Je n'ai pas pu lire votre message vocal. Pouvez-vous le renvoyer ?",
+            de: "Ich konnte deine Sprachnachricht nicht abspielen. Schickst du sie noch einmal?",
+        ),
+        Transcription => by_lang!(l,
+            en: "Sorry, I couldn't transcribe your voice note. Could you try again, or type it?",
+            es: "Lo siento, no pude transcribir tu nota de voz. ¿Lo intentas de nuevo o lo escribes?",
+            pt: "Desculpe, não consegui transcrever a sua mensagem de voz. Tenta de novo, ou escreve?",
+            fr: "Désolée, je n'ai pas pu transcrire votre message vocal. Réessayez, ou écrivez-le ?",
+            de: "Entschuldigung, ich konnte deine Sprachnachricht nicht abschreiben. Versuchst du es noch einmal oder tippst es?",
+        ),
+        Silent => by_lang!(l,
+            en: "I couldn't hear anything in your voice note. Could you try again?",
+            es: "No oí nada en tu nota de voz. ¿Lo intentas de nuevo?",
+            pt: "Não ouvi nada na sua mensagem de voz. Pode tentar de novo?",
+            fr: "Je n'ai rien entendu dans votre message vocal. Pouvez-vous réessayer ?",
+            de: "In deiner Sprachnachricht habe ich nichts gehört. Versuchst du es noch einmal?",
+        ),
+        Busy => by_lang!(l,
+            en: "I have too many voice notes to listen to right now. Could you send yours again in a minute?",
+            es: "Ahora mismo tengo demasiadas notas de voz por escuchar. ¿Puedes enviar la tuya de nuevo en un minuto?",
+            pt: "Tenho demasiadas mensagens de voz para ouvir agora. Pode enviar a sua de novo daqui a um minuto?",
+            fr: "J'ai trop de messages vocaux à écouter en ce moment. Pouvez-vous renvoyer le vôtre dans une minute ?",
+            de: "Ich habe gerade zu viele Sprachnachrichten vor mir. Schickst du deine in einer Minute noch einmal?",
+        ),
+    }
+    .to_string()
+}
+
+/// Only the first `max_seconds` of a long voice note were heard.
+pub fn voice_truncated(l: Lang, max_seconds: f32) -> String {
+    let limit = duration(l, max_seconds);
+    by_lang!(l,
+        en: format!("Your voice note is longer than {limit}; I only listened to the first {limit}."),
+        es: format!("Tu nota de voz dura más de {limit}; solo escuché los primeros {limit}."),
+        pt: format!("A sua mensagem de voz tem mais de {limit}; só ouvi os primeiros {limit}."),
+        fr: format!("Votre message vocal dure plus de {limit} ; je n'en ai écouté que les {limit} premières."),
+        de: format!("Deine Sprachnachricht ist länger als {limit}; ich habe nur die ersten {limit} angehört."),
+    )
+}
+
+/// "15 minutes", "1 minute", "90 seconds", "1 minute 30 seconds" (whole seconds), in `l`.
+pub fn duration(l: Lang, seconds: f32) -> String {
+    let total = seconds.round().max(1.0) as u64;
+    let (minute, minutes, second, seconds) = by_lang!(l,
+        en: ("minute", "minutes", "second", "seconds"),
+        es: ("minuto", "minutos", "segundo", "segundos"),
+        pt: ("minuto", "minutos", "segundo", "segundos"),
+        fr: ("minute", "minutes", "seconde", "secondes"),
+        de: ("Minute", "Minuten", "Sekunde", "Sekunden"),
+    );
+    let unit = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    match (total / 60, total % 60) {
+        (0, s) => unit(s, second, seconds),
+        (m, 0) => unit(m, minute, minutes),
+        (m, s) => format!("{} {}", unit(m, minute, minutes), unit(s, second, seconds)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_words() {
+        assert_eq!(duration(Lang::En, 900.0), "15 minutes");
+        assert_eq!(duration(Lang::En, 60.0), "1 minute");
+        assert_eq!(duration(Lang::En, 90.0), "1 minute 30 seconds");
+        assert_eq!(duration(Lang::En, 1.0), "1 second");
+        assert_eq!(duration(Lang::En, 0.4), "1 second");
+        assert_eq!(duration(Lang::Es, 900.0), "15 minutos");
+        assert_eq!(
+            voice_truncated(Lang::En, 900.0),
+            "Your voice note is longer than 15 minutes; I only listened to the first 15 minutes."
+        );
+    }
+
+    #[test]
+    fn language_is_told_only_from_enough_words() {
+        assert_eq!(
+            Lang::detect("¿Qué tiempo hará mañana en Madrid? Quiero salir a pasear con mis hijos."),
+            Some(Lang::Es)
+        );
+        assert_eq!(
+            Lang::detect("Can you tell me what the weather will be like tomorrow in London?"),
+            Some(Lang::En)
+        );
+        assert_eq!(
+            Lang::detect("Bom dia! Pode dizer-me a que horas abre a farmácia amanhã?"),
+            Some(Lang::Pt)
+        );
+        // Too short to tell: no switch away from the default.
+        assert_eq!(Lang::detect("Lisboa"), None);
+        assert_eq!(Lang::detect("ok"), None);
+        // A language without texts: English stays.
+        assert_eq!(
+            Lang::detect("Какая завтра будет погода в Москве, скажите пожалуйста?"),
+            None
+        );
+        assert_eq!(Lang::from_code("es"), Some(Lang::Es));
+        assert_eq!(Lang::from_code("ru"), None);
+    }
+
+    #[test]
+    fn every_text_exists_in_every_language() {
+        for l in [Lang::En, Lang::Es, Lang::Pt, Lang::Fr, Lang::De] {
+            for t in [
+                help(l),
+                unknown_command(l, "x"),
+                reset_done(l),
+                busy(l),
+                brain_failed(l),
+                poison_apology(l),
+                rate_notice(l),
+                cannot_open(l, MediaWord::Video),
+                cannot_read(l, "poll"),
+                voice_truncated(l, 90.0),
+            ] {
+                assert!(!t.trim().is_empty());
+            }
+            // Only English reads as English.
+            assert_eq!(
+                brain_failed(l) == brain_failed(Lang::En),
+                l == Lang::En,
+                "{l:?}"
+            );
+        }
+    }
+}
