@@ -237,3 +237,53 @@ async fn typing_indicator_while_thinking() {
     );
     app.stop().await;
 }
+
+/// A tapped list row reaches the brain with its title, its description and the question it
+/// answers (Sandra's own message, found by the wamid Meta gave it), not as a bare "Lisboa".
+#[tokio::test]
+async fn a_list_reply_reaches_the_brain_with_the_question_it_answers() {
+    let app = TestApp::spawn().await;
+    let from = "15550004321";
+    app.post_signed(&text_webhook(
+        "wamid.ask",
+        from,
+        "Which city should I visit?",
+        0,
+    ))
+    .await;
+    app.graph.wait_accepted(1, Duration::from_secs(5)).await;
+    // The wamid Meta gave Sandra's reply, once the sender has recorded it.
+    let mut sent_wamid = None;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            sent_wamid = app
+                .system
+                .store
+                .outbox_all()
+                .unwrap()
+                .into_iter()
+                .find_map(|r| r.wamid);
+            sent_wamid.is_some()
+        })
+        .await
+    );
+    let mut tap: serde_json::Value =
+        serde_json::from_slice(&text_webhook("wamid.tap", from, "", 1)).unwrap();
+    let m = &mut tap["entry"][0]["changes"][0]["value"]["messages"][0];
+    m["type"] = "interactive".into();
+    m.as_object_mut().unwrap().remove("text");
+    m["context"] = serde_json::json!({"from": "15550783881", "id": sent_wamid.unwrap()});
+    m["interactive"] = serde_json::json!({"type": "list_reply", "list_reply": {
+        "id": "city_lis", "title": "Lisboa", "description": "Capital of Portugal"}});
+    assert_eq!(
+        app.post_signed(tap.to_string().as_bytes()).await.status(),
+        200
+    );
+    let sent = app.graph.wait_accepted(2, Duration::from_secs(5)).await;
+    assert_eq!(
+        text_of(&sent[1]),
+        "echo[2]: [I tapped \"Lisboa\" (Capital of Portugal) in reply to your message: \
+         \"echo[0]: Which city should I visit?\"]"
+    );
+    app.stop().await;
+}
