@@ -4,7 +4,9 @@
 
 mod attention;
 pub mod audio;
+pub mod catalog;
 pub mod chat;
+#[cfg(feature = "install")]
 pub mod install;
 #[doc(hidden)]
 pub mod testing;

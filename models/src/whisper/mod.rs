@@ -9,15 +9,15 @@
 //! - [`decode`]: greedy decoding, timestamps suppressed, `suppress_tokens` / begin suppression,
 //!   language detection (multilingual models), 30 s windows.
 //! - [`mel`]: the log-mel front end and its filter bank, computed in code.
-//! - [`ct2`]: CTranslate2 `model.bin` → `model.safetensors` + `config.json`; [`gguf`]:
-//!   quantized GGUF from converted weights; [`install`]: both, for `sandra models fetch`.
+//! - [`ct2`]: CTranslate2 `model.bin` → `model.safetensors` + `config.json` (the installer,
+//!   `crate::install`, runs it for `sandra models fetch`); [`gguf`]: quantized GGUF from
+//!   converted weights.
 
 pub mod config;
 pub mod ct2;
 pub mod decode;
 mod fastops;
 pub mod gguf;
-pub mod install;
 pub mod mel;
 pub mod model;
 
