@@ -6,6 +6,7 @@ mod attention;
 pub mod audio;
 pub mod catalog;
 pub mod chat;
+pub mod device;
 #[cfg(feature = "install")]
 pub mod install;
 #[doc(hidden)]

@@ -101,7 +101,7 @@ pub fn weights_file(dir: &Path, prefer_gguf: bool) -> Result<PathBuf, WhisperErr
 impl WhisperModel {
     /// Loads `config.json`, `tokenizer.json` and `model.gguf` or `model.safetensors` from `dir`.
     pub fn load(dir: &Path, opts: &WhisperOptions) -> Result<Self, WhisperError> {
-        let device = opts.device.resolve()?;
+        let device = super::resolve_device(opts.device)?;
         let cfg_path = dir.join("config.json");
         let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| load_err(&cfg_path, e))?;
         let config: Config = serde_json::from_str(&cfg_text).map_err(|e| load_err(&cfg_path, e))?;
