@@ -17,6 +17,7 @@
 mod manifest;
 mod table;
 
+#[cfg(feature = "install")]
 pub(crate) use manifest::io_err;
 pub use manifest::{
     InstallError, InstalledFile, InstalledModel, MANIFEST_FILE, Manifest, ModelSource, hash_file,
