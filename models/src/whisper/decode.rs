@@ -189,15 +189,6 @@ impl WhisperModel {
         &self.model
     }
 
-    /// Token id of a language code, if the tokenizer has it.
-    pub fn language_token(&self, code: &str) -> Option<u32> {
-        self.specials
-            .languages
-            .iter()
-            .find(|(c, _)| c == code)
-            .map(|(_, id)| *id)
-    }
-
     /// The normalised log-mel window the encoder sees, as a tensor `[1, n_mels, 3000]`.
     pub fn mel_tensor(&self, samples: &[f32]) -> Result<Tensor, WhisperError> {
         let mel = self.mel.window(samples);
@@ -355,15 +346,6 @@ impl WhisperModel {
         let margin = self.trim_margin_frames?;
         let frames = (samples.div_ceil(HOP) + margin).next_multiple_of(2);
         (frames < WINDOW_FRAMES).then_some(frames)
-    }
-
-    /// Language code of a language token id.
-    pub fn language_code(&self, id: u32) -> Option<&str> {
-        self.specials
-            .languages
-            .iter()
-            .find(|(_, t)| *t == id)
-            .map(|(c, _)| c.as_str())
     }
 }
 
