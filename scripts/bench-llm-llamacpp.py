@@ -79,7 +79,7 @@ def main():
 
 
 def compare_tokens(dump):
-    """Compares `SANDRA_TOKENIZER_DUMP` JSON lines (see models/tests/chat_real.rs) with llama.cpp."""
+    """Compares `SANDRA_TOKENIZER_DUMP` JSON lines (see models/tests/it/chat_real.rs) with llama.cpp."""
     import json
     import pathlib
     models = {}

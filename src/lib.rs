@@ -10,7 +10,6 @@
 pub mod app;
 pub mod config;
 pub mod http;
-pub mod install;
 
 /// Installs the global tracing subscriber (text or JSON), honouring `RUST_LOG`.
 pub fn init_tracing(level: &str, format: &str) {

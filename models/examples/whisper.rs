@@ -32,8 +32,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("install") if args.len() == 3 => {
-            let cfg =
-                whisper::install::install_from_ct2_dir(Path::new(&args[1]), Path::new(&args[2]))?;
+            let cfg = sandra_models::install::install_from_ct2_dir(
+                Path::new(&args[1]),
+                Path::new(&args[2]),
+            )?;
             println!(
                 "installed {} ({} layers, d_model {})",
                 args[2], cfg.encoder_layers, cfg.d_model

@@ -4,10 +4,17 @@
 
 mod attention;
 pub mod audio;
+pub mod catalog;
 pub mod chat;
+pub mod device;
+#[cfg(feature = "install")]
 pub mod install;
+// Tiny random-weight models that tests build; the runtime never needs them, so they compile only
+// for this crate's unit tests and for dependents that enable the `testing` feature.
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing_whisper;
 pub mod whisper;

@@ -13,7 +13,8 @@ use tokenizers::Tokenizer;
 
 use super::qdecoder::{CpuPrefill, Family, QDecoder};
 use super::template::ChatTemplate;
-use super::{ChatError, DeviceChoice, SamplingParams, tokenizer};
+use super::{ChatError, SamplingParams, tokenizer};
+use crate::device::{DeviceChoice, device_name, select_device};
 
 /// Prompt tokens fed to the model per forward pass (bounds attention memory on long prompts).
 const PREFILL_CHUNK: usize = 512;
@@ -51,41 +52,6 @@ pub(crate) struct Generated {
     pub prompt_tokens: usize,
     /// Prompt tokens whose keys and values came from the previous generation.
     pub reused_tokens: usize,
-}
-
-/// Resolves the configured device, logging the choice.
-pub fn select_device(choice: DeviceChoice) -> Result<Device, String> {
-    let dev = match choice {
-        DeviceChoice::Cpu => Device::Cpu,
-        DeviceChoice::Cuda => {
-            if !cfg!(feature = "cuda") {
-                return Err(
-                    "device = \"cuda\" but sandra-models was built without the `cuda` feature"
-                        .into(),
-                );
-            }
-            Device::new_cuda(0).map_err(|e| format!("opening CUDA device 0: {e}"))?
-        }
-        DeviceChoice::Auto => {
-            if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
-                Device::new_cuda(0).unwrap_or(Device::Cpu)
-            } else {
-                Device::Cpu
-            }
-        }
-    };
-    tracing::info!(requested = ?choice, device = device_name(&dev), "chat model device");
-    Ok(dev)
-}
-
-pub(crate) fn device_name(d: &Device) -> &'static str {
-    if d.is_cuda() {
-        "cuda"
-    } else if d.is_metal() {
-        "metal"
-    } else {
-        "cpu"
-    }
 }
 
 /// Everything `load` produces: the model for the thread and what the async side keeps.

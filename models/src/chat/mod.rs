@@ -14,13 +14,13 @@ pub mod tokenizer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::device::{DeviceChoice, select_device};
 use crate::worker::{ModelWorker, WorkerError};
-pub use local::{read_gguf_metadata, select_device};
+pub use local::read_gguf_metadata;
 pub use remote::{RemoteConfig, RemoteError};
 pub use template::{ChatTemplate, Segment};
 
@@ -116,28 +116,6 @@ impl SamplingParams {
             );
             h.finish()
         })
-    }
-}
-
-/// Where a local model runs. `auto` = CUDA when compiled in (feature `cuda`) and present, else CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceChoice {
-    #[default]
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-impl FromStr for DeviceChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(Self::Auto),
-            "cpu" => Ok(Self::Cpu),
-            "cuda" | "cuda:0" | "gpu" => Ok(Self::Cuda),
-            other => Err(format!("unknown device `{other}` (auto, cpu, cuda)")),
-        }
     }
 }
 

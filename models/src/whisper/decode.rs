@@ -101,7 +101,7 @@ pub fn weights_file(dir: &Path, prefer_gguf: bool) -> Result<PathBuf, WhisperErr
 impl WhisperModel {
     /// Loads `config.json`, `tokenizer.json` and `model.gguf` or `model.safetensors` from `dir`.
     pub fn load(dir: &Path, opts: &WhisperOptions) -> Result<Self, WhisperError> {
-        let device = opts.device.resolve()?;
+        let device = super::resolve_device(opts.device)?;
         let cfg_path = dir.join("config.json");
         let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| load_err(&cfg_path, e))?;
         let config: Config = serde_json::from_str(&cfg_text).map_err(|e| load_err(&cfg_path, e))?;
@@ -187,15 +187,6 @@ impl WhisperModel {
     /// The network itself (tests drive the decoder directly).
     pub fn whisper(&self) -> &Whisper {
         &self.model
-    }
-
-    /// Token id of a language code, if the tokenizer has it.
-    pub fn language_token(&self, code: &str) -> Option<u32> {
-        self.specials
-            .languages
-            .iter()
-            .find(|(c, _)| c == code)
-            .map(|(_, id)| *id)
     }
 
     /// The normalised log-mel window the encoder sees, as a tensor `[1, n_mels, 3000]`.
@@ -355,15 +346,6 @@ impl WhisperModel {
         let margin = self.trim_margin_frames?;
         let frames = (samples.div_ceil(HOP) + margin).next_multiple_of(2);
         (frames < WINDOW_FRAMES).then_some(frames)
-    }
-
-    /// Language code of a language token id.
-    pub fn language_code(&self, id: u32) -> Option<&str> {
-        self.specials
-            .languages
-            .iter()
-            .find(|(_, t)| *t == id)
-            .map(|(c, _)| c.as_str())
     }
 }
 

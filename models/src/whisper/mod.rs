@@ -9,15 +9,15 @@
 //! - [`decode`]: greedy decoding, timestamps suppressed, `suppress_tokens` / begin suppression,
 //!   language detection (multilingual models), 30 s windows.
 //! - [`mel`]: the log-mel front end and its filter bank, computed in code.
-//! - [`ct2`]: CTranslate2 `model.bin` → `model.safetensors` + `config.json`; [`gguf`]:
-//!   quantized GGUF from converted weights; [`install`]: both, for `sandra models fetch`.
+//! - [`ct2`]: CTranslate2 `model.bin` → `model.safetensors` + `config.json` (the installer,
+//!   `crate::install`, runs it for `sandra models fetch`); [`gguf`]: quantized GGUF from
+//!   converted weights.
 
 pub mod config;
 pub mod ct2;
 pub mod decode;
 mod fastops;
 pub mod gguf;
-pub mod install;
 pub mod mel;
 pub mod model;
 
@@ -50,25 +50,16 @@ pub enum WhisperError {
     Worker(#[from] WorkerError),
 }
 
-/// Where the model runs. Only the CPU is compiled in today; `auto` picks it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceChoice {
-    #[default]
-    Auto,
-    Cpu,
-    Cuda,
-    Metal,
-}
+pub use crate::device::DeviceChoice;
 
-impl DeviceChoice {
-    pub fn resolve(self) -> Result<candle_core::Device, WhisperError> {
-        match self {
-            Self::Auto | Self::Cpu => Ok(candle_core::Device::Cpu),
-            Self::Cuda | Self::Metal => Err(WhisperError::Options(format!(
-                "device {self:?} is not compiled into this build"
-            ))),
-        }
+/// Whisper's device: only its CPU path exists today, so `auto` picks the CPU and an explicit
+/// `cuda` is refused rather than silently ignored.
+pub(crate) fn resolve_device(choice: DeviceChoice) -> Result<candle_core::Device, WhisperError> {
+    match choice {
+        DeviceChoice::Auto | DeviceChoice::Cpu => Ok(candle_core::Device::Cpu),
+        DeviceChoice::Cuda => Err(WhisperError::Options(format!(
+            "device {choice:?} is not compiled into this build"
+        ))),
     }
 }
 

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, LayerNorm};
 
@@ -533,17 +533,4 @@ impl Whisper {
     pub fn decoder_logits_no_cache(&self, audio: &Tensor, tokens: &[u32]) -> Result<Tensor> {
         self.decoder.logits_no_cache(audio, tokens)
     }
-}
-
-/// Whether `path` is a GGUF file that holds Whisper tensors.
-pub fn is_whisper_gguf(path: &Path) -> bool {
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return false;
-    };
-    gguf_file::Content::read(&mut f)
-        .map(|c| {
-            c.tensor_infos
-                .contains_key("model.decoder.embed_tokens.weight")
-        })
-        .unwrap_or(false)
 }

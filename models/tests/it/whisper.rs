@@ -597,7 +597,7 @@ fn ct2_converter_parses_and_maps_names() {
     assert!(max_abs_diff(&ea, &eb) < 0.05);
     // f16 output through the installer.
     let inst = tempfile::tempdir().unwrap();
-    sandra_models::whisper::install::install_from_ct2_dir(src.path(), inst.path()).unwrap();
+    sandra_models::install::install_from_ct2_dir(src.path(), inst.path()).unwrap();
     for f in ["model.safetensors", "config.json", "tokenizer.json"] {
         assert!(inst.path().join(f).is_file(), "{f}");
     }

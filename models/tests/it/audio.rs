@@ -7,8 +7,7 @@ use std::process::Command;
 
 use sandra_models::audio::{AudioError, decode_to_pcm16k, opus::OpusHead, resample};
 
-#[path = "support/oggbuild.rs"]
-mod oggbuild;
+use crate::support::oggbuild;
 use oggbuild::ogg_crc;
 
 /// The production default (`transcription.max_audio_seconds`), far above these clips.

