@@ -12,6 +12,7 @@ use sandra_actors::conversation::ConversationPolicy;
 use sandra_actors::graph::{GraphClient, GraphConfig};
 use sandra_actors::metrics::Metrics;
 use sandra_actors::router::RouterArgs;
+use sandra_actors::secret::ExposeSecret;
 use sandra_actors::sender::{SenderArgs, SenderHealth};
 use sandra_actors::slot::ActorSlot;
 use sandra_actors::store::Store;
@@ -201,8 +202,9 @@ pub async fn build_brain(cfg: &Config) -> anyhow::Result<Arc<dyn Brain>> {
         }
         LlmBackend::Openai => {
             let mut rc = RemoteConfig::new(l.openai.base_url.clone(), l.openai.model.clone());
-            if !l.openai.api_key.is_empty() {
-                rc.api_key = Some(l.openai.api_key.expose().to_string());
+            let key = l.openai.api_key.expose_secret();
+            if !key.is_empty() {
+                rc.api_key = Some(key.to_string());
             }
             rc.timeout_secs = l.openai.timeout.as_secs().max(1);
             rc.context_window = l.openai.context_tokens;

@@ -2,13 +2,14 @@
 //!
 //! Layers, later wins: built-in defaults → the TOML file → environment variables
 //! (`WHATSAPP_*`, `SANDRA_BIND`, `SANDRA_DATA_DIR`, `SANDRA_LLM_API_KEY`). Unknown keys and bad values fail start-up
-//! with an error naming the key (or variable). Secrets are [`Secret`]s: never printed.
+//! with an error naming the key (or variable). Secrets are `secrecy` [`SecretString`]s: never
+//! printed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sandra_actors::secret::Secret;
+use sandra_actors::secret::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// A configuration problem, always naming the key or variable at fault.
@@ -179,7 +180,7 @@ pub struct OpenAiConfig {
     /// Server root, e.g. `http://127.0.0.1:8081` (llama-server) or `http://127.0.0.1:11434` (Ollama).
     pub base_url: String,
     pub model: String,
-    pub api_key: Secret,
+    pub api_key: SecretString,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// The served model's context window in tokens.
@@ -191,7 +192,7 @@ impl Default for OpenAiConfig {
         Self {
             base_url: String::new(),
             model: String::new(),
-            api_key: Secret::default(),
+            api_key: SecretString::default(),
             timeout: Duration::from_secs(120),
             context_tokens: 8192,
         }
@@ -279,9 +280,9 @@ impl StorageConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct WhatsAppConfig {
     pub phone_number_id: String,
-    pub access_token: Secret,
-    pub verify_token: Secret,
-    pub app_secret: Secret,
+    pub access_token: SecretString,
+    pub verify_token: SecretString,
+    pub app_secret: SecretString,
     pub api_version: String,
     pub graph_base_url: String,
     #[serde(with = "humantime_serde")]
@@ -292,9 +293,9 @@ impl Default for WhatsAppConfig {
     fn default() -> Self {
         Self {
             phone_number_id: String::new(),
-            access_token: Secret::default(),
-            verify_token: Secret::default(),
-            app_secret: Secret::default(),
+            access_token: SecretString::default(),
+            verify_token: SecretString::default(),
+            app_secret: SecretString::default(),
             api_version: "v26.0".into(),
             graph_base_url: "https://graph.facebook.com".into(),
             request_timeout: Duration::from_secs(20),
@@ -447,13 +448,13 @@ impl Config {
             w.phone_number_id = v;
         }
         if let Some(v) = env("WHATSAPP_ACCESS_TOKEN") {
-            w.access_token = Secret::new(v);
+            w.access_token = v.into();
         }
         if let Some(v) = env("WHATSAPP_VERIFY_TOKEN") {
-            w.verify_token = Secret::new(v);
+            w.verify_token = v.into();
         }
         if let Some(v) = env("WHATSAPP_APP_SECRET") {
-            w.app_secret = Secret::new(v);
+            w.app_secret = v.into();
         }
         if let Some(v) = env("WHATSAPP_API_VERSION") {
             w.api_version = v;
@@ -462,7 +463,7 @@ impl Config {
             w.graph_base_url = v;
         }
         if let Some(v) = env("SANDRA_LLM_API_KEY") {
-            self.llm.openai.api_key = Secret::new(v);
+            self.llm.openai.api_key = v.into();
         }
         if let Some(v) = env("SANDRA_BIND") {
             self.server.bind = v.parse().map_err(|e| ConfigError::Env {
@@ -669,13 +670,13 @@ impl Config {
         if w.phone_number_id.is_empty() {
             missing.push("whatsapp.phone_number_id (WHATSAPP_PHONE_NUMBER_ID)");
         }
-        if w.access_token.is_empty() {
+        if w.access_token.expose_secret().is_empty() {
             missing.push("whatsapp.access_token (WHATSAPP_ACCESS_TOKEN)");
         }
-        if w.verify_token.is_empty() {
+        if w.verify_token.expose_secret().is_empty() {
             missing.push("whatsapp.verify_token (WHATSAPP_VERIFY_TOKEN)");
         }
-        if w.app_secret.is_empty() {
+        if w.app_secret.expose_secret().is_empty() {
             missing.push("whatsapp.app_secret (WHATSAPP_APP_SECRET)");
         }
         missing
@@ -783,7 +784,7 @@ mod tests {
             _ => None,
         };
         let c = Config::load_with_env(Some(&p), env).unwrap();
-        assert_eq!(c.whatsapp.access_token.expose(), "from-env-TOKEN");
+        assert_eq!(c.whatsapp.access_token.expose_secret(), "from-env-TOKEN");
         assert_eq!(c.whatsapp.api_version, "v25.0");
         assert_eq!(c.whatsapp.phone_number_id, "1");
         assert_eq!(c.server.bind.port(), 9999);
@@ -854,9 +855,36 @@ mod tests {
     fn llm_api_key_comes_from_the_environment_and_never_prints() {
         let env = |k: &str| (k == "SANDRA_LLM_API_KEY").then(|| "sk-from-env-KEY".to_string());
         let c = Config::load_with_env(None, env).unwrap();
-        assert_eq!(c.llm.openai.api_key.expose(), "sk-from-env-KEY");
+        assert_eq!(c.llm.openai.api_key.expose_secret(), "sk-from-env-KEY");
         assert!(!format!("{c:?}").contains("sk-from-env-KEY"));
         assert!(!format!("{c:#?}").contains("sk-from-env-KEY"));
+    }
+
+    #[test]
+    fn debug_output_never_contains_a_secret() {
+        let toml = "[whatsapp]\naccess_token = \"tok-FILE-1\"\nverify_token = \"verify-FILE-2\"\n\
+                    app_secret = \"app-FILE-3\"\n[llm.openai]\napi_key = \"sk-FILE-4\"\n";
+        let from_file = Config::from_toml(toml, "c").unwrap();
+        let env = |k: &str| match k {
+            "WHATSAPP_ACCESS_TOKEN" => Some("tok-ENV-1".to_string()),
+            "WHATSAPP_VERIFY_TOKEN" => Some("verify-ENV-2".to_string()),
+            "WHATSAPP_APP_SECRET" => Some("app-ENV-3".to_string()),
+            "SANDRA_LLM_API_KEY" => Some("sk-ENV-4".to_string()),
+            _ => None,
+        };
+        let from_env = Config::load_with_env(None, env).unwrap();
+        assert_eq!(from_file.whatsapp.app_secret.expose_secret(), "app-FILE-3");
+        assert_eq!(
+            from_env.whatsapp.verify_token.expose_secret(),
+            "verify-ENV-2"
+        );
+        for c in [&from_file, &from_env] {
+            for shown in [format!("{c:?}"), format!("{c:#?}")] {
+                for value in ["-FILE-", "-ENV-"] {
+                    assert!(!shown.contains(value), "{value} in {shown}");
+                }
+            }
+        }
     }
 
     #[test]
