@@ -84,7 +84,7 @@ impl Application {
             sweep_every: (c.idle_timeout / 4)
                 .clamp(Duration::from_millis(50), Duration::from_secs(30)),
             max_failures: 3,
-            limits: Arc::new(sandra_actors::limits::Limits::new(cfg.limits.clone())),
+            limits: Arc::new(sandra_actors::limits::Limits::new(cfg.limits.policy())),
             voice: transcriber.map(|t| sandra_actors::conversation::VoiceSupport {
                 media: sandra_actors::media::MediaClient::new(graph.clone()),
                 transcriber: t,
@@ -201,13 +201,16 @@ pub async fn build_brain(cfg: &Config) -> anyhow::Result<Arc<dyn Brain>> {
             return Ok(Arc::new(PlaceholderBrain));
         }
         LlmBackend::Openai => {
-            let mut rc = RemoteConfig::new(l.openai.base_url.clone(), l.openai.model.clone());
+            let mut rc = RemoteConfig::new(
+                l.openai.base_url.clone(),
+                l.openai.model.clone(),
+                l.openai.timeout.as_secs().max(1),
+                l.openai.context_tokens,
+            );
             let key = l.openai.api_key.expose_secret();
             if !key.is_empty() {
                 rc.api_key = Some(key.to_string());
             }
-            rc.timeout_secs = l.openai.timeout.as_secs().max(1);
-            rc.context_window = l.openai.context_tokens;
             ChatEngine::remote(rc, l.sampling.params()).context("configuring llm.openai")?
         }
         LlmBackend::Local => {

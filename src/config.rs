@@ -1,5 +1,9 @@
 //! `config.toml` and the environment: the only place Sandra reads its settings.
 //!
+//! Every default value is written here, once: the library option types it converts into
+//! (`LimitsPolicy`, `Pacing`, `RemoteConfig`) have none of their own. The one exception is
+//! `[llm.sampling]`, which takes its defaults from `sandra_models::chat::SamplingParams`.
+//!
 //! Layers, later wins: built-in defaults → the TOML file → environment variables
 //! (`WHATSAPP_*`, `SANDRA_BIND`, `SANDRA_DATA_DIR`, `SANDRA_LLM_API_KEY`). Unknown keys and bad values fail start-up
 //! with an error naming the key (or variable). Secrets are `secrecy` [`SecretString`]s: never
@@ -35,9 +39,8 @@ pub struct Config {
     pub sender: SenderConfig,
     pub llm: LlmConfig,
     pub transcription: TranscriptionConfig,
-    /// `[limits]`: who may talk to Sandra, how fast, and how much one turn takes in. The
-    /// actors' own policy type, so its defaults are written once.
-    pub limits: sandra_actors::limits::LimitsPolicy,
+    /// `[limits]`: who may talk to Sandra, how fast, and how much one turn takes in.
+    pub limits: LimitsConfig,
     pub log: LogConfig,
 }
 
@@ -346,16 +349,15 @@ pub struct SenderConfig {
 
 impl Default for SenderConfig {
     fn default() -> Self {
-        let p = sandra_actors::sender::Pacing::default();
         Self {
-            rate_per_second: p.rate_per_second,
-            recipient_burst: p.recipient_burst,
-            recipient_window: p.recipient_window,
-            max_in_flight: p.max_in_flight,
-            max_attempts: p.max_attempts,
-            backoff_base: p.backoff_base,
-            backoff_max: p.backoff_max,
-            reconcile_wait: p.reconcile_wait,
+            rate_per_second: 80,
+            recipient_burst: 3,
+            recipient_window: Duration::from_secs(18),
+            max_in_flight: 32,
+            max_attempts: 12,
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(600),
+            reconcile_wait: Duration::from_secs(30),
         }
     }
 }
@@ -371,7 +373,51 @@ impl SenderConfig {
             backoff_max: self.backoff_max,
             max_attempts: self.max_attempts,
             reconcile_wait: self.reconcile_wait,
-            ..Default::default()
+        }
+    }
+}
+
+/// `[limits]` (see `sandra_actors::limits`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Sustained messages per minute per sender; 0 turns the rate limit off.
+    pub messages_per_minute: u32,
+    /// Messages a sender may send back to back before the sustained rate applies.
+    pub burst: u32,
+    /// Numbers or country prefixes ("+34", "34600111222") that may talk to Sandra; empty =
+    /// everyone.
+    pub allow: Vec<String>,
+    /// Numbers or country prefixes Sandra ignores (wins over `allow`).
+    pub block: Vec<String>,
+    /// Longer messages are cut to this many characters (and the model is told).
+    pub max_message_chars: usize,
+    /// At most this many inputs are answered in one turn; the rest wait for the next.
+    pub max_batch_inputs: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            messages_per_minute: 20,
+            burst: 10,
+            allow: Vec::new(),
+            block: Vec::new(),
+            max_message_chars: 4000,
+            max_batch_inputs: 10,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn policy(&self) -> sandra_actors::limits::LimitsPolicy {
+        sandra_actors::limits::LimitsPolicy {
+            messages_per_minute: self.messages_per_minute,
+            burst: self.burst,
+            allow: self.allow.clone(),
+            block: self.block.clone(),
+            max_message_chars: self.max_message_chars,
+            max_batch_inputs: self.max_batch_inputs,
         }
     }
 }
