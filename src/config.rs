@@ -177,7 +177,7 @@ impl Default for LlmConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpenAiConfig {
     /// Server root, e.g. `http://127.0.0.1:8081` (llama-server) or `http://127.0.0.1:11434` (Ollama).
@@ -279,7 +279,7 @@ impl StorageConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WhatsAppConfig {
     pub phone_number_id: String,
@@ -290,6 +290,63 @@ pub struct WhatsAppConfig {
     pub graph_base_url: String,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+}
+
+/// `sandra check-config` prints the config with `Debug`: a secret shows as `[redacted]`, or `""`
+/// when it is not set, so the operator sees which ones are missing.
+struct Shown<'a>(&'a SecretString);
+
+impl std::fmt::Debug for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.expose_secret().is_empty() {
+            "\"\""
+        } else {
+            "[redacted]"
+        })
+    }
+}
+
+impl std::fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            base_url,
+            model,
+            api_key,
+            timeout,
+            context_tokens,
+        } = self;
+        f.debug_struct("OpenAiConfig")
+            .field("base_url", base_url)
+            .field("model", model)
+            .field("api_key", &Shown(api_key))
+            .field("timeout", timeout)
+            .field("context_tokens", context_tokens)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for WhatsAppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so that a new field cannot be left out of the output by accident.
+        let Self {
+            phone_number_id,
+            access_token,
+            verify_token,
+            app_secret,
+            api_version,
+            graph_base_url,
+            request_timeout,
+        } = self;
+        f.debug_struct("WhatsAppConfig")
+            .field("phone_number_id", phone_number_id)
+            .field("access_token", &Shown(access_token))
+            .field("verify_token", &Shown(verify_token))
+            .field("app_secret", &Shown(app_secret))
+            .field("api_version", api_version)
+            .field("graph_base_url", graph_base_url)
+            .field("request_timeout", request_timeout)
+            .finish()
+    }
 }
 
 impl Default for WhatsAppConfig {
@@ -929,8 +986,13 @@ mod tests {
                 for value in ["-FILE-", "-ENV-"] {
                     assert!(!shown.contains(value), "{value} in {shown}");
                 }
+                assert!(shown.contains("app_secret: [redacted]"), "{shown}");
             }
         }
+        // `sandra check-config` shows which secrets are not set.
+        let unset = format!("{:?}", Config::default());
+        assert!(unset.contains("access_token: \"\""), "{unset}");
+        assert!(unset.contains("api_key: \"\""), "{unset}");
     }
 
     #[test]
