@@ -14,7 +14,7 @@ use sandra::app::Application;
 use sandra::config::Config;
 use sandra_actors::brain::PlaceholderBrain;
 use sandra_actors::graph::GraphClient;
-use sandra_actors::secret::Secret;
+use sandra_actors::secret::SecretString;
 use sandra_actors::sender::SenderMsg;
 use sandra_actors::session::SessionState;
 use sandra_actors::store::{NewOutbound, OutboundBody};
@@ -62,8 +62,8 @@ fn main() {
         cfg.server.bind = "127.0.0.1:0".parse().unwrap();
         cfg.storage.data_dir = dir.path().join("data");
         cfg.whatsapp.phone_number_id = "1065".into();
-        cfg.whatsapp.access_token = Secret::new("t");
-        cfg.whatsapp.app_secret = Secret::new("s");
+        cfg.whatsapp.access_token = SecretString::from("t");
+        cfg.whatsapp.app_secret = SecretString::from("s");
         cfg.whatsapp.graph_base_url = format!("http://{graph}");
         cfg.sender.rate_per_second = rate;
         cfg.sender.recipient_burst = 1000;
@@ -77,7 +77,7 @@ fn main() {
             base_url: format!("http://{graph}"),
             api_version: "v26.0".into(),
             phone_number_id: "1065".into(),
-            credentials: sandra_actors::secret::Credentials::new(Secret::new("t")),
+            credentials: sandra_actors::secret::Credentials::new(SecretString::from("t")),
             timeout: Duration::from_secs(10),
         });
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;

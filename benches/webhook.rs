@@ -15,7 +15,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sandra::app::Application;
 use sandra::config::Config;
 use sandra_actors::brain::PlaceholderBrain;
-use sandra_actors::secret::Secret;
+use sandra_actors::secret::SecretString;
 use sha2::Sha256;
 
 const SECRET: &str = "bench-secret";
@@ -122,8 +122,8 @@ fn main() {
         cfg.server.max_in_flight = 1024;
         cfg.storage.data_dir = dir.path().join("data");
         cfg.whatsapp.phone_number_id = "106540352242922".into();
-        cfg.whatsapp.access_token = Secret::new("t");
-        cfg.whatsapp.app_secret = Secret::new(SECRET);
+        cfg.whatsapp.access_token = SecretString::from("t");
+        cfg.whatsapp.app_secret = SecretString::from(SECRET);
         cfg.whatsapp.graph_base_url = format!("http://{graph}");
         cfg.sender.rate_per_second = 1000;
         cfg.conversation.typing_indicator = false;

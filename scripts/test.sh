@@ -1,9 +1,27 @@
 #!/usr/bin/env bash
 # Runs Sandra's whole test suite: what README.md calls "run the tests", and what CI runs.
-# Installs the Debian tools the audio tests use to make voice notes (espeak-ng, opus-tools,
-# sox) when they are missing, then runs every test of every crate.
+# First the checks that need no test run, so a red CI says why at once: formatting (`cargo fmt`)
+# and clippy with every warning an error (the workspace lints in Cargo.toml, clippy.toml). Then
+# it installs the Debian tools the audio tests use to make voice notes (espeak-ng, opus-tools,
+# sox) when they are missing, and runs every test of every crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
+
+fail() {
+    echo >&2
+    echo "scripts/test.sh: FAILED: $*" >&2
+    exit 1
+}
+
+echo "== cargo fmt --all --check"
+cargo fmt --all --check ||
+    fail "the code is not formatted: run \`cargo fmt --all\` and commit the result (needs the rustfmt component: \`rustup component add rustfmt\`)."
+
+echo "== cargo clippy --workspace --all-targets --locked -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings ||
+    fail "clippy found problems (each warning counts as an error): fix what it printed above (needs the clippy component: \`rustup component add clippy\`)."
+
+echo "== tests"
 bash scripts/install-test-deps.sh || echo "warning: could not install the audio test tools; tests that need them print skipped"
 cargo test --workspace --all-targets --locked

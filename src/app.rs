@@ -12,6 +12,7 @@ use sandra_actors::conversation::{ConversationDeps, ConversationPolicy, RunDeps}
 use sandra_actors::graph::{GraphClient, GraphConfig};
 use sandra_actors::metrics::Metrics;
 use sandra_actors::router::RouterArgs;
+use sandra_actors::secret::ExposeSecret;
 use sandra_actors::sender::{SenderArgs, SenderHealth};
 use sandra_actors::slot::ActorSlot;
 use sandra_actors::store::Store;
@@ -74,7 +75,7 @@ impl Application {
             transcriber: t,
             media: sandra_actors::media::MediaClient::new(graph.clone()),
             max_audio_seconds: cfg.transcription.max_audio_seconds,
-            max_jobs: 32,
+            max_jobs: cfg.transcription.max_jobs,
             metrics: metrics.clone(),
         });
         let deps = ConversationDeps {
@@ -93,7 +94,7 @@ impl Application {
                 typing_indicator: c.typing_indicator,
                 brain_timeout: c.brain_timeout,
             },
-            limits: Arc::new(sandra_actors::limits::Limits::new(cfg.limits.clone())),
+            limits: Arc::new(sandra_actors::limits::Limits::new(cfg.limits.policy())),
             max_attempts: 3,
         };
         let router_args = RouterArgs {
@@ -210,12 +211,16 @@ pub async fn build_brain(cfg: &Config) -> anyhow::Result<Arc<dyn Brain>> {
             return Ok(Arc::new(PlaceholderBrain));
         }
         LlmBackend::Openai => {
-            let mut rc = RemoteConfig::new(l.openai.base_url.clone(), l.openai.model.clone());
-            if !l.openai.api_key.is_empty() {
-                rc.api_key = Some(l.openai.api_key.expose().to_string());
+            let mut rc = RemoteConfig::new(
+                l.openai.base_url.clone(),
+                l.openai.model.clone(),
+                l.openai.timeout.as_secs().max(1),
+                l.openai.context_tokens,
+            );
+            let key = l.openai.api_key.expose_secret();
+            if !key.is_empty() {
+                rc.api_key = Some(key.to_string());
             }
-            rc.timeout_secs = l.openai.timeout.as_secs().max(1);
-            rc.context_window = l.openai.context_tokens;
             ChatEngine::remote(rc, l.sampling.params()).context("configuring llm.openai")?
         }
         LlmBackend::Local => {

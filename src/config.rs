@@ -1,14 +1,19 @@
 //! `config.toml` and the environment: the only place Sandra reads its settings.
 //!
+//! Every default value is written here, once: the library option types it converts into
+//! (`LimitsPolicy`, `Pacing`, `RemoteConfig`) have none of their own. The one exception is
+//! `[llm.sampling]`, which takes its defaults from `sandra_models::chat::SamplingParams`.
+//!
 //! Layers, later wins: built-in defaults → the TOML file → environment variables
 //! (`WHATSAPP_*`, `SANDRA_BIND`, `SANDRA_DATA_DIR`, `SANDRA_LLM_API_KEY`). Unknown keys and bad values fail start-up
-//! with an error naming the key (or variable). Secrets are [`Secret`]s: never printed.
+//! with an error naming the key (or variable). Secrets are `secrecy` [`SecretString`]s: never
+//! printed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sandra_actors::secret::Secret;
+use sandra_actors::secret::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// A configuration problem, always naming the key or variable at fault.
@@ -34,9 +39,8 @@ pub struct Config {
     pub sender: SenderConfig,
     pub llm: LlmConfig,
     pub transcription: TranscriptionConfig,
-    /// `[limits]`: who may talk to Sandra, how fast, and how much one turn takes in. The
-    /// actors' own policy type, so its defaults are written once.
-    pub limits: sandra_actors::limits::LimitsPolicy,
+    /// `[limits]`: who may talk to Sandra, how fast, and how much one turn takes in.
+    pub limits: LimitsConfig,
     pub log: LogConfig,
 }
 
@@ -63,6 +67,9 @@ pub struct TranscriptionConfig {
     /// there and the user is told. Bounds the decode's memory (57 MB of PCM at 900 s) whatever
     /// the file declares. In (0, 3600].
     pub max_audio_seconds: f32,
+    /// Voice notes in progress at once (download, decode, transcription) across all chats; a
+    /// note over the cap gets "too many voice notes right now" at once. At least 1.
+    pub max_jobs: usize,
 }
 
 impl Default for TranscriptionConfig {
@@ -76,6 +83,7 @@ impl Default for TranscriptionConfig {
             echo_transcript: true,
             decoder_q8: true,
             max_audio_seconds: 900.0,
+            max_jobs: 32,
         }
     }
 }
@@ -173,13 +181,13 @@ impl Default for LlmConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpenAiConfig {
     /// Server root, e.g. `http://127.0.0.1:8081` (llama-server) or `http://127.0.0.1:11434` (Ollama).
     pub base_url: String,
     pub model: String,
-    pub api_key: Secret,
+    pub api_key: SecretString,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// The served model's context window in tokens.
@@ -191,7 +199,7 @@ impl Default for OpenAiConfig {
         Self {
             base_url: String::new(),
             model: String::new(),
-            api_key: Secret::default(),
+            api_key: SecretString::default(),
             timeout: Duration::from_secs(120),
             context_tokens: 8192,
         }
@@ -275,26 +283,83 @@ impl StorageConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WhatsAppConfig {
     pub phone_number_id: String,
-    pub access_token: Secret,
-    pub verify_token: Secret,
-    pub app_secret: Secret,
+    pub access_token: SecretString,
+    pub verify_token: SecretString,
+    pub app_secret: SecretString,
     pub api_version: String,
     pub graph_base_url: String,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
 }
 
+/// `sandra check-config` prints the config with `Debug`: a secret shows as `[redacted]`, or `""`
+/// when it is not set, so the operator sees which ones are missing.
+struct Shown<'a>(&'a SecretString);
+
+impl std::fmt::Debug for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.expose_secret().is_empty() {
+            "\"\""
+        } else {
+            "[redacted]"
+        })
+    }
+}
+
+impl std::fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            base_url,
+            model,
+            api_key,
+            timeout,
+            context_tokens,
+        } = self;
+        f.debug_struct("OpenAiConfig")
+            .field("base_url", base_url)
+            .field("model", model)
+            .field("api_key", &Shown(api_key))
+            .field("timeout", timeout)
+            .field("context_tokens", context_tokens)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for WhatsAppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so that a new field cannot be left out of the output by accident.
+        let Self {
+            phone_number_id,
+            access_token,
+            verify_token,
+            app_secret,
+            api_version,
+            graph_base_url,
+            request_timeout,
+        } = self;
+        f.debug_struct("WhatsAppConfig")
+            .field("phone_number_id", phone_number_id)
+            .field("access_token", &Shown(access_token))
+            .field("verify_token", &Shown(verify_token))
+            .field("app_secret", &Shown(app_secret))
+            .field("api_version", api_version)
+            .field("graph_base_url", graph_base_url)
+            .field("request_timeout", request_timeout)
+            .finish()
+    }
+}
+
 impl Default for WhatsAppConfig {
     fn default() -> Self {
         Self {
             phone_number_id: String::new(),
-            access_token: Secret::default(),
-            verify_token: Secret::default(),
-            app_secret: Secret::default(),
+            access_token: SecretString::default(),
+            verify_token: SecretString::default(),
+            app_secret: SecretString::default(),
             api_version: "v26.0".into(),
             graph_base_url: "https://graph.facebook.com".into(),
             request_timeout: Duration::from_secs(20),
@@ -345,16 +410,15 @@ pub struct SenderConfig {
 
 impl Default for SenderConfig {
     fn default() -> Self {
-        let p = sandra_actors::sender::Pacing::default();
         Self {
-            rate_per_second: p.rate_per_second,
-            recipient_burst: p.recipient_burst,
-            recipient_window: p.recipient_window,
-            max_in_flight: p.max_in_flight,
-            max_attempts: p.max_attempts,
-            backoff_base: p.backoff_base,
-            backoff_max: p.backoff_max,
-            reconcile_wait: p.reconcile_wait,
+            rate_per_second: 80,
+            recipient_burst: 3,
+            recipient_window: Duration::from_secs(18),
+            max_in_flight: 32,
+            max_attempts: 12,
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(600),
+            reconcile_wait: Duration::from_secs(30),
         }
     }
 }
@@ -370,7 +434,51 @@ impl SenderConfig {
             backoff_max: self.backoff_max,
             max_attempts: self.max_attempts,
             reconcile_wait: self.reconcile_wait,
-            ..Default::default()
+        }
+    }
+}
+
+/// `[limits]` (see `sandra_actors::limits`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Sustained messages per minute per sender; 0 turns the rate limit off.
+    pub messages_per_minute: u32,
+    /// Messages a sender may send back to back before the sustained rate applies.
+    pub burst: u32,
+    /// Numbers or country prefixes ("+34", "34600111222") that may talk to Sandra; empty =
+    /// everyone.
+    pub allow: Vec<String>,
+    /// Numbers or country prefixes Sandra ignores (wins over `allow`).
+    pub block: Vec<String>,
+    /// Longer messages are cut to this many characters (and the model is told).
+    pub max_message_chars: usize,
+    /// At most this many inputs are answered in one turn; the rest wait for the next.
+    pub max_batch_inputs: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            messages_per_minute: 20,
+            burst: 10,
+            allow: Vec::new(),
+            block: Vec::new(),
+            max_message_chars: 4000,
+            max_batch_inputs: 10,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn policy(&self) -> sandra_actors::limits::LimitsPolicy {
+        sandra_actors::limits::LimitsPolicy {
+            messages_per_minute: self.messages_per_minute,
+            burst: self.burst,
+            allow: self.allow.clone(),
+            block: self.block.clone(),
+            max_message_chars: self.max_message_chars,
+            max_batch_inputs: self.max_batch_inputs,
         }
     }
 }
@@ -447,13 +555,13 @@ impl Config {
             w.phone_number_id = v;
         }
         if let Some(v) = env("WHATSAPP_ACCESS_TOKEN") {
-            w.access_token = Secret::new(v);
+            w.access_token = v.into();
         }
         if let Some(v) = env("WHATSAPP_VERIFY_TOKEN") {
-            w.verify_token = Secret::new(v);
+            w.verify_token = v.into();
         }
         if let Some(v) = env("WHATSAPP_APP_SECRET") {
-            w.app_secret = Secret::new(v);
+            w.app_secret = v.into();
         }
         if let Some(v) = env("WHATSAPP_API_VERSION") {
             w.api_version = v;
@@ -462,7 +570,7 @@ impl Config {
             w.graph_base_url = v;
         }
         if let Some(v) = env("SANDRA_LLM_API_KEY") {
-            self.llm.openai.api_key = Secret::new(v);
+            self.llm.openai.api_key = v.into();
         }
         if let Some(v) = env("SANDRA_BIND") {
             self.server.bind = v.parse().map_err(|e| ConfigError::Env {
@@ -639,6 +747,9 @@ impl Config {
         if self.transcription.queue == 0 {
             return Err(key_err("transcription.queue", "must be at least 1"));
         }
+        if self.transcription.max_jobs == 0 {
+            return Err(key_err("transcription.max_jobs", "must be at least 1"));
+        }
         let max_audio = self.transcription.max_audio_seconds;
         // Written so that NaN fails too.
         if !(max_audio > 0.0 && max_audio <= 3600.0) {
@@ -669,13 +780,13 @@ impl Config {
         if w.phone_number_id.is_empty() {
             missing.push("whatsapp.phone_number_id (WHATSAPP_PHONE_NUMBER_ID)");
         }
-        if w.access_token.is_empty() {
+        if w.access_token.expose_secret().is_empty() {
             missing.push("whatsapp.access_token (WHATSAPP_ACCESS_TOKEN)");
         }
-        if w.verify_token.is_empty() {
+        if w.verify_token.expose_secret().is_empty() {
             missing.push("whatsapp.verify_token (WHATSAPP_VERIFY_TOKEN)");
         }
-        if w.app_secret.is_empty() {
+        if w.app_secret.expose_secret().is_empty() {
             missing.push("whatsapp.app_secret (WHATSAPP_APP_SECRET)");
         }
         missing
@@ -783,7 +894,7 @@ mod tests {
             _ => None,
         };
         let c = Config::load_with_env(Some(&p), env).unwrap();
-        assert_eq!(c.whatsapp.access_token.expose(), "from-env-TOKEN");
+        assert_eq!(c.whatsapp.access_token.expose_secret(), "from-env-TOKEN");
         assert_eq!(c.whatsapp.api_version, "v25.0");
         assert_eq!(c.whatsapp.phone_number_id, "1");
         assert_eq!(c.server.bind.port(), 9999);
@@ -816,6 +927,18 @@ mod tests {
             );
         }
         assert_eq!(Config::default().transcription.max_audio_seconds, 900.0);
+    }
+
+    #[test]
+    fn transcription_max_jobs_must_be_positive() {
+        let e = Config::from_toml("[transcription]\nmax_jobs = 0\n", "c")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("transcription.max_jobs"), "{e}");
+        let c = Config::from_toml("[transcription]\nmax_jobs = 2\n", "c").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.transcription.max_jobs, 2);
     }
 
     #[test]
@@ -854,9 +977,41 @@ mod tests {
     fn llm_api_key_comes_from_the_environment_and_never_prints() {
         let env = |k: &str| (k == "SANDRA_LLM_API_KEY").then(|| "sk-from-env-KEY".to_string());
         let c = Config::load_with_env(None, env).unwrap();
-        assert_eq!(c.llm.openai.api_key.expose(), "sk-from-env-KEY");
+        assert_eq!(c.llm.openai.api_key.expose_secret(), "sk-from-env-KEY");
         assert!(!format!("{c:?}").contains("sk-from-env-KEY"));
         assert!(!format!("{c:#?}").contains("sk-from-env-KEY"));
+    }
+
+    #[test]
+    fn debug_output_never_contains_a_secret() {
+        let toml = "[whatsapp]\naccess_token = \"tok-FILE-1\"\nverify_token = \"verify-FILE-2\"\n\
+                    app_secret = \"app-FILE-3\"\n[llm.openai]\napi_key = \"sk-FILE-4\"\n";
+        let from_file = Config::from_toml(toml, "c").unwrap();
+        let env = |k: &str| match k {
+            "WHATSAPP_ACCESS_TOKEN" => Some("tok-ENV-1".to_string()),
+            "WHATSAPP_VERIFY_TOKEN" => Some("verify-ENV-2".to_string()),
+            "WHATSAPP_APP_SECRET" => Some("app-ENV-3".to_string()),
+            "SANDRA_LLM_API_KEY" => Some("sk-ENV-4".to_string()),
+            _ => None,
+        };
+        let from_env = Config::load_with_env(None, env).unwrap();
+        assert_eq!(from_file.whatsapp.app_secret.expose_secret(), "app-FILE-3");
+        assert_eq!(
+            from_env.whatsapp.verify_token.expose_secret(),
+            "verify-ENV-2"
+        );
+        for c in [&from_file, &from_env] {
+            for shown in [format!("{c:?}"), format!("{c:#?}")] {
+                for value in ["-FILE-", "-ENV-"] {
+                    assert!(!shown.contains(value), "{value} in {shown}");
+                }
+                assert!(shown.contains("app_secret: [redacted]"), "{shown}");
+            }
+        }
+        // `sandra check-config` shows which secrets are not set.
+        let unset = format!("{:?}", Config::default());
+        assert!(unset.contains("access_token: \"\""), "{unset}");
+        assert!(unset.contains("api_key: \"\""), "{unset}");
     }
 
     #[test]

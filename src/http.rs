@@ -28,7 +28,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use sandra_actors::System;
 use sandra_actors::metrics::Metrics;
 use sandra_actors::router::RouterMsg;
-use sandra_actors::secret::Secret;
+use sandra_actors::secret::{ExposeSecret, SecretString};
 use sandra_actors::store::now_ms;
 use sha2::Sha256;
 use tokio::net::TcpListener;
@@ -39,8 +39,8 @@ use tower_http::timeout::TimeoutLayer;
 #[derive(Clone)]
 pub struct HttpState {
     pub system: System,
-    pub verify_token: Secret,
-    pub app_secret: Secret,
+    pub verify_token: SecretString,
+    pub app_secret: SecretString,
     pub admission: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
     /// Largest webhook body read, in bytes (413 beyond).
@@ -167,7 +167,7 @@ async fn verify(State(st): State<HttpState>, Query(q): Query<HashMap<String, Str
         .get("hub.verify_token")
         .map(String::as_bytes)
         .unwrap_or_default();
-    let expected = st.verify_token.expose().as_bytes();
+    let expected = st.verify_token.expose_secret().as_bytes();
     let token_ok = !expected.is_empty() && constant_time_eq(token, expected);
     match (mode, q.get("hub.challenge")) {
         (Some("subscribe"), Some(challenge)) if token_ok => {
@@ -273,7 +273,12 @@ const HASH_INLINE_MAX: usize = 64 * 1024;
 async fn signature_ok(st: &HttpState, body: &Bytes, header_value: Option<&str>) -> bool {
     let max = st.max_body_bytes;
     if body.len() <= HASH_INLINE_MAX {
-        return signature_valid_within(st.app_secret.expose().as_bytes(), body, header_value, max);
+        return signature_valid_within(
+            st.app_secret.expose_secret().as_bytes(),
+            body,
+            header_value,
+            max,
+        );
     }
     let (secret, body, sig) = (
         st.app_secret.clone(),
@@ -281,7 +286,12 @@ async fn signature_ok(st: &HttpState, body: &Bytes, header_value: Option<&str>) 
         header_value.map(str::to_owned),
     );
     tokio::task::spawn_blocking(move || {
-        signature_valid_within(secret.expose().as_bytes(), &body, sig.as_deref(), max)
+        signature_valid_within(
+            secret.expose_secret().as_bytes(),
+            &body,
+            sig.as_deref(),
+            max,
+        )
     })
     .await
     .unwrap_or_else(|e| {
@@ -318,7 +328,7 @@ async fn receive(State(st): State<HttpState>, headers: HeaderMap, body: Body) ->
         .and_then(|v| v.to_str().ok());
     if !signature_ok(&st, &body, sig).await {
         Metrics::inc(&st.metrics.webhooks_bad_signature);
-        if st.app_secret.is_empty() {
+        if st.app_secret.expose_secret().is_empty() {
             tracing::warn!("webhook refused: whatsapp.app_secret is not configured");
         } else {
             tracing::warn!(has_header = sig.is_some(), "webhook refused: bad signature");

@@ -7,6 +7,8 @@
 //!
 //! The actors live in `sandra-actors`; the models in `sandra-models`.
 
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod config;
 pub mod http;

@@ -1,5 +1,7 @@
 //! `sandra`: a self-hosted AI assistant on WhatsApp. Thin entry point; see the library crate.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::secret::Credentials;
+use crate::secret::{Credentials, ExposeSecret};
 use crate::store::{OutboundBody, OutboxRecord};
 
 /// How to reach the Graph API for one business number.
@@ -251,7 +251,7 @@ impl GraphClient {
         let resp = self
             .http
             .get(url)
-            .bearer_auth(self.cfg.credentials.current().expose())
+            .bearer_auth(self.cfg.credentials.current().expose_secret())
             .send()
             .await
             .map_err(transport_error)?;
@@ -272,7 +272,7 @@ impl GraphClient {
         let mut resp = self
             .http
             .get(url)
-            .bearer_auth(self.cfg.credentials.current().expose())
+            .bearer_auth(self.cfg.credentials.current().expose_secret())
             .send()
             .await
             .map_err(transport_error)?;
@@ -297,7 +297,7 @@ impl GraphClient {
         let resp = self
             .http
             .post(url)
-            .bearer_auth(self.cfg.credentials.current().expose())
+            .bearer_auth(self.cfg.credentials.current().expose_secret())
             .json(body)
             .send()
             .await
@@ -381,7 +381,7 @@ mod tests {
             base_url: base_url.into(),
             api_version: "v26.0".into(),
             phone_number_id: "1".into(),
-            credentials: Credentials::new(crate::secret::Secret::new("t")),
+            credentials: Credentials::new("t".into()),
             timeout: Duration::from_secs(1),
         })
     }

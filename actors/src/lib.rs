@@ -12,6 +12,8 @@
 //! This crate binds no sockets and reads no config files or environment: everything arrives as
 //! actor arguments from the `sandra` binary.
 
+#![forbid(unsafe_code)]
+
 pub mod brain;
 pub mod conversation;
 pub mod graph;

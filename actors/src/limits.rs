@@ -35,9 +35,9 @@ pub const NOTICE_EVERY: Duration = Duration::from_secs(60);
 /// The key maps are pruned of idle senders every this many checks.
 pub const PRUNE_EVERY: u64 = 1024;
 
-/// Limits from `[limits]` in config.toml.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// What [`Limits`] enforces. The binary's config module reads it from `[limits]` in
+/// config.toml, where its defaults are written (once); this type has none.
+#[derive(Debug, Clone, PartialEq)]
 pub struct LimitsPolicy {
     /// Sustained messages per minute per sender; 0 turns the rate limit off.
     pub messages_per_minute: u32,
@@ -52,19 +52,6 @@ pub struct LimitsPolicy {
     pub max_message_chars: usize,
     /// At most this many inputs are answered in one turn; the rest wait for the next.
     pub max_batch_inputs: usize,
-}
-
-impl Default for LimitsPolicy {
-    fn default() -> Self {
-        Self {
-            messages_per_minute: 20,
-            burst: 10,
-            allow: Vec::new(),
-            block: Vec::new(),
-            max_message_chars: 4000,
-            max_batch_inputs: 10,
-        }
-    }
 }
 
 /// What to do with one inbound message.
@@ -110,12 +97,6 @@ pub struct Limits<C: Clock = DefaultClock> {
 impl Limits<DefaultClock> {
     pub fn new(policy: LimitsPolicy) -> Self {
         Self::with_clock(policy, DefaultClock::default())
-    }
-}
-
-impl Default for Limits<DefaultClock> {
-    fn default() -> Self {
-        Self::new(LimitsPolicy::default())
     }
 }
 
@@ -231,11 +212,24 @@ mod tests {
         (Limits::with_clock(policy, clock.clone()), clock)
     }
 
+    /// Everyone admitted, 20 a minute with bursts of 10, long caps: each test changes what it
+    /// is about.
+    fn policy() -> LimitsPolicy {
+        LimitsPolicy {
+            messages_per_minute: 20,
+            burst: 10,
+            allow: Vec::new(),
+            block: Vec::new(),
+            max_message_chars: 4000,
+            max_batch_inputs: 10,
+        }
+    }
+
     fn rate(per_minute: u32, burst: u32) -> LimitsPolicy {
         LimitsPolicy {
             messages_per_minute: per_minute,
             burst,
-            ..Default::default()
+            ..policy()
         }
     }
 
@@ -259,7 +253,7 @@ mod tests {
         let (l, _) = limits(LimitsPolicy {
             allow: vec!["+34".into(), "1 555 000 1111".into()],
             block: vec!["34 600 999".into()],
-            ..Default::default()
+            ..policy()
         });
         assert!(l.admits(Some("34600111222")));
         assert!(l.admits(Some("15550001111")));
@@ -273,7 +267,7 @@ mod tests {
 
         let (open, _) = limits(LimitsPolicy {
             block: vec!["+44".into()],
-            ..Default::default()
+            ..policy()
         });
         assert!(
             open.admits(Some("15550002222")),
@@ -333,7 +327,7 @@ mod tests {
     fn long_messages_are_cut_at_a_character_boundary_and_say_so() {
         let (l, _) = limits(LimitsPolicy {
             max_message_chars: 5,
-            ..Default::default()
+            ..policy()
         });
         assert_eq!(l.cap_text("hello".into()), "hello");
         let cut = l.cap_text("ñññññññ".into());

@@ -287,7 +287,7 @@ mod tests {
     fn brain() -> LlmBrain {
         // Nothing is sent: these tests only build prompts.
         let engine = ChatEngine::remote(
-            RemoteConfig::new("http://127.0.0.1:9", "m"),
+            RemoteConfig::new("http://127.0.0.1:9", "m", 120, 8192),
             SamplingParams::default(),
         )
         .unwrap();

@@ -1,64 +1,31 @@
-//! A string that must never be printed: access tokens, app secrets, API keys.
+//! Strings that must never be printed: access tokens, app secrets, API keys.
+//!
+//! They are `secrecy` [`SecretString`]s: `Debug` prints `[REDACTED]`, there is no `Display` and
+//! no `Serialize` (so a secret cannot end up in a log line or a stored record by accident), the
+//! value is zeroized on drop, and only [`ExposeSecret::expose_secret`] reads it.
 
 use std::sync::{Arc, PoisonError, RwLock};
 
-use serde::{Deserialize, Deserializer};
-
-/// Holds a secret. `Debug` and `Display` print `[redacted]`; only [`Secret::expose`] reads it.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0.is_empty() {
-            f.write_str("\"\"")
-        } else {
-            f.write_str("[redacted]")
-        }
-    }
-}
-
-impl std::fmt::Display for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
-    }
-}
+pub use secrecy::{ExposeSecret, SecretString};
 
 /// The one access-token handle every Graph client clone reads per request.
 ///
 /// The operator replaces the token once (SIGHUP) and every holder sees it at its next call: the
 /// sender, the media client, and a sender re-created after a crash from its original arguments.
-/// Clones share the value; `Debug` prints `[redacted]` like [`Secret`].
+/// Clones share the value; `Debug` prints `[redacted]` (or `""` while no token is set).
 #[derive(Clone, Default)]
-pub struct Credentials(Arc<RwLock<Secret>>);
+pub struct Credentials(Arc<RwLock<SecretString>>);
 
 impl Credentials {
-    pub fn new(token: Secret) -> Self {
+    pub fn new(token: SecretString) -> Self {
         Self(Arc::new(RwLock::new(token)))
     }
 
-    /// The current token (a copy: the lock is never held across a request).
-    pub fn current(&self) -> Secret {
-        // A writer cannot panic half-way through replacing a `String`: a poisoned lock still
-        // holds a whole token.
+    /// The current token (a copy, zeroized when dropped: the lock is never held across a
+    /// request).
+    pub fn current(&self) -> SecretString {
+        // A writer cannot panic half-way through replacing a token: a poisoned lock still holds
+        // a whole one.
         self.0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -66,9 +33,9 @@ impl Credentials {
     }
 
     /// Replaces the token for every clone; returns whether it changed.
-    pub fn replace(&self, token: Secret) -> bool {
+    pub fn replace(&self, token: SecretString) -> bool {
         let mut g = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        let changed = *g != token;
+        let changed = g.expose_secret() != token.expose_secret();
         *g = token;
         changed
     }
@@ -76,25 +43,35 @@ impl Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&self.current(), f)
+        // Saying whether a token is set at all helps whoever reads a startup dump.
+        if self.current().expose_secret().is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("[redacted]")
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::{Credentials, ExposeSecret, SecretString};
+
     #[test]
     fn credentials_are_shared_by_clones_and_never_printed() {
-        let c = super::Credentials::new(super::Secret::new("EAAG-old"));
+        let c = Credentials::new(SecretString::from("EAAG-old"));
         let clone = c.clone();
-        assert!(c.replace(super::Secret::new("EAAG-new")));
-        assert_eq!(clone.current().expose(), "EAAG-new");
-        assert!(!c.replace(super::Secret::new("EAAG-new")));
+        assert!(c.replace(SecretString::from("EAAG-new")));
+        assert_eq!(clone.current().expose_secret(), "EAAG-new");
+        assert!(!c.replace(SecretString::from("EAAG-new")));
         assert_eq!(format!("{clone:?}"), "[redacted]");
     }
 
     #[test]
     fn debug_never_shows_the_value() {
-        let s = super::Secret::new("EAAG-very-secret");
-        assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
+        // `SecretString` has no `Display`: printing one with `{}` does not compile.
+        let s = SecretString::from("EAAG-very-secret");
+        let shown = format!("{s:?} {s:#?}");
+        assert!(!shown.contains("EAAG"), "{shown}");
+        assert!(shown.contains("[REDACTED]"), "{shown}");
     }
 }

@@ -59,7 +59,8 @@ pub enum SenderMsg {
     TokenReplaced,
 }
 
-/// Pacing and retry policy (from `[sender]` in config.toml).
+/// Pacing and retry policy. The binary's config module reads it from `[sender]` in
+/// config.toml, where its defaults are written (once); this type has none.
 #[derive(Debug, Clone)]
 pub struct Pacing {
     /// Graph calls per second for the business number (Meta: 80 by default, up to 1000).
@@ -76,24 +77,11 @@ pub struct Pacing {
     /// After a send whose outcome is unknown, wait this long for a status webhook before
     /// sending again.
     pub reconcile_wait: Duration,
-    pub tick: Duration,
 }
 
-impl Default for Pacing {
-    fn default() -> Self {
-        Self {
-            rate_per_second: 80,
-            recipient_burst: 3,
-            recipient_window: Duration::from_secs(18),
-            max_in_flight: 32,
-            backoff_base: Duration::from_secs(2),
-            backoff_max: Duration::from_secs(600),
-            max_attempts: 12,
-            reconcile_wait: Duration::from_secs(30),
-            tick: Duration::from_millis(100),
-        }
-    }
-}
+/// How often the sender looks for work that became due (backoffs, pacing slots, reconcile
+/// waits). Not a setting: it only bounds how late such work starts.
+const TICK: Duration = Duration::from_millis(100);
 
 /// What `/readyz` and logs need to know about the sender.
 #[derive(Debug, Default)]
@@ -145,7 +133,7 @@ impl Actor for Sender {
         myself: ActorRef<SenderMsg>,
         args: SenderArgs,
     ) -> Result<SenderState, ActorProcessingErr> {
-        myself.send_interval(args.pacing.tick, || SenderMsg::Tick);
+        myself.send_interval(TICK, || SenderMsg::Tick);
         Ok(SenderState {
             args,
             window: VecDeque::new(),
@@ -616,7 +604,16 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_honours_retry_after() {
-        let p = Pacing::default();
+        let p = Pacing {
+            rate_per_second: 80,
+            recipient_burst: 3,
+            recipient_window: Duration::from_secs(18),
+            max_in_flight: 32,
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(600),
+            max_attempts: 12,
+            reconcile_wait: Duration::from_secs(30),
+        };
         let b1 = backoff(&p, 1, None);
         let b5 = backoff(&p, 5, None);
         assert!(b1 <= p.backoff_base && b1 >= p.backoff_base / 2);

@@ -852,15 +852,6 @@ impl Store {
         })
     }
 
-    /// Forgets a conversation's history (`/reset`), keeping its identity and window.
-    pub fn save_session(&self, session: &SessionState) -> Result<(), StoreError> {
-        self.write(|| {
-            self.sessions
-                .insert(session.key.as_str().as_bytes(), json(session))?;
-            Ok(())
-        })
-    }
-
     /// Unix seconds at which Meta said the window of `key` is closed, if it did.
     pub fn window_closed_at(&self, key: &ConversationKey) -> Result<Option<i64>, StoreError> {
         Ok(self

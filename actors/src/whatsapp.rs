@@ -151,10 +151,6 @@ impl ConversationKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-    /// Rebuilds a key from its stored form.
-    pub fn from_stored(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
 }
 
 impl std::fmt::Display for ConversationKey {

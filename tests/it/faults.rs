@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use sandra_actors::secret::Secret;
+use sandra_actors::secret::SecretString;
 use sandra_actors::sender::SenderMsg;
 use sandra_actors::store::OutboxState;
 
@@ -152,7 +152,9 @@ async fn faults_clear_and_every_reply_goes_out_once() {
             loop {
                 if system.sender_health.token_invalid.load(Ordering::SeqCst) {
                     replaced.fetch_add(1, Ordering::SeqCst);
-                    system.credentials.replace(Secret::new(graph.token()));
+                    system
+                        .credentials
+                        .replace(SecretString::from(graph.token()));
                     let _ = system.sender.get().cast(SenderMsg::TokenReplaced);
                     // Give the sender time to take it before looking again.
                     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sandra_actors::secret::Secret;
+use sandra_actors::secret::SecretString;
 use sandra_actors::sender::SenderMsg;
 use sandra_actors::store::OutboxState;
 
@@ -139,7 +139,7 @@ async fn window_closed_stops_free_form_sends() {
 #[tokio::test]
 async fn invalid_token_pauses_until_replaced() {
     let app = TestApp::spawn_with(
-        |c| c.whatsapp.access_token = Secret::new("expired-token"),
+        |c| c.whatsapp.access_token = SecretString::from("expired-token"),
         Arc::new(EchoBrain::default()),
     )
     .await;
@@ -156,7 +156,9 @@ async fn invalid_token_pauses_until_replaced() {
     );
     assert_eq!(only_record(&app).state, OutboxState::Pending);
 
-    app.system.credentials.replace(Secret::new(ACCESS_TOKEN));
+    app.system
+        .credentials
+        .replace(SecretString::from(ACCESS_TOKEN));
     app.system
         .sender
         .get()

@@ -217,7 +217,7 @@ async fn rotated_token_is_used_by_sender_media_and_a_recreated_sender() {
     app.graph.set_token(rotated);
     app.system
         .credentials
-        .replace(sandra_actors::secret::Secret::new(rotated));
+        .replace(sandra_actors::secret::SecretString::from(rotated));
     app.system
         .sender
         .get()

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ChatError, ChatMessage, ChatReply, SamplingParams};
 
-/// Where the remote model is.
+/// Where the remote model is. No defaults here: the binary's config (`[llm.openai]`) owns them.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct RemoteConfig {
     /// Server root, e.g. `http://127.0.0.1:8080` (a trailing `/v1` is accepted too).
@@ -26,28 +26,25 @@ pub struct RemoteConfig {
     #[serde(default)]
     pub api_key: Option<String>,
     /// Whole-request timeout in seconds.
-    #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
     /// The model's context window in tokens (the server does not say).
-    #[serde(default = "default_context_window")]
     pub context_window: usize,
 }
 
-fn default_timeout_secs() -> u64 {
-    120
-}
-fn default_context_window() -> usize {
-    8192
-}
-
 impl RemoteConfig {
-    pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
+    /// A server without an API key.
+    pub fn new(
+        base_url: impl Into<String>,
+        model: impl Into<String>,
+        timeout_secs: u64,
+        context_window: usize,
+    ) -> Self {
         Self {
             base_url: base_url.into(),
             model: model.into(),
             api_key: None,
-            timeout_secs: default_timeout_secs(),
-            context_window: default_context_window(),
+            timeout_secs,
+            context_window,
         }
     }
 }
@@ -340,7 +337,7 @@ mod tests {
 
     #[test]
     fn debug_hides_the_api_key() {
-        let mut c = RemoteConfig::new("http://x", "m");
+        let mut c = RemoteConfig::new("http://x", "m", 120, 8192);
         c.api_key = Some("sk-very-secret".into());
         let d = format!("{c:?}");
         assert!(!d.contains("sk-very-secret"), "{d}");
@@ -390,14 +387,14 @@ mod tests {
     #[test]
     fn bad_urls_are_config_errors() {
         assert!(matches!(
-            RemoteClient::new(RemoteConfig::new("not a url", "m")),
+            RemoteClient::new(RemoteConfig::new("not a url", "m", 120, 8192)),
             Err(ChatError::Config(_))
         ));
         assert!(matches!(
-            RemoteClient::new(RemoteConfig::new("ftp://x", "m")),
+            RemoteClient::new(RemoteConfig::new("ftp://x", "m", 120, 8192)),
             Err(ChatError::Config(_))
         ));
-        let c = RemoteClient::new(RemoteConfig::new("http://h:1/v1/", "m")).unwrap();
+        let c = RemoteClient::new(RemoteConfig::new("http://h:1/v1/", "m", 120, 8192)).unwrap();
         assert_eq!(c.url, "http://h:1/v1/chat/completions");
     }
 }

@@ -72,9 +72,8 @@ async fn server() -> (String, Seen) {
 }
 
 fn engine(base: &str, model: &str, key: Option<&str>, timeout_secs: u64) -> ChatEngine {
-    let mut cfg = RemoteConfig::new(base, model);
+    let mut cfg = RemoteConfig::new(base, model, timeout_secs, 8192);
     cfg.api_key = key.map(str::to_string);
-    cfg.timeout_secs = timeout_secs;
     ChatEngine::remote(cfg, SamplingParams::default()).unwrap()
 }
 

@@ -12,7 +12,7 @@ use sandra::app::Application;
 use sandra::config::Config;
 use sandra_actors::System;
 use sandra_actors::brain::{Brain, BrainError, BrainFuture, TurnInput};
-use sandra_actors::secret::Secret;
+use sandra_actors::secret::SecretString;
 use sha2::Sha256;
 
 pub use fake_graph::{FakeGraph, Fault, MediaLie};
@@ -105,9 +105,9 @@ pub fn test_config(data_dir: PathBuf, graph_url: String) -> Config {
     c.server.bind = "127.0.0.1:0".parse().unwrap();
     c.storage.data_dir = data_dir;
     c.whatsapp.phone_number_id = PHONE_NUMBER_ID.into();
-    c.whatsapp.access_token = Secret::new(ACCESS_TOKEN);
-    c.whatsapp.verify_token = Secret::new(VERIFY_TOKEN);
-    c.whatsapp.app_secret = Secret::new(APP_SECRET);
+    c.whatsapp.access_token = SecretString::from(ACCESS_TOKEN);
+    c.whatsapp.verify_token = SecretString::from(VERIFY_TOKEN);
+    c.whatsapp.app_secret = SecretString::from(APP_SECRET);
     c.whatsapp.graph_base_url = graph_url;
     c.whatsapp.request_timeout = Duration::from_secs(2);
     c.sender.backoff_base = Duration::from_millis(50);
