@@ -432,3 +432,61 @@ async fn media_url_on_another_origin_gets_no_token() {
     assert_eq!(calls, ["info:ELSEWHERE"]);
     assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// The transcription actor takes at most `transcription.max_jobs` voice notes at once: a note
+/// over the cap is answered at once ("too many voice notes", counted), not queued without
+/// bound, and the note in progress is still answered.
+#[tokio::test]
+async fn voice_notes_over_the_transcription_cap_are_refused_at_once() {
+    let models = tempfile::tempdir().unwrap();
+    sandra_models::testing_whisper::write_tiny_model(models.path(), 5);
+    let opts = WhisperOptions {
+        max_new_tokens: Some(8),
+        ..Default::default()
+    };
+    let tr = Transcriber::load(models.path(), opts, 4).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let graph = FakeGraph::start(ACCESS_TOKEN).await;
+    let mut cfg = test_config(dir.path().join("data"), graph.url());
+    cfg.transcription.max_jobs = 1;
+    let app = Application::build_with(cfg, Arc::new(EchoBrain::default()), Some(tr))
+        .await
+        .unwrap();
+    let app = TestApp::from_app(app, dir, graph);
+    // The first note's download hangs in hop 1 for a while: its job is in progress.
+    let not_audio = b"OggS not really".to_vec();
+    let sha = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&not_audio));
+    app.graph.add_media("SLOW", "audio/ogg", not_audio);
+    app.graph.lie_about_media(
+        "SLOW",
+        MediaLie {
+            delay: Some(Duration::from_secs(2)),
+            ..Default::default()
+        },
+    );
+    app.graph.add_media("SECOND", "audio/ogg", b"OggS".to_vec());
+    app.post_signed(&voice_webhook("wamid.v1", "15550007001", "SLOW", &sha))
+        .await;
+    let graph = &app.graph;
+    assert!(
+        eventually(Duration::from_secs(5), || graph
+            .media_calls()
+            .contains(&"info:SLOW".to_string()))
+        .await
+    );
+    app.post_signed(&voice_webhook("wamid.v2", "15550007002", "SECOND", "x"))
+        .await;
+    let sent = app.graph.wait_accepted(1, Duration::from_secs(5)).await;
+    assert_eq!(sent[0].body["to"], "15550007002");
+    let busy = sent[0].body["text"]["body"].as_str().unwrap();
+    assert!(busy.contains("too many voice notes"), "{busy}");
+    assert!(!app.graph.media_calls().contains(&"info:SECOND".to_string()));
+    assert_eq!(app.metric("transcriptions_busy").await, 1);
+    // The note in progress is still answered (hop 1 outlasts the Graph client's timeout, so
+    // the user is asked to send it again).
+    let sent = app.graph.wait_accepted(2, Duration::from_secs(10)).await;
+    assert_eq!(sent[1].body["to"], "15550007001");
+    let text = sent[1].body["text"]["body"].as_str().unwrap();
+    assert!(text.contains("couldn't download your voice note"), "{text}");
+    app.stop().await;
+}

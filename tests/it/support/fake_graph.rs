@@ -79,6 +79,8 @@ pub struct MediaLie {
     pub mime_type: Option<String>,
     /// The download URL of hop 2 (e.g. another origin, to check the token is not sent there).
     pub url: Option<String>,
+    /// Answer hop 1 only after this long (a slow Graph API).
+    pub delay: Option<Duration>,
 }
 
 /// Status webhooks the fake posts back, as Meta does, once configured.
@@ -414,13 +416,29 @@ async fn media_info(
     Path((_version, media_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    let (answer, delay) = match media_answer(&inner, &media_id, &headers) {
+        Ok(a) => a,
+        Err(refusal) => return refusal,
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    axum::Json(answer).into_response()
+}
+
+/// Hop 1's answer for `media_id` (and how long to wait before giving it), or its refusal.
+fn media_answer(
+    inner: &Mutex<Inner>,
+    media_id: &str,
+    headers: &HeaderMap,
+) -> Result<(Value, Option<Duration>), Response> {
     let mut g = inner.lock().unwrap();
-    if !bearer_ok(&g, &headers) {
-        return token_error();
+    if !bearer_ok(&g, headers) {
+        return Err(token_error());
     }
     g.media_calls.push(format!("info:{media_id}"));
-    let Some((mime, bytes)) = g.media.get(&media_id) else {
-        return (
+    let Some((mime, bytes)) = g.media.get(media_id) else {
+        return Err((
             StatusCode::BAD_REQUEST,
             axum::Json(envelope(
                 100,
@@ -428,22 +446,22 @@ async fn media_info(
                 Some(33),
             )),
         )
-            .into_response();
+            .into_response());
     };
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("127.0.0.1");
-    let lie = g.media_lies.get(&media_id).cloned().unwrap_or_default();
-    axum::Json(json!({
+    let lie = g.media_lies.get(media_id).cloned().unwrap_or_default();
+    let answer = json!({
         "messaging_product": "whatsapp",
         "url": lie.url.unwrap_or_else(|| format!("http://{host}/lookaside/{media_id}")),
         "mime_type": lie.mime_type.unwrap_or_else(|| mime.clone()),
         "sha256": "opaque",
         "file_size": lie.file_size.unwrap_or(bytes.len() as u64),
         "id": media_id
-    }))
-    .into_response()
+    });
+    Ok((answer, lie.delay))
 }
 
 async fn media_bytes(
