@@ -101,9 +101,13 @@ impl<M: 'static, Out: Send + 'static> ModelWorker<M, Out> {
     {
         let (tx, mut rx) = mpsc::channel::<Job<M, Out>>(queue.max(1));
         let (ready_tx, ready_rx) = std_mpsc::sync_channel::<Result<(), E>>(1);
+        // Before the model loads: candle's first matmul would otherwise build rayon's global
+        // pool at the runtime's priority.
+        crate::priority::init_global_pool();
         std::thread::Builder::new()
             .name(format!("model-{name}"))
             .spawn(move || {
+                crate::priority::lower_current_thread();
                 let mut model = match load() {
                     Ok(m) => {
                         let _ = ready_tx.send(Ok(()));
@@ -187,6 +191,29 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Model compute must not compete with the runtime threads that ack webhooks.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn worker_thread_runs_below_the_callers_priority() {
+        let caller = crate::priority::current_nice().expect("nice readable on Linux");
+        let w = ModelWorker::<(), Option<i32>>::spawn("nice", 1, || Ok::<_, ()>(())).unwrap();
+        let worker = w
+            .run(|_| crate::priority::current_nice())
+            .await
+            .unwrap()
+            .unwrap();
+        // Below the caller (nice 10 against the usual 0); a caller already started at nice 10
+        // or more is never raised, so its worker stays at the caller's level.
+        assert_eq!(
+            worker,
+            caller.max(crate::priority::MODEL_NICE),
+            "caller {caller}"
+        );
+        if caller < crate::priority::MODEL_NICE {
+            assert!(worker > caller);
+        }
+    }
 
     #[tokio::test]
     async fn load_failure_is_reported_by_spawn() {

@@ -160,7 +160,7 @@ impl Transcriber {
             threads,
         };
         let worker = ModelWorker::spawn("whisper", queue, move || {
-            let pool = rayon::ThreadPoolBuilder::new()
+            let pool = crate::priority::model_pool_builder()
                 .num_threads(threads)
                 .thread_name(|i| format!("whisper-{i}"))
                 .build()
