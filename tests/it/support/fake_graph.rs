@@ -418,7 +418,7 @@ async fn media_info(
 ) -> Response {
     let (answer, delay) = match media_answer(&inner, &media_id, &headers) {
         Ok(a) => a,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
@@ -431,22 +431,24 @@ fn media_answer(
     inner: &Mutex<Inner>,
     media_id: &str,
     headers: &HeaderMap,
-) -> Result<(Value, Option<Duration>), Response> {
+) -> Result<(Value, Option<Duration>), Box<Response>> {
     let mut g = inner.lock().unwrap();
     if !bearer_ok(&g, headers) {
-        return Err(token_error());
+        return Err(Box::new(token_error()));
     }
     g.media_calls.push(format!("info:{media_id}"));
     let Some((mime, bytes)) = g.media.get(media_id) else {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            axum::Json(envelope(
-                100,
-                "Unsupported get request. Object does not exist",
-                Some(33),
-            )),
-        )
-            .into_response());
+        return Err(Box::new(
+            (
+                StatusCode::BAD_REQUEST,
+                axum::Json(envelope(
+                    100,
+                    "Unsupported get request. Object does not exist",
+                    Some(33),
+                )),
+            )
+                .into_response(),
+        ));
     };
     let host = headers
         .get(header::HOST)
