@@ -146,7 +146,7 @@ fn main() {
 
         let base = load(format!("http://{baseline}/ok"), bodies.clone(), concurrency).await;
         let s = load(format!("http://{sandra}/api/channels/whatsapp"), bodies, concurrency).await;
-        let accepted = system.metrics.messages_accepted.load(std::sync::atomic::Ordering::Relaxed);
+        let accepted = system.metrics().value("messages_accepted").unwrap() as u64;
         println!("webhook ingestion: {requests} signed POSTs, {concurrency} concurrent clients, {users} users, loopback");
         println!("{:<28} {:>12} {:>10} {:>10} {:>7}", "server", "req/s", "p50", "p99", "errors");
         for (name, r) in [("axum 200-only baseline", &base), ("sandra (durable ack)", &s)] {

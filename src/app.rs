@@ -10,6 +10,7 @@ use sandra_actors::System;
 use sandra_actors::brain::{Brain, PlaceholderBrain};
 use sandra_actors::conversation::{ConversationDeps, ConversationPolicy, RunDeps};
 use sandra_actors::graph::{GraphClient, GraphConfig};
+use sandra_actors::ingest::IngestConfig;
 use sandra_actors::metrics::Metrics;
 use sandra_actors::router::RouterArgs;
 use sandra_actors::secret::ExposeSecret;
@@ -36,9 +37,14 @@ impl Application {
     /// Loads the configured brain, opens the store, starts the actors (replaying unanswered
     /// messages) and binds the listener.
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
-        let brain = build_brain(&cfg).await?;
+        // Created first: the models record their queue waits and speed into it.
+        let metrics = Arc::new(Metrics::default());
+        let brain = build_brain(&cfg, &metrics).await?;
         let transcriber = build_transcriber(&cfg).await?;
-        Self::build_with(cfg, brain, transcriber).await
+        if let Some(t) = &transcriber {
+            t.observe_queue_wait(metrics.model_queue_wait_seconds.clone());
+        }
+        Self::build_with_metrics(cfg, brain, transcriber, metrics).await
     }
 
     /// [`Application::build`] with a given brain (tests, and the LLM once configured).
@@ -52,6 +58,15 @@ impl Application {
         brain: Arc<dyn Brain>,
         transcriber: Option<sandra_models::whisper::Transcriber>,
     ) -> anyhow::Result<Self> {
+        Self::build_with_metrics(cfg, brain, transcriber, Arc::new(Metrics::default())).await
+    }
+
+    async fn build_with_metrics(
+        cfg: Config,
+        brain: Arc<dyn Brain>,
+        transcriber: Option<sandra_models::whisper::Transcriber>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let missing = cfg.missing_whatsapp_settings();
         if !missing.is_empty() {
             tracing::warn!(missing = ?missing, "WhatsApp is not fully configured: webhooks will be refused or replies cannot be sent until these are set");
@@ -60,7 +75,6 @@ impl Application {
             Arc::new(Store::open(&cfg.storage.data_dir).with_context(|| {
                 format!("opening storage in {}", cfg.storage.data_dir.display())
             })?);
-        let metrics = Arc::new(Metrics::default());
         let w = &cfg.whatsapp;
         let graph = GraphClient::new(GraphConfig {
             base_url: w.graph_base_url.clone(),
@@ -110,7 +124,12 @@ impl Application {
             pacing: cfg.sender.pacing(),
             health: Arc::new(SenderHealth::default()),
         };
-        let system = System::start(router_args, sender_args, transcription)
+        let ingest = IngestConfig {
+            app_secret: w.app_secret.clone(),
+            phone_number_id: w.phone_number_id.clone(),
+            max_body_bytes: cfg.server.max_body_bytes,
+        };
+        let system = System::start(router_args, sender_args, transcription, ingest)
             .await
             .context("starting the actor system")?;
         tracing::info!(brain = %brain.describe(), "actors started");
@@ -118,11 +137,8 @@ impl Application {
         let state = HttpState {
             system: system.clone(),
             verify_token: w.verify_token.clone(),
-            app_secret: w.app_secret.clone(),
             admission: Arc::new(Semaphore::new(cfg.server.max_in_flight)),
-            metrics: metrics.clone(),
             max_body_bytes: cfg.server.max_body_bytes,
-            phone_number_id: w.phone_number_id.clone(),
             missing_settings: missing,
         };
         let router = http::router(state, cfg.server.request_timeout);
@@ -198,7 +214,7 @@ impl Application {
 
 /// The brain `[llm]` asks for. A configured model that fails to load stops start-up with the
 /// path and the reason; no model configured or installed falls back to the placeholder, loudly.
-pub async fn build_brain(cfg: &Config) -> anyhow::Result<Arc<dyn Brain>> {
+pub async fn build_brain(cfg: &Config, metrics: &Metrics) -> anyhow::Result<Arc<dyn Brain>> {
     use sandra_actors::llm_brain::LlmBrain;
     use sandra_models::catalog::{Manifest, ModelRole, models_dir};
     use sandra_models::chat::{ChatEngine, RemoteConfig};
@@ -257,10 +273,11 @@ pub async fn build_brain(cfg: &Config) -> anyhow::Result<Arc<dyn Brain>> {
         }
     };
     let engine = engine.with_context_cap(l.context_tokens);
-    Ok(Arc::new(LlmBrain::new(
-        engine,
-        cfg.system_prompt().to_string(),
-    )))
+    engine.observe_queue_wait(metrics.model_queue_wait_seconds.clone());
+    Ok(Arc::new(
+        LlmBrain::new(engine, cfg.system_prompt().to_string())
+            .with_tokens_per_second(metrics.llm_tokens_per_second.clone()),
+    ))
 }
 
 /// The Whisper model `[transcription]` asks for, if any. A configured directory that fails to

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: `config.toml` + environment, validated, secrets hidden.
-//! - [`http`]: the webhook endpoint (signature, dedup, admission), health and metrics.
+//! - [`http`]: the webhook endpoint (admission, body limits, status codes; ingestion itself is
+//!   `System::ingest`), health and metrics.
 //! - [`app`]: [`app::Application`] wires the store, the actors and the server together.
 //!
 //! The actors live in `sandra-actors`; the models in `sandra-models`.

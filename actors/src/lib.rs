@@ -1,6 +1,8 @@
 //! `sandra-actors`: Sandra's actor system and its domain.
 //!
 //! # Layout
+//! - [`ingest`]: a webhook body in, durable messages out: verify → parse → accept → route
+//!   ([`System::ingest`]).
 //! - [`whatsapp`]: webhook payload parsing (non-exhaustive) and the domain types routed on.
 //! - [`store`]: the only code that touches sled: dedup, inbox, sessions, outbox.
 //! - [`supervisor`]: the root of the tree; re-creates the router and sender when they fail.
@@ -17,6 +19,7 @@
 pub mod brain;
 pub mod conversation;
 pub mod graph;
+pub mod ingest;
 pub mod limits;
 pub mod llm_brain;
 pub mod media;
@@ -41,25 +44,28 @@ pub use ractor;
 /// Handles to a running actor system.
 #[derive(Clone)]
 pub struct System {
-    pub root: ActorRef<()>,
+    root: ActorRef<()>,
     pub router: slot::ActorSlot<router::RouterMsg>,
     pub sender: slot::ActorSlot<sender::SenderMsg>,
     pub store: Arc<store::Store>,
-    pub metrics: Arc<metrics::Metrics>,
+    metrics: Arc<metrics::Metrics>,
     pub sender_health: Arc<sender::SenderHealth>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
     /// The access token every Graph client reads; SIGHUP replaces it here, once.
     pub credentials: secret::Credentials,
+    ingest: Arc<ingest::Ingest>,
 }
 
 impl System {
     /// Starts the tree: root, sender, transcription (when configured), router (which replays
-    /// unanswered messages). The transcription actor is published in the slot the
-    /// conversations read (`router.deps.run.transcription`).
+    /// unanswered messages), and the ingestion service in front of the router. The
+    /// transcription actor is published in the slot the conversations read
+    /// (`router.deps.run.transcription`).
     pub async fn start(
         router: router::RouterArgs,
         sender: sender::SenderArgs,
         transcription: Option<transcription::TranscriptionArgs>,
+        ingest: ingest::IngestConfig,
     ) -> Result<Self, SpawnErr> {
         let router_slot = slot::ActorSlot::default();
         let sender_slot = router.deps.run.sender.clone();
@@ -95,6 +101,12 @@ impl System {
         };
         let stopping = args.stopping.clone();
         let (root, _) = Actor::spawn(None, supervisor::Root, args).await?;
+        let ingest = ingest::Ingest::new(
+            ingest,
+            router.deps.store.clone(),
+            router_slot.clone(),
+            router.deps.metrics.clone(),
+        );
         Ok(Self {
             root,
             router: router_slot,
@@ -104,7 +116,40 @@ impl System {
             sender_health: sender.health.clone(),
             stopping,
             credentials: sender.graph.credentials().clone(),
+            ingest: Arc::new(ingest),
         })
+    }
+
+    /// Verifies, parses, stores durably and routes one webhook body (see [`ingest`]).
+    pub async fn ingest(
+        &self,
+        body: bytes::Bytes,
+        signature: Option<&str>,
+    ) -> Result<ingest::Ingested, ingest::IngestError> {
+        self.ingest.ingest(body, signature).await
+    }
+
+    /// The metrics every part of this system counts into.
+    pub fn metrics(&self) -> &Arc<metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// Prometheus text of every metric, with the store's gauges read now.
+    pub fn render_metrics(&self) -> String {
+        self.metrics
+            .outbox_pending
+            .set(self.store.outbox_pending_count() as f64);
+        self.metrics
+            .dead_letters
+            .set(self.store.dead_letter_count() as f64);
+        self.metrics.render()
+    }
+
+    /// True while the sender knows the access token to be invalid or expired (error 190).
+    pub fn token_invalid(&self) -> bool {
+        self.sender_health
+            .token_invalid
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// True while the router and sender actors are running.

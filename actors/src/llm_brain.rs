@@ -30,6 +30,7 @@ Answer in the language the user writes in. Be concise: a few short paragraphs at
 pub struct LlmBrain {
     engine: ChatEngine,
     system_prompt: Arc<str>,
+    tokens_per_second: Option<metrics::Histogram>,
 }
 
 impl LlmBrain {
@@ -37,7 +38,15 @@ impl LlmBrain {
         Self {
             engine,
             system_prompt: system_prompt.into(),
+            tokens_per_second: None,
         }
+    }
+
+    /// Records each reply's generated tokens per second of its chat call (queue wait and
+    /// prompt processing included: what a user waits for) into `histogram`.
+    pub fn with_tokens_per_second(mut self, histogram: metrics::Histogram) -> Self {
+        self.tokens_per_second = Some(histogram);
+        self
     }
 
     fn system(&self, input: &TurnInput, summary: Option<&str>) -> ChatMessage {
@@ -262,7 +271,15 @@ impl Brain for LlmBrain {
                 }
                 None => msgs,
             };
+            let started = std::time::Instant::now();
             let reply = engine.chat(msgs).await.map_err(to_brain_error)?;
+            let secs = started.elapsed().as_secs_f64();
+            if let Some(h) = &this.tokens_per_second
+                && reply.completion_tokens > 0
+                && secs > 0.0
+            {
+                h.record(reply.completion_tokens as f64 / secs);
+            }
             let text = reply.text.trim().to_string();
             if text.is_empty() {
                 return Err(BrainError::Failed(

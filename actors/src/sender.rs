@@ -217,7 +217,7 @@ impl Actor for Sender {
                     .token_invalid
                     .swap(false, Ordering::SeqCst)
                 {
-                    state.args.metrics.token_invalid.store(0, Ordering::Relaxed);
+                    state.args.metrics.token_invalid.set(0.0);
                     tracing::info!("access token replaced; sending resumes");
                 }
                 pump(&myself, state, true);
@@ -229,7 +229,7 @@ impl Actor for Sender {
 
 fn token_invalid(state: &mut SenderState, e: &GraphError) {
     if !state.args.health.token_invalid.swap(true, Ordering::SeqCst) {
-        state.args.metrics.token_invalid.store(1, Ordering::Relaxed);
+        state.args.metrics.token_invalid.set(1.0);
         tracing::error!(error = %e, "the WhatsApp access token is invalid or expired (error 190): sending is paused until it is replaced");
     }
 }

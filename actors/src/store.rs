@@ -42,7 +42,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::session::SessionState;
 use crate::whatsapp::{
-    ConversationKey, DeliveryStatus, InboundMessage, ReplyTarget, StatusUpdate, WebhookBatch,
+    ConversationKey, DeliveryStatus, InboundMessage, ReplyTarget, StatusError, StatusUpdate,
+    WebhookBatch,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -502,7 +503,7 @@ impl Store {
                         acc.new_messages.push(rec);
                     }
                     for s in &batch.statuses {
-                        let dkey = format!("s:{}:{}", s.wamid, s.status);
+                        let dkey = format!("s:{}:{}", s.wamid, s.status.as_str());
                         if dedup.get(dkey.as_bytes())?.is_some() {
                             acc.duplicate_statuses += 1;
                             continue;
@@ -974,7 +975,7 @@ fn apply_status(
     queue: &sled::transaction::TransactionalTree,
     s: &StatusUpdate,
 ) -> TxResult<StatusOutcome> {
-    let Some(new) = DeliveryStatus::parse(&s.status) else {
+    let Some(new) = s.status.known() else {
         return Ok(StatusOutcome::Unmatched);
     };
     let id = match wamid_index.get(s.wamid.as_bytes())? {
@@ -996,8 +997,7 @@ fn apply_status(
     let mut rec: OutboxRecord = serde_json::from_slice(&raw).map_err(abort)?;
     let mut closed = None;
     if new == DeliveryStatus::Failed {
-        let window = s.errors.iter().any(|(c, _)| *c == 131047);
-        if window {
+        if s.errors.iter().any(StatusError::closes_window) {
             windows.insert(rec.key.as_str().as_bytes(), &s.timestamp.to_be_bytes())?;
             closed = Some(rec.key.clone());
         }
@@ -1006,8 +1006,7 @@ fn apply_status(
             let (code, reason) = s
                 .errors
                 .first()
-                .cloned()
-                .map(|(c, m)| (Some(c), m))
+                .map(|e| (Some(e.code), e.description().to_string()))
                 .unwrap_or((None, "failed".into()));
             rec.state = OutboxState::Failed { code, reason };
             rec.status = Some(DeliveryStatus::Failed);

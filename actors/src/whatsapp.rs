@@ -342,17 +342,70 @@ impl DeliveryStatus {
     }
 }
 
+/// A delivery status as Meta reported it. Values this version does not know are kept, not
+/// rejected: Meta adds statuses, and the webhook must still be acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReportedStatus {
+    Known(DeliveryStatus),
+    Unknown(String),
+}
+
+impl ReportedStatus {
+    pub fn parse(s: &str) -> Self {
+        DeliveryStatus::parse(s).map_or_else(|| Self::Unknown(s.to_string()), Self::Known)
+    }
+
+    /// Meta's string, as sent.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Known(d) => d.as_str(),
+            Self::Unknown(s) => s,
+        }
+    }
+
+    pub fn known(&self) -> Option<DeliveryStatus> {
+        match self {
+            Self::Known(d) => Some(*d),
+            Self::Unknown(_) => None,
+        }
+    }
+}
+
+/// One Graph API error attached to a status webhook (`statuses[].errors[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusError {
+    pub code: i64,
+    pub title: String,
+    /// Meta's longer explanation, when it sent one.
+    pub message: Option<String>,
+}
+
+impl StatusError {
+    /// "Re-engagement message": more than 24 hours since the user last wrote.
+    pub const REENGAGEMENT: i64 = 131047;
+
+    /// True when this error means the 24-hour customer-service window is closed: free-form
+    /// messages to this chat fail until the user writes again.
+    pub fn closes_window(&self) -> bool {
+        self.code == Self::REENGAGEMENT
+    }
+
+    /// What to tell a human: Meta's message, else its title.
+    pub fn description(&self) -> &str {
+        self.message.as_deref().unwrap_or(&self.title)
+    }
+}
+
 /// A status webhook for one of Sandra's outbound messages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusUpdate {
     pub wamid: String,
-    /// Meta's status string as sent (kept even when we do not know it).
-    pub status: String,
+    pub status: ReportedStatus,
     pub timestamp: i64,
     pub recipient_id: Option<String>,
     pub callback_data: Option<String>,
-    /// `(code, description)` of each error Meta attached (131047 closes the 24 h window).
-    pub errors: Vec<(i64, String)>,
+    /// The errors Meta attached, in order (see [`StatusError::closes_window`]).
+    pub errors: Vec<StatusError>,
 }
 
 /// Everything one webhook body carried, in order.
@@ -436,16 +489,17 @@ pub fn parse_webhook_for(
                 match serde_json::from_value::<RawStatus>(raw) {
                     Ok(s) => batch.statuses.push(StatusUpdate {
                         wamid: s.id,
-                        status: s.status,
+                        status: ReportedStatus::parse(&s.status),
                         timestamp: parse_ts(s.timestamp.as_deref()),
                         recipient_id: s.recipient_id,
                         callback_data: s.biz_opaque_callback_data,
                         errors: s
                             .errors
                             .into_iter()
-                            .map(|e| {
-                                let text = e.message.or(e.title).unwrap_or_default();
-                                (e.code, text)
+                            .map(|e| StatusError {
+                                code: e.code,
+                                title: e.title.unwrap_or_default(),
+                                message: e.message,
                             })
                             .collect(),
                     }),
@@ -663,6 +717,72 @@ mod tests {
         let all = parse_webhook(body).unwrap();
         assert_eq!((all.messages.len(), all.statuses.len()), (3, 1));
         assert!(all.other_numbers.is_empty());
+    }
+
+    #[test]
+    fn statuses_are_typed_and_unknown_ones_kept() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[
+            {"field":"messages","value":{"metadata":{"phone_number_id":"9"},"statuses":[
+             {"id":"wamid.1","status":"sent","timestamp":"5","recipient_id":"2"},
+             {"id":"wamid.2","status":"delivered","timestamp":"6"},
+             {"id":"wamid.3","status":"read","timestamp":"7"},
+             {"id":"wamid.4","status":"deleted","timestamp":"8"}]}}]}]}"#;
+        let b = parse_webhook(body).unwrap();
+        let got: Vec<&ReportedStatus> = b.statuses.iter().map(|s| &s.status).collect();
+        assert_eq!(
+            got,
+            [
+                &ReportedStatus::Known(DeliveryStatus::Sent),
+                &ReportedStatus::Known(DeliveryStatus::Delivered),
+                &ReportedStatus::Known(DeliveryStatus::Read),
+                &ReportedStatus::Unknown("deleted".into()),
+            ]
+        );
+        // Meta's string survives the typing (it keys the status dedup).
+        assert_eq!(b.statuses[3].status.as_str(), "deleted");
+        assert_eq!(b.statuses[3].status.known(), None);
+        assert!(b.ignored.is_empty(), "an unknown status is not an error");
+    }
+
+    #[test]
+    fn status_errors_are_typed_and_131047_closes_the_window() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[
+            {"field":"messages","value":{"metadata":{"phone_number_id":"9"},"statuses":[
+             {"id":"wamid.1","status":"failed","timestamp":"5","errors":[
+              {"code":131047,"title":"Re-engagement message","message":"More than 24 hours"}]},
+             {"id":"wamid.2","status":"failed","timestamp":"6","errors":[
+              {"code":131026,"title":"Message undeliverable"}]}]}}]}]}"#;
+        let b = parse_webhook(body).unwrap();
+        assert_eq!(
+            b.statuses[0].status,
+            ReportedStatus::Known(DeliveryStatus::Failed)
+        );
+        let e = &b.statuses[0].errors[0];
+        assert_eq!(
+            (e.code, e.title.as_str()),
+            (131047, "Re-engagement message")
+        );
+        assert!(e.closes_window());
+        assert_eq!(e.description(), "More than 24 hours");
+        let e = &b.statuses[1].errors[0];
+        assert!(!e.closes_window());
+        // Without a message, the title is what a human reads.
+        assert_eq!(e.description(), "Message undeliverable");
+    }
+
+    #[test]
+    fn the_shared_131047_fixture_closes_the_window() {
+        let body = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/webhooks/status_failed_131047.json"
+        ))
+        .unwrap();
+        let b = parse_webhook(&body).unwrap();
+        assert_eq!(
+            b.statuses[0].status,
+            ReportedStatus::Known(DeliveryStatus::Failed)
+        );
+        assert!(b.statuses[0].errors.iter().any(StatusError::closes_window));
     }
 
     #[test]

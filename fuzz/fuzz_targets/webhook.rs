@@ -1,4 +1,4 @@
-//! The webhook path on untrusted bytes: the HMAC check (`sandra::http::signature_valid`) and the
+//! The webhook path on untrusted bytes: the HMAC check (`sandra_actors::ingest::signature_valid`) and the
 //! payload parser (`sandra_actors::whatsapp::parse_webhook`).
 //!
 //! Properties:
@@ -39,7 +39,7 @@ fn meta_escaped(text: &str) -> String {
 }
 
 fuzz_target!(|body: &[u8]| {
-    use sandra::http::signature_valid;
+    use sandra_actors::ingest::signature_valid;
 
     let good = sign(SECRET, body);
     assert!(

@@ -12,12 +12,15 @@
 //! timeout) is not computed for. A queued job whose caller has gone is skipped (counted in
 //! [`skipped_jobs`]), and a job already running can poll [`cancelled`] between steps (the chat
 //! model does between tokens) and stop early.
+//!
+//! Queue wait: given a histogram ([`ModelWorker::observe_queue_wait`]), the thread records how
+//! long each job waited behind the others before it started (skipped jobs are not recorded).
 
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,6 +43,7 @@ type Job<M, Out> = (
     oneshot::Sender<Out>,
     tracing::Span,
     Arc<AtomicBool>,
+    std::time::Instant,
 );
 
 /// Jobs skipped in this process because their caller had gone before they started.
@@ -80,6 +84,8 @@ impl Drop for CancelOnDrop {
 pub struct ModelWorker<M, Out> {
     name: &'static str,
     tx: mpsc::Sender<Job<M, Out>>,
+    /// Shared with the thread (and every clone): set once, by whoever owns the metrics.
+    queue_wait: Arc<OnceLock<metrics::Histogram>>,
 }
 
 impl<M, Out> Clone for ModelWorker<M, Out> {
@@ -87,6 +93,7 @@ impl<M, Out> Clone for ModelWorker<M, Out> {
         Self {
             name: self.name,
             tx: self.tx.clone(),
+            queue_wait: self.queue_wait.clone(),
         }
     }
 }
@@ -104,6 +111,8 @@ impl<M: 'static, Out: Send + 'static> ModelWorker<M, Out> {
         // Before the model loads: candle's first matmul would otherwise build rayon's global
         // pool at the runtime's priority.
         crate::priority::init_global_pool();
+        let queue_wait: Arc<OnceLock<metrics::Histogram>> = Arc::default();
+        let waits = queue_wait.clone();
         std::thread::Builder::new()
             .name(format!("model-{name}"))
             .spawn(move || {
@@ -118,12 +127,15 @@ impl<M: 'static, Out: Send + 'static> ModelWorker<M, Out> {
                         return;
                     }
                 };
-                while let Some((job, reply, span, gone)) = rx.blocking_recv() {
+                while let Some((job, reply, span, gone, queued)) = rx.blocking_recv() {
                     let _entered = span.enter();
                     if reply.is_closed() || gone.load(Ordering::Relaxed) {
                         SKIPPED.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(worker = name, "job skipped: its caller has gone");
                         continue;
+                    }
+                    if let Some(h) = waits.get() {
+                        h.record(queued.elapsed().as_secs_f64());
                     }
                     CURRENT.with(|c| *c.borrow_mut() = Some(gone));
                     let result = catch_unwind(AssertUnwindSafe(|| job(&mut model)));
@@ -144,7 +156,11 @@ impl<M: 'static, Out: Send + 'static> ModelWorker<M, Out> {
             })
             .expect("spawning a model thread");
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Self { name, tx }),
+            Ok(Ok(())) => Ok(Self {
+                name,
+                tx,
+                queue_wait,
+            }),
             Ok(Err(e)) => Err(e),
             Err(_) => panic!("model worker {name} died while loading"),
         }
@@ -159,7 +175,13 @@ impl<M: 'static, Out: Send + 'static> ModelWorker<M, Out> {
         let flag = Arc::new(AtomicBool::new(false));
         let mut gone = CancelOnDrop(Some(flag.clone()));
         self.tx
-            .try_send((Box::new(job), reply_tx, tracing::Span::current(), flag))
+            .try_send((
+                Box::new(job),
+                reply_tx,
+                tracing::Span::current(),
+                flag,
+                std::time::Instant::now(),
+            ))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => WorkerError::Busy(self.name),
                 mpsc::error::TrySendError::Closed(_) => WorkerError::Stopped(self.name),
@@ -170,6 +192,12 @@ impl<M: 'static, Out: Send + 'static> ModelWorker<M, Out> {
         // Answered (or the job is over): nothing left to cancel.
         gone.0 = None;
         out
+    }
+
+    /// Records, from now on, how long each job waits in the queue before it starts (seconds).
+    /// Only the first histogram given to a worker (or any clone of it) is used.
+    pub fn observe_queue_wait(&self, histogram: metrics::Histogram) {
+        let _ = self.queue_wait.set(histogram);
     }
 
     /// Number of free slots in the queue (for readiness and metrics).
@@ -219,6 +247,26 @@ mod tests {
     async fn load_failure_is_reported_by_spawn() {
         let r = ModelWorker::<u32, u32>::spawn("t", 1, || Err::<u32, _>("no such file"));
         assert_eq!(r.err(), Some("no such file"));
+    }
+
+    #[tokio::test]
+    async fn queue_waits_are_recorded_for_each_job_run() {
+        struct Waits(std::sync::Mutex<Vec<f64>>);
+        impl metrics::HistogramFn for Waits {
+            fn record(&self, value: f64) {
+                self.0.lock().unwrap().push(value);
+            }
+        }
+        let waits = Arc::new(Waits(Default::default()));
+        let w = ModelWorker::<u32, u32>::spawn("t", 2, || Ok::<_, ()>(1)).unwrap();
+        // Set through a clone: the worker and all its clones share the histogram.
+        w.clone()
+            .observe_queue_wait(metrics::Histogram::from_arc(waits.clone()));
+        assert_eq!(w.run(|m| *m + 1).await.unwrap(), 2);
+        assert_eq!(w.run(|m| *m + 2).await.unwrap(), 3);
+        let got = waits.0.lock().unwrap().clone();
+        assert_eq!(got.len(), 2, "one wait per job run: {got:?}");
+        assert!(got.iter().all(|s| s.is_finite() && *s >= 0.0));
     }
 
     #[tokio::test]

@@ -138,10 +138,9 @@ async fn poison_message_is_dead_lettered() {
     assert!(
         eventually(Duration::from_secs(5), || app
             .system
-            .metrics
-            .poison_messages
-            .load(Ordering::Relaxed)
-            == 1)
+            .metrics()
+            .value("poison_messages")
+            == Some(1.0))
         .await
     );
     assert_eq!(app.metric("dead_letters").await, 1);

@@ -10,6 +10,7 @@ mod faults;
 mod http_limits;
 mod limits;
 mod llm;
+mod metrics;
 mod sender;
 mod voice;
 mod webhook;

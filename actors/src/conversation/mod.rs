@@ -451,7 +451,7 @@ async fn finish_turn(
                 // From the oldest message's arrival to its answer being durable and on its way.
                 if let Some(first) = flight.plan.records.iter().map(|r| r.received_at_ms).min() {
                     let secs = (now - first).max(0) as f64 / 1000.0;
-                    deps.metrics.time_to_reply.record(secs);
+                    deps.metrics.time_to_reply_seconds.record(secs);
                 }
                 kick_sender(&deps);
             }

@@ -400,6 +400,14 @@ impl ChatEngine {
         }
     }
 
+    /// Local model: records each job's wait in the model's queue into `histogram` (seconds).
+    /// A remote server queues on its own side; nothing is recorded.
+    pub fn observe_queue_wait(&self, histogram: metrics::Histogram) {
+        if let Backend::Local { worker, .. } = &self.inner.backend {
+            worker.observe_queue_wait(histogram);
+        }
+    }
+
     /// The local model's tokenizer (tests, diagnostics).
     pub fn tokenizer(&self) -> Option<&tokenizers::Tokenizer> {
         match &self.inner.backend {

@@ -193,4 +193,9 @@ impl Transcriber {
     pub fn free_slots(&self) -> usize {
         self.worker.free_slots()
     }
+
+    /// Records each job's wait in the model's queue into `histogram` (seconds).
+    pub fn observe_queue_wait(&self, histogram: metrics::Histogram) {
+        self.worker.observe_queue_wait(histogram);
+    }
 }

@@ -222,16 +222,21 @@ impl TestApp {
             .as_u16()
     }
 
-    pub async fn metric(&self, name: &str) -> u64 {
-        let text = self
-            .client
+    /// The body of `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.client
             .get(self.url("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// `sandra_<name>` from `GET /metrics` (counters and gauges, or a histogram's `_count`).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("sandra_{name} ")))
             .and_then(|v| v.trim().parse().ok())
