@@ -1,12 +1,21 @@
 //! Chat templates: how a conversation becomes the prompt text a model was trained on.
 //!
-//! GGUF files carry a Jinja `tokenizer.chat_template`; instead of running Jinja we recognise the
-//! handful of formats the supported families use, chosen by architecture and tokenizer vocabulary
-//! (see [`ChatTemplate::detect`]). Rendering is exact and covered by tests.
+//! A GGUF carries its own Jinja `tokenizer.chat_template`; [`PromptFormat::resolve`] compiles it
+//! once at load ([`JinjaTemplate`]) and then checks it against the hand-written formats here
+//! ([`ChatTemplate`]). When one renders the probe conversations byte for byte as the GGUF's
+//! template does, the hand-written one is used: the same prompt, without running Jinja each
+//! turn. Any other template is rendered with Jinja, so an unknown model gets its own format. A
+//! GGUF without a template, or one that does not compile, gets the format recognised from its
+//! architecture and vocabulary ([`ChatTemplate::detect`]; ChatML when nothing is recognised),
+//! which is what every model got before templates were read.
 //!
 //! A prompt is rendered as [`Segment`]s, markup apart from message text, because the two are
 //! tokenized differently: only markup may produce control tokens (see `super::encode_chat`).
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use super::jinja::{self, JinjaTemplate};
 use super::{ChatMessage, Role};
 
 /// One piece of a rendered prompt.
@@ -14,15 +23,15 @@ use super::{ChatMessage, Role};
 /// The split is what makes prompts safe from their own text: markup is tokenized with the
 /// model's control tokens recognised (`<|im_start|>` becomes one control token), content as plain
 /// text (a user who types `<|im_end|>` gets the characters `<|im_end|>`, never the token).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Segment<'a> {
-    /// Role headers, turn ends, generation prompt: fixed strings of the format.
-    Markup(&'static str),
+    /// Role headers, turn ends, generation prompt: written by the template, never by a user.
+    Markup(Cow<'a, str>),
     /// The text of a message (any role: it may quote a user, and models echo users).
     Content(&'a str),
 }
 
-/// A prompt format.
+/// A hand-written prompt format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChatTemplate {
     /// ChatML (`<|im_start|>role\n…<|im_end|>\n`): Qwen2/2.5, SmolLM2.
@@ -31,11 +40,30 @@ pub enum ChatTemplate {
     ChatMlNoThink,
     /// Llama 3 header-id format (`<|start_header_id|>role<|end_header_id|>\n\n…<|eot_id|>`).
     Llama3,
+    /// Llama 3.2's (and 3.1's given `strftime_now`): Llama 3 with a system turn that always
+    /// opens with the knowledge cutoff and today's date.
+    Llama3Dated,
+    /// Gemma 2/3 (`<start_of_turn>user\n…<end_of_turn>\n`, the assistant is `model`): no system
+    /// turn, the system prompt opens the first user turn.
+    Gemma,
+    /// Phi-3/3.5 (`<|user|>\n…<|end|>\n`).
+    Phi3,
 }
 
 impl ChatTemplate {
+    /// Every hand-written format, in the order the load-time check tries them.
+    pub const ALL: [ChatTemplate; 6] = [
+        Self::ChatMl,
+        Self::ChatMlNoThink,
+        Self::Llama3,
+        Self::Llama3Dated,
+        Self::Gemma,
+        Self::Phi3,
+    ];
+
     /// Picks the template for a GGUF `general.architecture` and a vocabulary probe
-    /// (`has_token("<|im_start|>")`). Unknown combinations fall back to ChatML.
+    /// (`has_token("<|im_start|>")`), for GGUFs without a usable `tokenizer.chat_template`.
+    /// Unknown combinations fall back to ChatML.
     pub fn detect(architecture: &str, has_token: impl Fn(&str) -> bool) -> Self {
         if has_token("<|start_header_id|>") && has_token("<|eot_id|>") {
             return Self::Llama3;
@@ -52,6 +80,9 @@ impl ChatTemplate {
             Self::ChatMl => "chatml",
             Self::ChatMlNoThink => "chatml-nothink",
             Self::Llama3 => "llama3",
+            Self::Llama3Dated => "llama3-dated",
+            Self::Gemma => "gemma",
+            Self::Phi3 => "phi3",
         }
     }
 
@@ -60,13 +91,7 @@ impl ChatTemplate {
     /// message that contains `<|im_end|>` would end its turn. The local model tokenizes
     /// [`segments`](Self::segments) instead (see [`super::encode_chat`]).
     pub fn render(self, messages: &[ChatMessage]) -> String {
-        self.segments(messages)
-            .iter()
-            .map(|s| match s {
-                Segment::Markup(m) => *m,
-                Segment::Content(c) => c,
-            })
-            .collect()
+        join(&self.segments(messages))
     }
 
     /// The prompt as a sequence of template markup (written here, never by a user) and message
@@ -75,36 +100,96 @@ impl ChatTemplate {
     /// prompt, which is what lets the local model reuse its cached prompt.
     pub fn segments(self, messages: &[ChatMessage]) -> Vec<Segment<'_>> {
         let mut out = Vec::with_capacity(messages.len() * 3 + 2);
+        let m = |s: &'static str| Segment::Markup(Cow::Borrowed(s));
         match self {
             Self::ChatMl | Self::ChatMlNoThink => {
-                for m in messages {
-                    out.push(Segment::Markup(match m.role {
+                for msg in messages {
+                    out.push(m(match msg.role {
                         Role::System => "<|im_start|>system\n",
                         Role::User => "<|im_start|>user\n",
                         Role::Assistant => "<|im_start|>assistant\n",
                     }));
-                    out.push(Segment::Content(&m.content));
-                    out.push(Segment::Markup("<|im_end|>\n"));
+                    out.push(Segment::Content(&msg.content));
+                    out.push(m("<|im_end|>\n"));
                 }
-                out.push(Segment::Markup("<|im_start|>assistant\n"));
+                out.push(m("<|im_start|>assistant\n"));
                 if self == Self::ChatMlNoThink {
-                    out.push(Segment::Markup("<think>\n\n</think>\n\n"));
+                    out.push(m("<think>\n\n</think>\n\n"));
                 }
             }
-            Self::Llama3 => {
-                out.push(Segment::Markup("<|begin_of_text|>"));
-                for m in messages {
-                    out.push(Segment::Markup(match m.role {
+            Self::Llama3 | Self::Llama3Dated => {
+                out.push(m("<|begin_of_text|>"));
+                let mut rest = messages;
+                if self == Self::Llama3Dated {
+                    // The template takes a leading system message into its own system turn
+                    // (trimmed), which it writes even when there is none.
+                    out.push(Segment::Markup(Cow::Owned(format!(
+                        "<|start_header_id|>system<|end_header_id|>\n\n\
+                         Cutting Knowledge Date: December 2023\nToday Date: {}\n\n",
+                        jinja::strftime_now("%d %b %Y").unwrap_or_default()
+                    ))));
+                    if let Some((first, tail)) = messages.split_first()
+                        && first.role == Role::System
+                    {
+                        out.push(Segment::Content(first.content.trim()));
+                        rest = tail;
+                    }
+                    out.push(m("<|eot_id|>"));
+                }
+                for msg in rest {
+                    out.push(m(match msg.role {
                         Role::System => "<|start_header_id|>system<|end_header_id|>\n\n",
                         Role::User => "<|start_header_id|>user<|end_header_id|>\n\n",
                         Role::Assistant => "<|start_header_id|>assistant<|end_header_id|>\n\n",
                     }));
-                    out.push(Segment::Content(m.content.trim()));
-                    out.push(Segment::Markup("<|eot_id|>"));
+                    out.push(Segment::Content(msg.content.trim()));
+                    out.push(m("<|eot_id|>"));
                 }
-                out.push(Segment::Markup(
-                    "<|start_header_id|>assistant<|end_header_id|>\n\n",
-                ));
+                out.push(m("<|start_header_id|>assistant<|end_header_id|>\n\n"));
+            }
+            Self::Gemma => {
+                out.push(m("<bos>"));
+                // Gemma has no system turn: its template (Gemma 3's; Gemma 2's refuses system
+                // messages) opens the first turn with the system prompt as written and a blank
+                // line.
+                let (prefix, rest) = match messages.split_first() {
+                    Some((first, tail)) if first.role == Role::System => {
+                        (Some(first.content.as_str()), tail)
+                    }
+                    _ => (None, messages),
+                };
+                for (i, msg) in rest.iter().enumerate() {
+                    out.push(m(match msg.role {
+                        Role::System => "<start_of_turn>system\n",
+                        Role::User => "<start_of_turn>user\n",
+                        Role::Assistant => "<start_of_turn>model\n",
+                    }));
+                    if i == 0
+                        && let Some(p) = prefix
+                    {
+                        out.push(Segment::Content(p));
+                        out.push(m("\n\n"));
+                    }
+                    out.push(Segment::Content(msg.content.trim()));
+                    out.push(m("<end_of_turn>\n"));
+                }
+                out.push(m("<start_of_turn>model\n"));
+            }
+            Self::Phi3 => {
+                for msg in messages {
+                    // Phi-3.5's template writes no system turn for an empty system prompt.
+                    if msg.role == Role::System && msg.content.is_empty() {
+                        continue;
+                    }
+                    out.push(m(match msg.role {
+                        Role::System => "<|system|>\n",
+                        Role::User => "<|user|>\n",
+                        Role::Assistant => "<|assistant|>\n",
+                    }));
+                    out.push(Segment::Content(&msg.content));
+                    out.push(m("<|end|>\n"));
+                }
+                out.push(m("<|assistant|>\n"));
             }
         }
         // Empty content tokenizes to nothing; leaving it out keeps the pieces minimal.
@@ -116,7 +201,173 @@ impl ChatTemplate {
     pub fn end_tokens(self) -> &'static [&'static str] {
         match self {
             Self::ChatMl | Self::ChatMlNoThink => &["<|im_end|>", "<|endoftext|>"],
-            Self::Llama3 => &["<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"],
+            Self::Llama3 | Self::Llama3Dated => &["<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"],
+            Self::Gemma => &["<end_of_turn>", "<eos>"],
+            Self::Phi3 => &["<|end|>", "<|endoftext|>"],
+        }
+    }
+}
+
+/// The pieces concatenated.
+fn join(segments: &[Segment<'_>]) -> String {
+    segments
+        .iter()
+        .map(|s| match s {
+            Segment::Markup(m) => m.as_ref(),
+            Segment::Content(c) => c,
+        })
+        .collect()
+}
+
+/// How a loaded model turns a conversation into its prompt: a hand-written format, or the
+/// GGUF's own Jinja template. Cheap to clone.
+#[derive(Debug, Clone)]
+pub enum PromptFormat {
+    Builtin(ChatTemplate),
+    Jinja(Arc<JinjaTemplate>),
+}
+
+impl From<ChatTemplate> for PromptFormat {
+    fn from(t: ChatTemplate) -> Self {
+        Self::Builtin(t)
+    }
+}
+
+impl From<&PromptFormat> for PromptFormat {
+    fn from(f: &PromptFormat) -> Self {
+        f.clone()
+    }
+}
+
+/// How a hand-written format fared against the GGUF's template on the probe conversations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    /// Identical wherever the GGUF's template renders (and it renders at least one probe).
+    All,
+    /// Identical on every conversation that starts with a system prompt, not on the others
+    /// (Qwen2.5's template adds its default system prompt when there is none).
+    WithSystem,
+    No,
+}
+
+impl PromptFormat {
+    /// The format for a model: `source` is its GGUF `tokenizer.chat_template`, `bos`/`eos` the
+    /// texts of its BOS/EOS tokens, `add_bos` its `tokenizer.ggml.add_bos_token`, `detected`
+    /// what [`ChatTemplate::detect`] recognised.
+    ///
+    /// The known families are found by rendering, not by hashing the template text: GGUF
+    /// converters and fine-tunes ship many textual variants of one family's template (whitespace,
+    /// tool-calling sections, a changed default system prompt), and a render comparison accepts
+    /// exactly those that produce the same prompts, while a hash would accept only the variants
+    /// listed and could not tell when a changed one still fits.
+    pub fn resolve(
+        source: Option<&str>,
+        bos: &str,
+        eos: &str,
+        add_bos: bool,
+        detected: ChatTemplate,
+    ) -> Self {
+        let Some(source) = source.filter(|s| !s.trim().is_empty()) else {
+            return Self::Builtin(detected);
+        };
+        let mut jinja = match JinjaTemplate::compile(source, bos, eos, add_bos, detected) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(
+                    error = %e, fallback = detected.name(),
+                    "the model's chat template does not compile; using the fallback format"
+                );
+                return Self::Builtin(detected);
+            }
+        };
+        let probes = jinja::probe_conversations();
+        let rendered: Vec<Option<String>> = probes.iter().map(|p| jinja.render(p).ok()).collect();
+        // Sandra's conversations start with a system prompt; a template that cannot render the
+        // simplest of them (nor anything else) is of no use.
+        if rendered.iter().all(Option::is_none) {
+            tracing::warn!(
+                fallback = detected.name(),
+                "the model's chat template renders no test conversation; using the fallback format"
+            );
+            return Self::Builtin(detected);
+        }
+        let fit = |t: ChatTemplate| -> Fit {
+            let mut any = false;
+            let mut system_ok = true;
+            let mut others_ok = true;
+            for (p, r) in probes.iter().zip(&rendered) {
+                let Some(r) = r else { continue };
+                any = true;
+                let same = *r == t.render(p);
+                if p.first().is_some_and(|m| m.role == Role::System) {
+                    system_ok &= same;
+                } else {
+                    others_ok &= same;
+                }
+            }
+            match (any, system_ok, others_ok) {
+                (true, true, true) => Fit::All,
+                (true, true, false) => Fit::WithSystem,
+                _ => Fit::No,
+            }
+        };
+        let order = std::iter::once(detected)
+            .chain(ChatTemplate::ALL.into_iter().filter(|t| *t != detected));
+        let fits: Vec<(ChatTemplate, Fit)> = order.map(|t| (t, fit(t))).collect();
+        if let Some((t, _)) = fits.iter().find(|(_, f)| *f == Fit::All) {
+            tracing::info!(
+                template = t.name(),
+                "the model's chat template matches a hand-written one"
+            );
+            return Self::Builtin(*t);
+        }
+        let with_system = fits
+            .iter()
+            .find(|(_, f)| *f == Fit::WithSystem)
+            .map(|(t, _)| *t);
+        jinja.set_with_system(with_system);
+        tracing::info!(
+            with_system = with_system.map(ChatTemplate::name),
+            "using the model's own chat template"
+        );
+        Self::Jinja(Arc::new(jinja))
+    }
+
+    /// The hand-written format, when this is one.
+    pub fn builtin(&self) -> Option<ChatTemplate> {
+        match self {
+            Self::Builtin(t) => Some(*t),
+            Self::Jinja(_) => None,
+        }
+    }
+
+    /// Short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Builtin(t) => t.name(),
+            Self::Jinja(_) => "gguf-jinja",
+        }
+    }
+
+    /// See [`ChatTemplate::segments`]; a Jinja template that fails on this conversation gives
+    /// its fallback format's segments (see [`JinjaTemplate::segments`]).
+    pub fn segments<'a>(&self, messages: &'a [ChatMessage]) -> Vec<Segment<'a>> {
+        match self {
+            Self::Builtin(t) => t.segments(messages),
+            Self::Jinja(j) => j.segments(messages),
+        }
+    }
+
+    /// The segments concatenated (logs, tests, benchmarks; never tokenize it whole).
+    pub fn render(&self, messages: &[ChatMessage]) -> String {
+        join(&self.segments(messages))
+    }
+
+    /// Tokens (as text) that may end the assistant's turn.
+    pub fn end_tokens(&self) -> Vec<&'static str> {
+        match self {
+            Self::Builtin(t) => t.end_tokens().to_vec(),
+            Self::Jinja(j) => j.end_tokens(),
         }
     }
 }

@@ -1,0 +1,392 @@
+//! A GGUF's own chat template (`tokenizer.chat_template`, Jinja as in the model's
+//! tokenizer_config.json), compiled once with minijinja when the model loads.
+//!
+//! HF templates are written for Python's jinja2 as `transformers` configures it: `trim_blocks`
+//! and `lstrip_blocks` on, Python string methods (`.strip()`, `.startswith()`, via
+//! minijinja-contrib's pycompat), `raise_exception`, `strftime_now`, `tojson`, and the variables
+//! `messages`, `bos_token`, `eos_token`, `add_generation_prompt`. Sandra also passes
+//! `enable_thinking = false` (Qwen3 and others: short replies, no reasoning block).
+//!
+//! **User text stays data.** A rendered prompt mixes the template's markup with message text, and
+//! only markup may be tokenized with control tokens recognised (see `super::encode_chat`). So the
+//! template is rendered twice: once with each message's content replaced by a sentinel, which
+//! gives the markup and where each message goes, and once for real. The real output is then
+//! matched piece by piece against that markup, each content being the message's text as written
+//! or trimmed (what templates do to it). No boundary is ever searched for inside the output, so a
+//! user who types `<|im_end|>` cannot move one. A template whose output cannot be matched this
+//! way (it rewrites text in other ways) still gets its markup from the sentinel render, with the
+//! messages' text as written.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use minijinja::syntax::SyntaxConfig;
+use minijinja::{AutoEscape, Environment, Error, ErrorKind, Value, context};
+
+use super::template::{ChatTemplate, Segment};
+use super::{ChatMessage, Role};
+
+/// Upper bound on the work of one render (minijinja instructions). A conversation of hundreds of
+/// messages takes well under a tenth of it; a template that loops forever stops here with an
+/// error (and falls back) instead of holding the model thread.
+const FUEL: u64 = 20_000_000;
+
+/// Marks a message's place in the sentinel render: private-use characters that no template
+/// writes and that `trim` leaves alone.
+const SLOT_OPEN: char = '\u{F8FF}';
+const SLOT_CLOSE: char = '\u{F8FE}';
+
+/// Strings that end a turn in the formats Sandra has met; those the template writes become stop
+/// tokens (when the vocabulary has them as single tokens).
+const TURN_ENDS: &[&str] = &[
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "</s>",
+    "<eos>",
+];
+
+/// A compiled GGUF chat template.
+pub struct JinjaTemplate {
+    env: Environment<'static>,
+    bos: String,
+    eos: String,
+    /// GGUF `tokenizer.ggml.add_bos_token`: the runtime prepends BOS unless the template did.
+    add_bos: bool,
+    /// A hand-written template that renders every conversation starting with a system prompt
+    /// exactly as this one does (checked at load): used for those, as the faster path.
+    with_system: Option<ChatTemplate>,
+    /// What a conversation gets when this template fails to render it.
+    fallback: ChatTemplate,
+    /// Turn-end strings this template writes.
+    ends: Vec<&'static str>,
+    warned: AtomicBool,
+}
+
+impl fmt::Debug for JinjaTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JinjaTemplate")
+            .field("with_system", &self.with_system)
+            .field("fallback", &self.fallback)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a piece of a rendered prompt was produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Markup(String),
+    /// The content of message `i`.
+    Slot(usize),
+}
+
+impl JinjaTemplate {
+    /// Compiles `source`. `bos`/`eos` are the token texts the template may print;
+    /// `fallback` is used for conversations this template cannot render.
+    pub fn compile(
+        source: &str,
+        bos: &str,
+        eos: &str,
+        add_bos: bool,
+        fallback: ChatTemplate,
+    ) -> Result<Self, Error> {
+        let mut env = Environment::new();
+        // transformers renders with these two on.
+        env.set_syntax(
+            SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()
+                .map_err(|e| Error::new(ErrorKind::SyntaxError, e.to_string()))?,
+        );
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_fuel(Some(FUEL));
+        env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_function("strftime_now", |fmt: String| -> Result<String, Error> {
+            strftime_now(&fmt).map_err(|e| Error::new(ErrorKind::InvalidOperation, e))
+        });
+        env.add_template_owned("chat", source.to_string())?;
+        let mut t = Self {
+            env,
+            bos: bos.to_string(),
+            eos: eos.to_string(),
+            add_bos,
+            with_system: None,
+            fallback,
+            ends: Vec::new(),
+            warned: AtomicBool::new(false),
+        };
+        // Which turn ends the template writes: render a short exchange once.
+        if let Ok(probe) = t.render(&probe_conversations()[0]) {
+            t.ends = TURN_ENDS
+                .iter()
+                .copied()
+                .filter(|e| probe.contains(e))
+                .collect();
+        }
+        Ok(t)
+    }
+
+    /// The prompt for the assistant's next turn, as the template writes it (plus the BOS the
+    /// runtime adds when the GGUF asks for one). For logs, tests and the load-time checks;
+    /// the model is fed [`segments`](Self::segments).
+    pub fn render(&self, messages: &[ChatMessage]) -> Result<String, Error> {
+        let msgs: Vec<Value> = messages
+            .iter()
+            .map(|m| context! { role => m.role.as_str(), content => m.content.as_str() })
+            .collect();
+        let out = self.render_values(msgs)?;
+        Ok(match self.bos_to_add(&out) {
+            Some(bos) => format!("{bos}{out}"),
+            None => out,
+        })
+    }
+
+    fn render_values(&self, messages: Vec<Value>) -> Result<String, Error> {
+        self.env.get_template("chat")?.render(context! {
+            messages => messages,
+            add_generation_prompt => true,
+            bos_token => self.bos.as_str(),
+            eos_token => self.eos.as_str(),
+            enable_thinking => false,
+        })
+    }
+
+    fn bos_to_add(&self, rendered: &str) -> Option<&str> {
+        (self.add_bos && !self.bos.is_empty() && !rendered.starts_with(&self.bos))
+            .then_some(self.bos.as_str())
+    }
+
+    /// The prompt as markup and message text (see the module docs). Never fails: a
+    /// conversation the template cannot render gets the fallback format, with one warning per
+    /// model.
+    pub fn segments<'a>(&self, messages: &'a [ChatMessage]) -> Vec<Segment<'a>> {
+        if let Some(fast) = self.with_system
+            && messages.first().is_some_and(|m| m.role == Role::System)
+        {
+            return fast.segments(messages);
+        }
+        match self.try_segments(messages) {
+            Ok(s) => s,
+            Err(e) => {
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    // The error names the template's line, never message text.
+                    tracing::warn!(
+                        error = %e, fallback = self.fallback.name(),
+                        "the model's chat template cannot render this conversation; using the \
+                         fallback format (warned once)"
+                    );
+                }
+                self.fallback.segments(messages)
+            }
+        }
+    }
+
+    fn try_segments<'a>(&self, messages: &'a [ChatMessage]) -> Result<Vec<Segment<'a>>, Error> {
+        let slots: Vec<Value> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let slot = format!("{SLOT_OPEN}{i}{SLOT_CLOSE}");
+                context! { role => m.role.as_str(), content => slot }
+            })
+            .collect();
+        let skeleton = self.render_values(slots)?;
+        let real = self.render(messages)?;
+        let mut pieces = parse_pieces(&skeleton, messages.len());
+        if let Some(bos) = self.bos_to_add(&skeleton) {
+            pieces.insert(0, Piece::Markup(bos.to_string()));
+        }
+        let mut out = match_pieces(&real, &pieces, messages).unwrap_or_else(|| {
+            // The template rewrites text beyond trimming it (or its markup depends on the
+            // text): keep its markup and the text as written.
+            tracing::debug!("chat template output not matched piece by piece; text as written");
+            pieces
+                .iter()
+                .map(|p| match p {
+                    Piece::Markup(m) => Segment::Markup(Cow::Owned(m.clone())),
+                    Piece::Slot(i) => Segment::Content(&messages[*i].content),
+                })
+                .collect()
+        });
+        out.retain(|s| match s {
+            Segment::Markup(m) => !m.is_empty(),
+            Segment::Content(c) => !c.is_empty(),
+        });
+        Ok(out)
+    }
+
+    /// Turn-end strings of this template and of its fallback (which a turn may have used).
+    pub fn end_tokens(&self) -> Vec<&'static str> {
+        let mut v = self.ends.clone();
+        for e in self.fallback.end_tokens() {
+            if !v.contains(e) {
+                v.push(e);
+            }
+        }
+        if let Some(fast) = self.with_system {
+            for e in fast.end_tokens() {
+                if !v.contains(e) {
+                    v.push(e);
+                }
+            }
+        }
+        v
+    }
+
+    /// The hand-written template used for conversations that start with a system prompt.
+    pub fn with_system(&self) -> Option<ChatTemplate> {
+        self.with_system
+    }
+
+    pub(crate) fn set_with_system(&mut self, t: Option<ChatTemplate>) {
+        self.with_system = t;
+    }
+}
+
+/// Splits a sentinel render into markup and message slots (adjacent markup merged). A slot
+/// marker with an index out of range is left as markup text (it cannot come from us).
+fn parse_pieces(skeleton: &str, n: usize) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    let mut markup = String::new();
+    let mut rest = skeleton;
+    while let Some(start) = rest.find(SLOT_OPEN) {
+        let after = &rest[start + SLOT_OPEN.len_utf8()..];
+        let slot = after.find(SLOT_CLOSE).and_then(|end| {
+            after[..end]
+                .parse::<usize>()
+                .ok()
+                .filter(|i| *i < n)
+                .map(|i| (i, end))
+        });
+        match slot {
+            Some((i, end)) => {
+                markup.push_str(&rest[..start]);
+                if !markup.is_empty() {
+                    pieces.push(Piece::Markup(std::mem::take(&mut markup)));
+                }
+                pieces.push(Piece::Slot(i));
+                rest = &after[end + SLOT_CLOSE.len_utf8()..];
+            }
+            None => {
+                markup.push_str(&rest[..start + SLOT_OPEN.len_utf8()]);
+                rest = after;
+            }
+        }
+    }
+    markup.push_str(rest);
+    if !markup.is_empty() {
+        pieces.push(Piece::Markup(markup));
+    }
+    pieces
+}
+
+/// Matches the real render against the sentinel render's pieces: markup must match exactly,
+/// each slot is its message's text as written or trimmed (one of at most four candidates,
+/// taken from the message, never from the output). Depth-first over the candidates, with the
+/// failed (piece, position) pairs remembered, so the work is linear in the pieces.
+fn match_pieces<'a>(
+    real: &str,
+    pieces: &[Piece],
+    messages: &'a [ChatMessage],
+) -> Option<Vec<Segment<'a>>> {
+    fn go<'a>(
+        real: &str,
+        pos: usize,
+        pieces: &[Piece],
+        idx: usize,
+        messages: &'a [ChatMessage],
+        failed: &mut HashSet<(usize, usize)>,
+        out: &mut Vec<Segment<'a>>,
+    ) -> bool {
+        if idx == pieces.len() {
+            return pos == real.len();
+        }
+        if failed.contains(&(idx, pos)) {
+            return false;
+        }
+        match &pieces[idx] {
+            Piece::Markup(m) => {
+                if real[pos..].starts_with(m.as_str()) {
+                    out.push(Segment::Markup(Cow::Owned(m.clone())));
+                    if go(real, pos + m.len(), pieces, idx + 1, messages, failed, out) {
+                        return true;
+                    }
+                    out.pop();
+                }
+            }
+            Piece::Slot(i) => {
+                let c = messages[*i].content.as_str();
+                let mut tried: Vec<&str> = Vec::with_capacity(4);
+                for cand in [c, c.trim(), c.trim_start(), c.trim_end()] {
+                    if tried.contains(&cand) {
+                        continue;
+                    }
+                    tried.push(cand);
+                    if real[pos..].starts_with(cand) {
+                        out.push(Segment::Content(cand));
+                        if go(
+                            real,
+                            pos + cand.len(),
+                            pieces,
+                            idx + 1,
+                            messages,
+                            failed,
+                            out,
+                        ) {
+                            return true;
+                        }
+                        out.pop();
+                    }
+                }
+            }
+        }
+        failed.insert((idx, pos));
+        false
+    }
+    let mut out = Vec::with_capacity(pieces.len());
+    let mut failed = HashSet::new();
+    go(real, 0, pieces, 0, messages, &mut failed, &mut out).then_some(out)
+}
+
+/// Conversations the load-time check renders with the GGUF's template and each hand-written
+/// one. Sandra's own shape comes first (a system prompt, then alternating turns, ending with
+/// the user); text with surrounding spaces tells templates that trim from those that do not.
+pub(crate) fn probe_conversations() -> Vec<Vec<ChatMessage>> {
+    vec![
+        vec![
+            ChatMessage::system("You are Sandra, a helpful assistant."),
+            ChatMessage::user("Hi there"),
+            ChatMessage::assistant("Hello! How can I help?"),
+            ChatMessage::user("  What is 2+2?  \n"),
+        ],
+        vec![
+            ChatMessage::system(" Be brief. "),
+            ChatMessage::user("One"),
+            ChatMessage::assistant(" Two "),
+            ChatMessage::user("Three"),
+            ChatMessage::assistant("Four"),
+            ChatMessage::user("Five"),
+        ],
+        vec![
+            ChatMessage::user("Hi"),
+            ChatMessage::assistant("Hello!"),
+            ChatMessage::user("Bye "),
+        ],
+        vec![ChatMessage::user("Hello")],
+    ]
+}
+
+/// Python's `datetime.now().strftime(fmt)` in the machine's time zone (UTC when it has none).
+pub(crate) fn strftime_now(fmt: &str) -> Result<String, String> {
+    let now = jiff::ZonedDateTime::now();
+    jiff::fmt::strtime::format(fmt, &now).map_err(|e| format!("strftime_now({fmt:?}): {e}"))
+}
