@@ -292,22 +292,21 @@ impl PromptFormat {
             return Self::Builtin(detected);
         }
         let fit = |t: ChatTemplate| -> Fit {
-            let mut any = false;
-            let mut system_ok = true;
-            let mut others_ok = true;
+            // (rendered, all equal) for the probes with a system prompt, and for the others.
+            let (mut system, mut others) = ((false, true), (false, true));
             for (p, r) in probes.iter().zip(&rendered) {
                 let Some(r) = r else { continue };
-                any = true;
-                let same = *r == t.render(p);
-                if p.first().is_some_and(|m| m.role == Role::System) {
-                    system_ok &= same;
+                let side = if p.first().is_some_and(|m| m.role == Role::System) {
+                    &mut system
                 } else {
-                    others_ok &= same;
-                }
+                    &mut others
+                };
+                side.0 = true;
+                side.1 &= *r == t.render(p);
             }
-            match (any, system_ok, others_ok) {
-                (true, true, true) => Fit::All,
-                (true, true, false) => Fit::WithSystem,
+            match (system, others) {
+                ((_, true), (_, true)) => Fit::All,
+                ((true, true), (_, false)) => Fit::WithSystem,
                 _ => Fit::No,
             }
         };
@@ -448,6 +447,242 @@ mod tests {
             ChatTemplate::detect("qwen3", none),
             ChatTemplate::ChatMlNoThink
         );
+    }
+
+    // Real templates, as published in each model's tokenizer_config.json / GGUF metadata:
+    // Qwen2.5: Qwen2.5-Coder-1.5B-Instruct-GGUF (q4_k_m), read from the file's
+    // tokenizer.chat_template. Llama 3: Meta-Llama-3-8B-Instruct. Llama 3.2: Llama-3.2-1B-Instruct.
+    // Gemma 3: ggml-org/gemma-3-1b-it-GGUF. Gemma 2: google/gemma-2-2b-it. Phi-3.5:
+    // microsoft/Phi-3.5-mini-instruct. Mistral: Mistral-7B-Instruct-v0.2 (mistralai's "v1"
+    // template with a system prompt).
+    pub(crate) const QWEN25: &str = include_str!("templates/qwen2.5.jinja");
+    pub(crate) const LLAMA3: &str = include_str!("templates/llama3.jinja");
+    pub(crate) const LLAMA32: &str = include_str!("templates/llama3.2.jinja");
+    pub(crate) const GEMMA3: &str = include_str!("templates/gemma3.jinja");
+    pub(crate) const GEMMA2: &str = include_str!("templates/gemma2.jinja");
+    pub(crate) const PHI35: &str = include_str!("templates/phi3.5.jinja");
+    pub(crate) const MISTRAL: &str = include_str!("templates/mistral-v1.jinja");
+
+    /// A fixture with its model's BOS/EOS texts and `add_bos_token`, and the hand-written
+    /// template that must render like it.
+    pub(crate) struct Fixture {
+        pub name: &'static str,
+        pub source: &'static str,
+        pub bos: &'static str,
+        pub eos: &'static str,
+        pub add_bos: bool,
+        pub hand_written: ChatTemplate,
+        /// The template refuses system messages (Gemma 2).
+        pub no_system: bool,
+    }
+
+    pub(crate) fn fixtures() -> Vec<Fixture> {
+        let f = |name, source, bos, eos, add_bos, hand_written, no_system| Fixture {
+            name,
+            source,
+            bos,
+            eos,
+            add_bos,
+            hand_written,
+            no_system,
+        };
+        vec![
+            f(
+                "qwen2.5",
+                QWEN25,
+                "<|endoftext|>",
+                "<|im_end|>",
+                false,
+                ChatTemplate::ChatMl,
+                false,
+            ),
+            f(
+                "llama3",
+                LLAMA3,
+                "<|begin_of_text|>",
+                "<|eot_id|>",
+                true,
+                ChatTemplate::Llama3,
+                false,
+            ),
+            f(
+                "llama3.2",
+                LLAMA32,
+                "<|begin_of_text|>",
+                "<|eot_id|>",
+                true,
+                ChatTemplate::Llama3Dated,
+                false,
+            ),
+            f(
+                "gemma3",
+                GEMMA3,
+                "<bos>",
+                "<eos>",
+                true,
+                ChatTemplate::Gemma,
+                false,
+            ),
+            f(
+                "gemma2",
+                GEMMA2,
+                "<bos>",
+                "<eos>",
+                true,
+                ChatTemplate::Gemma,
+                true,
+            ),
+            f(
+                "phi3.5",
+                PHI35,
+                "<s>",
+                "<|endoftext|>",
+                false,
+                ChatTemplate::Phi3,
+                false,
+            ),
+        ]
+    }
+
+    /// Conversations as Sandra sends them: a system prompt, several turns, the user last; text
+    /// with surrounding whitespace, newlines, non-ASCII, and a long one of 20 turns.
+    pub(crate) fn conversations() -> Vec<Vec<ChatMessage>> {
+        let mut long = vec![ChatMessage::system("You are Sandra. Reply briefly.")];
+        for i in 0..10 {
+            long.push(ChatMessage::user(format!(
+                "Question {i}: what is {i} + {i}?"
+            )));
+            long.push(ChatMessage::assistant(format!(" It is {}. ", i + i)));
+        }
+        long.push(ChatMessage::user("Thanks!"));
+        vec![
+            vec![ChatMessage::system("Be brief."), ChatMessage::user("Hi")],
+            vec![
+                ChatMessage::system(" You are Sandra.\nAnswer in the user's language. "),
+                ChatMessage::user("¿Qué tal?  "),
+                ChatMessage::assistant("\nBien, ¿y tú?\n"),
+                ChatMessage::user("中文 😀\n\nline two"),
+            ],
+            long,
+        ]
+    }
+
+    /// The system prompt folded away, for templates that refuse one.
+    fn without_system(c: &[ChatMessage]) -> &[ChatMessage] {
+        match c.split_first() {
+            Some((first, rest)) if first.role == Role::System => rest,
+            _ => c,
+        }
+    }
+
+    fn compile(fx: &Fixture) -> JinjaTemplate {
+        JinjaTemplate::compile(fx.source, fx.bos, fx.eos, fx.add_bos, ChatTemplate::ChatMl)
+            .unwrap_or_else(|e| panic!("{}: {e}", fx.name))
+    }
+
+    #[test]
+    fn hand_written_templates_render_byte_identically_to_the_models_own() {
+        for fx in fixtures() {
+            let jinja = compile(&fx);
+            for conv in conversations() {
+                let conv = if fx.no_system {
+                    without_system(&conv)
+                } else {
+                    &conv
+                };
+                assert_eq!(
+                    jinja.render(conv).unwrap(),
+                    fx.hand_written.render(conv),
+                    "{}",
+                    fx.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_path_is_chosen_by_render_at_load() {
+        for fx in fixtures() {
+            let f = PromptFormat::resolve(
+                Some(fx.source),
+                fx.bos,
+                fx.eos,
+                fx.add_bos,
+                ChatTemplate::ChatMl,
+            );
+            match fx.name {
+                // Qwen2.5 adds its own default system prompt when there is none; Sandra always
+                // sends one, and those conversations take the hand-written path.
+                "qwen2.5" => {
+                    let PromptFormat::Jinja(j) = &f else {
+                        panic!("qwen2.5: {f:?}")
+                    };
+                    assert_eq!(j.with_system(), Some(ChatTemplate::ChatMl));
+                    let bare = [ChatMessage::user("Hi")];
+                    assert!(f.render(&bare).starts_with(
+                        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud."
+                    ));
+                }
+                _ => assert_eq!(f.builtin(), Some(fx.hand_written), "{}", fx.name),
+            }
+            for conv in conversations() {
+                assert_eq!(
+                    f.render(&conv),
+                    fx.hand_written.render(&conv),
+                    "{}",
+                    fx.name
+                );
+            }
+        }
+        // No template in the GGUF: what the vocabulary says, as before.
+        let none = PromptFormat::resolve(None, "", "", false, ChatTemplate::Llama3);
+        assert_eq!(none.builtin(), Some(ChatTemplate::Llama3));
+    }
+
+    #[test]
+    fn an_unknown_template_renders_its_own_format() {
+        let f = PromptFormat::resolve(Some(MISTRAL), "<s>", "</s>", true, ChatTemplate::Llama3);
+        assert!(matches!(f, PromptFormat::Jinja(_)), "{f:?}");
+        let conv = [
+            ChatMessage::system("Be brief."),
+            ChatMessage::user("Hi"),
+            ChatMessage::assistant("Hello!"),
+            ChatMessage::user("Bye"),
+        ];
+        assert_eq!(
+            f.render(&conv),
+            "<s> [INST] Be brief.\n\nHi [/INST] Hello!</s> [INST] Bye [/INST]"
+        );
+        // Its end-of-turn string stops generation, and so do the fallback's.
+        assert!(f.end_tokens().contains(&"</s>"), "{:?}", f.end_tokens());
+        assert!(f.end_tokens().contains(&"<|eot_id|>"));
+    }
+
+    #[test]
+    fn a_template_that_fails_falls_back_without_crashing() {
+        // Does not compile.
+        let f = PromptFormat::resolve(Some("{% for %}"), "", "", false, ChatTemplate::ChatMl);
+        assert_eq!(f.builtin(), Some(ChatTemplate::ChatMl));
+        // Compiles, renders nothing Sandra sends.
+        let f = PromptFormat::resolve(
+            Some("{{ raise_exception('no') }}"),
+            "",
+            "",
+            false,
+            ChatTemplate::ChatMl,
+        );
+        assert_eq!(f.builtin(), Some(ChatTemplate::ChatMl));
+        // Renders short conversations only: a long one gets ChatML (one warning, see
+        // `JinjaTemplate::segments`), and the next short one its own format again.
+        let picky = "{% if messages|length > 3 %}{{ raise_exception('too long') }}{% endif %}\
+                     {% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant] ";
+        let f = PromptFormat::resolve(Some(picky), "", "", false, ChatTemplate::ChatMl);
+        assert!(matches!(f, PromptFormat::Jinja(_)), "{f:?}");
+        let long = &conversations()[2];
+        assert_eq!(f.render(long), ChatTemplate::ChatMl.render(long));
+        assert_eq!(f.render(long), ChatTemplate::ChatMl.render(long));
+        let short = [ChatMessage::system("S"), ChatMessage::user("U")];
+        assert_eq!(f.render(&short), "[system] S\n[user] U\n[assistant] ");
     }
 
     #[test]
