@@ -394,7 +394,7 @@ pub(crate) fn strip_think(text: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn conv() -> Vec<ChatMessage> {
