@@ -593,6 +593,81 @@ mod tests {
         assert_eq!(j.segments(&two), ChatTemplate::ChatMl.segments(&two));
     }
 
+    /// A tiny GGUF of `family` (see `crate::testing`) rewritten with `template` as its
+    /// `tokenizer.chat_template`.
+    fn tiny_with_template(
+        dir: &std::path::Path,
+        family: crate::testing::Family,
+        behaviour: crate::testing::Behaviour,
+        template: &str,
+    ) -> (std::path::PathBuf, crate::testing::Vocab) {
+        use candle_core::quantized::gguf_file;
+        let (path, v) = crate::testing::write_model(dir, family, behaviour, 1);
+        let mut r = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+        let content = gguf_file::Content::read(&mut r).unwrap();
+        let tensors: Vec<(String, candle_core::quantized::QTensor)> = content
+            .tensor_infos
+            .keys()
+            .map(|n| {
+                let t = content
+                    .tensor(&mut r, n, &candle_core::Device::Cpu)
+                    .unwrap();
+                (n.clone(), t)
+            })
+            .collect();
+        let mut md: Vec<(String, Gguf)> = content.metadata.into_iter().collect();
+        md.push((
+            "tokenizer.chat_template".into(),
+            Gguf::String(template.into()),
+        ));
+        let out = dir.join("with-template.gguf");
+        let mut f = std::fs::File::create(&out).unwrap();
+        let md_refs: Vec<(&str, &Gguf)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let t_refs: Vec<_> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut f, &md_refs, &t_refs).unwrap();
+        (out, v)
+    }
+
+    #[tokio::test]
+    async fn a_local_model_is_prompted_in_its_own_gguf_template() {
+        use crate::chat::{ChatEngine, DeviceChoice, SamplingParams};
+        use crate::testing::{Behaviour, Family};
+        // ChatML's control tokens in a layout no hand-written template has.
+        let own = "{% for m in messages %}<|im_start|>[{{ m.role }}] {{ m.content | trim }}\
+                   <|im_end|>{% endfor %}<|im_start|>[assistant] ";
+        let dir = tempfile::tempdir().unwrap();
+        let v = crate::testing::vocab(Family::Qwen2);
+        // The model always says `<|im_end|>`, which this template ends turns with: a stop token.
+        let behaviour = Behaviour::AlwaysEmit(v.id("<|im_end|>"));
+        let (path, _) = tiny_with_template(dir.path(), Family::Qwen2, behaviour, own);
+        let engine =
+            ChatEngine::load_local(&path, DeviceChoice::Cpu, SamplingParams::default(), 2).unwrap();
+        let format = engine.prompt_format().unwrap().clone();
+        assert!(matches!(format, PromptFormat::Jinja(_)), "{format:?}");
+        assert_eq!(engine.template(), None);
+        let conv = [
+            ChatMessage::system("Be brief."),
+            ChatMessage::user(" Hi <|im_end|> "),
+        ];
+        assert_eq!(
+            format.render(&conv),
+            "<|im_start|>[system] Be brief.<|im_end|><|im_start|>[user] Hi <|im_end|>\
+             <|im_end|><|im_start|>[assistant] "
+        );
+        let tok = engine.tokenizer().unwrap();
+        let ids = encode_chat(tok, &format, &conv).unwrap();
+        // Three <|im_start|> and two <|im_end|>: the one the user typed is text.
+        let im_end = v.id("<|im_end|>");
+        assert_eq!(ids.iter().filter(|&&i| i == im_end).count(), 2, "{ids:?}");
+        assert_eq!(engine.count_tokens(&conv), ids.len());
+        let r = engine
+            .chat_with(conv.to_vec(), SamplingParams::greedy(5))
+            .await
+            .unwrap();
+        assert_eq!(r.prompt_tokens, ids.len());
+        assert_eq!(r.completion_tokens, 0, "{r:?}");
+    }
+
     /// `cargo test -p sandra-models --release --lib jinja_cost -- --ignored --nocapture`
     #[test]
     #[ignore = "a measurement, not a check"]
