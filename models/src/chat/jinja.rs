@@ -124,8 +124,9 @@ impl JinjaTemplate {
             ends: Vec::new(),
             warned: AtomicBool::new(false),
         };
-        // Which turn ends the template writes: render a short exchange once.
-        if let Ok(probe) = t.render(&probe_conversations()[0]) {
+        // Which turn ends the template writes: render a short exchange once (the first the
+        // template accepts: some refuse a system prompt).
+        if let Some(probe) = probe_conversations().iter().find_map(|p| t.render(p).ok()) {
             t.ends = TURN_ENDS
                 .iter()
                 .copied()
@@ -401,7 +402,7 @@ mod tests {
     use tokenizers::Tokenizer;
 
     use super::*;
-    use crate::chat::template::tests::{LLAMA32, MISTRAL, QWEN25, conversations};
+    use crate::chat::template::tests::{GEMMA2, LLAMA32, MISTRAL, QWEN25, conversations};
     use crate::chat::{PromptFormat, encode_chat, encode_chat_segments, tokenizer};
 
     const CONTROL: &[&str] = &[
@@ -574,6 +575,18 @@ mod tests {
                 Segment::Markup("<|im_end|>\n<|im_start|>assistant".into()),
             ]
         );
+    }
+
+    #[test]
+    fn turn_ends_are_those_the_template_writes() {
+        // Gemma 2's template refuses the system prompt of the first probe; a later one tells.
+        let f = jinja(GEMMA2, "<bos>", "<eos>", true);
+        assert!(
+            f.end_tokens().contains(&"<end_of_turn>"),
+            "{:?}",
+            f.end_tokens()
+        );
+        assert!(!f.end_tokens().contains(&"<|eot_id|>"));
     }
 
     #[test]
