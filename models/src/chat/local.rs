@@ -12,7 +12,7 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 use tokenizers::Tokenizer;
 
 use super::qdecoder::{CpuPrefill, Family, QDecoder};
-use super::template::ChatTemplate;
+use super::template::{ChatTemplate, PromptFormat};
 use super::{ChatError, SamplingParams, tokenizer};
 use crate::device::{DeviceChoice, device_name, select_device};
 
@@ -29,7 +29,7 @@ pub(crate) struct ModelInfo {
     pub name: String,
     pub quantization: String,
     pub device: String,
-    pub template: ChatTemplate,
+    pub template: PromptFormat,
     pub context_length: usize,
     pub tokenizer_source: &'static str,
 }
@@ -100,8 +100,26 @@ pub(crate) fn load(
     })?;
 
     let (tok, tokenizer_source) = tokenizer::load(path, &content)?;
-    let template = ChatTemplate::detect(&arch, |t| tok.token_to_id(t).is_some());
-    let mut stop_ids = tokenizer::ids_of(&tok, template.end_tokens());
+    let detected = ChatTemplate::detect(&arch, |t| tok.token_to_id(t).is_some());
+    let token_text = |key: &str| {
+        md.get(key)
+            .and_then(|v| tokenizer::as_u32(v).ok())
+            .and_then(|id| tok.id_to_token(id))
+            .unwrap_or_default()
+    };
+    let template = PromptFormat::resolve(
+        md.get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .map(String::as_str),
+        &token_text("tokenizer.ggml.bos_token_id"),
+        &token_text("tokenizer.ggml.eos_token_id"),
+        matches!(
+            md.get("tokenizer.ggml.add_bos_token"),
+            Some(Value::Bool(true))
+        ),
+        detected,
+    );
+    let mut stop_ids = tokenizer::ids_of(&tok, &template.end_tokens());
     for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"] {
         if let Some(id) = md.get(key).and_then(|v| tokenizer::as_u32(v).ok()) {
             stop_ids.push(id);

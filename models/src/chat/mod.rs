@@ -5,6 +5,7 @@
 //! tokenizer and chat template are also kept on the async side so [`ChatEngine::count_tokens`]
 //! never waits for the model. Replies are whole messages (no streaming).
 
+mod jinja;
 mod local;
 mod qdecoder;
 pub use qdecoder::CpuPrefill;
@@ -20,9 +21,10 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::device::{DeviceChoice, select_device};
 use crate::worker::{ModelWorker, WorkerError};
+pub use jinja::JinjaTemplate;
 pub use local::read_gguf_metadata;
 pub use remote::{RemoteConfig, RemoteError};
-pub use template::{ChatTemplate, Segment};
+pub use template::{ChatTemplate, PromptFormat, Segment};
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,11 +327,11 @@ impl ChatEngine {
                 info,
             } => {
                 let tokenizer = tokenizer.clone();
-                let template = info.template;
+                let template = info.template.clone();
                 let window = self.context_window();
                 worker
                     .run(move |model| {
-                        let ids = encode_chat(&tokenizer, template, &messages)?;
+                        let ids = encode_chat(&tokenizer, &template, &messages)?;
                         if ids.len() >= window {
                             return Err(ChatError::ContextOverflow {
                                 prompt_tokens: ids.len(),
@@ -363,7 +365,7 @@ impl ChatEngine {
         match &self.inner.backend {
             Backend::Local {
                 tokenizer, info, ..
-            } => encode_chat(tokenizer, info.template, messages)
+            } => encode_chat(tokenizer, &info.template, messages)
                 .map(|ids| ids.len())
                 .unwrap_or_else(|_| estimate_tokens(messages)),
             Backend::Remote(_) => estimate_tokens(messages),
@@ -416,10 +418,17 @@ impl ChatEngine {
         }
     }
 
-    /// The local model's chat template.
+    /// The hand-written template the local model's prompts use: `None` for a remote model, and
+    /// for one whose own GGUF template has no hand-written equivalent (see
+    /// [`prompt_format`](Self::prompt_format)).
     pub fn template(&self) -> Option<ChatTemplate> {
+        self.prompt_format().and_then(PromptFormat::builtin)
+    }
+
+    /// How the local model's prompts are written: hand-written or its GGUF's Jinja template.
+    pub fn prompt_format(&self) -> Option<&PromptFormat> {
         match &self.inner.backend {
-            Backend::Local { info, .. } => Some(info.template),
+            Backend::Local { info, .. } => Some(&info.template),
             Backend::Remote(_) => None,
         }
     }
@@ -432,9 +441,10 @@ impl ChatEngine {
 /// Each piece is tokenized on its own, so the ids of a conversation are a prefix of the ids of
 /// the same conversation grown by a reply and a new message (prompt-cache reuse relies on it).
 /// For ordinary text the ids equal those of tokenizing [`ChatTemplate::render`]'s string whole.
+/// `template` is a [`ChatTemplate`] or a model's [`PromptFormat`] (`&engine_format`).
 pub fn encode_chat(
     tokenizer: &tokenizers::Tokenizer,
-    template: ChatTemplate,
+    template: impl Into<PromptFormat>,
     messages: &[ChatMessage],
 ) -> Result<Vec<u32>, ChatError> {
     Ok(encode_chat_segments(tokenizer, template, messages)?
@@ -447,17 +457,18 @@ pub fn encode_chat(
 /// control-token ids occur only in markup).
 pub fn encode_chat_segments<'a>(
     tokenizer: &tokenizers::Tokenizer,
-    template: ChatTemplate,
+    template: impl Into<PromptFormat>,
     messages: &'a [ChatMessage],
 ) -> Result<Vec<(Segment<'a>, Vec<u32>)>, ChatError> {
     let tokenizing = |e: tokenizers::Error| ChatError::Inference(format!("tokenizing: {e}"));
     template
+        .into()
         .segments(messages)
         .into_iter()
         .map(|seg| {
-            let ids = match seg {
+            let ids = match &seg {
                 Segment::Markup(m) => tokenizer
-                    .encode(m, false)
+                    .encode(m.as_ref(), false)
                     .map_err(tokenizing)?
                     .get_ids()
                     .to_vec(),
