@@ -6,17 +6,25 @@
 #   scripts/bench-compare.sh BASE_REF [MODEL.gguf] [ROUNDS]
 #
 # Both trees are built in release mode into the same target dir (dependencies are shared, only
-# Sandra's crates build twice). ROUNDS (default 3) pairs of runs per benchmark.
+# Sandra's crates build twice). ROUNDS (default 3) pairs of runs per benchmark. The base checkout
+# stays in target/bench-compare/<commit> for the next comparison (`git worktree prune` after
+# deleting it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base_ref=${1:?usage: scripts/bench-compare.sh BASE_REF [MODEL.gguf] [ROUNDS]}
 model=${2:-}
 rounds=${3:-3}
 root=$PWD
-work=$(mktemp -d)
-git worktree add --detach "$work/base" "$base_ref" >/dev/null
-trap 'git worktree remove --force "$work/base" >/dev/null 2>&1; rm -rf "$work"' EXIT
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# The base tree is kept (one per commit) so that a second comparison does not rebuild it: cargo
+# fingerprints path crates by their location and file times.
+base_sha=$(git rev-parse --short "$base_ref")
+base_dir="$CARGO_TARGET_DIR/bench-compare/$base_sha"
+if [ ! -d "$base_dir" ]; then
+  git worktree add --detach "$base_dir" "$base_sha" >/dev/null
+fi
 export CARGO_TERM_COLOR=never
 
 # Builds one tree's benchmark executables and copies them to $work/<side>-<bench>.
@@ -31,8 +39,8 @@ build() {
       xargs -I{} cp {} "$work/$side-llm"
   fi
 }
-echo "building base ($(git rev-parse --short "$base_ref")) and head (working tree)..." >&2
-build base "$work/base"
+echo "building base ($base_sha, in $base_dir) and head (working tree)..." >&2
+build base "$base_dir"
 build head "$root"
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
