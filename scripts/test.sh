@@ -14,6 +14,10 @@ fail() {
     exit 1
 }
 
+# Both checks need rustup's rustfmt and clippy components (the default profile has them).
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt || true
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy || true
+
 echo "== cargo fmt --all --check"
 cargo fmt --all --check ||
     fail "the code is not formatted: run \`cargo fmt --all\` and commit the result (needs the rustfmt component: \`rustup component add rustfmt\`)."
