@@ -25,10 +25,6 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::HashMapStateStore;
 use governor::{Quota, RateLimiter};
 
-/// What an over-limit sender is told, once per [`NOTICE_EVERY`].
-pub const RATE_NOTICE: &str =
-    "You're sending messages faster than I can answer; I'll skip some for a minute.";
-
 /// At most one rate-limit notice per sender within this long.
 pub const NOTICE_EVERY: Duration = Duration::from_secs(60);
 

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sandra_actors::brain::{Brain, BrainFuture, TurnInput};
-use sandra_actors::limits::RATE_NOTICE;
 use sandra_actors::session::SessionState;
+use sandra_actors::texts::{Lang, rate_notice};
 use sandra_actors::whatsapp::{ChatId, ConversationKey};
 
 use crate::support::*;
@@ -75,7 +75,7 @@ async fn a_sender_over_the_rate_gets_one_notice_and_the_rest_are_dropped() {
     );
     let sent = bodies(&app);
     assert_eq!(
-        sent.iter().filter(|b| b.as_str() == RATE_NOTICE).count(),
+        sent.iter().filter(|b| **b == rate_notice(Lang::En)).count(),
         1,
         "{sent:?}"
     );
