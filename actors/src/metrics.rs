@@ -87,6 +87,7 @@ metrics_struct! {
         token_invalid: "1 while the access token is known to be invalid (error 190)",
         outbox_pending: "messages waiting to be sent",
         dead_letters: "bodies and messages kept in dead-letter",
+        transcription_jobs: "voice notes in progress in the transcription actor (download, decode, transcription)",
     }
     histograms {
         /// Record once per webhook POST answered: seconds from its first byte to the response.

@@ -112,7 +112,9 @@ impl Actor for Transcription {
                     return Ok(());
                 }
                 state.running.fetch_add(1, Ordering::SeqCst);
+                state.args.metrics.transcription_jobs.increment(1.0);
                 let running = state.running.clone();
+                let metrics = state.args.metrics.clone();
                 let job = Job {
                     args: state.args.clone(),
                     decode_slots: state.decode_slots.clone(),
@@ -121,6 +123,7 @@ impl Actor for Transcription {
                     let work = std::panic::AssertUnwindSafe(job.run(media, reply)).catch_unwind();
                     let result = work.await;
                     running.fetch_sub(1, Ordering::SeqCst);
+                    metrics.transcription_jobs.decrement(1.0);
                     if let Err(panic) = result {
                         let why = panic
                             .downcast_ref::<&str>()

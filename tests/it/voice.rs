@@ -482,11 +482,26 @@ async fn voice_notes_over_the_transcription_cap_are_refused_at_once() {
     assert!(busy.contains("too many voice notes"), "{busy}");
     assert!(!app.graph.media_calls().contains(&"info:SECOND".to_string()));
     assert_eq!(app.metric("transcriptions_busy").await, 1);
+    assert_eq!(
+        app.metric("transcription_jobs").await,
+        1,
+        "the slow note is in progress"
+    );
     // The note in progress is still answered (hop 1 outlasts the Graph client's timeout, so
     // the user is asked to send it again).
     let sent = app.graph.wait_accepted(2, Duration::from_secs(10)).await;
     assert_eq!(sent[1].body["to"], "15550007001");
     let text = sent[1].body["text"]["body"].as_str().unwrap();
     assert!(text.contains("couldn't download your voice note"), "{text}");
+    // The job ends just after its answer went out.
+    let mut jobs = 1;
+    for _ in 0..50 {
+        jobs = app.metric("transcription_jobs").await;
+        if jobs == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(jobs, 0);
     app.stop().await;
 }
