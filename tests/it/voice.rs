@@ -30,6 +30,13 @@ fn voice_webhook(wamid: &str, from: &str, media_id: &str, sha256_b64: &str) -> V
 }
 
 async fn app_with_tiny_whisper() -> (TestApp, Transcriber, tempfile::TempDir) {
+    app_with_tiny_whisper_and(|_| {}).await
+}
+
+/// [`app_with_tiny_whisper`] with a config change.
+async fn app_with_tiny_whisper_and(
+    tweak: impl FnOnce(&mut sandra::config::Config),
+) -> (TestApp, Transcriber, tempfile::TempDir) {
     let models = tempfile::tempdir().unwrap();
     sandra_models::testing_whisper::write_tiny_model(models.path(), 5);
     let opts = WhisperOptions {
@@ -39,7 +46,8 @@ async fn app_with_tiny_whisper() -> (TestApp, Transcriber, tempfile::TempDir) {
     let tr = Transcriber::load(models.path(), opts, 4).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let graph = FakeGraph::start(ACCESS_TOKEN).await;
-    let cfg = test_config(dir.path().join("data"), graph.url());
+    let mut cfg = test_config(dir.path().join("data"), graph.url());
+    tweak(&mut cfg);
     let app = Application::build_with(cfg, Arc::new(EchoBrain::default()), Some(tr.clone()))
         .await
         .unwrap();
@@ -438,21 +446,7 @@ async fn media_url_on_another_origin_gets_no_token() {
 /// bound, and the note in progress is still answered.
 #[tokio::test]
 async fn voice_notes_over_the_transcription_cap_are_refused_at_once() {
-    let models = tempfile::tempdir().unwrap();
-    sandra_models::testing_whisper::write_tiny_model(models.path(), 5);
-    let opts = WhisperOptions {
-        max_new_tokens: Some(8),
-        ..Default::default()
-    };
-    let tr = Transcriber::load(models.path(), opts, 4).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let graph = FakeGraph::start(ACCESS_TOKEN).await;
-    let mut cfg = test_config(dir.path().join("data"), graph.url());
-    cfg.transcription.max_jobs = 1;
-    let app = Application::build_with(cfg, Arc::new(EchoBrain::default()), Some(tr))
-        .await
-        .unwrap();
-    let app = TestApp::from_app(app, dir, graph);
+    let (app, _tr, _models) = app_with_tiny_whisper_and(|c| c.transcription.max_jobs = 1).await;
     // The first note's download hangs in hop 1 for a while: its job is in progress.
     let not_audio = b"OggS not really".to_vec();
     let sha = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&not_audio));
