@@ -23,6 +23,18 @@ pub enum Lang {
 /// ("ok", "Lisboa", "PANIC forever" are all guessed wrongly now and then).
 const MIN_DETECT_CHARS: usize = 16;
 
+/// Built once (every turn asks it). Only the languages Sandra has texts for compete: a guess
+/// among five is much surer than among seventy, and anything else stays English anyway.
+static DETECTOR: std::sync::LazyLock<whatlang::Detector> = std::sync::LazyLock::new(|| {
+    whatlang::Detector::with_allowlist(vec![
+        whatlang::Lang::Eng,
+        whatlang::Lang::Spa,
+        whatlang::Lang::Por,
+        whatlang::Lang::Fra,
+        whatlang::Lang::Deu,
+    ])
+});
+
 /// whatlang's confidence (0–1) below which a guess is not acted on.
 const MIN_CONFIDENCE: f64 = 0.25;
 
@@ -33,16 +45,7 @@ impl Lang {
         if text.chars().filter(|c| c.is_alphabetic()).count() < MIN_DETECT_CHARS {
             return None;
         }
-        // Only the languages Sandra has texts for compete: a guess among five is much surer
-        // than among seventy, and anything else stays English anyway.
-        let detector = whatlang::Detector::with_allowlist(vec![
-            whatlang::Lang::Eng,
-            whatlang::Lang::Spa,
-            whatlang::Lang::Por,
-            whatlang::Lang::Fra,
-            whatlang::Lang::Deu,
-        ]);
-        let info = detector.detect(text)?;
+        let info = DETECTOR.detect(text)?;
         if info.script() != whatlang::Script::Latin || info.confidence() < MIN_CONFIDENCE {
             return None;
         }

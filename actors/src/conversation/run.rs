@@ -172,8 +172,7 @@ async fn hear(deps: &RunDeps, media: &MediaRef, timeout: Duration) -> Outcome {
     }
     match tokio::time::timeout(timeout, answer).await {
         Ok(Ok(outcome)) => outcome,
-        // The actor failed with the job (it is re-created by the root supervisor).
-        Ok(Err(_)) => Err(VoiceProblem::Transcription),
-        Err(_) => Err(VoiceProblem::Transcription),
+        // The actor failed with the job (the root re-creates it), or took too long.
+        Ok(Err(_)) | Err(_) => Err(VoiceProblem::Transcription),
     }
 }
