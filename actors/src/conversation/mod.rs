@@ -280,8 +280,7 @@ async fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut Conversation
         })
         .collect();
     let answered = answered_messages(&deps.store, &records);
-    let limits = deps.limits.clone();
-    let cap = move |t: String| limits.cap_text(t);
+    let cap = |t: String| deps.limits.cap_text(t);
     let ctx = PlanContext {
         policy: &deps.policy,
         can_hear: deps.run.transcription.is_some(),
