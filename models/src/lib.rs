@@ -18,5 +18,6 @@ pub mod testing;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing_whisper;
+pub mod vision;
 pub mod whisper;
 pub mod worker;
