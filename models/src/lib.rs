@@ -17,6 +17,9 @@ pub mod priority;
 pub mod testing;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
+pub mod testing_vision;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
 pub mod testing_whisper;
 pub mod vision;
 pub mod whisper;
