@@ -20,6 +20,9 @@ pub mod testing;
 pub mod testing_vision;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
+pub mod testing_scene;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
 pub mod testing_whisper;
 pub mod vision;
 pub mod whisper;
