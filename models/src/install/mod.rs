@@ -115,6 +115,36 @@ pub fn fetch(
                 installed_at: now_unix(),
             }
         }
+        CatalogSource::HubFiles {
+            repo,
+            revision,
+            files,
+        } => {
+            // The Hub cache puts one revision's files in one snapshot directory: the loader's.
+            let mut installed = Vec::new();
+            for file in *files {
+                let path = fetch_hub(repo, revision, file, models_dir, opts.progress)?;
+                let (sha256, size) = hash_file(&path)?;
+                let rel = path.strip_prefix(models_dir).unwrap_or(&path);
+                installed.push(InstalledFile {
+                    path: rel.to_string_lossy().into_owned(),
+                    sha256,
+                    size,
+                });
+            }
+            InstalledModel {
+                id: entry.id.to_string(),
+                format: entry.format.to_string(),
+                files: installed,
+                source: ModelSource::Hub {
+                    repo: repo.to_string(),
+                    revision: revision.to_string(),
+                    files: files.iter().map(|f| f.to_string()).collect(),
+                },
+                licence: Some(entry.licence.to_string()),
+                installed_at: now_unix(),
+            }
+        }
         CatalogSource::WhisperCt2Pypi {
             parts,
             model_bin_sha256,
