@@ -17,10 +17,10 @@ pub mod priority;
 pub mod testing;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
-pub mod testing_vision;
+pub mod testing_scene;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
-pub mod testing_scene;
+pub mod testing_vision;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing_whisper;

@@ -202,7 +202,7 @@ pub fn write_scene_model(
                     let dims = t.dims().to_vec();
                     // Q8_0 quantizes rows in blocks of 32; the patch embedding's 588-wide rows
                     // and every vector stay f32, as in candle's own conversion.
-                    let q = if dims.len() == 2 && dims[1] % 32 == 0 {
+                    let q = if dims.len() == 2 && dims[1].is_multiple_of(32) {
                         GgmlDType::Q8_0
                     } else {
                         GgmlDType::F32

@@ -14,10 +14,10 @@ use base64::Engine as _;
 use image::{Rgb, RgbImage};
 use sandra_models::testing::Behaviour;
 use sandra_models::testing_scene::{END_MARKER, TinyScene, Weights, write_scene_model};
-use sandra_models::worker::ModelWorker;
 use sandra_models::vision::scene::{
     CAPTION_QUESTION, DESCRIPTOR_FILE, LocalScene, RemoteScene, SceneError,
 };
+use sandra_models::worker::ModelWorker;
 use serde_json::{Value, json};
 
 /// The random models, written once per test binary, by weights format: `(tempdir, model dir,
@@ -54,16 +54,22 @@ fn local_model_answers_within_max_tokens_in_both_formats() {
         let (_, dir, _) = random_model(weights);
         let mut scene = LocalScene::load(dir).unwrap();
         let img = picture(640, 480, [250, 20, 20]);
-        let a = scene.generate(&img, Some("What colour is the square?"), 12).unwrap();
+        let a = scene
+            .generate(&img, Some("What colour is the square?"), 12)
+            .unwrap();
         assert!(a.tokens >= 1 && a.tokens <= 12, "{weights:?}: {a:?}");
         if !a.finished {
             assert_eq!(a.tokens, 12, "{weights:?}: {a:?}");
             assert!(!a.text.is_empty(), "{weights:?}: {a:?}");
         }
         // Greedy decoding: the same image and question give the same answer.
-        let again = scene.generate(&img, Some("What colour is the square?"), 12).unwrap();
+        let again = scene
+            .generate(&img, Some("What colour is the square?"), 12)
+            .unwrap();
         assert_eq!(a, again, "{weights:?}");
-        let short = scene.generate(&img, Some("What colour is the square?"), 3).unwrap();
+        let short = scene
+            .generate(&img, Some("What colour is the square?"), 3)
+            .unwrap();
         assert!(short.tokens <= 3, "{weights:?}: {short:?}");
     }
 }
@@ -112,7 +118,12 @@ fn forced_tokens_bound_the_answer_and_eos_or_the_end_marker_stop_it() {
 
     // EOS first: nothing said, one token generated, finished.
     let dir = tmp.path().join("eos");
-    write_scene_model(&dir, Weights::Safetensors, Behaviour::AlwaysEmit(probe.eos), 1);
+    write_scene_model(
+        &dir,
+        Weights::Safetensors,
+        Behaviour::AlwaysEmit(probe.eos),
+        1,
+    );
     let mut scene = LocalScene::load(&dir).unwrap();
     let out = scene.generate(&img, None, 50).unwrap();
     assert_eq!((out.text.as_str(), out.tokens, out.finished), ("", 1, true));
@@ -135,9 +146,8 @@ fn forced_tokens_bound_the_answer_and_eos_or_the_end_marker_stop_it() {
 async fn a_job_whose_caller_has_gone_stops_generating() {
     let (_, dir, _) = random_model(Weights::Gguf);
     let dir = dir.clone();
-    let worker: Arc<ModelWorker<LocalScene, ()>> = Arc::new(
-        ModelWorker::spawn("scene-test", 1, move || LocalScene::load(&dir)).unwrap(),
-    );
+    let worker: Arc<ModelWorker<LocalScene, ()>> =
+        Arc::new(ModelWorker::spawn("scene-test", 1, move || LocalScene::load(&dir)).unwrap());
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let (result_tx, result_rx) = std::sync::mpsc::channel();
@@ -194,11 +204,7 @@ fn mangled_or_missing_files_are_model_errors() {
 
     let dir = tmp.path().join("d");
     write_scene_model(&dir, Weights::Safetensors, Behaviour::Random, 3);
-    std::fs::write(
-        dir.join(DESCRIPTOR_FILE),
-        br#"{"architecture": "llava"}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.join(DESCRIPTOR_FILE), br#"{"architecture": "llava"}"#).unwrap();
     match LocalScene::load(&dir) {
         Err(SceneError::Model(m)) => assert!(m.contains("llava"), "{m}"),
         Err(e) => panic!("wrong error: {e}"),
@@ -282,11 +288,16 @@ async fn remote_sends_the_question_and_a_jpeg_data_url_with_the_bearer() {
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0]["role"], "user");
     let parts = msgs[0]["content"].as_array().unwrap();
-    assert_eq!(parts[0], json!({"type": "text", "text": "What colour is the square?"}));
+    assert_eq!(
+        parts[0],
+        json!({"type": "text", "text": "What colour is the square?"})
+    );
     assert_eq!(parts[1]["type"], "image_url");
     let url = parts[1]["image_url"]["url"].as_str().unwrap();
     let b64 = url.strip_prefix("data:image/jpeg;base64,").unwrap();
-    let jpeg = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    let jpeg = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
     assert_eq!(
         image::guess_format(&jpeg).unwrap(),
         image::ImageFormat::Jpeg
@@ -303,7 +314,9 @@ async fn remote_sends_the_question_and_a_jpeg_data_url_with_the_bearer() {
 
     // A caption asks the caption question; no key, no authorization header.
     let anon = RemoteScene::new(&base, "ok", None).unwrap();
-    anon.answer(&picture(100, 80, [0, 0, 0]), None, 32).await.unwrap();
+    anon.answer(&picture(100, 80, [0, 0, 0]), None, 32)
+        .await
+        .unwrap();
     let body = seen.bodies.lock().unwrap()[1].clone();
     assert_eq!(body["messages"][0]["content"][0]["text"], CAPTION_QUESTION);
     assert_eq!(seen.auth.lock().unwrap()[1], None);

@@ -176,10 +176,7 @@ impl LocalScene {
         let inf = |e: candle_core::Error| SceneError::Inference(e.to_string());
         // moondream2's prompt; the question goes through the tokenizer as plain text, so a user
         // cannot write a control token (`<|endoftext|>`) into it.
-        let prompt = format!(
-            "\n\nQuestion: {}\n\nAnswer:",
-            question_or_caption(question)
-        );
+        let prompt = format!("\n\nQuestion: {}\n\nAnswer:", question_or_caption(question));
         let mut ids = crate::chat::tokenizer::encode_plain(&self.tokenizer, &prompt)
             .map_err(|e| SceneError::Inference(format!("tokenizing the question: {e}")))?;
         // BOS + image + prompt + answer must fit the context the model was trained on; a question
@@ -272,12 +269,8 @@ impl LocalScene {
     /// (mean 0.5, std 0.5), batch of one.
     fn pixels(&self, image: &::image::RgbImage) -> candle_core::Result<Tensor> {
         let side = self.image_side;
-        let resized = ::image::imageops::resize(
-            image,
-            side,
-            side,
-            ::image::imageops::FilterType::CatmullRom,
-        );
+        let resized =
+            ::image::imageops::resize(image, side, side, ::image::imageops::FilterType::CatmullRom);
         let s = side as usize;
         Tensor::from_vec(resized.into_raw(), (s, s, 3), &Device::Cpu)?
             .permute((2, 0, 1))?
@@ -326,8 +319,8 @@ fn read_config(dir: &Path) -> Result<(moondream::Config, usize, usize), SceneErr
 
 /// The weights file: a `*.gguf` (quantized) when there is one, else `model.safetensors`.
 fn find_weights(dir: &Path) -> Result<PathBuf, SceneError> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| SceneError::Model(format!("{}: {e}", dir.display())))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| SceneError::Model(format!("{}: {e}", dir.display())))?;
     let mut gguf: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "gguf"))

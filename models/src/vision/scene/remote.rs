@@ -61,11 +61,7 @@ struct Message {
 impl RemoteScene {
     /// A server at `base_url` (e.g. `http://127.0.0.1:8080`; a trailing `/v1` is accepted too)
     /// serving `model`, with an optional bearer token.
-    pub fn new(
-        base_url: &str,
-        model: &str,
-        api_key: Option<String>,
-    ) -> Result<Self, SceneError> {
+    pub fn new(base_url: &str, model: &str, api_key: Option<String>) -> Result<Self, SceneError> {
         let base = base_url.trim_end_matches('/');
         let base = base.strip_suffix("/v1").unwrap_or(base);
         let parsed = reqwest::Url::parse(base)
@@ -191,12 +187,7 @@ fn encode_jpeg(image: &::image::RgbImage) -> Result<Vec<u8>, SceneError> {
         let scale = f64::from(MAX_REMOTE_SIDE) / f64::from(longest);
         let nw = ((f64::from(w) * scale).round() as u32).max(1);
         let nh = ((f64::from(h) * scale).round() as u32).max(1);
-        scaled = ::image::imageops::resize(
-            image,
-            nw,
-            nh,
-            ::image::imageops::FilterType::Triangle,
-        );
+        scaled = ::image::imageops::resize(image, nw, nh, ::image::imageops::FilterType::Triangle);
         &scaled
     } else {
         image
