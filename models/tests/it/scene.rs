@@ -139,6 +139,17 @@ fn forced_tokens_bound_the_answer_and_eos_or_the_end_marker_stop_it() {
     let mut scene = LocalScene::load(&dir).unwrap();
     let out = scene.generate(&img, None, 50).unwrap();
     assert_eq!((out.text.as_str(), out.tokens, out.finished), ("", 1, true));
+
+    // Cut off by max_tokens right after a `<`: that possible start of the marker is dropped,
+    // the `<`s before it are text.
+    let dir = tmp.path().join("lt");
+    write_scene_model(&dir, Weights::Gguf, Behaviour::AlwaysEmit(probe.id("<")), 1);
+    let mut scene = LocalScene::load(&dir).unwrap();
+    let out = scene.generate(&img, None, 3).unwrap();
+    assert_eq!(
+        (out.text.as_str(), out.tokens, out.finished),
+        ("<<", 3, false)
+    );
 }
 
 /// A caller that stops waiting (a turn aborted on timeout) stops the generation at the next token.

@@ -257,6 +257,15 @@ impl LocalScene {
             }
             .map_err(inf)?;
         }
+        if !finished {
+            // Cut off by max_tokens in the middle of the end marker: the start of it is no text.
+            if let Some(cut) = (1..END_MARKER.len())
+                .rev()
+                .find(|n| text.ends_with(&END_MARKER[..*n]))
+            {
+                text.truncate(text.len() - cut);
+            }
+        }
         Ok(SceneAnswer {
             text: text.trim().to_string(),
             tokens,
