@@ -8,5 +8,6 @@ mod chat_real;
 mod chat_remote;
 mod scene;
 mod support;
+mod vision_input;
 mod whisper;
 mod whisper_real;
