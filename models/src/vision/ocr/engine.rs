@@ -21,17 +21,35 @@ const MAX_PLANS: usize = 48;
 
 type Plan = TypedRunnableModel<TypedModel>;
 
-/// One network: its decluttered symbolic graph and the optimised plans built so far.
+/// A network's graph before shapes are fixed.
+enum Graph {
+    /// Decluttered once with symbolic dimensions; a plan concretises them.
+    Symbolic(TypedModel),
+    /// Graphs tract cannot type with symbolic dimensions (the classifier's reshapes read its
+    /// batch size from the input): analysed from scratch per shape.
+    Inference(InferenceModel),
+}
+
+/// One network: its graph and the optimised plans built so far.
 pub(crate) struct Net {
     name: &'static str,
-    model: TypedModel,
-    /// The symbols of the input's dimensions that callers fill in (`None` where fixed).
-    dims: [Option<Symbol>; 4],
+    model: Graph,
+    /// The symbols of the input's dimensions that callers fill in (`None` where fixed), with
+    /// their step.
+    dims: [Option<(Symbol, usize)>; 4],
     plans: Mutex<HashMap<[usize; 4], Arc<Plan>>>,
 }
 
-/// Which input dimensions are left symbolic (batch, channels, height, width); `Some(n)` fixes one.
-pub(crate) type InputDims = [Option<usize>; 4];
+/// One input dimension: fixed, or any multiple of a step. Declaring the step (`32·h` rather than
+/// `h`) lets tract prove that the network's downsampled and upsampled branches line up, which it
+/// cannot for an arbitrary size.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Dim {
+    Fixed(usize),
+    MultipleOf(usize),
+}
+
+pub(crate) type InputDims = [Dim; 4];
 
 impl Net {
     /// Loads `path`, returning the graph and the ONNX metadata (`key -> value`).
@@ -41,31 +59,43 @@ impl Net {
         input: InputDims,
     ) -> Result<(Self, HashMap<String, String>), OcrError> {
         let merr = |e: TractError| OcrError::Model(format!("{}: {e:#}", path.display()));
-        let onnx = tract_onnx::onnx();
-        let proto = onnx.proto_model_for_path(path).map_err(merr)?;
+        // The exported graphs declare intermediate shapes with their own symbols
+        // (`DynamicDimension.0`…) that cannot unify with the input fact set below; tract infers
+        // every shape itself.
+        let onnx = tract_onnx::onnx().with_ignore_output_shapes(true);
+        let mut proto = onnx.proto_model_for_path(path).map_err(merr)?;
+        if let Some(graph) = proto.graph.as_mut() {
+            graph.value_info.clear();
+        }
         let meta = proto
             .metadata_props
             .iter()
             .map(|p| (p.key.clone(), p.value.clone()))
             .collect();
-        let mut model = onnx.model_for_proto_model(&proto).map_err(merr)?;
+        let inference = onnx.model_for_proto_model(&proto).map_err(merr)?;
+        let mut model = inference.clone();
         let syms = ["n", "c", "h", "w"];
-        let dims: [Option<Symbol>; 4] =
-            std::array::from_fn(|i| input[i].is_none().then(|| model.sym(syms[i])));
+        let dims: [Option<(Symbol, usize)>; 4] = std::array::from_fn(|i| match input[i] {
+            Dim::Fixed(_) => None,
+            Dim::MultipleOf(k) => Some((model.sym(syms[i]), k)),
+        });
         let shape: Vec<TDim> = (0..4)
             .map(|i| match (&dims[i], input[i]) {
-                (Some(s), _) => TDim::from(s.clone()),
-                (None, Some(v)) => TDim::from(v as i64),
-                (None, None) => unreachable!(),
+                (Some((s, k)), _) => TDim::from(s.clone()) * *k as i64,
+                (None, Dim::Fixed(v)) => TDim::from(v as i64),
+                (None, Dim::MultipleOf(_)) => unreachable!("a symbol per step"),
             })
             .collect();
         model = model
             .with_input_fact(0, f32::fact(shape).into())
             .map_err(merr)?;
-        let model = model
-            .into_typed()
-            .and_then(|m| m.into_decluttered())
-            .map_err(merr)?;
+        let model = match model.into_typed().and_then(|m| m.into_decluttered()) {
+            Ok(m) => Graph::Symbolic(m),
+            Err(e) => {
+                tracing::debug!(net = name, error = %format!("{e:#}"), "OCR net typed per shape");
+                Graph::Inference(inference)
+            }
+        };
         Ok((
             Self {
                 name,
@@ -85,14 +115,25 @@ impl Net {
         // Built outside the lock: a second thread asking for the same new shape builds it twice,
         // which is cheaper than serialising every inference behind one optimisation.
         let mut values = SymbolValues::default();
-        for (sym, v) in self.dims.iter().zip(shape) {
-            if let Some(sym) = sym {
-                values = values.with(sym, v as i64);
+        for (dim, v) in self.dims.iter().zip(shape) {
+            if let Some((sym, k)) = dim {
+                if v % k != 0 {
+                    return Err(OcrError::Inference(format!(
+                        "{}: input {shape:?} is not a multiple of {k}",
+                        self.name
+                    )));
+                }
+                values = values.with(sym, (v / k) as i64);
             }
         }
-        let plan = self
-            .model
-            .concretize_dims(&values)
+        let typed = match &self.model {
+            Graph::Symbolic(m) => m.concretize_dims(&values),
+            Graph::Inference(m) => m
+                .clone()
+                .with_input_fact(0, f32::fact(shape).into())
+                .and_then(|m| m.into_typed()),
+        };
+        let plan = typed
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map(Arc::new)

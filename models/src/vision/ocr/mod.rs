@@ -82,21 +82,31 @@ const TALL: f32 = 1.5;
 impl Ocr {
     /// Loads the three networks from `dir` (the installed `ppocr-v6-small`).
     pub fn load(dir: &Path) -> Result<Self, OcrError> {
-        let (det, _) = Net::load("det", &dir.join(DET_FILE), [Some(1), Some(3), None, None])?;
+        use engine::Dim::{Fixed, MultipleOf};
+        let (det, _) = Net::load(
+            "det",
+            &dir.join(DET_FILE),
+            [Fixed(1), Fixed(3), MultipleOf(32), MultipleOf(32)],
+        )?;
         let (cls, _) = Net::load(
             "cls",
             &dir.join(CLS_FILE),
             [
-                None,
-                Some(3),
-                Some(rec::HEIGHT as usize),
-                Some(cls::WIDTH as usize),
+                MultipleOf(1),
+                Fixed(3),
+                Fixed(rec::HEIGHT as usize),
+                Fixed(cls::WIDTH as usize),
             ],
         )?;
         let (rec, meta) = Net::load(
             "rec",
             &dir.join(REC_FILE),
-            [None, Some(3), Some(rec::HEIGHT as usize), None],
+            [
+                MultipleOf(1),
+                Fixed(3),
+                Fixed(rec::HEIGHT as usize),
+                MultipleOf(rec::WIDTH_STEP as usize),
+            ],
         )?;
         let list = meta
             .get("character")
