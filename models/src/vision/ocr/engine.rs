@@ -38,6 +38,7 @@ pub(crate) struct Net {
     /// their step.
     dims: [Option<(Symbol, usize)>; 4],
     plans: Mutex<HashMap<[usize; 4], Arc<Plan>>>,
+    logits: bool,
 }
 
 /// One input dimension: fixed, or any multiple of a step. Declaring the step (`32·h` rather than
@@ -53,10 +54,16 @@ pub(crate) type InputDims = [Dim; 4];
 
 impl Net {
     /// Loads `path`, returning the graph and the ONNX metadata (`key -> value`).
+    ///
+    /// With `strip_softmax`, a softmax ending the graph is cut off so the net returns logits:
+    /// tract's softmax is scalar code, and over the recognizer's 18710 classes at every time step
+    /// it was a third of the recognition time, while CTC needs only the argmax (and the winning
+    /// class's probability, computed by the caller where a character is kept).
     pub(crate) fn load(
         name: &'static str,
         path: &Path,
         input: InputDims,
+        strip_softmax: bool,
     ) -> Result<(Self, HashMap<String, String>), OcrError> {
         let merr = |e: TractError| OcrError::Model(format!("{}: {e:#}", path.display()));
         // The exported graphs declare intermediate shapes with their own symbols
@@ -89,7 +96,12 @@ impl Net {
         model = model
             .with_input_fact(0, f32::fact(shape).into())
             .map_err(merr)?;
+        let mut logits = false;
         let model = match model.into_typed().and_then(|m| m.into_decluttered()) {
+            Ok(m) if strip_softmax && ends_in_softmax(&m) => {
+                logits = true;
+                Graph::Symbolic(without_final_softmax(m).map_err(merr)?)
+            }
             Ok(m) => Graph::Symbolic(m),
             Err(e) => {
                 tracing::debug!(net = name, error = %format!("{e:#}"), "OCR net typed per shape");
@@ -98,6 +110,7 @@ impl Net {
         };
         Ok((
             Self {
+                logits,
                 name,
                 model,
                 dims,
@@ -105,6 +118,11 @@ impl Net {
             },
             meta,
         ))
+    }
+
+    /// Whether the graph now ends in logits (its final softmax was cut off).
+    pub(crate) fn outputs_logits(&self) -> bool {
+        self.logits
     }
 
     /// The optimised plan for an input of `shape`, built on first use.
@@ -159,4 +177,24 @@ impl Net {
             .map_err(|e| OcrError::Inference(format!("{}: {e:#}", self.name)))?;
         Ok(out.remove(0).into_arc_tensor())
     }
+}
+
+fn ends_in_softmax(model: &TypedModel) -> bool {
+    model
+        .output_outlets()
+        .ok()
+        .and_then(|o| o.first().copied())
+        .is_some_and(|o| {
+            model
+                .node(o.node)
+                .op_is::<tract_onnx::tract_core::ops::nn::Softmax>()
+        })
+}
+
+/// The graph with its final softmax removed.
+fn without_final_softmax(mut model: TypedModel) -> TractResult<TypedModel> {
+    let out = model.output_outlets()?[0];
+    let input = model.node(out.node).inputs[0];
+    model.set_output_outlets(&[input])?;
+    model.into_decluttered()
 }

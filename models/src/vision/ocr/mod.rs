@@ -87,6 +87,7 @@ impl Ocr {
             "det",
             &dir.join(DET_FILE),
             [Fixed(1), Fixed(3), MultipleOf(32), MultipleOf(32)],
+            false,
         )?;
         let (cls, _) = Net::load(
             "cls",
@@ -97,6 +98,7 @@ impl Ocr {
                 Fixed(rec::HEIGHT as usize),
                 Fixed(cls::WIDTH as usize),
             ],
+            false,
         )?;
         let (rec, meta) = Net::load(
             "rec",
@@ -107,6 +109,7 @@ impl Ocr {
                 Fixed(rec::HEIGHT as usize),
                 MultipleOf(rec::WIDTH_STEP as usize),
             ],
+            true,
         )?;
         let list = meta
             .get("character")
@@ -114,7 +117,8 @@ impl Ocr {
         // The class count is the last dimension of the recognizer's output.
         let probe = rec.run(rec::batch(&[&::image::RgbImage::new(8, 8)], rec::MIN_WIDTH))?;
         let classes = *probe.shape().last().unwrap_or(&0);
-        let charset = rec::Charset::new(list, classes).map_err(OcrError::Model)?;
+        let charset =
+            rec::Charset::new(list, classes, rec.outputs_logits()).map_err(OcrError::Model)?;
         Ok(Self {
             det,
             cls,

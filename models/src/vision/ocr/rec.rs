@@ -51,11 +51,13 @@ pub(crate) fn batch(crops: &[&RgbImage], width: u32) -> Tensor {
 /// (PaddleOCR's `use_space_char`).
 pub(crate) struct Charset {
     chars: Vec<String>,
+    /// The recognizer returns logits (its softmax cut off): probabilities are computed here.
+    logits: bool,
 }
 
 impl Charset {
     /// From the model's `character` metadata (one per line) and its number of output classes.
-    pub(crate) fn new(list: &str, classes: usize) -> Result<Self, String> {
+    pub(crate) fn new(list: &str, classes: usize, logits: bool) -> Result<Self, String> {
         let mut chars: Vec<String> = list.split('\n').map(str::to_string).collect();
         if chars.len() + 2 == classes {
             chars.push(" ".into());
@@ -66,7 +68,7 @@ impl Charset {
                 chars.len()
             ));
         }
-        Ok(Self { chars })
+        Ok(Self { chars, logits })
     }
 
     /// Greedy CTC: the best class per time step, repeats merged, blanks dropped. Returns the
@@ -83,13 +85,26 @@ impl Charset {
                 );
             if best != 0 && best != prev {
                 text.push_str(&self.chars[best - 1]);
-                sum += p;
+                sum += if self.logits { softmax_max(step, p) } else { p };
                 n += 1;
             }
             prev = best;
         }
         (text, if n == 0 { 0.0 } else { sum / n as f32 })
     }
+}
+
+/// The softmax probability of the largest logit `max` in `logits`: `1 / Σ exp(l - max)`. Terms
+/// more than 20 below the maximum add under 2e-9 each and are skipped, so over thousands of
+/// classes almost no exponential is computed.
+fn softmax_max(logits: &[f32], max: f32) -> f32 {
+    let sum: f32 = logits
+        .iter()
+        .map(|&l| l - max)
+        .filter(|&d| d > -20.0)
+        .map(f32::exp)
+        .sum();
+    1.0 / sum
 }
 
 #[cfg(test)]
@@ -107,7 +122,7 @@ mod tests {
     #[test]
     fn ctc_merges_repeats_and_drops_blanks_keeping_multibyte_characters() {
         // Classes: blank, ¿, ñ, o, 中, space.
-        let cs = Charset::new("¿\nñ\no\n中", 6).unwrap();
+        let cs = Charset::new("¿\nñ\no\n中", 6, false).unwrap();
         let probs = onehot(&[1, 1, 0, 2, 2, 3, 0, 3, 5, 4, 4, 0], 6);
         let (text, score) = cs.decode(&probs, 6);
         assert_eq!(text, "¿ñoo 中");
@@ -117,9 +132,18 @@ mod tests {
 
     #[test]
     fn charset_must_match_the_output_classes() {
-        assert!(Charset::new("a\nb", 4).is_ok()); // blank, a, b, space
-        assert!(Charset::new("a\nb", 3).is_ok()); // blank, a, b
-        assert!(Charset::new("a\nb", 7).is_err());
+        assert!(Charset::new("a\nb", 4, false).is_ok()); // blank, a, b, space
+        assert!(Charset::new("a\nb", 3, false).is_ok()); // blank, a, b
+        assert!(Charset::new("a\nb", 7, false).is_err());
+    }
+
+    #[test]
+    fn scores_from_logits_are_softmax_probabilities() {
+        let cs = Charset::new("a\nb", 3, true).unwrap();
+        // One step: logits (0, ln 3, 0) -> softmax (0.2, 0.6, 0.2): "a" with probability 0.6.
+        let (text, score) = cs.decode(&[0.0, 3f32.ln(), 0.0], 3);
+        assert_eq!(text, "a");
+        assert!((score - 0.6).abs() < 1e-6, "{score}");
     }
 
     #[test]
