@@ -83,7 +83,7 @@ read -r W H < <(identify -format '%w %h\n' "$OUT/receipt_flat.png")
 convert "$OUT/receipt_flat.png" -bordercolor '#6b5a48' -border 80 -virtual-pixel background \
   -background '#6b5a48' -distort Perspective \
   "80,80 120,110  $((W + 80)),80 $((W + 40)),95  $((W + 80)),$((H + 80)) $((W + 90)),$((H + 60))  80,$((H + 80)) 95,$((H + 95))" \
-  -attenuate 0.35 +noise Gaussian -blur 0x0.8 -quality 85 "$OUT/receipt.jpg"
+  -seed 42 -attenuate 0.35 +noise Gaussian -blur 0x0.8 -quality 85 "$OUT/receipt.jpg"
 
 # --- runs -------------------------------------------------------------------------------------
 echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), pinned: ${pin[*]:-no}; $RUNS runs per image; profile $PROFILE"
