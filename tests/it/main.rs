@@ -10,6 +10,7 @@ mod faults;
 mod http_limits;
 mod limits;
 mod llm;
+mod photos;
 mod metrics;
 mod sender;
 mod voice;
