@@ -7,5 +7,6 @@ mod chat_install;
 mod chat_real;
 mod chat_remote;
 mod support;
+mod vision_input;
 mod whisper;
 mod whisper_real;
