@@ -38,7 +38,9 @@ impl Brain for RecordingBrain {
 }
 
 /// The app with the real OCR model installed in its data dir, and the recording brain.
-async fn app_with_ocr(tweak: impl FnOnce(&mut sandra::config::Config)) -> (TestApp, Arc<RecordingBrain>) {
+async fn app_with_ocr(
+    tweak: impl FnOnce(&mut sandra::config::Config),
+) -> (TestApp, Arc<RecordingBrain>) {
     let ocr = ocr_model_dir();
     assert!(
         ocr.is_dir(),
@@ -90,8 +92,20 @@ fn media_webhook(
 
 fn invoice_png() -> Vec<u8> {
     render_png(&[
-        "-size", "1000x260", "xc:white", "-font", "DejaVu-Sans", "-pointsize", "44", "-fill",
-        "black", "-annotate", "+40+90", "Invoice #A-2291", "-annotate", "+40+190",
+        "-size",
+        "1000x260",
+        "xc:white",
+        "-font",
+        "DejaVu-Sans",
+        "-pointsize",
+        "44",
+        "-fill",
+        "black",
+        "-annotate",
+        "+40+90",
+        "Invoice #A-2291",
+        "-annotate",
+        "+40+190",
         "Total: $1,234.56",
     ])
     .expect("ImageMagick is needed (scripts/install-test-deps.sh)")
@@ -101,7 +115,10 @@ fn invoice_png() -> Vec<u8> {
 async fn reply_text(app: &TestApp, n: usize) -> String {
     let sent = app.graph.wait_accepted(n, Duration::from_secs(120)).await;
     assert!(sent.len() >= n, "only {} replies", sent.len());
-    sent[n - 1].body["text"]["body"].as_str().unwrap().to_string()
+    sent[n - 1].body["text"]["body"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// Waits until every message left the inbox; then the one commit that answered each has put
@@ -144,7 +161,10 @@ async fn a_captioned_invoice_photo_reaches_the_model_with_the_figure_read() {
     let seen = &calls[0].inputs[0].text;
     assert!(seen.contains("$1,234.56"), "{seen}");
     assert!(seen.contains("A-2291"), "{seen}");
-    assert!(seen.contains("My caption: What is the invoice total?"), "{seen}");
+    assert!(
+        seen.contains("My caption: What is the invoice total?"),
+        "{seen}"
+    );
     assert!(seen.contains("a tool read it for you"), "{seen}");
 
     app.post_signed(&text_webhook("wamid.photo2", user, "and the VAT?", 5))
@@ -181,7 +201,9 @@ fn pdf_with_text(line: &str) -> Vec<u8> {
         pdf.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
     }
     let xref = pdf.len();
-    pdf.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
+    pdf.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+    );
     for off in offsets {
         pdf.extend_from_slice(format!("{off:010} 00000 n \n").as_bytes());
     }
@@ -220,16 +242,34 @@ async fn pdfs_reach_the_model_with_their_text() {
     let seen = brain.calls()[0].inputs[0].text.clone();
     assert!(seen.contains("88.20 EUR"), "{seen}");
     assert!(seen.contains("\"bill.pdf\""), "{seen}");
-    assert!(seen.contains("My caption: How much do I have to pay?"), "{seen}");
+    assert!(
+        seen.contains("My caption: How much do I have to pay?"),
+        "{seen}"
+    );
 
     let out = std::process::Command::new("convert")
         .args([
-            "-size", "1200x400", "xc:white", "-font", "DejaVu-Sans", "-pointsize", "48",
-            "-fill", "black", "-annotate", "+60+200", "Total: 42.75 EUR", "pdf:-",
+            "-size",
+            "1200x400",
+            "xc:white",
+            "-font",
+            "DejaVu-Sans",
+            "-pointsize",
+            "48",
+            "-fill",
+            "black",
+            "-annotate",
+            "+60+200",
+            "Total: 42.75 EUR",
+            "pdf:-",
         ])
         .output()
         .expect("ImageMagick is needed (scripts/install-test-deps.sh)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     app.graph.add_media("SCAN", "application/pdf", out.stdout);
     app.post_signed(&media_webhook(
         "wamid.pdf2",
@@ -255,7 +295,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         c ^= u32::from(b);
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -282,7 +326,13 @@ async fn bombs_and_corrupt_photos_get_a_clear_answer_and_nothing_is_lost() {
     jpeg.extend((0..4000u32).map(|i| (i * 7 % 251) as u8));
     app.graph.add_media("BROKEN", "image/jpeg", jpeg);
     app.post_signed(&media_webhook(
-        "wamid.bomb", "15550005003", "image", "BOMB", "image/png", None, None,
+        "wamid.bomb",
+        "15550005003",
+        "image",
+        "BOMB",
+        "image/png",
+        None,
+        None,
     ))
     .await;
     let bomb = reply_text(&app, 1).await;
@@ -291,7 +341,13 @@ async fn bombs_and_corrupt_photos_get_a_clear_answer_and_nothing_is_lost() {
         texts::sight_problem(Lang::En, &SightProblem::TooLarge, MediaWord::Photo)
     );
     app.post_signed(&media_webhook(
-        "wamid.broken", "15550005004", "image", "BROKEN", "image/jpeg", None, None,
+        "wamid.broken",
+        "15550005004",
+        "image",
+        "BROKEN",
+        "image/jpeg",
+        None,
+        None,
     ))
     .await;
     let broken = reply_text(&app, 2).await;
@@ -300,7 +356,10 @@ async fn bombs_and_corrupt_photos_get_a_clear_answer_and_nothing_is_lost() {
         texts::sight_problem(Lang::En, &SightProblem::Undecodable, MediaWord::Photo)
     );
     assert_eq!(drained(&app).await, 2, "one answer each");
-    assert!(brain.calls().is_empty(), "the model never saw the captionless failures");
+    assert!(
+        brain.calls().is_empty(),
+        "the model never saw the captionless failures"
+    );
     app.stop().await;
 }
 
@@ -346,7 +405,13 @@ async fn photos_over_the_vision_cap_are_refused_at_once() {
     );
     app.graph.add_media("SECONDPIC", "image/png", invoice_png());
     app.post_signed(&media_webhook(
-        "wamid.slow", "15550005006", "image", "SLOWPIC", "image/png", None, None,
+        "wamid.slow",
+        "15550005006",
+        "image",
+        "SLOWPIC",
+        "image/png",
+        None,
+        None,
     ))
     .await;
     let graph = &app.graph;
@@ -357,7 +422,13 @@ async fn photos_over_the_vision_cap_are_refused_at_once() {
         .await
     );
     app.post_signed(&media_webhook(
-        "wamid.second", "15550005007", "image", "SECONDPIC", "image/png", None, None,
+        "wamid.second",
+        "15550005007",
+        "image",
+        "SECONDPIC",
+        "image/png",
+        None,
+        None,
     ))
     .await;
     let sent = app.graph.wait_accepted(1, Duration::from_secs(5)).await;
@@ -366,9 +437,17 @@ async fn photos_over_the_vision_cap_are_refused_at_once() {
         sent[0].body["text"]["body"].as_str().unwrap(),
         texts::sight_problem(Lang::En, &SightProblem::Busy, MediaWord::Photo)
     );
-    assert!(!app.graph.media_calls().contains(&"info:SECONDPIC".to_string()));
+    assert!(
+        !app.graph
+            .media_calls()
+            .contains(&"info:SECONDPIC".to_string())
+    );
     assert_eq!(app.metric("vision_busy").await, 1);
-    assert_eq!(app.metric("vision_jobs").await, 1, "the slow photo is in progress");
+    assert_eq!(
+        app.metric("vision_jobs").await,
+        1,
+        "the slow photo is in progress"
+    );
     // The photo in progress is still answered (hop 1 outlasts the Graph client's timeout).
     let sent = app.graph.wait_accepted(2, Duration::from_secs(15)).await;
     assert_eq!(sent[1].body["to"], "15550005006");

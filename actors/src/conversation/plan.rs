@@ -201,7 +201,8 @@ pub fn plan(
             match rendered {
                 Rendered::Input(t) | Rendered::Quiet(t) => p.quiet.push(user_turn(m, t)),
                 Rendered::Look(media) => {
-                    p.quiet.push(user_turn(m, (ctx.cap_text)(unseen_text(&media))));
+                    p.quiet
+                        .push(user_turn(m, (ctx.cap_text)(unseen_text(&media))));
                 }
                 _ => {}
             }
@@ -748,7 +749,11 @@ pub(crate) mod tests {
         assert!(p.look.is_empty());
         assert_eq!(p.inputs.len(), 1);
         assert_eq!(p.inputs[0].text, *unseen);
-        assert_eq!(p.quiet.len(), 1, "a sticker without caption is only remembered");
+        assert_eq!(
+            p.quiet.len(),
+            1,
+            "a sticker without caption is only remembered"
+        );
         assert_eq!(
             p.direct,
             vec![
@@ -766,7 +771,11 @@ pub(crate) mod tests {
         }
         let p = plan(&gs, records(vec![g2]), &[], &ctx(true));
         assert!(p.look.is_empty() && p.inputs.is_empty());
-        assert!(p.quiet[0].text.contains("you cannot see it"), "{}", p.quiet[0].text);
+        assert!(
+            p.quiet[0].text.contains("you cannot see it"),
+            "{}",
+            p.quiet[0].text
+        );
     }
 
     #[test]

@@ -418,6 +418,9 @@ mod tests {
         );
         m.caption = None;
         let t = seen_text(&m, &doc).unwrap();
-        assert!(t.ends_with("\nI sent it without a caption: summarise it for me."), "{t}");
+        assert!(
+            t.ends_with("\nI sent it without a caption: summarise it for me."),
+            "{t}"
+        );
     }
 }
