@@ -184,21 +184,16 @@ async fn a_captioned_invoice_photo_reaches_the_model_with_the_figure_read() {
     app.stop().await;
 }
 
-/// A minimal one-page PDF whose text layer says `line` (Helvetica), with a correct xref.
-fn pdf_with_text(line: &str) -> Vec<u8> {
-    let content = format!("BT /F1 18 Tf 72 700 Td ({line}) Tj ET");
-    let objects = [
-        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
-        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
-        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 5 0 R >> >> /Contents 4 0 R >>".to_string(),
-        format!("<< /Length {} >>\nstream\n{content}\nendstream", content.len()),
-        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string(),
-    ];
+/// A minimal PDF from its objects (numbered from 1; object 1 is the catalog), with a correct
+/// xref. Written by hand because ImageMagick's default policy refuses to write PDFs.
+fn pdf_from(objects: &[Vec<u8>]) -> Vec<u8> {
     let mut pdf = b"%PDF-1.4\n".to_vec();
     let mut offsets = Vec::new();
     for (i, o) in objects.iter().enumerate() {
         offsets.push(pdf.len());
-        pdf.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
+        pdf.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
+        pdf.extend_from_slice(o);
+        pdf.extend_from_slice(b"\nendobj\n");
     }
     let xref = pdf.len();
     pdf.extend_from_slice(
@@ -215,6 +210,40 @@ fn pdf_with_text(line: &str) -> Vec<u8> {
         .as_bytes(),
     );
     pdf
+}
+
+fn stream(dict: &str, data: &[u8]) -> Vec<u8> {
+    let mut o = format!("<< {dict} /Length {} >>\nstream\n", data.len()).into_bytes();
+    o.extend_from_slice(data);
+    o.extend_from_slice(b"\nendstream");
+    o
+}
+
+/// A one-page PDF whose text layer says `line` (Helvetica).
+fn pdf_with_text(line: &str) -> Vec<u8> {
+    let content = format!("BT /F1 18 Tf 72 700 Td ({line}) Tj ET");
+    pdf_from(&[
+        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 5 0 R >> >> /Contents 4 0 R >>".to_vec(),
+        stream("", content.as_bytes()),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_vec(),
+    ])
+}
+
+/// A one-page scanned PDF: only a JPEG of the page (`width`×`height`), no text layer.
+fn scanned_pdf(jpeg: &[u8], width: u32, height: u32) -> Vec<u8> {
+    let content = format!("q {width} 0 0 {height} 0 0 cm /Im1 Do Q");
+    pdf_from(&[
+        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
+        format!("<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {width} {height}] /Resources << /XObject << /Im1 5 0 R >> >> /Contents 4 0 R >>").into_bytes(),
+        stream("", content.as_bytes()),
+        stream(
+            &format!("/Type /XObject /Subtype /Image /Width {width} /Height {height} /ColorSpace /DeviceRGB /BitsPerComponent 8 /Filter /DCTDecode"),
+            jpeg,
+        ),
+    ])
 }
 
 /// A PDF with a text layer, captioned with a question: the model gets the document's text and
@@ -261,7 +290,9 @@ async fn pdfs_reach_the_model_with_their_text() {
             "-annotate",
             "+60+200",
             "Total: 42.75 EUR",
-            "pdf:-",
+            "-quality",
+            "95",
+            "jpg:-",
         ])
         .output()
         .expect("ImageMagick is needed (scripts/install-test-deps.sh)");
@@ -270,7 +301,11 @@ async fn pdfs_reach_the_model_with_their_text() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    app.graph.add_media("SCAN", "application/pdf", out.stdout);
+    app.graph.add_media(
+        "SCAN",
+        "application/pdf",
+        scanned_pdf(&out.stdout, 1200, 400),
+    );
     app.post_signed(&media_webhook(
         "wamid.pdf2",
         user,
