@@ -18,6 +18,7 @@ use sandra_actors::sender::{SenderArgs, SenderHealth};
 use sandra_actors::slot::ActorSlot;
 use sandra_actors::store::Store;
 use sandra_actors::transcription::TranscriptionArgs;
+use sandra_actors::vision::VisionArgs;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -92,12 +93,24 @@ impl Application {
             max_jobs: cfg.transcription.max_jobs,
             metrics: metrics.clone(),
         });
+        let vision = build_vision(&cfg).await?.map(|v| {
+            v.observe_queue_wait(metrics.model_queue_wait_seconds.clone());
+            VisionArgs {
+                vision: v,
+                media: sandra_actors::media::MediaClient::new(graph.clone()),
+                image: cfg.vision.image_limits(),
+                document: cfg.vision.doc_limits(),
+                max_jobs: cfg.vision.max_jobs,
+                metrics: metrics.clone(),
+            }
+        });
         let deps = ConversationDeps {
             store: store.clone(),
             run: RunDeps {
                 brain: brain.clone(),
                 sender: sender_slot,
                 transcription: transcription.as_ref().map(|_| ActorSlot::default()),
+                vision: vision.as_ref().map(|_| ActorSlot::default()),
                 echo_transcript: cfg.transcription.echo_transcript,
                 max_audio_seconds: cfg.transcription.max_audio_seconds,
             },
@@ -129,7 +142,7 @@ impl Application {
             phone_number_id: w.phone_number_id.clone(),
             max_body_bytes: cfg.server.max_body_bytes,
         };
-        let system = System::start(router_args, sender_args, transcription, ingest)
+        let system = System::start(router_args, sender_args, transcription, vision, ingest)
             .await
             .context("starting the actor system")?;
         tracing::info!(brain = %brain.describe(), "actors started");
@@ -330,4 +343,67 @@ pub async fn build_transcriber(
         .with_context(|| format!("loading the transcription model from {shown}"))?;
     tracing::info!(model = %shown, "transcription model loaded");
     Ok(Some(tr))
+}
+
+/// The OCR model's directory under the models directory (`ppocr-v6-small`, as the catalog
+/// installs it). Looked up by path until the catalog's OCR role lands.
+pub const OCR_MODEL_DIR: &str = "ppocr-v6-small";
+
+/// The vision models `[vision]` asks for, if the OCR model is installed. Installed models that
+/// fail to load stop start-up with the path and the reason; no OCR model turns vision off,
+/// with one log line.
+pub async fn build_vision(cfg: &Config) -> anyhow::Result<Option<sandra_models::vision::Vision>> {
+    use sandra_models::catalog::{Manifest, ModelRole, models_dir};
+    use sandra_models::vision::{Vision, VisionOptions};
+
+    use crate::config::SceneBackend;
+    let v = &cfg.vision;
+    if !v.enabled {
+        return Ok(None);
+    }
+    let models = models_dir(&cfg.storage.data_dir);
+    let ocr_dir = models.join(OCR_MODEL_DIR);
+    if !ocr_dir.is_dir() {
+        tracing::warn!(models_dir = %models.display(), "no OCR model installed: photos and documents get a polite \"I can't open these yet\". Install it with `sandra models fetch`.");
+        return Ok(None);
+    }
+    let scene_dir = match v.scene {
+        SceneBackend::Auto => Manifest::load(&models).ok().and_then(|m| {
+            m.get(ModelRole::Vision)
+                .and_then(|w| w.main_path(&models))
+                .map(|p| {
+                    if p.is_dir() {
+                        p
+                    } else {
+                        p.parent().map_or(p.clone(), |d| d.to_path_buf())
+                    }
+                })
+        }),
+        SceneBackend::None | SceneBackend::Remote => None,
+    };
+    if v.scene == SceneBackend::Remote {
+        // The remote client (`scene::RemoteScene`) is plugged in through `SceneServer` once it
+        // exists; until then photos are read for text only, and the operator is told.
+        tracing::warn!(url = %v.remote_url, "vision.scene = \"remote\" is not available in this build: photos are read for text only");
+    }
+    let opts = VisionOptions {
+        ocr_dir: ocr_dir.clone(),
+        scene_dir: scene_dir.clone(),
+        remote: None,
+        queue: v.queue,
+        scene_max_tokens: v.scene_max_tokens,
+    };
+    let started = std::time::Instant::now();
+    let vision = tokio::task::spawn_blocking(move || Vision::start(opts))
+        .await
+        .context("loading the vision models")?
+        .with_context(|| format!("loading the vision models from {}", ocr_dir.display()))?;
+    tracing::info!(
+        ocr = %ocr_dir.display(),
+        scene = ?scene_dir,
+        describes_scenes = vision.describes_scenes(),
+        secs = started.elapsed().as_secs_f32(),
+        "vision models loaded"
+    );
+    Ok(Some(vision))
 }

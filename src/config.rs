@@ -5,7 +5,8 @@
 //! `[llm.sampling]`, which takes its defaults from `sandra_models::chat::SamplingParams`.
 //!
 //! Layers, later wins: built-in defaults → the TOML file → environment variables
-//! (`WHATSAPP_*`, `SANDRA_BIND`, `SANDRA_DATA_DIR`, `SANDRA_LLM_API_KEY`). Unknown keys and bad values fail start-up
+//! (`WHATSAPP_*`, `SANDRA_BIND`, `SANDRA_DATA_DIR`, `SANDRA_LLM_API_KEY`,
+//! `SANDRA_VISION_API_KEY`). Unknown keys and bad values fail start-up
 //! with an error naming the key (or variable). Secrets are `secrecy` [`SecretString`]s: never
 //! printed.
 
@@ -39,6 +40,8 @@ pub struct Config {
     pub sender: SenderConfig,
     pub llm: LlmConfig,
     pub transcription: TranscriptionConfig,
+    /// `[vision]`: photos, stickers and documents.
+    pub vision: VisionConfig,
     /// `[limits]`: who may talk to Sandra, how fast, and how much one turn takes in.
     pub limits: LimitsConfig,
     pub log: LogConfig,
@@ -85,6 +88,129 @@ impl Default for TranscriptionConfig {
             max_audio_seconds: 900.0,
             max_jobs: 32,
         }
+    }
+}
+
+/// Where scene descriptions (what a photo shows, beyond its text) come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SceneBackend {
+    /// The vision-language model installed by `sandra models fetch`, if any; else none.
+    #[default]
+    Auto,
+    /// Read text only; say so plainly when a photo has none.
+    None,
+    /// An OpenAI-compatible server that takes images (`remote_url`, `remote_model`).
+    Remote,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VisionConfig {
+    /// Look at photos, stickers and documents. Needs the OCR model (`sandra models fetch`);
+    /// without it vision is off (one log line at start) and files get a polite "can't open".
+    pub enabled: bool,
+    /// Largest photo decoded, in pixels (width × height), checked from the header before any
+    /// pixel is allocated: a decompression bomb is refused, not decoded. At least 1.
+    pub max_pixels: u64,
+    /// Photos and documents in progress at once (download, decode, OCR) across all chats; one
+    /// over the cap gets "too many photos right now" at once. At least 1.
+    pub max_jobs: usize,
+    /// Jobs waiting for the vision models before new ones are refused. At least 1.
+    pub queue: usize,
+    /// Pages of a document read at most (the rest is left out, and the model told). At least 1.
+    pub max_pages: usize,
+    /// Scanned pages (no text layer) of a document read by OCR at most.
+    pub max_ocr_pages: usize,
+    /// Characters of a document's (or photo's) text given to the model at most. At least 1.
+    pub max_chars: usize,
+    /// "auto" | "none" | "remote": where descriptions of what a photo shows come from.
+    pub scene: SceneBackend,
+    /// `scene = "remote"`: the server root, e.g. `http://127.0.0.1:8081`.
+    pub remote_url: String,
+    /// `scene = "remote"`: the served vision-language model's name.
+    pub remote_model: String,
+    /// `scene = "remote"`: the server's API key, if it needs one. Prefer the environment
+    /// (`SANDRA_VISION_API_KEY`).
+    pub remote_api_key: SecretString,
+    /// `scene = "remote"`: timeout for one request.
+    #[serde(with = "humantime_serde")]
+    pub remote_timeout: Duration,
+    /// Longest description or answer from a scene model, in tokens.
+    pub scene_max_tokens: usize,
+}
+
+impl Default for VisionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_pixels: 40_000_000,
+            max_jobs: 8,
+            queue: 8,
+            max_pages: 50,
+            max_ocr_pages: 5,
+            max_chars: 20_000,
+            scene: SceneBackend::Auto,
+            remote_url: String::new(),
+            remote_model: String::new(),
+            remote_api_key: SecretString::default(),
+            remote_timeout: Duration::from_secs(60),
+            scene_max_tokens: 256,
+        }
+    }
+}
+
+impl VisionConfig {
+    /// The pixel cap as the image decoder takes it.
+    pub fn image_limits(&self) -> sandra_models::vision::image::ImageLimits {
+        sandra_models::vision::image::ImageLimits {
+            max_pixels: self.max_pixels,
+        }
+    }
+
+    /// The document caps as the document reader takes them.
+    pub fn doc_limits(&self) -> sandra_models::vision::document::DocLimits {
+        sandra_models::vision::document::DocLimits {
+            max_pages: self.max_pages,
+            max_ocr_pages: self.max_ocr_pages,
+            max_chars: self.max_chars,
+            image: self.image_limits(),
+        }
+    }
+}
+
+impl std::fmt::Debug for VisionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            enabled,
+            max_pixels,
+            max_jobs,
+            queue,
+            max_pages,
+            max_ocr_pages,
+            max_chars,
+            scene,
+            remote_url,
+            remote_model,
+            remote_api_key,
+            remote_timeout,
+            scene_max_tokens,
+        } = self;
+        f.debug_struct("VisionConfig")
+            .field("enabled", enabled)
+            .field("max_pixels", max_pixels)
+            .field("max_jobs", max_jobs)
+            .field("queue", queue)
+            .field("max_pages", max_pages)
+            .field("max_ocr_pages", max_ocr_pages)
+            .field("max_chars", max_chars)
+            .field("scene", scene)
+            .field("remote_url", remote_url)
+            .field("remote_model", remote_model)
+            .field("remote_api_key", &Shown(remote_api_key))
+            .field("remote_timeout", remote_timeout)
+            .field("scene_max_tokens", scene_max_tokens)
+            .finish()
     }
 }
 
@@ -572,6 +698,9 @@ impl Config {
         if let Some(v) = env("SANDRA_LLM_API_KEY") {
             self.llm.openai.api_key = v.into();
         }
+        if let Some(v) = env("SANDRA_VISION_API_KEY") {
+            self.vision.remote_api_key = v.into();
+        }
         if let Some(v) = env("SANDRA_BIND") {
             self.server.bind = v.parse().map_err(|e| ConfigError::Env {
                 var: "SANDRA_BIND".into(),
@@ -757,6 +886,39 @@ impl Config {
                 "transcription.max_audio_seconds",
                 "must be more than 0 and at most 3600",
             ));
+        }
+        let v = &self.vision;
+        for (key, value) in [
+            ("vision.max_pixels", v.max_pixels as usize),
+            ("vision.max_jobs", v.max_jobs),
+            ("vision.queue", v.queue),
+            ("vision.max_pages", v.max_pages),
+            ("vision.max_chars", v.max_chars),
+            ("vision.scene_max_tokens", v.scene_max_tokens),
+        ] {
+            if value == 0 {
+                return Err(key_err(key, "must be at least 1"));
+            }
+        }
+        if v.max_ocr_pages > v.max_pages {
+            return Err(key_err(
+                "vision.max_ocr_pages",
+                "must be at most vision.max_pages",
+            ));
+        }
+        if v.enabled && v.scene == SceneBackend::Remote {
+            if !(v.remote_url.starts_with("http://") || v.remote_url.starts_with("https://")) {
+                return Err(key_err(
+                    "vision.remote_url",
+                    "must be an http(s) URL when vision.scene = \"remote\"",
+                ));
+            }
+            if v.remote_model.is_empty() {
+                return Err(key_err(
+                    "vision.remote_model",
+                    "must be set when vision.scene = \"remote\"",
+                ));
+            }
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(key_err("log.format", "must be \"text\" or \"json\""));
@@ -1015,6 +1177,49 @@ mod tests {
     }
 
     #[test]
+    fn vision_keys_are_validated_naming_the_key() {
+        for (text, key) in [
+            ("[vision]\nmax_pixels = 0\n", "vision.max_pixels"),
+            ("[vision]\nmax_jobs = 0\n", "vision.max_jobs"),
+            ("[vision]\nmax_chars = 0\n", "vision.max_chars"),
+            (
+                "[vision]\nmax_pages = 2\nmax_ocr_pages = 3\n",
+                "vision.max_ocr_pages",
+            ),
+            ("[vision]\nscene = \"remote\"\n", "vision.remote_url"),
+            (
+                "[vision]\nscene = \"remote\"\nremote_url = \"http://x\"\n",
+                "vision.remote_model",
+            ),
+            ("[vision]\nscene = \"cloud\"\n", "vision.scene"),
+            ("[vision]\nmax_pixels = -1\n", "vision.max_pixels"),
+        ] {
+            let e = Config::from_toml(text, "c")
+                .and_then(|c| c.validate().map(|()| c))
+                .err()
+                .unwrap_or_else(|| panic!("{text} was accepted"));
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
+        let c = Config::from_toml(
+            "[vision]\nscene = \"remote\"\nremote_url = \"http://127.0.0.1:9\"\nremote_model = \"m\"\n",
+            "c",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.vision.scene, SceneBackend::Remote);
+    }
+
+    #[test]
+    fn vision_api_key_comes_from_the_environment_and_never_prints() {
+        let env = |k: &str| (k == "SANDRA_VISION_API_KEY").then(|| "sk-VISION-secret".to_string());
+        let c = Config::load_with_env(None, env).unwrap();
+        assert_eq!(c.vision.remote_api_key.expose_secret(), "sk-VISION-secret");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("sk-VISION-secret"), "{shown}");
+        assert!(shown.contains("remote_api_key: [redacted]"), "{shown}");
+    }
+
+    #[test]
     fn shipped_config_toml_parses_and_matches_defaults() {
         let text =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
@@ -1034,6 +1239,7 @@ mod tests {
             d.storage.dead_letter_retention
         );
         assert_eq!(c.storage.session_retention, d.storage.session_retention);
+        assert_eq!(format!("{:?}", c.vision), format!("{:?}", d.vision));
         let _ = Config::load_with_env(None, no_env).unwrap();
     }
 }

@@ -10,6 +10,8 @@
 //! - [`conversation`]: session state, turn taking, commands; asks a [`brain`] for replies.
 //! - [`limits`]: allow/block lists, per-sender rate limits and per-turn caps, shared by all chats.
 //! - [`sender`]: the durable outbox drained to the Graph API at Meta's pace ([`graph`]).
+//! - [`transcription`], [`vision`]: the model actors that hear voice notes and look at photos
+//!   and documents for the conversations.
 //!
 //! This crate binds no sockets and reads no config files or environment: everything arrives as
 //! actor arguments from the `sandra` binary.
@@ -33,6 +35,7 @@ pub mod store;
 pub mod supervisor;
 pub mod texts;
 pub mod transcription;
+pub mod vision;
 pub mod whatsapp;
 
 use std::sync::Arc;
@@ -57,14 +60,15 @@ pub struct System {
 }
 
 impl System {
-    /// Starts the tree: root, sender, transcription (when configured), router (which replays
-    /// unanswered messages), and the ingestion service in front of the router. The
-    /// transcription actor is published in the slot the conversations read
-    /// (`router.deps.run.transcription`).
+    /// Starts the tree: root, sender, transcription and vision (when configured), router (which
+    /// replays unanswered messages), and the ingestion service in front of the router. The
+    /// model actors are published in the slots the conversations read
+    /// (`router.deps.run.transcription`, `router.deps.run.vision`).
     pub async fn start(
         router: router::RouterArgs,
         sender: sender::SenderArgs,
         transcription: Option<transcription::TranscriptionArgs>,
+        vision: Option<vision::VisionArgs>,
         ingest: ingest::IngestConfig,
     ) -> Result<Self, SpawnErr> {
         let router_slot = slot::ActorSlot::default();
@@ -86,6 +90,20 @@ impl System {
             _ => {
                 return Err(SpawnErr::StartupFailed(
                     "transcription arguments and slot must be given together".into(),
+                ));
+            }
+        }
+        match (vision, &router.deps.run.vision) {
+            (Some(args), Some(slot)) => children.push(supervisor::Singleton::new(
+                "vision",
+                vision::VisionActor,
+                args,
+                slot.clone(),
+            )),
+            (None, None) => {}
+            _ => {
+                return Err(SpawnErr::StartupFailed(
+                    "vision arguments and slot must be given together".into(),
                 ));
             }
         }

@@ -81,6 +81,7 @@ metrics_struct! {
         items_other_number: "messages and statuses ignored because they were addressed to another business number",
         http_header_timeouts: "connections closed because no complete request head arrived within server.header_timeout of opening (idle keep-alive connections between requests are closed without counting)",
         transcriptions_busy: "voice notes refused at once because transcription.max_jobs notes were in progress",
+        vision_busy: "photos and documents refused at once because vision.max_jobs were in progress",
         model_jobs_skipped: "model jobs (chat, transcription) skipped because whoever asked had gone (e.g. a timed-out turn)",
     }
     gauges {
@@ -88,6 +89,7 @@ metrics_struct! {
         outbox_pending: "messages waiting to be sent",
         dead_letters: "bodies and messages kept in dead-letter",
         transcription_jobs: "voice notes in progress in the transcription actor (download, decode, transcription)",
+        vision_jobs: "photos and documents in progress in the vision actor (download, decode, OCR)",
     }
     histograms {
         /// Record once per webhook POST answered: seconds from its first byte to the response.
@@ -109,6 +111,11 @@ metrics_struct! {
         /// decoding not) divided by the seconds of audio heard (below 1 is faster than real time).
         transcription_rtf: "transcription real-time factor: processing seconds per second of audio",
             Unit::Count, &[0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0];
+        /// Recorded once per photo or scanned document read: seconds from asking the vision
+        /// model thread to its answer (queue wait, OCR and a local scene model included; the
+        /// download and decoding not).
+        vision_ocr_seconds: "seconds the vision models took for one photo or one document's scanned pages",
+            Unit::Seconds, &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0];
     }
 }
 

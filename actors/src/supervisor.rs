@@ -3,7 +3,7 @@
 //! ```text
 //! Root ─┬─ Sender          (one per business number; paces and retries Graph calls)
 //!       ├─ Transcription   (when a Whisper model is configured; hears voice notes)
-//!       ├─ (Vision)        (photos: a singleton on the same pattern, added by its issue)
+//!       ├─ Vision          (when the OCR model is installed; looks at photos and documents)
 //!       └─ Router ── Conversation × N   (one per chat, spawned on demand, passivated when idle)
 //! ```
 //!
@@ -12,8 +12,8 @@
 //! - Takes: supervision events only.
 //! - Never: lets a child's failure stop it. A failed child is re-created from its arguments
 //!   (ractor has no restart strategy: restart means spawn again) and its slot updated; the
-//!   router and sender rebuild their state from the store, the transcription actor keeps its
-//!   loaded model (the model thread survives a failed job; see `ModelWorker`).
+//!   router and sender rebuild their state from the store, the transcription and vision actors
+//!   keep their loaded models (the model thread survives a failed job; see `ModelWorker`).
 //!
 //! Children start in order: the sender and the model actors before the router, because the
 //! router replays unanswered messages at once and their conversations need both.

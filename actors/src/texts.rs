@@ -315,6 +315,113 @@ pub fn voice_problem(l: Lang, p: VoiceProblem) -> String {
     .to_string()
 }
 
+/// Why a photo or document could not be seen, as the user is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SightProblem {
+    /// Meta no longer has the media.
+    Gone,
+    /// Over the download size or the pixel cap.
+    TooLarge,
+    Download,
+    /// Not a valid image or document (corrupt, truncated, not what it says it is).
+    Undecodable,
+    /// A document type Sandra cannot read (only PDFs and plain text), or an image format.
+    Unsupported,
+    /// A password-protected PDF.
+    Encrypted,
+    /// The vision actor is at capacity.
+    Busy,
+    /// The models failed, or took too long.
+    Failed,
+}
+
+pub fn sight_problem(l: Lang, p: &SightProblem, what: MediaWord) -> String {
+    use SightProblem::*;
+    let (one, _) = what.word(l);
+    match p {
+        Gone => by_lang!(l,
+            en: format!("I couldn't download your {one} anymore. Could you send it again?"),
+            es: format!("Ya no pude descargar tu {one}. ¿Puedes volver a enviar el archivo?"),
+            pt: "Já não consegui descarregar o ficheiro que enviou. Pode enviá-lo de novo?".to_string(),
+            fr: format!("Je n'ai plus pu télécharger votre {one}. Pouvez-vous renvoyer le fichier ?"),
+            de: "Die Datei konnte ich nicht mehr herunterladen. Schickst du sie noch einmal?".to_string(),
+        ),
+        TooLarge => by_lang!(l,
+            en: format!("Your {one} is too large for me to open. Could you send a smaller one?"),
+            es: "El archivo es demasiado grande para que lo abra. ¿Puedes enviar uno más pequeño?".to_string(),
+            pt: "O ficheiro que enviou é demasiado grande para eu abrir. Pode enviar um mais pequeno?".to_string(),
+            fr: "Ce fichier est trop volumineux pour moi. Pouvez-vous en envoyer un plus petit ?".to_string(),
+            de: "Die Datei ist zu groß für mich. Kannst du eine kleinere schicken?".to_string(),
+        ),
+        Download => by_lang!(l,
+            en: format!("I couldn't download your {one}. Could you send it again?"),
+            es: format!("No pude descargar tu {one}. ¿Puedes volver a enviar el archivo?"),
+            pt: "Não consegui descarregar o ficheiro que enviou. Pode enviá-lo de novo?".to_string(),
+            fr: format!("Je n'ai pas pu télécharger votre {one}. Pouvez-vous renvoyer le fichier ?"),
+            de: "Ich konnte die Datei nicht herunterladen. Schickst du sie noch einmal?".to_string(),
+        ),
+        Undecodable => by_lang!(l,
+            en: format!("I couldn't open your {one}: the file seems damaged. Could you send it again?"),
+            es: format!("No pude abrir tu {one}: el archivo parece dañado. ¿Puedes volver a enviarlo?"),
+            pt: "Não consegui abrir o ficheiro que enviou: parece estar danificado. Pode enviá-lo de novo?".to_string(),
+            fr: format!("Je n'ai pas pu ouvrir votre {one} : le fichier semble endommagé. Pouvez-vous renvoyer le fichier ?"),
+            de: "Ich konnte die Datei nicht öffnen: Sie scheint beschädigt zu sein. Schickst du sie noch einmal?".to_string(),
+        ),
+        Unsupported => by_lang!(l,
+            en: "I can read photos, PDFs and plain-text documents, but not this kind of file yet. Could you send it as a PDF or as text?".to_string(),
+            es: "Puedo leer fotos, PDF y documentos de texto, pero todavía no este tipo de archivo. ¿Puedes enviarlo como PDF o como texto?".to_string(),
+            pt: "Consigo ler fotos, PDF e documentos de texto, mas ainda não este tipo de ficheiro. Pode enviá-lo como PDF ou como texto?".to_string(),
+            fr: "Je sais lire les photos, les PDF et les documents texte, mais pas encore ce type de fichier. Pouvez-vous l'envoyer en PDF ou en texte ?".to_string(),
+            de: "Ich kann Fotos, PDFs und Textdokumente lesen, diese Art von Datei aber noch nicht. Kannst du sie als PDF oder als Text schicken?".to_string(),
+        ),
+        Encrypted => by_lang!(l,
+            en: "This document is password-protected, so I can't read it. Could you send a copy without the password?".to_string(),
+            es: "Este documento está protegido con contraseña, así que no puedo leerlo. ¿Puedes enviar una copia sin contraseña?".to_string(),
+            pt: "Este documento está protegido por palavra-passe, por isso não o consigo ler. Pode enviar uma cópia sem palavra-passe?".to_string(),
+            fr: "Ce document est protégé par un mot de passe, je ne peux donc pas le lire. Pouvez-vous envoyer une copie sans mot de passe ?".to_string(),
+            de: "Dieses Dokument ist passwortgeschützt, deshalb kann ich es nicht lesen. Kannst du eine Kopie ohne Passwort schicken?".to_string(),
+        ),
+        Busy => by_lang!(l,
+            en: format!("I have too many photos and documents to look at right now. Could you send your {one} again in a minute?"),
+            es: format!("Ahora mismo tengo demasiadas fotos y documentos por revisar. ¿Puedes enviar tu {one} de nuevo en un minuto?"),
+            pt: "Tenho demasiadas fotos e documentos para ver agora. Pode enviar o seu ficheiro de novo daqui a um minuto?".to_string(),
+            fr: format!("J'ai trop de photos et de documents à regarder en ce moment. Pouvez-vous renvoyer votre {one} dans une minute ?"),
+            de: "Ich habe gerade zu viele Fotos und Dokumente vor mir. Schickst du deine Datei in einer Minute noch einmal?".to_string(),
+        ),
+        Failed => by_lang!(l,
+            en: format!("Sorry, I couldn't read your {one}. Could you try again?"),
+            es: format!("Lo siento, no pude leer tu {one}. ¿Lo intentas de nuevo?"),
+            pt: "Desculpe, não consegui ler o ficheiro que enviou. Pode tentar de novo?".to_string(),
+            fr: format!("Désolée, je n'ai pas pu lire votre {one}. Pouvez-vous réessayer ?"),
+            de: "Entschuldigung, ich konnte die Datei nicht lesen. Versuchst du es noch einmal?".to_string(),
+        ),
+    }
+}
+
+/// A photo with no text in it, and no scene model to describe it: said plainly, never guessed.
+pub fn nothing_seen(l: Lang, what: MediaWord) -> String {
+    let (one, _) = what.word(l);
+    by_lang!(l,
+        en: format!("I can read the text in photos, but I can't describe pictures yet, and I found no text in your {one}. Could you tell me in words what it shows?"),
+        es: format!("Puedo leer el texto de las fotos, pero todavía no sé describir imágenes, y no encontré texto en tu {one}. ¿Me cuentas con palabras qué muestra?"),
+        pt: "Consigo ler o texto das fotos, mas ainda não sei descrever imagens, e não encontrei texto no que enviou. Pode dizer-me por palavras o que mostra?".to_string(),
+        fr: format!("Je sais lire le texte des photos, mais je ne sais pas encore décrire les images, et je n'ai trouvé aucun texte dans votre {one}. Pouvez-vous me décrire par écrit ce qu'on y voit ?"),
+        de: "Ich kann Text in Fotos lesen, aber noch keine Bilder beschreiben, und in diesem Bild habe ich keinen Text gefunden. Kannst du mir in Worten sagen, was es zeigt?".to_string(),
+    )
+}
+
+/// A document with no text at all (an empty file, or scanned pages beyond what is read).
+pub fn document_empty(l: Lang) -> String {
+    by_lang!(l,
+        en: "I found no text in your document. If it is a scan, could you send the pages as photos?",
+        es: "No encontré texto en tu documento. Si es un escaneo, ¿puedes enviar las páginas como fotos?",
+        pt: "Não encontrei texto no seu documento. Se for uma digitalização, pode enviar as páginas como fotos?",
+        fr: "Je n'ai trouvé aucun texte dans votre document. Si c'est un scan, pouvez-vous envoyer les pages en photos ?",
+        de: "In deinem Dokument habe ich keinen Text gefunden. Wenn es ein Scan ist, kannst du die Seiten als Fotos schicken?",
+    )
+    .to_string()
+}
+
 /// Only the first `max_seconds` of a long voice note were heard.
 pub fn voice_truncated(l: Lang, max_seconds: f32) -> String {
     let limit = duration(l, max_seconds);
@@ -403,8 +510,28 @@ mod tests {
                 cannot_open(l, MediaWord::Video),
                 cannot_read(l, "poll"),
                 voice_truncated(l, 90.0),
+                nothing_seen(l, MediaWord::Photo),
+                document_empty(l),
             ] {
                 assert!(!t.trim().is_empty());
+            }
+            for p in [
+                SightProblem::Gone,
+                SightProblem::TooLarge,
+                SightProblem::Download,
+                SightProblem::Undecodable,
+                SightProblem::Unsupported,
+                SightProblem::Encrypted,
+                SightProblem::Busy,
+                SightProblem::Failed,
+            ] {
+                let t = sight_problem(l, &p, MediaWord::Photo);
+                assert!(!t.trim().is_empty());
+                assert_eq!(
+                    t == sight_problem(Lang::En, &p, MediaWord::Photo),
+                    l == Lang::En,
+                    "{l:?} {p:?}"
+                );
             }
             // Only English reads as English.
             assert_eq!(

@@ -11,6 +11,7 @@ mod http_limits;
 mod limits;
 mod llm;
 mod metrics;
+mod photos;
 mod sender;
 mod voice;
 mod webhook;

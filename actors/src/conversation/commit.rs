@@ -116,6 +116,7 @@ mod tests {
         let ctx = PlanContext {
             policy: &policy,
             can_hear: true,
+            can_see: false,
             cap_text: &cap,
             answered: &answered,
         };

@@ -284,6 +284,7 @@ async fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut Conversation
     let ctx = PlanContext {
         policy: &deps.policy,
         can_hear: deps.run.transcription.is_some(),
+        can_see: deps.run.vision.is_some(),
         cap_text: &cap,
         answered: &answered,
     };
@@ -299,6 +300,7 @@ async fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut Conversation
     let job = run::TurnJob {
         input: plan.brain_input(&base),
         voice: plan.voice.clone(),
+        look: plan.look.clone(),
         typing_for: plan.typing_for(&base, &deps.policy),
         lang: plan.lang,
         timeout: deps.policy.brain_timeout,

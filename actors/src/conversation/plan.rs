@@ -3,8 +3,8 @@
 //! Given the session as it stands, the messages taken for this turn (each with the limits'
 //! verdict on its sender) and the policy, [`plan`] decides what happens to each message: it goes
 //! to the brain, is answered directly (commands, things Sandra cannot read), only becomes
-//! history (reactions, group chatter not addressed to Sandra), is a voice note to hear first, or
-//! is dropped (blocked or over the rate). The actor then runs the plan ([`super::run`]) and
+//! history (reactions, group chatter not addressed to Sandra), is a voice note to hear first or a
+//! photo, sticker or document to look at first, or is dropped (blocked or over the rate). The actor then runs the plan ([`super::run`]) and
 //! commits it ([`super::commit`]). Everything a user relies on about batching, groups, commands
 //! and the 24-hour window is decided here, and tested here without an actor.
 
@@ -43,6 +43,8 @@ pub struct PlanContext<'a> {
     pub policy: &'a ConversationPolicy,
     /// A transcription actor is configured: voice notes are heard, not declined.
     pub can_hear: bool,
+    /// A vision actor is configured: photos, stickers and documents are looked at.
+    pub can_see: bool,
     /// Caps a user text at `limits.max_message_chars` (pure).
     pub cap_text: &'a dyn Fn(String) -> String,
     /// The text of Sandra's own messages that button and list replies answer, by wamid.
@@ -75,6 +77,9 @@ pub struct Plan {
     pub inputs: Vec<UserInput>,
     /// Voice notes to hear before the brain: (index into `inputs`, media).
     pub voice: Vec<(usize, MediaRef)>,
+    /// Photos, stickers and documents to look at before the brain: (index into `inputs`,
+    /// media). Their input says plainly that the file was not seen until it is.
+    pub look: Vec<(usize, MediaRef)>,
     /// Replies decided without the brain (commands, canned answers), in order.
     pub direct: Vec<String>,
     /// Messages that only become history (reactions, group chatter not addressed to Sandra).
@@ -140,6 +145,7 @@ pub fn plan(
         records: Vec::with_capacity(records.len()),
         inputs: Vec::new(),
         voice: Vec::new(),
+        look: Vec::new(),
         direct: Vec::new(),
         quiet: Vec::new(),
         reset: false,
@@ -192,8 +198,13 @@ pub fn plan(
         };
         if session.is_group && !addressed_in_group(m, ctx.policy) {
             // Group chatter: remember it as context, answer nothing.
-            if let Rendered::Input(t) | Rendered::Quiet(t) = rendered {
-                p.quiet.push(user_turn(m, t));
+            match rendered {
+                Rendered::Input(t) | Rendered::Quiet(t) => p.quiet.push(user_turn(m, t)),
+                Rendered::Look(media) => {
+                    p.quiet
+                        .push(user_turn(m, (ctx.cap_text)(unseen_text(&media))));
+                }
+                _ => {}
             }
             p.records.push(rec);
             continue;
@@ -212,6 +223,12 @@ pub fn plan(
                 // Replaced by the transcript once heard; kept as is if it never is, so history
                 // never holds an empty user turn.
                 p.inputs.push(input(UNHEARD_VOICE_NOTE.into()));
+            }
+            Rendered::Look(media) => {
+                p.look.push((p.inputs.len(), media.clone()));
+                // Replaced by what was found once seen; kept as is if it never is, so neither
+                // the brain nor history ever takes the caption for the file's contents.
+                p.inputs.push(input((ctx.cap_text)(unseen_text(&media))));
             }
             Rendered::Reset => {
                 p.reset = true;
@@ -256,6 +273,35 @@ enum Rendered {
     Reset,
     /// A voice note or audio file, heard by the transcription actor.
     Voice(MediaRef),
+    /// A photo, sticker or document, looked at by the vision actor.
+    Look(MediaRef),
+}
+
+/// What a file's media word is.
+pub fn media_word(media: &MediaRef) -> MediaWord {
+    match media.kind {
+        MediaKind::Image => MediaWord::Photo,
+        MediaKind::Audio if media.voice => MediaWord::VoiceNote,
+        MediaKind::Audio => MediaWord::AudioFile,
+        MediaKind::Video => MediaWord::Video,
+        MediaKind::Document => MediaWord::Document,
+        MediaKind::Sticker => MediaWord::Sticker,
+    }
+}
+
+/// A file the model has not seen, as the model reads it: plainly unseen, so it never answers
+/// from the caption as if it could see the file (asked "What is the invoice total?" about an
+/// unseen photo, a model will otherwise invent a figure).
+pub fn unseen_text(media: &MediaRef) -> String {
+    let what = media_word(media).english();
+    let unseen = format!(
+        "[I sent a {what}, but you cannot see it and nothing has read it for you: you know \
+         nothing of what it contains, so do not guess or make anything up about it.]"
+    );
+    match media.caption.as_deref().map(str::trim) {
+        Some(c) if !c.is_empty() => format!("{unseen}\nMy caption: {c}"),
+        _ => unseen,
+    }
 }
 
 fn render(m: &InboundMessage, ctx: &PlanContext<'_>, lang: Lang) -> Rendered {
@@ -314,20 +360,19 @@ fn render(m: &InboundMessage, ctx: &PlanContext<'_>, lang: Lang) -> Rendered {
         Content::Media(media) if media.kind == MediaKind::Audio && ctx.can_hear => {
             Rendered::Voice(media.clone())
         }
+        Content::Media(media)
+            if ctx.can_see
+                && matches!(
+                    media.kind,
+                    MediaKind::Image | MediaKind::Sticker | MediaKind::Document
+                ) =>
+        {
+            Rendered::Look(media.clone())
+        }
         Content::Media(media) => {
-            let what = match media.kind {
-                MediaKind::Image => MediaWord::Photo,
-                MediaKind::Audio if media.voice => MediaWord::VoiceNote,
-                MediaKind::Audio => MediaWord::AudioFile,
-                MediaKind::Video => MediaWord::Video,
-                MediaKind::Document => MediaWord::Document,
-                MediaKind::Sticker => MediaWord::Sticker,
-            };
+            let what = media_word(media);
             match &media.caption {
-                Some(c) if !c.trim().is_empty() => Rendered::Input(format!(
-                    "[I sent a {} you cannot see yet, with the caption:] {c}",
-                    what.english()
-                )),
+                Some(c) if !c.trim().is_empty() => Rendered::Input(unseen_text(media)),
                 _ if media.kind == MediaKind::Sticker => {
                     Rendered::Quiet(format!("[sent a {}]", what.english()))
                 }
@@ -451,6 +496,7 @@ pub(crate) mod tests {
         let ctx = PlanContext {
             policy: &policy,
             can_hear,
+            can_see: false,
             cap_text: &cap,
             answered,
         };
@@ -637,6 +683,101 @@ pub(crate) mod tests {
         );
     }
 
+    /// With a vision actor, photos, stickers and documents are looked at before the brain;
+    /// until then (and without one) the caption never passes for the file's contents.
+    #[test]
+    fn photos_and_documents_are_looked_at_or_plainly_unseen() {
+        let file = |kind, caption: Option<&str>| MediaRef {
+            kind,
+            id: "m1".into(),
+            mime_type: None,
+            sha256: None,
+            caption: caption.map(String::from),
+            filename: None,
+            voice: false,
+            animated: false,
+            url: None,
+        };
+        let photo = msg(
+            "w1",
+            1,
+            Content::Media(file(MediaKind::Image, Some("What is the invoice total?"))),
+        );
+        let sticker = msg("w2", 2, Content::Media(file(MediaKind::Sticker, None)));
+        let doc = msg("w3", 3, Content::Media(file(MediaKind::Document, None)));
+        let video = msg("w4", 4, Content::Media(file(MediaKind::Video, None)));
+        let s = session_for(&photo);
+        let policy = policy();
+        let cap = |t: String| t;
+        let answered = HashMap::new();
+        let ctx = |can_see| PlanContext {
+            policy: &policy,
+            can_hear: true,
+            can_see,
+            cap_text: &cap,
+            answered: &answered,
+        };
+        let all = vec![photo.clone(), sticker, doc, video];
+        let records = |msgs: Vec<InboundMessage>| {
+            msgs.into_iter()
+                .enumerate()
+                .map(|(i, m)| rec(i as u64, m))
+                .collect::<Vec<_>>()
+        };
+        let p = plan(&s, records(all.clone()), &[], &ctx(true));
+        let looked: Vec<(usize, MediaKind)> = p.look.iter().map(|(i, m)| (*i, m.kind)).collect();
+        assert_eq!(
+            looked,
+            vec![
+                (0, MediaKind::Image),
+                (1, MediaKind::Sticker),
+                (2, MediaKind::Document)
+            ]
+        );
+        let unseen = &p.inputs[0].text;
+        assert!(unseen.contains("you cannot see it"), "{unseen}");
+        assert!(unseen.contains("do not guess"), "{unseen}");
+        assert!(unseen.ends_with("\nMy caption: What is the invoice total?"));
+        assert_eq!(
+            p.direct,
+            vec![texts::cannot_open(Lang::En, MediaWord::Video)]
+        );
+
+        // No vision actor: the captioned photo goes to the brain, plainly unseen; the rest
+        // is answered or remembered as before.
+        let p = plan(&s, records(all), &[], &ctx(false));
+        assert!(p.look.is_empty());
+        assert_eq!(p.inputs.len(), 1);
+        assert_eq!(p.inputs[0].text, *unseen);
+        assert_eq!(
+            p.quiet.len(),
+            1,
+            "a sticker without caption is only remembered"
+        );
+        assert_eq!(
+            p.direct,
+            vec![
+                texts::cannot_open(Lang::En, MediaWord::Document),
+                texts::cannot_open(Lang::En, MediaWord::Video)
+            ]
+        );
+
+        // Group chatter with a photo is remembered as unseen, not looked at.
+        let g = in_group(photo);
+        let gs = session_for(&g);
+        let mut g2 = g.clone();
+        if let Content::Media(m) = &mut g2.content {
+            m.caption = Some("lunch menu".into());
+        }
+        let p = plan(&gs, records(vec![g2]), &[], &ctx(true));
+        assert!(p.look.is_empty() && p.inputs.is_empty());
+        assert!(
+            p.quiet[0].text.contains("you cannot see it"),
+            "{}",
+            p.quiet[0].text
+        );
+    }
+
     #[test]
     fn list_replies_keep_title_description_and_the_question() {
         let mut tap = msg(
@@ -663,6 +804,7 @@ pub(crate) mod tests {
         let ctx = PlanContext {
             policy: &policy,
             can_hear: true,
+            can_see: false,
             cap_text: &cap,
             answered: &answered,
         };

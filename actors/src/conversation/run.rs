@@ -1,8 +1,14 @@
-//! Running a planned turn: hear the voice notes, then ask the brain, in one task off the actor.
+//! Running a planned turn: hear the voice notes and look at the photos and documents, then ask
+//! the brain, in one task off the actor.
 //!
 //! The actor never waits: [`spawn`] starts one task that reports back as messages:
-//! [`ConversationMsg::Heard`] once the voice notes are resolved (so a turn that times out later
-//! still remembers what was said), then [`ConversationMsg::TurnDone`].
+//! [`ConversationMsg::Heard`] once the voice notes and files are resolved (so a turn that times
+//! out later still remembers what was said and seen), then [`ConversationMsg::TurnDone`].
+//!
+//! What the vision actor found replaces the file's input text ([`seen_text`]): the text read and
+//! what a scene model said, marked as read by a tool, with the caption. A file in which nothing
+//! was found is not sent to the brain at all (the user gets a canned, honest answer): a model
+//! given only a caption would answer as if it had seen the file.
 //!
 //! Cancellation is real: on timeout the turn's future is dropped, not left running. That drops
 //! the brain's call (its model job is skipped or stopped between tokens, see `ModelWorker`) and
@@ -22,7 +28,11 @@ use crate::sender::SenderMsg;
 use crate::slot::ActorSlot;
 use crate::texts::{self, Lang, VoiceProblem};
 use crate::transcription::{Outcome, TranscriptionMsg};
-use crate::whatsapp::MediaRef;
+use crate::vision::{Seen, SightProblem, VisionMsg};
+use crate::whatsapp::{MediaKind, MediaRef};
+use sandra_models::vision::SceneOutcome;
+
+use super::plan::media_word;
 
 use super::ConversationMsg;
 
@@ -33,6 +43,8 @@ pub struct RunDeps {
     pub sender: ActorSlot<SenderMsg>,
     /// The transcription actor, when voice notes can be heard.
     pub transcription: Option<ActorSlot<TranscriptionMsg>>,
+    /// The vision actor, when photos and documents can be looked at.
+    pub vision: Option<ActorSlot<VisionMsg>>,
     /// Start the reply with what Sandra heard, so the user can tell a mishearing.
     pub echo_transcript: bool,
     /// `transcription.max_audio_seconds`, to tell the user how much of a long note was heard.
@@ -44,6 +56,8 @@ pub struct TurnJob {
     pub input: TurnInput,
     /// Voice notes to hear first: (index into `input.inputs`, media).
     pub voice: Vec<(usize, MediaRef)>,
+    /// Photos, stickers and documents to look at first: (index into `input.inputs`, media).
+    pub look: Vec<(usize, MediaRef)>,
     /// Refresh the typing indicator on this message while the turn runs.
     pub typing_for: Option<String>,
     pub lang: Lang,
@@ -99,14 +113,15 @@ async fn turn(
     let TurnJob {
         mut input,
         voice,
+        look,
         lang,
         timeout,
         ..
     } = job;
     let mut heard = Vec::new();
     let mut failed = Vec::new();
+    let mut notes = Vec::new();
     if !voice.is_empty() {
-        let mut notes = Vec::new();
         for (idx, media) in &voice {
             match hear(&deps, media, timeout).await {
                 Ok(h) => {
@@ -128,6 +143,32 @@ async fn turn(
                 }
             }
         }
+    }
+    for (idx, media) in &look {
+        let what = media_word(media);
+        let question = media.caption.clone().filter(|c| !c.trim().is_empty());
+        match see(&deps, media, question, timeout).await {
+            Ok(seen) => match seen_text(media, &seen) {
+                Some(text) => input.inputs[*idx].text = text,
+                None => {
+                    // Nothing to answer from: said plainly instead of letting the model guess.
+                    // A sticker with nothing on it needs no answer at all.
+                    match media.kind {
+                        MediaKind::Document => notes.push(texts::document_empty(lang)),
+                        MediaKind::Sticker => {}
+                        _ => notes.push(texts::nothing_seen(lang, what)),
+                    }
+                    input.inputs[*idx].text = nothing_found_text(media);
+                    failed.push(*idx);
+                }
+            },
+            Err(problem) => {
+                notes.push(texts::sight_problem(lang, &problem, what));
+                failed.push(*idx);
+            }
+        }
+    }
+    if !voice.is_empty() || !look.is_empty() {
         let _ = me.cast(ConversationMsg::Heard {
             inputs: input.inputs.clone(),
             notes,
@@ -174,5 +215,212 @@ async fn hear(deps: &RunDeps, media: &MediaRef, timeout: Duration) -> Outcome {
         Ok(Ok(outcome)) => outcome,
         // The actor failed with the job (the root re-creates it), or took too long.
         Ok(Err(_)) | Err(_) => Err(VoiceProblem::Transcription),
+    }
+}
+
+/// Asks the vision actor to look at one file, waiting at most `timeout`.
+async fn see(
+    deps: &RunDeps,
+    media: &MediaRef,
+    question: Option<String>,
+    timeout: Duration,
+) -> Result<Seen, SightProblem> {
+    let Some(actor) = deps.vision.as_ref().and_then(ActorSlot::try_get) else {
+        return Err(SightProblem::Failed);
+    };
+    let (reply, answer) = oneshot::channel();
+    if actor
+        .cast(VisionMsg::Look {
+            media: media.clone(),
+            question,
+            reply,
+        })
+        .is_err()
+    {
+        tracing::warn!(media = %media.id, "vision actor not running");
+        return Err(SightProblem::Failed);
+    }
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(outcome)) => outcome,
+        // The actor failed with the job (the root re-creates it), or took too long.
+        Ok(Err(_)) | Err(_) => Err(SightProblem::Failed),
+    }
+}
+
+/// The caption, as the model reads it after what was found.
+fn caption_line(media: &MediaRef) -> Option<String> {
+    media
+        .caption
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| format!("\nMy caption: {c}"))
+}
+
+/// What the model reads in place of a file once the vision actor has looked at it, or `None`
+/// when nothing was found (no text, no description): then there is nothing to answer from.
+/// Pure, so the exact wording the model gets is tested.
+pub fn seen_text(media: &MediaRef, seen: &Seen) -> Option<String> {
+    let what = media_word(media).english();
+    match seen {
+        Seen::Photo { text, scene } => {
+            let described = matches!(scene, SceneOutcome::Answered(_));
+            if text.trim().is_empty() && !described {
+                return None;
+            }
+            let mut s = format!("[I sent a {what}. You cannot see it; a tool read it for you.]");
+            if text.trim().is_empty() {
+                s.push_str(&format!("\nThere is no text in the {what}."));
+            } else {
+                s.push_str(&format!("\nText in the {what}:\n«{}»", text.trim()));
+            }
+            match scene {
+                SceneOutcome::Answered(a) if media.caption.is_some() => s.push_str(&format!(
+                    "\nA vision model, asked my caption about the {what}, answered: {a}"
+                )),
+                SceneOutcome::Answered(a) => {
+                    s.push_str(&format!("\nWhat the {what} shows, per a vision model: {a}"));
+                }
+                SceneOutcome::NoModel | SceneOutcome::Failed(_) => s.push_str(&format!(
+                    "\nNothing could describe the rest of the {what}: do not describe anything \
+                     beyond the text above."
+                )),
+            }
+            if let Some(c) = caption_line(media) {
+                s.push_str(&c);
+            }
+            Some(s)
+        }
+        Seen::Document {
+            text,
+            pages,
+            truncated,
+        } => {
+            if text.trim().is_empty() {
+                return None;
+            }
+            let name = media
+                .filename
+                .as_deref()
+                .map(|f| format!(" \"{f}\""))
+                .unwrap_or_default();
+            let pages = match pages {
+                1 => "1 page".to_string(),
+                n => format!("{n} pages"),
+            };
+            let cut = if *truncated {
+                "; only its beginning was read"
+            } else {
+                ""
+            };
+            let mut s = format!(
+                "[I sent a document{name} ({pages}{cut}). You cannot see it; a tool read its text \
+                 for you.]\nText of the document:\n«{}»",
+                text.trim()
+            );
+            match caption_line(media) {
+                Some(c) => s.push_str(&c),
+                None => s.push_str("\nI sent it without a caption: summarise it for me."),
+            }
+            Some(s)
+        }
+    }
+}
+
+/// A file in which nothing was found, as history remembers it.
+fn nothing_found_text(media: &MediaRef) -> String {
+    let what = media_word(media).english();
+    let mut s = format!("[I sent a {what}; a tool found no text in it and nothing described it.]");
+    if let Some(c) = caption_line(media) {
+        s.push_str(&c);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn media(kind: MediaKind, caption: Option<&str>) -> MediaRef {
+        MediaRef {
+            kind,
+            id: "m1".into(),
+            mime_type: None,
+            sha256: None,
+            caption: caption.map(String::from),
+            filename: None,
+            voice: false,
+            animated: false,
+            url: None,
+        }
+    }
+
+    #[test]
+    fn a_photo_read_without_a_scene_model_gives_the_text_and_forbids_describing_more() {
+        let m = media(MediaKind::Image, Some("What is the invoice total?"));
+        let seen = Seen::Photo {
+            text: "Invoice #A-2291\nTotal: $1,234.56".into(),
+            scene: SceneOutcome::NoModel,
+        };
+        assert_eq!(
+            seen_text(&m, &seen).unwrap(),
+            "[I sent a photo. You cannot see it; a tool read it for you.]\nText in the photo:\n\
+             «Invoice #A-2291\nTotal: $1,234.56»\nNothing could describe the rest of the photo: \
+             do not describe anything beyond the text above.\nMy caption: What is the invoice total?"
+        );
+    }
+
+    #[test]
+    fn a_described_photo_without_text_still_goes_to_the_model() {
+        let m = media(MediaKind::Image, None);
+        let seen = Seen::Photo {
+            text: String::new(),
+            scene: SceneOutcome::Answered("A dog on a beach.".into()),
+        };
+        let t = seen_text(&m, &seen).unwrap();
+        assert!(t.contains("There is no text in the photo."), "{t}");
+        assert!(t.contains("per a vision model: A dog on a beach."), "{t}");
+        assert!(!t.contains("My caption"), "{t}");
+    }
+
+    /// No text and nothing that describes scenes: nothing for the model, so it cannot invent.
+    #[test]
+    fn nothing_found_is_not_given_to_the_model() {
+        for scene in [SceneOutcome::NoModel, SceneOutcome::Failed("x".into())] {
+            let seen = Seen::Photo {
+                text: "  ".into(),
+                scene,
+            };
+            assert_eq!(seen_text(&media(MediaKind::Image, Some("hi")), &seen), None);
+        }
+        let doc = Seen::Document {
+            text: String::new(),
+            pages: 3,
+            truncated: false,
+        };
+        assert_eq!(seen_text(&media(MediaKind::Document, None), &doc), None);
+    }
+
+    #[test]
+    fn a_document_is_answered_about_or_summarised() {
+        let mut m = media(MediaKind::Document, Some("How much do I have to pay?"));
+        m.filename = Some("bill.pdf".into());
+        let doc = Seen::Document {
+            text: "Amount due: 88.20 EUR".into(),
+            pages: 2,
+            truncated: true,
+        };
+        assert_eq!(
+            seen_text(&m, &doc).unwrap(),
+            "[I sent a document \"bill.pdf\" (2 pages; only its beginning was read). You cannot \
+             see it; a tool read its text for you.]\nText of the document:\n«Amount due: 88.20 \
+             EUR»\nMy caption: How much do I have to pay?"
+        );
+        m.caption = None;
+        let t = seen_text(&m, &doc).unwrap();
+        assert!(
+            t.ends_with("\nI sent it without a caption: summarise it for me."),
+            "{t}"
+        );
     }
 }
