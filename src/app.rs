@@ -345,10 +345,6 @@ pub async fn build_transcriber(
     Ok(Some(tr))
 }
 
-/// The OCR model's directory under the models directory (`ppocr-v6-small`, as the catalog
-/// installs it). Looked up by path until the catalog's OCR role lands.
-pub const OCR_MODEL_DIR: &str = "ppocr-v6-small";
-
 /// The vision models `[vision]` asks for, if the OCR model is installed. Installed models that
 /// fail to load stop start-up with the path and the reason; no OCR model turns vision off,
 /// with one log line.
@@ -362,13 +358,20 @@ pub async fn build_vision(cfg: &Config) -> anyhow::Result<Option<sandra_models::
         return Ok(None);
     }
     let models = models_dir(&cfg.storage.data_dir);
-    let ocr_dir = models.join(OCR_MODEL_DIR);
+    let manifest = Manifest::load(&models).ok();
+    // The installed OCR model's directory (its files' parent), else where the catalog puts it.
+    let ocr_dir = manifest
+        .as_ref()
+        .and_then(|m| m.get(ModelRole::Ocr))
+        .and_then(|o| o.main_path(&models))
+        .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+        .unwrap_or_else(|| models.join(sandra_models::catalog::PPOCR_V6_SMALL));
     if !ocr_dir.is_dir() {
         tracing::warn!(models_dir = %models.display(), "no OCR model installed: photos and documents get a polite \"I can't open these yet\". Install it with `sandra models fetch`.");
         return Ok(None);
     }
     let scene_dir = match v.scene {
-        SceneBackend::Auto => Manifest::load(&models).ok().and_then(|m| {
+        SceneBackend::Auto => manifest.as_ref().and_then(|m| {
             m.get(ModelRole::Vision)
                 .and_then(|w| w.main_path(&models))
                 .map(|p| {
@@ -381,15 +384,22 @@ pub async fn build_vision(cfg: &Config) -> anyhow::Result<Option<sandra_models::
         }),
         SceneBackend::None | SceneBackend::Remote => None,
     };
-    if v.scene == SceneBackend::Remote {
-        // The remote client (`scene::RemoteScene`) is plugged in through `SceneServer` once it
-        // exists; until then photos are read for text only, and the operator is told.
-        tracing::warn!(url = %v.remote_url, "vision.scene = \"remote\" is not available in this build: photos are read for text only");
-    }
+    let remote: Option<std::sync::Arc<dyn sandra_models::vision::SceneServer>> =
+        if v.scene == SceneBackend::Remote {
+            let key = Some(v.remote_api_key.expose_secret().to_string()).filter(|k| !k.is_empty());
+            let server =
+                sandra_models::vision::scene::RemoteScene::new(&v.remote_url, &v.remote_model, key)
+                    .context("vision.remote_url / vision.remote_model")?
+                    .with_timeout(v.remote_timeout);
+            tracing::info!(server = %server.describe(), "photos are described by a remote server");
+            Some(std::sync::Arc::new(server))
+        } else {
+            None
+        };
     let opts = VisionOptions {
         ocr_dir: ocr_dir.clone(),
         scene_dir: scene_dir.clone(),
-        remote: None,
+        remote,
         queue: v.queue,
         scene_max_tokens: v.scene_max_tokens,
     };

@@ -181,7 +181,12 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
             let dir = catalog::models_dir(&cfg.storage.data_dir);
             let manifest = Manifest::load(&dir).unwrap_or_default();
             println!("models directory: {}", dir.display());
-            for role in [ModelRole::Chat, ModelRole::Transcription, ModelRole::Vision] {
+            for role in [
+                ModelRole::Chat,
+                ModelRole::Transcription,
+                ModelRole::Ocr,
+                ModelRole::Vision,
+            ] {
                 let configured = match (role, cfg.llm.backend) {
                     (ModelRole::Chat, sandra::config::LlmBackend::Openai) => Some(format!(
                         "remote {} at {}",

@@ -50,7 +50,7 @@ async fn app_with_ocr(
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("data/models");
     std::fs::create_dir_all(&models).unwrap();
-    std::os::unix::fs::symlink(&ocr, models.join(sandra::app::OCR_MODEL_DIR)).unwrap();
+    std::os::unix::fs::symlink(&ocr, models.join(sandra_models::catalog::PPOCR_V6_SMALL)).unwrap();
     let brain = Arc::new(RecordingBrain::default());
     let graph = FakeGraph::start(ACCESS_TOKEN).await;
     let app = TestApp::spawn_in(dir, graph, tweak, brain.clone()).await;

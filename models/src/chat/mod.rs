@@ -24,6 +24,9 @@ use crate::worker::{ModelWorker, WorkerError};
 pub use jinja::JinjaTemplate;
 pub use local::read_gguf_metadata;
 pub use remote::{RemoteConfig, RemoteError};
+// The scene model's remote client shares the chat client's HTTP error wording and its
+// control-token defence.
+pub(crate) use remote::{defang, error_chain, truncate};
 pub use template::{ChatTemplate, PromptFormat, Segment};
 
 /// Who wrote a message.

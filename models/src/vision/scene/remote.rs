@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{SceneError, question_or_caption};
+use crate::chat::{error_chain, truncate as excerpt};
 
 /// Longest side of the JPEG sent: vision encoders work at 336–1024 px, and a phone photo at full
 /// size would only cost upload time and server memory.
@@ -116,9 +117,9 @@ impl RemoteScene {
             "data:image/jpeg;base64,{}",
             base64::engine::general_purpose::STANDARD.encode(&jpeg)
         );
-        // The question is a user's text and goes to the server as it is: the chat backend's
-        // `defang` (control-token strings broken) is private to `chat` for now.
-        let text = question_or_caption(question);
+        // The question is a user's text: control-token strings in it are broken, as the chat
+        // backend does, so a caption cannot end the user turn on servers that template it.
+        let text = crate::chat::defang(question_or_caption(question));
         let body = json!({
             "model": self.model,
             "messages": [{
@@ -199,28 +200,16 @@ fn encode_jpeg(image: &::image::RgbImage) -> Result<Vec<u8>, SceneError> {
     Ok(out.into_inner())
 }
 
-/// At most `max` bytes of `s`, cut at a character boundary, with an ellipsis when cut.
-fn excerpt(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
+/// The facade asks a remote server through [`crate::vision::SceneServer`].
+impl crate::vision::SceneServer for RemoteScene {
+    fn answer<'a>(
+        &'a self,
+        image: &'a ::image::RgbImage,
+        question: Option<&'a str>,
+        max_tokens: usize,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<String, SceneError>> + Send + 'a>> {
+        Box::pin(RemoteScene::answer(self, image, question, max_tokens))
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
-/// An error and its sources, so "connection refused" is not hidden behind "error sending request".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]
