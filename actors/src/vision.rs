@@ -142,11 +142,7 @@ impl Actor for VisionActor {
                     running.fetch_sub(1, Ordering::SeqCst);
                     metrics.vision_jobs.decrement(1.0);
                     if let Err(panic) = result {
-                        let why = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "unknown panic".into());
+                        let why = sandra_models::worker::panic_message(&panic);
                         let _ = myself.cast(VisionMsg::JobPanicked(why));
                     }
                 });

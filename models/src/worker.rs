@@ -206,7 +206,8 @@ impl<M: 'static, Out: Send + 'static> ModelWorker<M, Out> {
     }
 }
 
-fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+/// What a caught panic said (its `&str` or `String` payload), for logs and failure reasons.
+pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = p.downcast_ref::<String>() {
