@@ -195,6 +195,22 @@ impl Job {
         let _ = reply.send(outcome);
     }
 
+    /// One call to the vision models, timed into `vision_ocr_seconds`, its failure worded for
+    /// the user.
+    async fn timed<T>(
+        &self,
+        media: &MediaRef,
+        call: impl Future<Output = Result<T, VisionError>>,
+    ) -> Result<T, SightProblem> {
+        let started = Instant::now();
+        let out = call.await.map_err(|e| model_problem(media, e))?;
+        self.args
+            .metrics
+            .vision_ocr_seconds
+            .record(started.elapsed().as_secs_f64());
+        Ok(out)
+    }
+
     async fn look(&self, media: &MediaRef, question: Option<String>) -> Outcome {
         let fetched = self.args.media.fetch(media).await.map_err(|e| {
             tracing::warn!(media = %media.id, error = %e, "file download failed");
@@ -247,17 +263,9 @@ impl Job {
                     ImageError::Corrupt(_) => SightProblem::Undecodable,
                 }
             })?;
-        let started = Instant::now();
         let sight = self
-            .args
-            .vision
-            .look(image, question)
-            .await
-            .map_err(|e| model_problem(media, e))?;
-        self.args
-            .metrics
-            .vision_ocr_seconds
-            .record(started.elapsed().as_secs_f64());
+            .timed(media, self.args.vision.look(image, question))
+            .await?;
         if let SceneOutcome::Failed(why) = &sight.scene {
             tracing::warn!(media = %media.id, error = %why, "scene model failed; the text read still stands");
         }
@@ -303,17 +311,9 @@ impl Job {
             }
             let numbers: Vec<usize> = scanned.iter().map(|(n, _)| *n).collect();
             let images = scanned.into_iter().map(|(_, img)| img).collect();
-            let started = Instant::now();
             let texts = self
-                .args
-                .vision
-                .read_pages(images)
-                .await
-                .map_err(|e| model_problem(media, e))?;
-            self.args
-                .metrics
-                .vision_ocr_seconds
-                .record(started.elapsed().as_secs_f64());
+                .timed(media, self.args.vision.read_pages(images))
+                .await?;
             for (n, t) in numbers.into_iter().zip(texts) {
                 // A scanned page's number may coincide with an empty text-layer page: replace.
                 pages.retain(|(p, _)| *p != n);

@@ -465,3 +465,22 @@ async fn finish_turn(
         }
     }
 }
+
+/// A media message's reference as the planner and the run task see it, for their tests.
+#[cfg(test)]
+pub(crate) fn test_media(
+    kind: crate::whatsapp::MediaKind,
+    caption: Option<&str>,
+) -> crate::whatsapp::MediaRef {
+    crate::whatsapp::MediaRef {
+        kind,
+        id: "m1".into(),
+        mime_type: None,
+        sha256: None,
+        caption: caption.map(String::from),
+        filename: None,
+        voice: false,
+        animated: false,
+        url: None,
+    }
+}

@@ -687,17 +687,7 @@ pub(crate) mod tests {
     /// until then (and without one) the caption never passes for the file's contents.
     #[test]
     fn photos_and_documents_are_looked_at_or_plainly_unseen() {
-        let file = |kind, caption: Option<&str>| MediaRef {
-            kind,
-            id: "m1".into(),
-            mime_type: None,
-            sha256: None,
-            caption: caption.map(String::from),
-            filename: None,
-            voice: false,
-            animated: false,
-            url: None,
-        };
+        let file = super::super::test_media;
         let photo = msg(
             "w1",
             1,

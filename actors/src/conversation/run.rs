@@ -341,19 +341,7 @@ fn nothing_found_text(media: &MediaRef) -> String {
 mod tests {
     use super::*;
 
-    fn media(kind: MediaKind, caption: Option<&str>) -> MediaRef {
-        MediaRef {
-            kind,
-            id: "m1".into(),
-            mime_type: None,
-            sha256: None,
-            caption: caption.map(String::from),
-            filename: None,
-            voice: false,
-            animated: false,
-            url: None,
-        }
-    }
+    use super::super::test_media as media;
 
     #[test]
     fn a_photo_read_without_a_scene_model_gives_the_text_and_forbids_describing_more() {
