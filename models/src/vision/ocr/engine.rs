@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use tract_onnx::prelude::*;
 
-use super::OcrError;
+use super::{OcrError, kernels};
 
 /// Plans kept per network; the shapes callers produce are few, this only bounds pathological
 /// inputs.
@@ -98,11 +98,22 @@ impl Net {
             .map_err(merr)?;
         let mut logits = false;
         let model = match model.into_typed().and_then(|m| m.into_decluttered()) {
-            Ok(m) if strip_softmax && ends_in_softmax(&m) => {
-                logits = true;
-                Graph::Symbolic(without_final_softmax(m).map_err(merr)?)
+            Ok(m) => {
+                let m = if strip_softmax && ends_in_softmax(&m) {
+                    logits = true;
+                    without_final_softmax(m).map_err(merr)?
+                } else {
+                    m
+                };
+                let resizes = kernels::nearest_floor_resizes(&proto);
+                Graph::Symbolic(match kernels::accelerate(m.clone(), &resizes) {
+                    Ok(fast) => fast,
+                    Err(e) => {
+                        tracing::warn!(net = name, error = %format!("{e:#}"), "OCR kernels not used");
+                        m
+                    }
+                })
             }
-            Ok(m) => Graph::Symbolic(m),
             Err(e) => {
                 tracing::debug!(net = name, error = %format!("{e:#}"), "OCR net typed per shape");
                 Graph::Inference(inference)
@@ -172,9 +183,14 @@ impl Net {
             .try_into()
             .map_err(|_| OcrError::Inference(format!("{}: input is not NCHW", self.name)))?;
         let plan = self.plan(shape)?;
-        let mut out = plan
-            .run(tvec!(input.into_tvalue()))
+        let mut state = SimpleState::new(&*plan)
             .map_err(|e| OcrError::Inference(format!("{}: {e:#}", self.name)))?;
+        let out = state.run_plan_with_eval(tvec!(input.into_tvalue()), |s, st, node, i| {
+            clear_avx_upper();
+            tract_onnx::tract_core::plan::eval(s, st, node, i)
+        });
+        clear_avx_upper();
+        let mut out = out.map_err(|e| OcrError::Inference(format!("{}: {e:#}", self.name)))?;
         Ok(out.remove(0).into_arc_tensor())
     }
 }
@@ -197,4 +213,26 @@ fn without_final_softmax(mut model: TypedModel) -> TractResult<TypedModel> {
     let input = model.node(out.node).inputs[0];
     model.set_output_outlets(&[input])?;
     model.into_decluttered()
+}
+
+/// Clears the upper halves of the AVX registers (`vzeroupper`).
+///
+/// tract's x86-64 assembly kernels (AVX2/AVX-512 matrix products) return without doing so, and
+/// until it is done every non-VEX SSE instruction that follows (all Rust code built for the
+/// baseline target: tract's own element-wise ops, packing, im2col, and ours) pays a state
+/// transition penalty. Measured on the recognizer: its attention softmax took 52 ms per batch
+/// after a matmul and 1.6 ms with this before it. So it runs before and after every op.
+#[inline]
+fn clear_avx_upper() {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU supports AVX (checked just above); vzeroupper touches no memory.
+        unsafe { vzeroupper() }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn vzeroupper() {
+    std::arch::x86_64::_mm256_zeroupper()
 }

@@ -5,11 +5,13 @@
 //! orientation classifier decides which of them are upside down ([`cls`]), the recognizer reads
 //! them in batches of similar width and CTC-decodes them with the model's own character list
 //! ([`rec`]), and the lines are put in reading order and paragraphs ([`order`]). The networks
-//! run in [`engine`] (tract, one optimised plan per input shape).
+//! run in [`engine`] (tract, one optimised plan per input shape), with Sandra's own [`kernels`] for
+//! the ops where tract's generic code was the bottleneck.
 
 mod cls;
 mod det;
 mod engine;
+mod kernels;
 mod order;
 mod rec;
 
