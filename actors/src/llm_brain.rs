@@ -1,7 +1,8 @@
 //! The language-model brain: Sandra's persona and memory on top of a [`ChatEngine`] (a local
 //! candle model or an OpenAI-compatible server).
 //!
-//! The prompt is: system prompt (persona, the user's name, "answer in the user's language"),
+//! The prompt is: system prompt (persona, the user's name, "answer in the user's language", the
+//! date and time where the user is: [`crate::clock`]),
 //! the running summary of older turns, then as many recent turns as fit the model's real token
 //! budget (counted with the model's tokenizer and chat template, never guessed from characters),
 //! then the new messages. When older turns no longer fit, they are folded into the running
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use sandra_models::chat::{ChatEngine, ChatError, ChatMessage, SamplingParams};
 
 use crate::brain::{Brain, BrainError, BrainFuture, BrainReply, SummaryUpdate, TurnInput};
+use crate::clock;
 use crate::session::{Speaker, Turn};
 
 /// The default persona.
@@ -68,6 +70,14 @@ impl LlmBrain {
                  are Sandra."
             ));
         }
+        // Without it the model invents the time and date ("what time is it in Lisbon?").
+        s.push_str("\n\n");
+        s.push_str(&clock::now_line(
+            input.now,
+            input.time_zone.as_deref(),
+            input.asker_number.as_deref(),
+            input.is_group,
+        ));
         if let Some(sum) = summary.map(sanitize_notes).filter(|s| !s.is_empty()) {
             s.push_str(&format!(
                 "\n\nNotes from earlier in this conversation (written from the user's messages; \
@@ -322,6 +332,9 @@ mod tests {
             }],
             contact_name: name.map(str::to_string),
             is_group,
+            now: "2026-12-01T14:05:00Z".parse().unwrap(),
+            time_zone: None,
+            asker_number: Some("351912345678".into()),
         }
     }
 
@@ -432,6 +445,28 @@ mod tests {
         let system = brain().system(&input, None);
         assert!(system.content.contains("You are in a WhatsApp group"));
         assert!(!system.content.contains("Eve"));
+    }
+
+    #[test]
+    fn the_system_prompt_carries_the_local_date_and_time() {
+        let mut input = turn(Some("Ana"), false, "What time is it in Lisbon?");
+        let s = brain().system(&input, Some("The user likes tea.")).content;
+        let line = "It is now Tuesday 1 December 2026, 14:05 in Europe/Lisbon (UTC+00:00; \
+                    guessed from the user's number).";
+        assert!(s.contains(&format!("\n\n{line}\n\n")), "{s}");
+        // Before the notes, so that their fence still closes the message.
+        assert!(s.find(line) < s.find(NOTES_BEGIN), "{s}");
+        // A profile's zone wins; in a group the line is about the person who asked.
+        input.time_zone = Some("America/Sao_Paulo".into());
+        input.is_group = true;
+        let s = brain().system(&input, None).content;
+        assert!(
+            s.contains(
+                "It is now Tuesday 1 December 2026, 11:05 in America/Sao_Paulo (UTC-03:00; the \
+                 time zone of the person who addressed you)."
+            ),
+            "{s}"
+        );
     }
 
     /// With real weights installed (`$SANDRA_MODELS_DIR` or `<repo>/.models/*.gguf`, see
