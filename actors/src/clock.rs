@@ -483,10 +483,10 @@ mod tests {
              user's time zone)."
         );
         // A profile zone that does not exist falls back to the number.
-        assert!(
-            now_line(now, Some("Mars/Olympus"), Some("12125551234"), false).starts_with(
-                "It is now Tuesday 1 December 2026, 09:05 in America/New_York (UTC-05:00)"
-            )
+        assert_eq!(
+            now_line(now, Some("Mars/Olympus"), Some("12125551234"), false),
+            "It is now Tuesday 1 December 2026, 09:05 in America/New_York (UTC-05:00; guessed \
+             from the user's number)."
         );
         assert_eq!(
             now_line(now, None, Some("4915112345678"), true),
