@@ -16,6 +16,10 @@
 //! is America/Mexico_City; `+62` is Asia/Jakarta; `+243` is Africa/Kinshasa. The prompt says the
 //! zone was guessed from the number, so the model can ask when it matters.
 //!
+//! In a group the zone is that of whoever asked (the author of the newest message addressed to
+//! Sandra): the answer is for them, members may live in different countries, and a group has no
+//! country of its own.
+//!
 //! Zones are looked up in the system's tz database and, when it lacks one (a container without
 //! `/usr/share/zoneinfo`, or an old copy), in the copy compiled into the binary (jiff's
 //! `tzdb-bundle-always`): operators run a single binary.

@@ -167,15 +167,15 @@ async fn remote_backend_with_history_and_running_summary() {
     app.stop().await;
 }
 
-/// The date and time in the lines of `system` that give them, for every minute from `from` to
-/// `to` in `zone` (a turn can straddle a minute).
+/// The clock lines that can start for every minute from `from` to `to` in `zone` (a turn can
+/// straddle a minute).
 fn local_minutes(from: jiff::Timestamp, to: jiff::Timestamp, zone: &str) -> Vec<String> {
     let mut t = from - jiff::SignedDuration::from_secs(from.as_second() % 60);
     let mut out = Vec::new();
     while t <= to {
         let local = t.in_tz(zone).unwrap();
         out.push(format!(
-            "It is now {} in {zone} (UTC{};",
+            "[It is now {} in {zone} (UTC{};",
             local.strftime("%A %-d %B %Y, %H:%M"),
             local.strftime("%:z")
         ));
@@ -184,8 +184,8 @@ fn local_minutes(from: jiff::Timestamp, to: jiff::Timestamp, zone: &str) -> Vec<
     out
 }
 
-/// Asked the time, the model is told the time: the system prompt of a real turn carries the
-/// date and time where the user is, guessed from their number's calling code (+351: Lisbon);
+/// Asked the time, the model is told the time: the newest message of a real turn's prompt ends
+/// with the date and time where the user is, guessed from their number's calling code (+351: Lisbon);
 /// in a group, where the person who asked is (+1 650: California).
 #[tokio::test]
 async fn the_prompt_carries_the_local_time_of_whoever_asked() {
@@ -214,24 +214,32 @@ async fn the_prompt_carries_the_local_time_of_whoever_asked() {
     let after = jiff::Timestamp::now();
 
     let requests = seen.lock().unwrap().clone();
-    let system = |i: usize| {
-        requests[i]["messages"][0]["content"]
-            .as_str()
-            .unwrap()
-            .to_string()
+    // The clock ends the newest message (the system prompt stays the same for the cache).
+    let newest = |i: usize| {
+        let messages = requests[i]["messages"].as_array().unwrap();
+        let last = messages.last().unwrap();
+        assert_eq!(last["role"], "user");
+        assert!(
+            !messages[0]["content"]
+                .as_str()
+                .unwrap()
+                .contains("It is now"),
+            "{messages:?}"
+        );
+        last["content"].as_str().unwrap().to_string()
     };
-    let (one, two) = (system(0), system(1));
+    let (one, two) = (newest(0), newest(1));
     assert!(
         local_minutes(before, after, "Europe/Lisbon")
             .iter()
-            .any(|l| one.contains(&format!("{l} guessed from the user's number)."))),
+            .any(|l| one.ends_with(&format!("\n\n{l} guessed from the user's number).]"))),
         "{one}"
     );
     assert!(
         local_minutes(before, after, "America/Los_Angeles")
             .iter()
-            .any(|l| two.contains(&format!(
-                "{l} guessed from the number of the person who addressed you)."
+            .any(|l| two.ends_with(&format!(
+                "\n\n{l} guessed from the number of the person who addressed you).]"
             ))),
         "{two}"
     );
