@@ -31,6 +31,13 @@ pub struct TurnInput {
     pub inputs: Vec<UserInput>,
     pub contact_name: Option<String>,
     pub is_group: bool,
+    /// The instant of this turn: the prompt gives it as local date and time ([`crate::clock`]).
+    pub now: jiff::Timestamp,
+    /// The user's IANA time zone from their profile; `None` until they set one.
+    pub time_zone: Option<String>,
+    /// The number (E.164 digits) of whoever asked (in a group, the author of the newest message
+    /// addressed to Sandra): their time zone is guessed from it when no profile gives one.
+    pub asker_number: Option<String>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

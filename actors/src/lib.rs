@@ -8,6 +8,7 @@
 //! - [`supervisor`]: the root of the tree; re-creates the router and sender when they fail.
 //! - [`router`]: one [`conversation`] actor per chat; passivation, crash restart, replay.
 //! - [`conversation`]: session state, turn taking, commands; asks a [`brain`] for replies.
+//! - [`clock`]: the date and time where the user is, for the prompt (zone from the number).
 //! - [`limits`]: allow/block lists, per-sender rate limits and per-turn caps, shared by all chats.
 //! - [`sender`]: the durable outbox drained to the Graph API at Meta's pace ([`graph`]).
 //! - [`transcription`], [`vision`]: the model actors that hear voice notes and look at photos
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod brain;
+pub mod clock;
 pub mod conversation;
 pub mod graph;
 pub mod ingest;

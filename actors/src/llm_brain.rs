@@ -4,8 +4,12 @@
 //! The prompt is: system prompt (persona, the user's name, "answer in the user's language"),
 //! the running summary of older turns, then as many recent turns as fit the model's real token
 //! budget (counted with the model's tokenizer and chat template, never guessed from characters),
-//! then the new messages. When older turns no longer fit, they are folded into the running
-//! summary by the model itself and the conversation drops them from its history.
+//! then the new messages, ending with the date and time where the user is ([`crate::clock`]).
+//! The clock goes last, not in the system prompt: a prompt that changes every minute at its
+//! start would make the local model re-read the whole history on every turn instead of reusing
+//! its cached keys and values. It is not kept in history. When older turns no longer fit, they
+//! are folded into the running summary by the model itself and the conversation drops them from
+//! its history.
 //!
 //! Everything a user controls is data, never instructions. Message text cannot forge a turn:
 //! the chat engine tokenizes it with control tokens off (`encode_chat`) or defangs it for a
@@ -19,6 +23,7 @@ use std::sync::Arc;
 use sandra_models::chat::{ChatEngine, ChatError, ChatMessage, SamplingParams};
 
 use crate::brain::{Brain, BrainError, BrainFuture, BrainReply, SummaryUpdate, TurnInput};
+use crate::clock;
 use crate::session::{Speaker, Turn};
 
 /// The default persona.
@@ -171,6 +176,20 @@ fn new_user_message(input: &TurnInput) -> ChatMessage {
     ChatMessage::user(lines.join("\n"))
 }
 
+/// The new messages followed by the date and time where the asker is, in brackets. Without it
+/// the model invents the time and date ("what time is it in Lisbon?").
+fn new_message_with_clock(input: &TurnInput) -> ChatMessage {
+    let mut m = new_user_message(input);
+    let now = clock::now_line(
+        input.now,
+        input.time_zone.as_deref(),
+        input.asker_number.as_deref(),
+        input.is_group,
+    );
+    m.content.push_str(&format!("\n\n[{now}]"));
+    m
+}
+
 /// Builds the prompt from the newest history that fits `budget` tokens; returns it and how
 /// many of the oldest turns did not fit.
 fn fit(
@@ -215,7 +234,7 @@ impl Brain for LlmBrain {
                 .context_window()
                 .saturating_sub(reply_tokens + 16)
                 .max(64);
-            let new = new_user_message(&input);
+            let new = new_message_with_clock(&input);
             let system = this.system(&input, input.summary.as_deref());
             let (msgs, overflow) = fit(engine, system, &input.history, new.clone(), budget);
 
@@ -322,6 +341,9 @@ mod tests {
             }],
             contact_name: name.map(str::to_string),
             is_group,
+            now: "2026-12-01T14:05:00Z".parse().unwrap(),
+            time_zone: None,
+            asker_number: Some("351912345678".into()),
         }
     }
 
@@ -432,6 +454,34 @@ mod tests {
         let system = brain().system(&input, None);
         assert!(system.content.contains("You are in a WhatsApp group"));
         assert!(!system.content.contains("Eve"));
+    }
+
+    #[test]
+    fn the_new_message_ends_with_the_local_date_and_time() {
+        let mut input = turn(Some("Ana"), false, "What time is it in Lisbon?");
+        let m = new_message_with_clock(&input);
+        assert_eq!(m.role, Role::User);
+        assert_eq!(
+            m.content,
+            "What time is it in Lisbon?\n\n[It is now Tuesday 1 December 2026, 14:05 in \
+             Europe/Lisbon (UTC+00:00; guessed from the user's number).]"
+        );
+        // The system prompt stays the same from minute to minute, so a local model reuses the
+        // cached history behind it.
+        let system = brain().system(&input, Some("The user likes tea.")).content;
+        input.now = "2026-12-01T14:06:00Z".parse().unwrap();
+        assert_eq!(
+            brain().system(&input, Some("The user likes tea.")).content,
+            system
+        );
+        assert!(!system.contains("It is now"), "{system}");
+        // A profile's zone wins; in a group the line is about the person who asked.
+        input.time_zone = Some("America/Sao_Paulo".into());
+        input.is_group = true;
+        assert!(new_message_with_clock(&input).content.ends_with(
+            "\n\n[It is now Tuesday 1 December 2026, 11:06 in America/Sao_Paulo (UTC-03:00; \
+                 the time zone of the person who addressed you).]"
+        ));
     }
 
     /// With real weights installed (`$SANDRA_MODELS_DIR` or `<repo>/.models/*.gguf`, see

@@ -28,8 +28,13 @@ async fn local_tiny_model_answers_end_to_end() {
         c.llm.system_prompt = "Be brief.".into();
     })
     .await;
-    app.post_signed(&text_webhook("wamid.llm1", "15550009191", "Hello model", 0))
-        .await;
+    // Without a profile name: at a token per character, the name sentence and the clock line
+    // would not both fit the tiny model's 256-token context.
+    let mut hook: Value =
+        serde_json::from_slice(&text_webhook("wamid.llm1", "15550009191", "Hello model", 0))
+            .unwrap();
+    hook["entry"][0]["changes"][0]["value"]["contacts"][0]["profile"]["name"] = "".into();
+    app.post_signed(hook.to_string().as_bytes()).await;
     let sent = app.graph.wait_accepted(1, Duration::from_secs(30)).await;
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].body["text"]["body"], "oooooo");
@@ -158,6 +163,85 @@ async fn remote_backend_with_history_and_running_summary() {
             .accepted()
             .iter()
             .all(|r| r.body["text"]["body"] == "Paris.")
+    );
+    app.stop().await;
+}
+
+/// The clock lines that can start for every minute from `from` to `to` in `zone` (a turn can
+/// straddle a minute).
+fn local_minutes(from: jiff::Timestamp, to: jiff::Timestamp, zone: &str) -> Vec<String> {
+    let mut t = from - jiff::SignedDuration::from_secs(from.as_second() % 60);
+    let mut out = Vec::new();
+    while t <= to {
+        let local = t.in_tz(zone).unwrap();
+        out.push(format!(
+            "[It is now {} in {zone} (UTC{};",
+            local.strftime("%A %-d %B %Y, %H:%M"),
+            local.strftime("%:z")
+        ));
+        t += jiff::SignedDuration::from_secs(60);
+    }
+    out
+}
+
+/// Asked the time, the model is told the time: the newest message of a real turn's prompt ends
+/// with the date and time where the user is, guessed from their number's calling code (+351: Lisbon);
+/// in a group, where the person who asked is (+1 650: California).
+#[tokio::test]
+async fn the_prompt_carries_the_local_time_of_whoever_asked() {
+    let seen: Seen = Default::default();
+    let url = fake_openai(seen.clone()).await;
+    let app = TestApp::spawn_built(move |c| {
+        c.llm.backend = LlmBackend::Openai;
+        c.llm.openai.base_url = url;
+        c.llm.openai.model = "fake-model".into();
+    })
+    .await;
+    let before = jiff::Timestamp::now();
+    app.post_signed(&text_webhook(
+        "wamid.tz1",
+        "351912345678",
+        "What time is it in Lisbon?",
+        0,
+    ))
+    .await;
+    app.graph.wait_accepted(1, Duration::from_secs(10)).await;
+    let mut group: Value = serde_json::from_slice(&fresh_fixture("group_text.json", 1)).unwrap();
+    group["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"] =
+        "Sandra, what day is it?".into();
+    app.post_signed(group.to_string().as_bytes()).await;
+    app.graph.wait_accepted(2, Duration::from_secs(10)).await;
+    let after = jiff::Timestamp::now();
+
+    let requests = seen.lock().unwrap().clone();
+    // The clock ends the newest message (the system prompt stays the same for the cache).
+    let newest = |i: usize| {
+        let messages = requests[i]["messages"].as_array().unwrap();
+        let last = messages.last().unwrap();
+        assert_eq!(last["role"], "user");
+        assert!(
+            !messages[0]["content"]
+                .as_str()
+                .unwrap()
+                .contains("It is now"),
+            "{messages:?}"
+        );
+        last["content"].as_str().unwrap().to_string()
+    };
+    let (one, two) = (newest(0), newest(1));
+    assert!(
+        local_minutes(before, after, "Europe/Lisbon")
+            .iter()
+            .any(|l| one.ends_with(&format!("\n\n{l} guessed from the user's number).]"))),
+        "{one}"
+    );
+    assert!(
+        local_minutes(before, after, "America/Los_Angeles")
+            .iter()
+            .any(|l| two.ends_with(&format!(
+                "\n\n{l} guessed from the number of the person who addressed you).]"
+            ))),
+        "{two}"
     );
     app.stop().await;
 }

@@ -298,7 +298,7 @@ async fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut Conversation
         return;
     }
     let job = run::TurnJob {
-        input: plan.brain_input(&base),
+        input: plan.brain_input(&base, jiff::Timestamp::now()),
         voice: plan.voice.clone(),
         look: plan.look.clone(),
         typing_for: plan.typing_for(&base, &deps.policy),

@@ -93,6 +93,9 @@ pub struct Plan {
     /// The language for canned texts this turn.
     pub lang: Lang,
     pub events: Vec<PlanEvent>,
+    /// The number of the newest message's author that goes to the brain: whose time zone the
+    /// prompt's clock is in (in a group, the person who asked, not the group's first member).
+    pub asker_number: Option<String>,
 }
 
 impl Plan {
@@ -101,8 +104,8 @@ impl Plan {
         !self.inputs.is_empty()
     }
 
-    /// The brain's view of this turn, over the session as it stood before it.
-    pub fn brain_input(&self, session: &SessionState) -> TurnInput {
+    /// The brain's view of this turn, over the session as it stood before it, at `now`.
+    pub fn brain_input(&self, session: &SessionState, now: jiff::Timestamp) -> TurnInput {
         TurnInput {
             history: if self.reset {
                 Vec::new()
@@ -117,6 +120,10 @@ impl Plan {
             inputs: self.inputs.clone(),
             contact_name: self.contact_name.clone(),
             is_group: session.is_group,
+            now,
+            // The profile's zone, once accounts have one.
+            time_zone: None,
+            asker_number: self.asker_number.clone(),
         }
     }
 
@@ -153,6 +160,7 @@ pub fn plan(
         contact_name: session.contact_name.clone(),
         lang: language_of(&records, session),
         events: Vec::new(),
+        asker_number: None,
     };
     let lang = p.lang;
     for (i, rec) in records.into_iter().enumerate() {
@@ -209,6 +217,7 @@ pub fn plan(
             p.records.push(rec);
             continue;
         }
+        let asked = p.inputs.len();
         let input = |text: String| UserInput {
             wamid: m.wamid.clone(),
             author: m.contact_name.clone(),
@@ -234,6 +243,9 @@ pub fn plan(
                 p.reset = true;
                 p.direct.push(texts::reset_done(lang));
             }
+        }
+        if p.inputs.len() > asked {
+            p.asker_number = m.from.clone();
         }
         p.records.push(rec);
     }
@@ -560,7 +572,7 @@ pub(crate) mod tests {
         );
         assert!(p.reset);
         assert_eq!(p.direct, vec![texts::reset_done(Lang::En)]);
-        let input = p.brain_input(&s);
+        let input = p.brain_input(&s, jiff::Timestamp::UNIX_EPOCH);
         assert!(
             input.history.is_empty() && input.summary.is_none(),
             "reset forgets before the brain answers"
@@ -604,6 +616,35 @@ pub(crate) mod tests {
             None,
             "groups cannot show typing"
         );
+    }
+
+    #[test]
+    fn the_clock_is_the_turns_and_the_zone_follows_whoever_asked() {
+        let from = |mut m: InboundMessage, n: &str| {
+            m.from = Some(n.into());
+            m
+        };
+        let asks = from(
+            in_group(text("w1", 1, "Sandra, what time is it?")),
+            "351911111111",
+        );
+        let s = session_for(&asks);
+        let also = from(
+            in_group(text("w2", 2, "Sandra, and the date?")),
+            "4915111111111",
+        );
+        // Chatter after the question is not the asker.
+        let chatter = from(in_group(text("w3", 3, "lunch?")), "12125551234");
+        let now: jiff::Timestamp = "2026-12-01T14:05:00Z".parse().unwrap();
+        let input = run(&s, vec![asks.clone(), also, chatter], &[]).brain_input(&s, now);
+        assert_eq!(input.now, now);
+        assert_eq!(input.asker_number.as_deref(), Some("4915111111111"));
+        assert_eq!(input.time_zone, None, "no profile yet");
+        let input = run(&s, vec![asks], &[]).brain_input(&s, now);
+        assert_eq!(input.asker_number.as_deref(), Some("351911111111"));
+        // Nothing for the brain: nobody asked.
+        let p = run(&s, vec![in_group(text("w4", 4, "lunch?"))], &[]);
+        assert_eq!(p.asker_number, None);
     }
 
     #[test]
