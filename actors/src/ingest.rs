@@ -173,6 +173,12 @@ impl Ingest {
         Metrics::add(&m.statuses_applied, accepted.statuses_applied as u64);
         Metrics::add(&m.statuses_duplicate, accepted.duplicate_statuses as u64);
         Metrics::add(&m.statuses_unmatched, accepted.statuses_unmatched as u64);
+        if accepted.to_closed > 0 {
+            tracing::info!(
+                messages = accepted.to_closed,
+                "messages for closed group conversations recorded and not answered"
+            );
+        }
         for key in &accepted.windows_closed {
             tracing::info!(%key, "Meta closed the 24-hour window (131047)");
         }

@@ -164,6 +164,9 @@ pub struct Accepted {
     pub statuses_unmatched: usize,
     /// Conversations whose window Meta closed (131047) in this batch.
     pub windows_closed: Vec<ConversationKey>,
+    /// New messages of closed conversations ([`Store::close_conversation`]): recorded as seen,
+    /// never queued, so nothing is thought about or sent for a group Sandra has left.
+    pub to_closed: usize,
 }
 
 /// What [`Store::begin_attempt`] did with a turn's records.
@@ -481,9 +484,10 @@ impl Store {
             &self.windows,
             &self.outbox_queue,
             &self.inbox_by_key,
+            &self.closed,
         )
             .transaction(
-                |(dedup, inbox, outbox, wamid_index, windows, queue, by_key)| {
+                |(dedup, inbox, outbox, wamid_index, windows, queue, by_key, closed)| {
                     let mut acc = Accepted::default();
                     for m in &batch.messages {
                         let Some(key) = m.conversation_key() else {
@@ -504,6 +508,12 @@ impl Store {
                         let mut seen = be(now_s as u64).to_vec();
                         seen.extend_from_slice(&be(seq));
                         dedup.insert(dkey.as_bytes(), seen)?;
+                        if closed.get(key.as_str().as_bytes())?.is_some() {
+                            // Seen (a redelivery is a duplicate), never queued: its seq is
+                            // not in the inbox, so a duplicate is not routed either.
+                            acc.to_closed += 1;
+                            continue;
+                        }
                         let rec = InboxRecord {
                             seq,
                             key,
@@ -1303,6 +1313,14 @@ mod tests {
             "{:?}",
             cancelled.state
         );
+
+        // A new message for it is seen (a redelivery is a duplicate) but never queued.
+        let after = store.accept(&text("wamid.c4", "1555"), now_ms()).unwrap();
+        assert!(after.new_messages.is_empty());
+        assert_eq!(after.to_closed, 1);
+        assert!(store.unfinished_for(&key).unwrap().is_empty());
+        let again = store.accept(&text("wamid.c4", "1555"), now_ms()).unwrap();
+        assert_eq!(again.duplicate_messages, 1);
 
         // A turn that was running commits after the close: nothing is kept or sent.
         let ids = store

@@ -381,19 +381,29 @@ async fn sandra_removed_closes_the_conversation_and_nothing_more_is_sent() {
     // The answer in progress finishes now, with no one left to commit it.
     gate.add_permits(10);
 
-    // Later messages for the group are acknowledged, handled, and never answered.
-    app.post_signed(&group_text(
-        "wamid.q3",
-        ana,
-        "Ana",
-        "Sandra, are you there?",
-        20,
-        None,
-    ))
-    .await;
+    // Later messages for the group are acknowledged and never queued: no turn, no reply.
+    let r = app
+        .post_signed(&group_text(
+            "wamid.q3",
+            ana,
+            "Ana",
+            "Sandra, are you there?",
+            20,
+            None,
+        ))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(store.unfinished_for(&group_key()).unwrap().is_empty());
+    assert!(!group_actor_alive(&app).await, "no conversation for it");
+    // The answer held since before the removal takes one permit and finishes, with no actor
+    // left to commit it.
     let b = brain.clone();
-    assert!(eventually(Duration::from_secs(5), || b.calls().len() == 3).await);
-    settled(&app).await;
+    assert!(eventually(Duration::from_secs(5), || gate.available_permits() == 9).await);
+    assert_eq!(
+        b.calls().len(),
+        2,
+        "the message after the removal never reached the brain"
+    );
     assert_eq!(
         app.graph.accepted().len(),
         1,
