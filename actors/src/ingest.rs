@@ -159,6 +159,7 @@ impl Ingest {
             // Durable before the 200 like the messages: once Meta hears back, nothing more is
             // sent to that group, even after a crash.
             let done = store.close_conversation(&g.key, &g.reason, now_ms() / 1000)?;
+            Metrics::inc(&m.conversations_closed);
             tracing::info!(
                 key = %g.key,
                 reason = %g.reason,
@@ -173,6 +174,7 @@ impl Ingest {
         Metrics::add(&m.statuses_applied, accepted.statuses_applied as u64);
         Metrics::add(&m.statuses_duplicate, accepted.duplicate_statuses as u64);
         Metrics::add(&m.statuses_unmatched, accepted.statuses_unmatched as u64);
+        Metrics::add(&m.messages_to_closed, accepted.to_closed as u64);
         if accepted.to_closed > 0 {
             tracing::info!(
                 messages = accepted.to_closed,

@@ -404,6 +404,8 @@ async fn sandra_removed_closes_the_conversation_and_nothing_more_is_sent() {
         2,
         "the message after the removal never reached the brain"
     );
+    assert_eq!(app.metric("conversations_closed").await, 1);
+    assert_eq!(app.metric("messages_to_closed").await, 1);
     assert_eq!(
         app.graph.accepted().len(),
         1,
