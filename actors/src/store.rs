@@ -224,6 +224,8 @@ pub struct SweepReport {
     pub outbox: usize,
     pub dead_letters: usize,
     pub sessions: usize,
+    /// Closed-conversation marks older than the dedup retention.
+    pub closed: usize,
 }
 
 pub struct Store {
@@ -721,6 +723,21 @@ impl Store {
         self.remove_in_chunks(&self.dedup, &old)
     }
 
+    /// Deletes closed-conversation marks set before `older_than_s`. They live as long as dedup
+    /// entries: until then Meta may still redeliver a message of the group (which the mark
+    /// keeps from being queued); after that nothing more comes for a deleted group or one
+    /// Sandra left.
+    pub fn sweep_closed(&self, older_than_s: i64) -> Result<usize, StoreError> {
+        let mut old = Vec::new();
+        for kv in self.closed.iter() {
+            let (k, v) = kv?;
+            if dedup_seen_s(&v) < older_than_s {
+                old.push(k);
+            }
+        }
+        self.remove_in_chunks(&self.closed, &old)
+    }
+
     /// Deletes outbox records in a final state (sent or failed) created before `before_ms`,
     /// with their wamid index entries. Pending records are never deleted.
     pub fn sweep_outbox(&self, before_ms: i64) -> Result<usize, StoreError> {
@@ -822,6 +839,7 @@ impl Store {
         let ms = |d: std::time::Duration| now_ms - d.as_millis() as i64;
         Ok(SweepReport {
             dedup: self.sweep_dedup(ms(r.dedup) / 1000)?,
+            closed: self.sweep_closed(ms(r.dedup) / 1000)?,
             outbox: self.sweep_outbox(ms(r.outbox))?,
             dead_letters: self.sweep_dead_letters(ms(r.dead_letter))?,
             sessions: match r.session {
@@ -1336,6 +1354,10 @@ mod tests {
         // Idempotent: a redelivered close finds nothing more to do.
         let again = store.close_conversation(&key, "group deleted", 8).unwrap();
         assert_eq!(again, ClosedConversation::default());
+        // The mark goes with the dedup retention.
+        assert_eq!(store.sweep_closed(8).unwrap(), 0);
+        assert_eq!(store.sweep_closed(9).unwrap(), 1);
+        assert!(!store.is_closed(&key).unwrap());
     }
 
     /// Attempts are counted durably (they survive a reopen); a record that used them up is
