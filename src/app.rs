@@ -120,6 +120,8 @@ impl Application {
                 max_history_turns: c.max_history_turns,
                 typing_indicator: c.typing_indicator,
                 brain_timeout: c.brain_timeout,
+                group_context_messages: c.group_context_messages,
+                group_context_chars: c.group_context_chars,
             },
             limits: Arc::new(sandra_actors::limits::Limits::new(cfg.limits.policy())),
             max_attempts: 3,

@@ -503,6 +503,10 @@ pub struct ConversationConfig {
     pub idle_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub brain_timeout: Duration,
+    /// Groups: turns of history kept and shown to the brain (chatter included).
+    pub group_context_messages: usize,
+    /// Groups: characters of history kept and shown to the brain, all turns together.
+    pub group_context_chars: usize,
 }
 
 impl Default for ConversationConfig {
@@ -513,6 +517,8 @@ impl Default for ConversationConfig {
             typing_indicator: true,
             idle_timeout: Duration::from_secs(600),
             brain_timeout: Duration::from_secs(300),
+            group_context_messages: 30,
+            group_context_chars: 12_000,
         }
     }
 }
@@ -810,6 +816,18 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.conversation.group_context_messages == 0 {
+            return Err(key_err(
+                "conversation.group_context_messages",
+                "must be at least 1",
+            ));
+        }
+        if self.conversation.group_context_chars < 200 {
+            return Err(key_err(
+                "conversation.group_context_chars",
+                "must be at least 200",
+            ));
+        }
         let l = &self.llm;
         if l.context_tokens < 256 {
             return Err(key_err("llm.context_tokens", "must be at least 256"));
@@ -993,6 +1011,32 @@ mod tests {
                 .to_string()
                 .contains("sender.rate_per_second")
         );
+    }
+
+    #[test]
+    fn group_context_bounds_are_read_and_validated() {
+        let c = Config::from_toml(
+            "[conversation]\ngroup_context_messages = 12\ngroup_context_chars = 3000\n",
+            "c",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.conversation.group_context_messages, 12);
+        assert_eq!(c.conversation.group_context_chars, 3000);
+        for (toml, key) in [
+            (
+                "group_context_messages = 0",
+                "conversation.group_context_messages",
+            ),
+            (
+                "group_context_chars = 10",
+                "conversation.group_context_chars",
+            ),
+        ] {
+            let c = Config::from_toml(&format!("[conversation]\n{toml}\n"), "c").unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -155,12 +155,32 @@ impl Ingest {
         }
         Metrics::add(&m.items_ignored, batch.ignored.len() as u64);
         let accepted = store.accept(&batch, now_ms())?;
+        for g in &batch.closed_groups {
+            // Durable before the 200 like the messages: once Meta hears back, nothing more is
+            // sent to that group, even after a crash.
+            let done = store.close_conversation(&g.key, &g.reason, now_ms() / 1000)?;
+            Metrics::inc(&m.conversations_closed);
+            tracing::info!(
+                key = %g.key,
+                reason = %g.reason,
+                dropped_messages = done.dropped_messages,
+                cancelled_replies = done.cancelled_replies,
+                "group conversation closed"
+            );
+        }
         store.sync().await?;
         Metrics::add(&m.messages_accepted, accepted.new_messages.len() as u64);
         Metrics::add(&m.messages_duplicate, accepted.duplicate_messages as u64);
         Metrics::add(&m.statuses_applied, accepted.statuses_applied as u64);
         Metrics::add(&m.statuses_duplicate, accepted.duplicate_statuses as u64);
         Metrics::add(&m.statuses_unmatched, accepted.statuses_unmatched as u64);
+        Metrics::add(&m.messages_to_closed, accepted.to_closed as u64);
+        if accepted.to_closed > 0 {
+            tracing::info!(
+                messages = accepted.to_closed,
+                "messages for closed group conversations recorded and not answered"
+            );
+        }
         for key in &accepted.windows_closed {
             tracing::info!(%key, "Meta closed the 24-hour window (131047)");
         }
@@ -183,6 +203,18 @@ impl Ingest {
                     }
                 }
                 None => tracing::warn!("router not running; messages wait in the inbox"),
+            }
+        }
+        if !batch.closed_groups.is_empty() {
+            match self.router.try_get() {
+                Some(router) => {
+                    for g in &batch.closed_groups {
+                        let _ = router.cast(RouterMsg::Close(g.key.clone()));
+                    }
+                }
+                // A restarting router starts only conversations with unanswered messages, and
+                // a closed one has none left.
+                None => tracing::warn!("router not running; closed conversations stop with it"),
             }
         }
         Ok(ingested)

@@ -71,6 +71,8 @@ metrics_struct! {
         conversations_spawned: "conversation actors started",
         conversations_passivated: "idle conversation actors stopped",
         conversations_failed: "conversation actors that crashed and were restarted",
+        conversations_closed: "group conversations ended because the group was deleted or Sandra was removed (group_* webhooks)",
+        messages_to_closed: "inbound messages for a closed group conversation, recorded as seen and never answered",
         poison_messages: "messages moved to dead-letter (with an apology) after every attempt crashed",
         sends_ok: "messages accepted by the Graph API",
         sends_retried: "send attempts that failed transiently and will be retried",

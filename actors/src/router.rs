@@ -44,6 +44,9 @@ pub enum RouterMsg {
     Report(ConversationReport),
     /// Passivate one conversation now (operators and tests).
     PassivateNow(ConversationKey),
+    /// The conversation ended for good (its group was deleted, or Sandra removed from it; the
+    /// store already closed it): stop its actor now, dropping what was buffered for it.
+    Close(ConversationKey),
     /// Number of live conversation actors.
     LiveCount(RpcReplyPort<usize>),
     /// The actor currently serving a key, if any (tests).
@@ -157,6 +160,17 @@ impl Actor for Router {
                 }
             }
             RouterMsg::PassivateNow(key) => passivate(state, key),
+            RouterMsg::Close(key) => {
+                // No turn of it can store or send anything any more (the store refuses), so
+                // stopping mid-turn loses nothing; its exit is then an ordinary termination.
+                if let Some(entry) = state.live.remove(&key) {
+                    entry.actor.stop(Some("conversation closed".into()));
+                }
+                if let Some((actor, _buffer)) = state.passivating.remove(&key) {
+                    actor.stop(Some("conversation closed".into()));
+                }
+                tracing::info!(%key, "conversation closed");
+            }
             RouterMsg::Report(ConversationReport::PassivateDeclined(key)) => {
                 if let Some((actor, buffer)) = state.passivating.remove(&key) {
                     // Still alive and busy: take it back, with what arrived meanwhile.

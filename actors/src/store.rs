@@ -71,6 +71,15 @@ fn abort(e: serde_json::Error) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(StoreError::Corrupt(e))
 }
 
+/// What closing a conversation did ([`Store::close_conversation`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClosedConversation {
+    /// Unanswered messages dropped from the inbox.
+    pub dropped_messages: usize,
+    /// Replies that were waiting to be sent, now failed with the reason.
+    pub cancelled_replies: usize,
+}
+
 /// An accepted inbound message waiting for its turn.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InboxRecord {
@@ -155,6 +164,9 @@ pub struct Accepted {
     pub statuses_unmatched: usize,
     /// Conversations whose window Meta closed (131047) in this batch.
     pub windows_closed: Vec<ConversationKey>,
+    /// New messages of closed conversations ([`Store::close_conversation`]): recorded as seen,
+    /// never queued, so nothing is thought about or sent for a group Sandra has left.
+    pub to_closed: usize,
 }
 
 /// What [`Store::begin_attempt`] did with a turn's records.
@@ -212,6 +224,8 @@ pub struct SweepReport {
     pub outbox: usize,
     pub dead_letters: usize,
     pub sessions: usize,
+    /// Closed-conversation marks older than the dedup retention.
+    pub closed: usize,
 }
 
 pub struct Store {
@@ -225,6 +239,9 @@ pub struct Store {
     wamid_index: sled::Tree,
     windows: sled::Tree,
     dead_letter: sled::Tree,
+    /// Conversations ended for good (group deleted, Sandra removed): key → unix seconds.
+    /// A turn committed for one of them stores nothing and sends nothing.
+    closed: sled::Tree,
     /// Bumped when a write starts, before it can become visible; see [`Store::sync`].
     written: AtomicU64,
     /// The highest `written` value known to be on disk.
@@ -347,6 +364,7 @@ impl Store {
             wamid_index: db.open_tree("wamid_index")?,
             windows: db.open_tree("windows")?,
             dead_letter: db.open_tree("dead_letter")?,
+            closed: db.open_tree("closed")?,
             db,
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
@@ -468,9 +486,10 @@ impl Store {
             &self.windows,
             &self.outbox_queue,
             &self.inbox_by_key,
+            &self.closed,
         )
             .transaction(
-                |(dedup, inbox, outbox, wamid_index, windows, queue, by_key)| {
+                |(dedup, inbox, outbox, wamid_index, windows, queue, by_key, closed)| {
                     let mut acc = Accepted::default();
                     for m in &batch.messages {
                         let Some(key) = m.conversation_key() else {
@@ -491,6 +510,12 @@ impl Store {
                         let mut seen = be(now_s as u64).to_vec();
                         seen.extend_from_slice(&be(seq));
                         dedup.insert(dkey.as_bytes(), seen)?;
+                        if closed.get(key.as_str().as_bytes())?.is_some() {
+                            // Seen (a redelivery is a duplicate), never queued: its seq is
+                            // not in the inbox, so a duplicate is not routed either.
+                            acc.to_closed += 1;
+                            continue;
+                        }
                         let rec = InboxRecord {
                             seq,
                             key,
@@ -698,6 +723,21 @@ impl Store {
         self.remove_in_chunks(&self.dedup, &old)
     }
 
+    /// Deletes closed-conversation marks set before `older_than_s`. They live as long as dedup
+    /// entries: until then Meta may still redeliver a message of the group (which the mark
+    /// keeps from being queued); after that nothing more comes for a deleted group or one
+    /// Sandra left.
+    pub fn sweep_closed(&self, older_than_s: i64) -> Result<usize, StoreError> {
+        let mut old = Vec::new();
+        for kv in self.closed.iter() {
+            let (k, v) = kv?;
+            if dedup_seen_s(&v) < older_than_s {
+                old.push(k);
+            }
+        }
+        self.remove_in_chunks(&self.closed, &old)
+    }
+
     /// Deletes outbox records in a final state (sent or failed) created before `before_ms`,
     /// with their wamid index entries. Pending records are never deleted.
     pub fn sweep_outbox(&self, before_ms: i64) -> Result<usize, StoreError> {
@@ -799,6 +839,7 @@ impl Store {
         let ms = |d: std::time::Duration| now_ms - d.as_millis() as i64;
         Ok(SweepReport {
             dedup: self.sweep_dedup(ms(r.dedup) / 1000)?,
+            closed: self.sweep_closed(ms(r.dedup) / 1000)?,
             outbox: self.sweep_outbox(ms(r.outbox))?,
             dead_letters: self.sweep_dead_letters(ms(r.dead_letter))?,
             sessions: match r.session {
@@ -833,13 +874,19 @@ impl Store {
                 &self.outbox,
                 &self.outbox_queue,
                 &self.inbox_by_key,
+                &self.closed,
             )
-                .transaction(|(sessions, inbox, outbox, queue, by_key)| {
-                    sessions.insert(session.key.as_str().as_bytes(), json(session))?;
+                .transaction(|(sessions, inbox, outbox, queue, by_key, closed)| {
                     for seq in answered {
                         inbox.remove(&be(*seq))?;
                         by_key.remove(index_key(&session.key, *seq))?;
                     }
+                    if closed.get(session.key.as_str().as_bytes())?.is_some() {
+                        // Closed while this turn ran: the messages are done with, and
+                        // nothing is remembered or sent.
+                        return Ok(Vec::new());
+                    }
+                    sessions.insert(session.key.as_str().as_bytes(), json(session))?;
                     let mut ids = Vec::new();
                     for r in replies {
                         let id = outbox.generate_id()?;
@@ -851,6 +898,84 @@ impl Store {
                     Ok(ids)
                 })?)
         })
+    }
+
+    /// Ends conversation `key` for good (its group was deleted, or Sandra was removed from it):
+    /// marks it closed, deletes its session and closed-window mark, drops its unanswered
+    /// messages, and cancels its replies still waiting to be sent (they become
+    /// [`OutboxState::Failed`], so the record says why it was never sent and the retention
+    /// sweep removes it; a send already in flight cannot be called back). From then on a turn
+    /// committed for `key` stores and sends nothing ([`Store::commit_turn`]). Idempotent. Call
+    /// [`Store::sync`] before acknowledging the webhook that asked for it.
+    pub fn close_conversation(
+        &self,
+        key: &ConversationKey,
+        reason: &str,
+        at_s: i64,
+    ) -> Result<ClosedConversation, StoreError> {
+        let k = key.as_str().as_bytes();
+        // The mark first, on its own: a turn committing after it adds nothing, so the scan of
+        // the outbox below cannot miss a reply.
+        self.write(|| {
+            self.closed.insert(k, &at_s.to_be_bytes())?;
+            Ok(())
+        })?;
+        let seqs: Vec<u64> = self
+            .inbox_by_key
+            .scan_prefix(index_prefix(key))
+            .keys()
+            .filter_map(|ik| ik.ok().and_then(|ik| index_seq(&ik)))
+            .collect();
+        let mut waiting = Vec::new();
+        for id in self.outbox_queue.iter().keys() {
+            let id = id?;
+            if let Some(v) = self.outbox.get(&id)?
+                && from_json::<OutboxRecord>(&v).is_ok_and(|r| &r.key == key)
+            {
+                waiting.push(id);
+            }
+        }
+        let reason = format!("not sent: conversation closed ({reason})");
+        self.write(|| {
+            Ok((
+                &self.sessions,
+                &self.windows,
+                &self.inbox,
+                &self.inbox_by_key,
+                &self.outbox,
+                &self.outbox_queue,
+            )
+                .transaction(|(sessions, windows, inbox, by_key, outbox, queue)| {
+                    sessions.remove(k)?;
+                    windows.remove(k)?;
+                    let mut out = ClosedConversation::default();
+                    for seq in &seqs {
+                        out.dropped_messages += usize::from(inbox.remove(&be(*seq))?.is_some());
+                        by_key.remove(index_key(key, *seq))?;
+                    }
+                    for id in &waiting {
+                        let Some(raw) = outbox.get(id)? else { continue };
+                        let mut rec: OutboxRecord = serde_json::from_slice(&raw).map_err(abort)?;
+                        if rec.state != OutboxState::Pending {
+                            continue;
+                        }
+                        rec.state = OutboxState::Failed {
+                            code: None,
+                            reason: reason.clone(),
+                        };
+                        rec.last_error = Some(reason.clone());
+                        outbox.insert(id.clone(), json(&rec))?;
+                        queue.remove(id.clone())?;
+                        out.cancelled_replies += 1;
+                    }
+                    Ok(out)
+                })?)
+        })
+    }
+
+    /// Whether conversation `key` was closed ([`Store::close_conversation`]).
+    pub fn is_closed(&self, key: &ConversationKey) -> Result<bool, StoreError> {
+        Ok(self.closed.get(key.as_str().as_bytes())?.is_some())
     }
 
     /// Unix seconds at which Meta said the window of `key` is closed, if it did.
@@ -1156,6 +1281,83 @@ mod tests {
         let dup = store.accept(&text("wamid.r1", "1555"), now_ms()).unwrap();
         assert_eq!(dup.duplicate_messages, 1);
         assert!(dup.redelivered.is_empty());
+    }
+
+    /// Closing a conversation deletes its session, drops its unanswered messages, cancels its
+    /// waiting replies (other chats' stay), and makes a turn that commits afterwards store and
+    /// send nothing.
+    #[test]
+    fn a_closed_conversation_keeps_and_sends_nothing() {
+        let (_d, store) = open();
+        let done = accept_one(&store, "wamid.c1", "1555");
+        let key = done.key.clone();
+        store
+            .commit_turn(&session(&key, None), &[done.seq], &[reply("first answer")])
+            .unwrap();
+        let other = accept_one(&store, "wamid.o1", "1666");
+        store
+            .commit_turn(
+                &session(&other.key, None),
+                &[other.seq],
+                &[reply("other chat")],
+            )
+            .unwrap();
+        let waiting = accept_one(&store, "wamid.c2", "1555");
+        let late = accept_one(&store, "wamid.c3", "1555");
+        assert!(!store.is_closed(&key).unwrap());
+
+        let c = store.close_conversation(&key, "group deleted", 7).unwrap();
+        assert_eq!(
+            c,
+            ClosedConversation {
+                dropped_messages: 2,
+                cancelled_replies: 1
+            }
+        );
+        assert!(store.is_closed(&key).unwrap());
+        assert!(store.load_session(&key).unwrap().is_none());
+        assert!(store.unfinished_for(&key).unwrap().is_empty());
+        let pending: Vec<OutboxRecord> = store.outbox_pending(10).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].key, other.key, "other chats are untouched");
+        let cancelled = store
+            .outbox_all()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.key == key)
+            .unwrap();
+        assert!(
+            matches!(&cancelled.state, OutboxState::Failed { reason, .. } if reason.contains("group deleted")),
+            "{:?}",
+            cancelled.state
+        );
+
+        // A new message for it is seen (a redelivery is a duplicate) but never queued.
+        let after = store.accept(&text("wamid.c4", "1555"), now_ms()).unwrap();
+        assert!(after.new_messages.is_empty());
+        assert_eq!(after.to_closed, 1);
+        assert!(store.unfinished_for(&key).unwrap().is_empty());
+        let again = store.accept(&text("wamid.c4", "1555"), now_ms()).unwrap();
+        assert_eq!(again.duplicate_messages, 1);
+
+        // A turn that was running commits after the close: nothing is kept or sent.
+        let ids = store
+            .commit_turn(
+                &session(&key, None),
+                &[waiting.seq, late.seq],
+                &[reply("too late")],
+            )
+            .unwrap();
+        assert!(ids.is_empty());
+        assert!(store.load_session(&key).unwrap().is_none());
+        assert_eq!(store.outbox_pending_count(), 1);
+        // Idempotent: a redelivered close finds nothing more to do.
+        let again = store.close_conversation(&key, "group deleted", 8).unwrap();
+        assert_eq!(again, ClosedConversation::default());
+        // The mark goes with the dedup retention.
+        assert_eq!(store.sweep_closed(8).unwrap(), 0);
+        assert_eq!(store.sweep_closed(9).unwrap(), 1);
+        assert!(!store.is_closed(&key).unwrap());
     }
 
     /// Attempts are counted durably (they survive a reopen); a record that used them up is

@@ -244,6 +244,13 @@ pub enum Content {
         /// Empty when the user removed their reaction.
         emoji: String,
     },
+    /// People who joined or left a group, from a `group_participants_update` webhook (not a
+    /// user message: it has a synthetic id, is remembered as context and never answered). Each
+    /// entry is a display form of a participant (`Name (+wa_id)` or `+wa_id`).
+    Membership {
+        joined: Vec<String>,
+        left: Vec<String>,
+    },
     /// Anything we cannot read: Meta's `unsupported` type, types we do not know yet, and known
     /// types whose body had an unexpected shape. `kind` is what Meta called it.
     Unsupported {
@@ -421,6 +428,18 @@ pub struct WebhookBatch {
     /// receives the webhooks of every number in its WhatsApp Business Account; those items
     /// are not parsed further.
     pub other_numbers: Vec<(String, usize)>,
+    /// Group conversations that must end: the group was deleted, or Sandra's number was removed
+    /// from it (`group_*` webhooks, see [`parse_group_change`]).
+    pub closed_groups: Vec<ClosedGroup>,
+}
+
+/// A group whose conversation ends: nothing more is sent to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedGroup {
+    pub key: ConversationKey,
+    pub group_id: String,
+    /// Why, for logs: "group deleted" or "Sandra was removed".
+    pub reason: String,
 }
 
 /// A body that is not JSON, or whose top level is not Meta's envelope (an object whose
@@ -454,9 +473,30 @@ pub fn parse_webhook_for(
     }
     for entry in payload.entry {
         for change in entry.changes {
-            if change.field != "messages" {
-                batch.ignored.push(format!("field {:?}", change.field));
-                continue;
+            match change.field.as_str() {
+                "messages" => {}
+                "group_lifecycle_update" | "group_participants_update" => {
+                    parse_group_change(&change.field, change.value, phone_number_id, &mut batch);
+                    continue;
+                }
+                // Subscribed (README recommends every `group_*` field) but nothing Sandra acts
+                // on: a subject, description or suspension change does not change who talks.
+                "group_settings_update" | "group_status_update" => {
+                    let groups = change.value.get("groups").and_then(Value::as_array);
+                    let ids: Vec<&str> = groups
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|g| g.get("group_id")?.as_str())
+                        .collect();
+                    batch
+                        .ignored
+                        .push(format!("field {:?} for groups {ids:?}", change.field));
+                    continue;
+                }
+                _ => {
+                    batch.ignored.push(format!("field {:?}", change.field));
+                    continue;
+                }
             }
             let value: MessagesValue = match serde_json::from_value(change.value) {
                 Ok(v) => v,
@@ -509,6 +549,206 @@ pub fn parse_webhook_for(
         }
     }
     Ok(batch)
+}
+
+// ============================== Group webhooks ==============================
+//
+// Shapes from Meta's "Webhooks for Groups API" page (developers.facebook.com/documentation/
+// business-messaging/whatsapp/groups/webhooks, updated Feb 11 2026; read through the mirror at
+// support.chatarchitect.com/books/meta-whatsapp/page/webhooks-for-groups-api-developer-documentation):
+// every `group_*` change carries `value.metadata` and `value.groups[]`, each with `timestamp`,
+// `group_id` and `type`.
+// - `group_lifecycle_update`: `type` is `group_create` (with `subject`, `invite_link`,
+//   `request_id`) or `group_delete` (with `request_id`); a failed one carries `errors[]`.
+// - `group_participants_update`: joins by invite link carry `added_participants[]`; removals
+//   (`group_participants_remove`, possibly partial, then with `failed_participants[]`) carry
+//   `removed_participants[]`; a participant who leaves is sent as a removal whose
+//   `initiated_by` and only `removed_participants[].wa_id` are that participant. Join requests
+//   (`group_join_request_created` / `_revoked`) change nobody's membership.
+// Participants are `{"wa_id": ...}` objects (YCloud's relay of the same webhook also shows
+// `input`, `user_id` and a profile `name`, all read when present). Anything else is accepted
+// and logged (`WebhookBatch::ignored`), never an error: a 4xx would make Meta retry for days.
+
+#[derive(Debug, Deserialize, Default)]
+struct GroupsValue {
+    #[serde(default)]
+    metadata: Metadata,
+    #[serde(default)]
+    groups: Vec<Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct RawGroup {
+    #[serde(default)]
+    group_id: Option<String>,
+    #[serde(default)]
+    timestamp: Option<String>,
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    added_participants: Vec<RawParticipant>,
+    #[serde(default)]
+    removed_participants: Vec<RawParticipant>,
+    #[serde(default)]
+    errors: Vec<Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct RawParticipant {
+    #[serde(default)]
+    wa_id: Option<String>,
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    input: Option<String>,
+    #[serde(default)]
+    profile: Option<Profile>,
+}
+
+impl RawParticipant {
+    fn id(&self) -> Option<&str> {
+        self.wa_id
+            .as_deref()
+            .or(self.user_id.as_deref())
+            .or(self.input.as_deref())
+    }
+
+    /// How the model reads this participant: the name when Meta sent one, and the number.
+    fn display(&self) -> Option<String> {
+        let id = self.id()?;
+        let id = if self.wa_id.is_some() && !id.starts_with('+') {
+            format!("+{id}")
+        } else {
+            id.to_string()
+        };
+        Some(
+            match self.profile.as_ref().and_then(|p| p.name.as_deref()) {
+                Some(name) if !name.trim().is_empty() => format!("{} ({id})", name.trim()),
+                _ => id,
+            },
+        )
+    }
+}
+
+/// The digits of a phone number as Meta or a person writes it ("+1 555-078-3881").
+pub fn phone_digits(s: &str) -> String {
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// Reads one `group_lifecycle_update` or `group_participants_update` change into `batch`:
+/// joins and leaves become [`Content::Membership`] messages of the group's conversation (so they
+/// go through the inbox like any message: durable, deduplicated, in order), and a deleted group
+/// or Sandra's own removal becomes a [`ClosedGroup`].
+fn parse_group_change(
+    field: &str,
+    value: Value,
+    phone_number_id: Option<&str>,
+    batch: &mut WebhookBatch,
+) {
+    let value: GroupsValue = match serde_json::from_value(value) {
+        Ok(v) => v,
+        Err(e) => {
+            batch.ignored.push(format!("unreadable {field} value: {e}"));
+            return;
+        }
+    };
+    let md = &value.metadata;
+    if phone_number_id.is_some_and(|ours| ours != md.phone_number_id) {
+        let number = md.phone_number_id.clone();
+        match batch.other_numbers.iter_mut().find(|(n, _)| *n == number) {
+            Some((_, n)) => *n += value.groups.len(),
+            None => batch.other_numbers.push((number, value.groups.len())),
+        }
+        return;
+    }
+    let ours = phone_digits(&md.display_phone_number);
+    for raw in value.groups {
+        let g: RawGroup = match serde_json::from_value(raw) {
+            Ok(g) => g,
+            Err(e) => {
+                batch.ignored.push(format!("unreadable {field} group: {e}"));
+                continue;
+            }
+        };
+        let Some(group_id) = g.group_id.clone().filter(|id| !id.is_empty()) else {
+            batch
+                .ignored
+                .push(format!("{field} {:?} without group_id", g.kind));
+            continue;
+        };
+        if !g.errors.is_empty() {
+            // A failed create, delete or removal changed nothing.
+            batch.ignored.push(format!(
+                "{field} {:?} for group {group_id} failed: {}",
+                g.kind,
+                Value::Array(g.errors.clone())
+            ));
+            if g.removed_participants.is_empty() && g.added_participants.is_empty() {
+                continue;
+            }
+        }
+        let key = ConversationKey::new(&md.phone_number_id, &ChatId::Group(group_id.clone()));
+        let close = |reason: &str, batch: &mut WebhookBatch| {
+            batch.closed_groups.push(ClosedGroup {
+                key: key.clone(),
+                group_id: group_id.clone(),
+                reason: reason.into(),
+            });
+        };
+        if field == "group_lifecycle_update" {
+            match g.kind.as_str() {
+                "group_delete" if g.errors.is_empty() => close("group deleted", batch),
+                other => batch
+                    .ignored
+                    .push(format!("{field} {other:?} for group {group_id}")),
+            }
+            continue;
+        }
+        let sandra_removed = !ours.is_empty()
+            && g.removed_participants
+                .iter()
+                .any(|p| p.wa_id.as_deref().is_some_and(|w| phone_digits(w) == ours));
+        if sandra_removed {
+            close("Sandra was removed", batch);
+            continue;
+        }
+        let joined: Vec<String> = g
+            .added_participants
+            .iter()
+            .filter_map(RawParticipant::display)
+            .collect();
+        let left: Vec<String> = g
+            .removed_participants
+            .iter()
+            .filter_map(RawParticipant::display)
+            .collect();
+        if joined.is_empty() && left.is_empty() {
+            batch
+                .ignored
+                .push(format!("{field} {:?} for group {group_id}", g.kind));
+            continue;
+        }
+        let ids: Vec<&str> = g
+            .added_participants
+            .iter()
+            .chain(&g.removed_participants)
+            .filter_map(RawParticipant::id)
+            .collect();
+        let ts = g.timestamp.as_deref().unwrap_or("0");
+        batch.messages.push(InboundMessage {
+            // Synthetic but stable: a redelivered webhook is deduplicated like a message.
+            wamid: format!("group_event:{group_id}:{}:{ts}:{}", g.kind, ids.join(",")),
+            phone_number_id: md.phone_number_id.clone(),
+            display_phone_number: md.display_phone_number.clone(),
+            from: None,
+            from_user_id: None,
+            group_id: Some(group_id.clone()),
+            contact_name: None,
+            timestamp: parse_ts(Some(ts)),
+            context: None,
+            content: Content::Membership { joined, left },
+        });
+    }
 }
 
 fn parse_ts(s: Option<&str>) -> i64 {
@@ -783,6 +1023,91 @@ mod tests {
             ReportedStatus::Known(DeliveryStatus::Failed)
         );
         assert!(b.statuses[0].errors.iter().any(StatusError::closes_window));
+    }
+
+    fn group_fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/../tests/fixtures/webhooks/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    const GROUP: &str = "Y2FwaV9ncm91cDoxNzA1NTU1MDEzOToxMjAzNjM0MDQ2OTQyMzM4MjAZD";
+
+    /// Joins and leaves become membership messages of the group's conversation, with a stable
+    /// synthetic id (so a redelivery is a duplicate).
+    #[test]
+    fn group_participant_changes_become_membership_messages() {
+        let b = parse_webhook_for(
+            &group_fixture("group_participants_joined.json"),
+            Some("106540352242922"),
+        )
+        .unwrap();
+        assert!(b.ignored.is_empty() && b.closed_groups.is_empty(), "{b:?}");
+        let m = &b.messages[0];
+        assert_eq!(m.group_id.as_deref(), Some(GROUP));
+        assert_eq!(
+            m.conversation_key().unwrap().as_str(),
+            format!("106540352242922/g:{GROUP}")
+        );
+        assert_eq!(m.timestamp, 1739321100);
+        assert_eq!(
+            m.content,
+            Content::Membership {
+                joined: vec!["+16505557777".into()],
+                left: vec![]
+            }
+        );
+        let again = parse_webhook(&group_fixture("group_participants_joined.json")).unwrap();
+        assert_eq!(again.messages[0].wamid, m.wamid);
+
+        let b = parse_webhook(&group_fixture("group_participant_left.json")).unwrap();
+        assert_eq!(
+            b.messages[0].content,
+            Content::Membership {
+                joined: vec![],
+                left: vec!["+16505557777".into()]
+            }
+        );
+        assert_ne!(b.messages[0].wamid, m.wamid);
+    }
+
+    /// A deleted group, or Sandra's own number removed, closes the group's conversation;
+    /// settings and status changes, failures and unknown shapes are accepted and listed.
+    #[test]
+    fn group_deletion_and_removal_of_sandra_close_the_conversation() {
+        for name in ["group_delete.json", "group_business_removed.json"] {
+            let b = parse_webhook(&group_fixture(name)).unwrap();
+            assert!(b.messages.is_empty(), "{name}");
+            assert_eq!(b.closed_groups.len(), 1, "{name}");
+            assert_eq!(b.closed_groups[0].group_id, GROUP);
+            assert_eq!(
+                b.closed_groups[0].key.as_str(),
+                format!("106540352242922/g:{GROUP}")
+            );
+        }
+        let b = parse_webhook(&group_fixture("group_settings_update.json")).unwrap();
+        assert!(b.messages.is_empty() && b.closed_groups.is_empty());
+        assert_eq!(b.ignored.len(), 1);
+        assert!(b.ignored[0].contains("group_settings_update") && b.ignored[0].contains(GROUP));
+
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[
+            {"field":"group_lifecycle_update","value":{"metadata":{"phone_number_id":"9"},
+             "groups":[{"group_id":"G","type":"group_delete","errors":[{"code":131000}]},
+                       {"group_id":"G","type":"group_create","subject":"x"},
+                       {"type":"group_delete"}, 5]}},
+            {"field":"group_participants_update","value":{"groups":"not a list"}},
+            {"field":"group_participants_update","value":{"metadata":{"phone_number_id":"9"},
+             "groups":[{"group_id":"G","type":"group_join_request_created"}]}},
+            {"field":"group_status_update","value":{}}]}]}"#;
+        let b = parse_webhook(body).unwrap();
+        assert!(b.messages.is_empty() && b.closed_groups.is_empty(), "{b:?}");
+        assert_eq!(b.ignored.len(), 7, "{:#?}", b.ignored);
+        // Another business number's group events are only counted.
+        let b = parse_webhook_for(&group_fixture("group_delete.json"), Some("other")).unwrap();
+        assert!(b.closed_groups.is_empty());
+        assert_eq!(b.other_numbers, vec![("106540352242922".to_string(), 1)]);
     }
 
     #[test]

@@ -126,7 +126,11 @@ async fn groups_answer_only_when_addressed() {
     );
     assert_eq!(b["context"]["message_id"], "wamid.group2");
     // The unaddressed message is in the history the brain sees, as context.
-    assert_eq!(text_of(&sent[0]), "echo[1]: Sandra, what do you think?");
+    // Addressed to the asker by name (groups: see tests/it/groups.rs).
+    assert_eq!(
+        text_of(&sent[0]),
+        "@Sheena Nelson echo[1]: Sandra, what do you think?"
+    );
     let key = sandra_actors::whatsapp::ConversationKey::new(
         PHONE_NUMBER_ID,
         &sandra_actors::whatsapp::ChatId::Group(

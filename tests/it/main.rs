@@ -7,6 +7,7 @@ mod bad_input;
 mod conversation;
 mod crash;
 mod faults;
+mod groups;
 mod http_limits;
 mod limits;
 mod llm;

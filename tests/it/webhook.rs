@@ -67,7 +67,13 @@ async fn every_fixture_is_accepted() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.ends_with(".json"))
         .collect();
-    names.sort();
+    // Fixtures that close a group go last: messages for a closed group are seen but neither
+    // stored nor duplicates (groups::sandra_removed_closes_the_conversation_...).
+    names.sort_by_key(|n| {
+        let closes = sandra_actors::whatsapp::parse_webhook(&fixture(n))
+            .is_ok_and(|b| !b.closed_groups.is_empty());
+        (closes, n.clone())
+    });
     assert!(names.len() >= 14, "fixtures missing: {names:?}");
     let mut messages = 0;
     let mut unique = std::collections::HashSet::new();

@@ -8,6 +8,9 @@ use crate::llm_brain::author_line;
 use crate::sender::{MAX_TEXT_CHARS, split_message};
 use crate::session::{SessionState, Speaker, Turn};
 use crate::store::{NewOutbound, OutboundBody};
+use crate::whatsapp::Content;
+
+use super::mention::mentions_name;
 
 use super::plan::Plan;
 
@@ -34,8 +37,13 @@ pub fn commit(
         session.history.clear();
         session.summary = None;
     }
-    // Every message the user sent opens the 24-hour window, answered or not.
-    for rec in &plan.records {
+    // Every message the user sent opens the 24-hour window, answered or not; Meta's notice that
+    // someone joined or left is not a message from anyone.
+    for rec in plan
+        .records
+        .iter()
+        .filter(|r| !matches!(r.message.content, Content::Membership { .. }))
+    {
         let ts = rec.message.timestamp;
         session.last_inbound_at = Some(session.last_inbound_at.map_or(ts, |t| t.max(ts)));
     }
@@ -61,10 +69,15 @@ pub fn commit(
     }
     let mut texts: Vec<String> = plan.direct.clone();
     if let Some(r) = reply.map(|r| &r.text).filter(|r| !r.trim().is_empty()) {
+        let r = if session.is_group {
+            address_askers(plan, r)
+        } else {
+            r.clone()
+        };
         texts.push(r.clone());
         session.history.push(Turn {
             speaker: Speaker::Assistant,
-            text: r.clone(),
+            text: r,
             at: now,
             wamids: plan.inputs.iter().map(|i| i.wamid.clone()).collect(),
         });
@@ -72,6 +85,9 @@ pub fn commit(
     if session.history.len() > max_history_turns {
         let drop = session.history.len() - max_history_turns;
         session.history.drain(..drop);
+    }
+    if let Some((turns, chars)) = plan.group_bound {
+        bound_context(&mut session.history, turns, chars);
     }
     session.turns += 1;
 
@@ -97,6 +113,44 @@ pub fn commit(
         session,
         replies,
     }
+}
+
+/// Drops the oldest turns until at most `max_turns` remain and their texts hold at most
+/// `max_chars` characters together. The newest turn always stays (a turn is already capped by
+/// `limits.max_message_chars`), so an addressed message is never lost to the bound. A group's
+/// chatter is unbounded input: without this, one busy group would fill the brain's context
+/// and the store.
+pub fn bound_context(history: &mut Vec<Turn>, max_turns: usize, max_chars: usize) {
+    let mut keep = 0;
+    let mut chars = 0;
+    for t in history.iter().rev() {
+        let n = t.text.chars().count();
+        if keep > 0 && (keep >= max_turns || chars + n > max_chars) {
+            break;
+        }
+        keep += 1;
+        chars += n;
+    }
+    let drop = history.len() - keep;
+    history.drain(..drop);
+}
+
+/// A group reply names who asked, as WhatsApp shows a mention ("@Ana ..."), unless it already
+/// names them: in a group, a quote alone does not say whom the answer is for when several
+/// people asked in one turn, and a notification reads better with the name.
+fn address_askers(plan: &Plan, reply: &str) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for name in plan.inputs.iter().filter_map(|i| i.author.as_deref()) {
+        let name = name.trim();
+        if !name.is_empty() && !names.contains(&name) && !mentions_name(reply, name) {
+            names.push(name);
+        }
+    }
+    if names.is_empty() {
+        return reply.to_string();
+    }
+    let at: Vec<String> = names.iter().map(|n| format!("@{n}")).collect();
+    format!("{} {reply}", at.join(" "))
 }
 
 #[cfg(test)]
@@ -216,7 +270,7 @@ mod tests {
         let c = commit(&s, &p, Some(&r), 9, 3);
         assert_eq!(c.session.summary.as_deref(), Some("they talked"));
         let h: Vec<&str> = c.session.history.iter().map(|t| t.text.as_str()).collect();
-        assert_eq!(h, vec!["old 4", "Ana: Sandra, recap?", "Here it is."]);
+        assert_eq!(h, vec!["old 4", "Ana: Sandra, recap?", "@Ana Here it is."]);
         assert_eq!(
             c.replies[0].context_message_id.as_deref(),
             Some("w2"),
@@ -233,6 +287,77 @@ mod tests {
         let c = commit(&s1b, &p, None, 9, 40);
         assert!(c.session.history.is_empty() && c.session.summary.is_none());
         assert_eq!(c.replies.len(), 1);
+    }
+
+    /// In a group the reply goes to the group, quotes the question and names who asked
+    /// (unless it already does); the kept history is bounded in turns and characters; and a
+    /// membership notice does not open the 24-hour window.
+    #[test]
+    fn group_replies_name_the_asker_and_history_is_bounded() {
+        let a = in_group(text("w1", 100, "Sandra, lunch ideas?"));
+        let mut s = session_for(&a);
+        for i in 0..10 {
+            s.history.push(Turn {
+                speaker: Speaker::User,
+                text: format!("Ben: {i} {}", "y".repeat(40)),
+                at: i,
+                wamids: vec![],
+            });
+        }
+        let mut p = planned(&s, vec![a.clone()]);
+        p.group_bound = Some((4, 1_000));
+        let c = commit(&s, &p, Some(&reply("Try the taco place.")), 105, 40);
+        let OutboundBody::Text { body } = &c.replies[0].body;
+        assert_eq!(body, "@Ana Try the taco place.");
+        assert_eq!(c.replies[0].target.group_id.as_deref(), Some("GROUP1"));
+        assert_eq!(c.replies[0].context_message_id.as_deref(), Some("w1"));
+        let h: Vec<&str> = c.session.history.iter().map(|t| t.text.as_str()).collect();
+        assert_eq!(h.len(), 4, "{h:?}");
+        assert_eq!(
+            h[2..],
+            ["Ana: Sandra, lunch ideas?", "@Ana Try the taco place."]
+        );
+        // The character bound drops the oldest first and keeps the newest.
+        p.group_bound = Some((40, 60));
+        let c = commit(&s, &p, Some(&reply("Ana, try tacos.")), 105, 40);
+        let h: Vec<&str> = c.session.history.iter().map(|t| t.text.as_str()).collect();
+        assert_eq!(
+            h,
+            ["Ana: Sandra, lunch ideas?", "Ana, try tacos."],
+            "already named"
+        );
+
+        let mut joined = in_group(text("j1", 900, ""));
+        joined.content = crate::whatsapp::Content::Membership {
+            joined: vec!["+15550007777".into()],
+            left: vec![],
+        };
+        let p = planned(&c.session, vec![joined]);
+        let c2 = commit(&c.session, &p, None, 901, 40);
+        assert_eq!(c2.session.last_inbound_at, Some(100));
+        assert!(c2.replies.is_empty());
+    }
+
+    #[test]
+    fn bound_context_keeps_the_newest_turn() {
+        let turn = |t: &str| Turn {
+            speaker: Speaker::User,
+            text: t.into(),
+            at: 0,
+            wamids: vec![],
+        };
+        let mut h = vec![turn("aaaa"), turn("bb"), turn("cccccccccc")];
+        bound_context(&mut h, 5, 3);
+        assert_eq!(
+            h,
+            vec![turn("cccccccccc")],
+            "too long alone, but the newest stays"
+        );
+        let mut h = vec![turn("aaaa"), turn("bb"), turn("c")];
+        bound_context(&mut h, 5, 3);
+        assert_eq!(h, vec![turn("bb"), turn("c")]);
+        bound_context(&mut h, 1, 100);
+        assert_eq!(h, vec![turn("c")]);
     }
 
     #[test]

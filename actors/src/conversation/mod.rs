@@ -28,6 +28,7 @@
 //! answered together in the next turn.
 
 pub mod commit;
+pub mod mention;
 pub mod plan;
 pub mod run;
 
@@ -64,6 +65,10 @@ pub struct ConversationPolicy {
     pub typing_indicator: bool,
     /// Give up on a turn (voice notes and brain) that takes longer than this.
     pub brain_timeout: Duration,
+    /// Groups: at most this many turns of history are kept and shown to the brain.
+    pub group_context_messages: usize,
+    /// Groups: and at most this many characters in all (the oldest turns go first).
+    pub group_context_chars: usize,
 }
 
 /// What every conversation shares: built once, held by the router, handed to each spawn.
@@ -271,6 +276,10 @@ async fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut Conversation
         .iter()
         .map(|r| {
             let m = &r.message;
+            if matches!(m.content, Content::Membership { .. }) {
+                // Meta's notice of who joined or left, not anyone's message: no sender to limit.
+                return Verdict::Answer;
+            }
             let sender = m
                 .from
                 .as_deref()
@@ -375,17 +384,20 @@ async fn begin_attempt(
     }
 }
 
-/// The text of Sandra's own messages that tapped buttons and list rows answer.
+/// The text of Sandra's own messages that this turn's messages reply to: what tapped buttons
+/// and list rows answer, and (in groups) whether a reply was a reply to Sandra.
 fn answered_messages(store: &Store, records: &[InboxRecord]) -> HashMap<String, String> {
     records
         .iter()
-        .filter(|r| matches!(r.message.content, Content::ChoiceReply { .. }))
+        .filter(|r| {
+            matches!(r.message.content, Content::ChoiceReply { .. }) || r.message.group_id.is_some()
+        })
         .filter_map(|r| r.message.context.as_ref()?.id.clone())
         .filter_map(|id| match store.sent_text(&id) {
             Ok(Some(text)) => Some((id, text)),
             Ok(None) => None,
             Err(e) => {
-                tracing::warn!(error = %e, "looking up the message a tap answers failed");
+                tracing::warn!(error = %e, "looking up the message a reply answers failed");
                 None
             }
         })

@@ -16,9 +16,10 @@ use crate::llm_brain::author_line;
 use crate::session::{SessionState, Speaker, Turn};
 use crate::store::{InboxRecord, refresh_target};
 use crate::texts::{self, Lang, MediaWord};
-use crate::whatsapp::{Content, InboundMessage, MediaKind, MediaRef, ReplyTarget};
+use crate::whatsapp::{Content, InboundMessage, MediaKind, MediaRef, ReplyTarget, phone_digits};
 
 use super::ConversationPolicy;
+use super::mention::{mentions_name, mentions_number};
 
 /// A voice note's place in history when it was never heard (download, decoding or
 /// transcription failed, or the turn timed out first).
@@ -47,7 +48,8 @@ pub struct PlanContext<'a> {
     pub can_see: bool,
     /// Caps a user text at `limits.max_message_chars` (pure).
     pub cap_text: &'a dyn Fn(String) -> String,
-    /// The text of Sandra's own messages that button and list replies answer, by wamid.
+    /// The text of Sandra's own messages that this turn's messages reply to, by wamid: what a
+    /// tapped button or list row answers, and how a group reply to Sandra is recognised.
     pub answered: &'a HashMap<String, String>,
 }
 
@@ -96,6 +98,9 @@ pub struct Plan {
     /// The number of the newest message's author that goes to the brain: whose time zone the
     /// prompt's clock is in (in a group, the person who asked, not the group's first member).
     pub asker_number: Option<String>,
+    /// Groups only: (turns, characters) the history the brain sees and the session keeps is
+    /// bounded by (`conversation.group_context_messages` / `group_context_chars`).
+    pub group_bound: Option<(usize, usize)>,
 }
 
 impl Plan {
@@ -106,12 +111,17 @@ impl Plan {
 
     /// The brain's view of this turn, over the session as it stood before it, at `now`.
     pub fn brain_input(&self, session: &SessionState, now: jiff::Timestamp) -> TurnInput {
+        let mut history = if self.reset {
+            Vec::new()
+        } else {
+            session.history.clone()
+        };
+        if let Some((turns, chars)) = self.group_bound {
+            // Already bounded when committed; bounded again in case the limits were lowered.
+            super::commit::bound_context(&mut history, turns, chars);
+        }
         TurnInput {
-            history: if self.reset {
-                Vec::new()
-            } else {
-                session.history.clone()
-            },
+            history,
             summary: if self.reset {
                 None
             } else {
@@ -161,6 +171,10 @@ pub fn plan(
         lang: language_of(&records, session),
         events: Vec::new(),
         asker_number: None,
+        group_bound: session.is_group.then_some((
+            ctx.policy.group_context_messages,
+            ctx.policy.group_context_chars,
+        )),
     };
     let lang = p.lang;
     for (i, rec) in records.into_iter().enumerate() {
@@ -181,7 +195,7 @@ pub fn plan(
                     notify,
                 });
                 // No notice for group chatter not meant for Sandra: the group did not ask.
-                if notify && (!session.is_group || addressed_in_group(m, ctx.policy)) {
+                if notify && (!session.is_group || addressed_in_group(m, ctx)) {
                     p.direct.push(texts::rate_notice(lang));
                 }
                 p.records.push(rec);
@@ -204,7 +218,7 @@ pub fn plan(
             Rendered::Quiet(t) => Rendered::Quiet((ctx.cap_text)(t)),
             other => other,
         };
-        if session.is_group && !addressed_in_group(m, ctx.policy) {
+        if session.is_group && !addressed_in_group(m, ctx) {
             // Group chatter: remember it as context, answer nothing.
             match rendered {
                 Rendered::Input(t) | Rendered::Quiet(t) => p.quiet.push(user_turn(m, t)),
@@ -392,7 +406,34 @@ fn render(m: &InboundMessage, ctx: &PlanContext<'_>, lang: Lang) -> Rendered {
             }
         }
         Content::Unsupported { kind, .. } => Rendered::Direct(texts::cannot_read(lang, kind)),
+        Content::Membership { joined, left } => Rendered::Quiet(membership_text(joined, left)),
     }
+}
+
+/// Who joined or left, as the model reads it in the group's history. Bounded: Meta's groups
+/// hold at most 8 participants, but a webhook is input, so a longer list is cut.
+fn membership_text(joined: &[String], left: &[String]) -> String {
+    const MAX_NAMED: usize = 8;
+    let list = |people: &[String]| {
+        let mut s = people
+            .iter()
+            .take(MAX_NAMED)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if people.len() > MAX_NAMED {
+            s.push_str(&format!(" and {} more", people.len() - MAX_NAMED));
+        }
+        s
+    };
+    let mut parts = Vec::new();
+    if !joined.is_empty() {
+        parts.push(format!("{} joined the group", list(joined)));
+    }
+    if !left.is_empty() {
+        parts.push(format!("{} left the group", list(left)));
+    }
+    format!("[{}]", parts.join("; "))
 }
 
 /// A tapped button or list row, as the model reads it: what was tapped, the row's description,
@@ -409,24 +450,28 @@ fn choice_text(title: &str, description: Option<&str>, answered: Option<&str>) -
     s
 }
 
-/// In a group, Sandra answers only when mentioned by name or number, or replied to.
-pub fn addressed_in_group(m: &InboundMessage, policy: &ConversationPolicy) -> bool {
-    if m.context
-        .as_ref()
-        .and_then(|c| c.from.as_deref())
-        .is_some_and(|f| !m.display_phone_number.is_empty() && f == m.display_phone_number)
-    {
-        return true;
+/// In a group, Sandra answers only when mentioned by name or `@number` (see [`super::mention`]),
+/// or replied to: the quoted message is one Sandra sent (its wamid is in the outbox), or,
+/// when that record is gone, Meta says its author was our number (compared as digits, since a
+/// display number may be formatted).
+pub fn addressed_in_group(m: &InboundMessage, ctx: &PlanContext<'_>) -> bool {
+    if let Some(c) = &m.context {
+        let ours = phone_digits(&m.display_phone_number);
+        let quoted_ours =
+            c.id.as_deref()
+                .is_some_and(|id| ctx.answered.contains_key(id));
+        let from_ours =
+            !ours.is_empty() && c.from.as_deref().is_some_and(|f| phone_digits(f) == ours);
+        if quoted_ours || from_ours {
+            return true;
+        }
     }
     let text = match &m.content {
-        Content::Text { body } => body.to_lowercase(),
-        Content::Media(media) => media.caption.clone().unwrap_or_default().to_lowercase(),
+        Content::Text { body } => body.as_str(),
+        Content::Media(media) => media.caption.as_deref().unwrap_or_default(),
         _ => return false,
     };
-    let name = policy.bot_name.to_lowercase();
-    (!name.is_empty() && text.contains(&name))
-        || (!m.display_phone_number.is_empty()
-            && text.contains(&format!("@{}", m.display_phone_number)))
+    mentions_name(text, &ctx.policy.bot_name) || mentions_number(text, &m.display_phone_number)
 }
 
 /// A message that only becomes history, with its author in groups.
@@ -451,6 +496,8 @@ pub(crate) mod tests {
             max_history_turns: 40,
             typing_indicator: true,
             brain_timeout: std::time::Duration::from_secs(300),
+            group_context_messages: 40,
+            group_context_chars: 100_000,
         }
     }
 
@@ -615,6 +662,154 @@ pub(crate) mod tests {
             p.typing_for(&s, &policy()),
             None,
             "groups cannot show typing"
+        );
+    }
+
+    /// The three ways to address Sandra in a group (name, `@number`, a reply to one of her
+    /// messages), and the near misses that must stay chatter.
+    #[test]
+    fn group_addressing_by_name_number_and_reply_with_near_misses() {
+        let first = in_group(text("w0", 0, "hi all"));
+        let s = session_for(&first);
+        let mut n = 0;
+        let mut next = |body: &str| {
+            n += 1;
+            in_group(text(&format!("w{n}"), n, body))
+        };
+        let addressed = vec![
+            next("Sandra, what's the weather?"),
+            next("SANDRA?"),
+            next("what do you think, Sándra"),
+            next("@Sandra help"),
+            next("@15550009999 hi"),
+            next("ping @+1 555-000-9999"),
+        ];
+        let near_misses = vec![
+            next("Alessandra is late"),
+            next("who wants a sandrawich"),
+            next("I sent it to Sandr a"),
+            next("call 15550009999"),
+            next("@155500099990 wrong number"),
+        ];
+        // A reply quoting Sandra's message, known by its wamid even when Meta's `context.from`
+        // is missing; and by `context.from` (formatted) when the outbox record is gone.
+        let mut by_wamid = next("thanks");
+        by_wamid.context = Some(ContextRef {
+            from: None,
+            id: Some("wamid.sandra1".into()),
+            forwarded: false,
+        });
+        let mut by_from = next("and tomorrow?");
+        by_from.context = Some(ContextRef {
+            from: Some("+1 555-000-9999".into()),
+            id: Some("wamid.swept".into()),
+            forwarded: false,
+        });
+        // A reply to another member is not a reply to Sandra.
+        let mut to_member = next("agreed");
+        to_member.context = Some(ContextRef {
+            from: Some("15550002222".into()),
+            id: Some("wamid.member".into()),
+            forwarded: false,
+        });
+        let answered = HashMap::from([("wamid.sandra1".to_string(), "Sunny.".to_string())]);
+        let mut msgs = addressed.clone();
+        msgs.extend(near_misses.clone());
+        msgs.extend([by_wamid, by_from, to_member]);
+        let p = run_with(&s, msgs, &[], true, &answered);
+        let got: Vec<&str> = p.inputs.iter().map(|i| i.wamid.as_str()).collect();
+        let mut want: Vec<String> = addressed.iter().map(|m| m.wamid.clone()).collect();
+        want.extend(["w12".to_string(), "w13".to_string()]);
+        assert_eq!(got, want);
+        assert_eq!(
+            p.quiet.len(),
+            near_misses.len() + 1,
+            "near misses stay chatter"
+        );
+    }
+
+    /// Who joined or left is remembered in the group's history, never answered, and never
+    /// rate-limited or taken for anyone's message.
+    #[test]
+    fn membership_changes_become_group_context() {
+        let mut m = in_group(msg(
+            "group_event:1",
+            5,
+            Content::Membership {
+                joined: vec!["Bea (+1)".into()],
+                left: vec!["+2".into()],
+            },
+        ));
+        m.from = None;
+        m.contact_name = None;
+        let s = session_for(&m);
+        let p = run(&s, vec![m], &[]);
+        assert!(!p.needs_brain() && p.direct.is_empty());
+        let quiet: Vec<&str> = p.quiet.iter().map(|t| t.text.as_str()).collect();
+        assert_eq!(quiet, ["[Bea (+1) joined the group; +2 left the group]"]);
+        let many: Vec<String> = (0..12).map(|i| format!("+1{i}")).collect();
+        assert!(membership_text(&many, &[]).ends_with(" and 4 more joined the group]"));
+    }
+
+    /// A group's history as the brain sees it is bounded in turns and characters; a 1:1
+    /// chat's is not touched by those bounds.
+    #[test]
+    fn group_history_for_the_brain_is_bounded() {
+        let a = in_group(text("w1", 1, "Sandra, recap?"));
+        let mut s = session_for(&a);
+        for i in 0..50 {
+            s.history.push(Turn {
+                speaker: Speaker::User,
+                text: format!("Ana: chatter {i:02} {}", "x".repeat(20)),
+                at: i,
+                wamids: vec![],
+            });
+        }
+        let policy = ConversationPolicy {
+            group_context_messages: 10,
+            group_context_chars: 100,
+            ..policy()
+        };
+        let cap = |t: String| t;
+        let answered = HashMap::new();
+        let ctx = PlanContext {
+            policy: &policy,
+            can_hear: true,
+            can_see: false,
+            cap_text: &cap,
+            answered: &answered,
+        };
+        let p = plan(&s, vec![rec(1, a.clone())], &[], &ctx);
+        let h = p.brain_input(&s, jiff::Timestamp::UNIX_EPOCH).history;
+        // Each turn is 35 characters: 100 allow two, the newest.
+        assert_eq!(h.len(), 2);
+        assert!(h[1].text.starts_with("Ana: chatter 49"), "{}", h[1].text);
+        let chars: usize = h.iter().map(|t| t.text.chars().count()).sum();
+        assert!(chars <= 100);
+        let roomy = ConversationPolicy {
+            group_context_chars: 100_000,
+            ..policy.clone()
+        };
+        let ctx = PlanContext {
+            policy: &roomy,
+            ..ctx
+        };
+        let p = plan(&s, vec![rec(1, a.clone())], &[], &ctx);
+        assert_eq!(
+            p.brain_input(&s, jiff::Timestamp::UNIX_EPOCH).history.len(),
+            10,
+            "the turn bound"
+        );
+        // Not a group: untouched.
+        let one = text("w2", 2, "hi");
+        let mut s1 = session_for(&one);
+        s1.history = s.history.clone();
+        let p = plan(&s1, vec![rec(2, one)], &[], &ctx);
+        assert_eq!(
+            p.brain_input(&s1, jiff::Timestamp::UNIX_EPOCH)
+                .history
+                .len(),
+            50
         );
     }
 
