@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod brain;
 pub mod conversation;
 pub mod graph;

@@ -13,6 +13,10 @@
 //!   `wamid_index`: wamid Meta gave a sent message → outbox id (for status webhooks).
 //! - `windows`: conversation key → unix seconds at which Meta told us (131047) that the
 //!   customer-service window is closed.
+//! - `links`: identity key (`whatsapp:<number>`) → [`NumberRecord`]: the email it is linked to,
+//!   the linking flow in progress (so it survives a restart), its own profile, its code sends.
+//! - `accounts`: verified email → [`Account`] (profile, notes, linked identities).
+//! - `email_codes`: email → unix ms of the codes sent to it in the last hour (rate limit).
 //! - `dead_letter`: big-endian id → [`DeadLetter`]: bodies we accepted but could not use (not
 //!   JSON, corrupt inbox records, poison messages), with the reason.
 //!
@@ -40,6 +44,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use crate::accounts::{Account, IdentityChange, Lookup, NumberRecord};
 use crate::session::SessionState;
 use crate::whatsapp::{
     ConversationKey, DeliveryStatus, InboundMessage, ReplyTarget, StatusError, StatusUpdate,
@@ -225,6 +230,9 @@ pub struct Store {
     wamid_index: sled::Tree,
     windows: sled::Tree,
     dead_letter: sled::Tree,
+    links: sled::Tree,
+    accounts: sled::Tree,
+    email_codes: sled::Tree,
     /// Bumped when a write starts, before it can become visible; see [`Store::sync`].
     written: AtomicU64,
     /// The highest `written` value known to be on disk.
@@ -347,6 +355,9 @@ impl Store {
             wamid_index: db.open_tree("wamid_index")?,
             windows: db.open_tree("windows")?,
             dead_letter: db.open_tree("dead_letter")?,
+            links: db.open_tree("links")?,
+            accounts: db.open_tree("accounts")?,
+            email_codes: db.open_tree("email_codes")?,
             db,
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
@@ -825,6 +836,19 @@ impl Store {
         answered: &[u64],
         replies: &[NewOutbound],
     ) -> Result<Vec<u64>, StoreError> {
+        self.commit_turn_with(session, answered, replies, None)
+    }
+
+    /// [`Store::commit_turn`], with what the turn changed in accounts and links in the same
+    /// transaction: a code is waited for, a link or a note exists, exactly when the turn that
+    /// answered it is committed.
+    pub fn commit_turn_with(
+        &self,
+        session: &SessionState,
+        answered: &[u64],
+        replies: &[NewOutbound],
+        identity: Option<&IdentityChange>,
+    ) -> Result<Vec<u64>, StoreError> {
         let now = now_ms();
         self.write(|| {
             Ok((
@@ -833,23 +857,78 @@ impl Store {
                 &self.outbox,
                 &self.outbox_queue,
                 &self.inbox_by_key,
+                &self.links,
+                &self.accounts,
+                &self.email_codes,
             )
-                .transaction(|(sessions, inbox, outbox, queue, by_key)| {
-                    sessions.insert(session.key.as_str().as_bytes(), json(session))?;
-                    for seq in answered {
-                        inbox.remove(&be(*seq))?;
-                        by_key.remove(index_key(&session.key, *seq))?;
-                    }
-                    let mut ids = Vec::new();
-                    for r in replies {
-                        let id = outbox.generate_id()?;
-                        let rec = new_outbox_record(id, &session.key, r, now);
-                        outbox.insert(&be(id), json(&rec))?;
-                        queue.insert(&be(id), &[])?;
-                        ids.push(id);
-                    }
-                    Ok(ids)
-                })?)
+                .transaction(
+                    |(sessions, inbox, outbox, queue, by_key, links, accounts, codes)| {
+                        sessions.insert(session.key.as_str().as_bytes(), json(session))?;
+                        if let Some(c) = identity {
+                            match &c.number {
+                                Some(n) => links.insert(c.key.as_bytes(), json(n))?,
+                                None => links.remove(c.key.as_bytes())?,
+                            };
+                            for (email, a) in &c.accounts {
+                                match a {
+                                    Some(a) => accounts.insert(email.as_bytes(), json(a))?,
+                                    None => accounts.remove(email.as_bytes())?,
+                                };
+                            }
+                            for (email, sends) in &c.email_sends {
+                                codes.insert(email.as_bytes(), json(sends))?;
+                            }
+                        }
+                        for seq in answered {
+                            inbox.remove(&be(*seq))?;
+                            by_key.remove(index_key(&session.key, *seq))?;
+                        }
+                        let mut ids = Vec::new();
+                        for r in replies {
+                            let id = outbox.generate_id()?;
+                            let rec = new_outbox_record(id, &session.key, r, now);
+                            outbox.insert(&be(id), json(&rec))?;
+                            queue.insert(&be(id), &[])?;
+                            ids.push(id);
+                        }
+                        Ok(ids)
+                    },
+                )?)
+        })
+    }
+
+    // === accounts ===
+
+    /// What is stored about an identity ([`crate::accounts::link_key`]).
+    pub fn number_record(&self, key: &str) -> Result<Option<NumberRecord>, StoreError> {
+        self.links
+            .get(key.as_bytes())?
+            .map(|v| from_json(&v))
+            .transpose()
+    }
+
+    pub fn account(&self, email: &str) -> Result<Option<Account>, StoreError> {
+        self.accounts
+            .get(email.as_bytes())?
+            .map(|v| from_json(&v))
+            .transpose()
+    }
+
+    /// When codes were sent to `email` (unix ms; old ones are pruned by the next send).
+    pub fn email_code_sends(&self, email: &str) -> Result<Vec<i64>, StoreError> {
+        Ok(self
+            .email_codes
+            .get(email.as_bytes())?
+            .map(|v| from_json(&v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Replaces an identity's record outside a turn (tests make a code expire with it).
+    pub fn put_number_record(&self, key: &str, rec: &NumberRecord) -> Result<(), StoreError> {
+        self.write(|| {
+            self.links.insert(key.as_bytes(), json(rec))?;
+            Ok(())
         })
     }
 
@@ -966,6 +1045,25 @@ impl Store {
 enum StatusOutcome {
     Applied(Option<ConversationKey>),
     Unmatched,
+}
+
+/// The store as the accounts desk reads it. A read error is logged and read as "nothing":
+/// the worst outcome is a code limit counted from zero or a fresh account in place of one that
+/// could not be read, and the turn's commit fails on the same broken store anyway.
+impl Lookup for Store {
+    fn account(&self, email: &str) -> Option<Account> {
+        Store::account(self, email).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading an account failed");
+            None
+        })
+    }
+
+    fn email_sends(&self, email: &str) -> Vec<i64> {
+        self.email_code_sends(email).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading the code counter of an address failed");
+            Vec::new()
+        })
+    }
 }
 
 fn apply_status(
@@ -1098,6 +1196,65 @@ mod tests {
     }
 
     /// Records written before `attempts` / `sending_since_ms` existed still load.
+    #[test]
+    fn a_linking_flow_is_committed_with_its_turn_and_survives_a_restart() {
+        use crate::accounts::{Flow, link_key};
+        let dir = tempfile::tempdir().unwrap();
+        let key = link_key("15550001111");
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let rec = accept_one(&store, "w1", "15550001111");
+            let s = session(&rec.key, Some(1));
+            let mut accounts = std::collections::BTreeMap::new();
+            accounts.insert(
+                "ana@example.org".to_string(),
+                Some(Account {
+                    email: "ana@example.org".into(),
+                    profile: Default::default(),
+                    links: vec![key.clone()],
+                    created_at: 1,
+                }),
+            );
+            let change = IdentityChange {
+                key: key.clone(),
+                number: Some(NumberRecord {
+                    flow: Flow::AwaitingEmail,
+                    ..Default::default()
+                }),
+                accounts,
+                email_sends: [("ana@example.org".to_string(), vec![5])].into(),
+            };
+            store
+                .commit_turn_with(&s, &[rec.seq], &[], Some(&change))
+                .unwrap();
+            assert!(!store.is_unfinished(rec.seq).unwrap());
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.number_record(&key).unwrap().unwrap().flow,
+            Flow::AwaitingEmail
+        );
+        assert_eq!(
+            store.account("ana@example.org").unwrap().unwrap().links,
+            vec![key.clone()]
+        );
+        assert_eq!(store.email_code_sends("ana@example.org").unwrap(), vec![5]);
+        // Erasing an identity and its account.
+        let change = IdentityChange {
+            key: key.clone(),
+            number: None,
+            accounts: [("ana@example.org".to_string(), None)].into(),
+            email_sends: Default::default(),
+        };
+        let rec = accept_one(&store, "w2", "15550001111");
+        let s = session(&rec.key, Some(2));
+        store
+            .commit_turn_with(&s, &[rec.seq], &[], Some(&change))
+            .unwrap();
+        assert!(store.number_record(&key).unwrap().is_none());
+        assert!(store.account("ana@example.org").unwrap().is_none());
+    }
+
     #[test]
     fn records_from_older_versions_still_load() {
         let (_d, store) = open();
