@@ -25,6 +25,7 @@ pub mod graph;
 pub mod ingest;
 pub mod limits;
 pub mod llm_brain;
+pub mod mailer;
 pub mod media;
 pub mod metrics;
 pub mod router;
