@@ -37,12 +37,21 @@ pub const MAX_NAME_CHARS: usize = 40;
 /// The window of the per-hour code limits.
 const HOUR_MS: i64 = 3_600_000;
 
-/// The linking rules (from `[email]` in config.toml; defaults in the binary's config module).
+/// The linking rules.
 #[derive(Debug, Clone)]
 pub struct AccountPolicy {
     pub code_lifetime_ms: i64,
     pub max_attempts: u32,
     pub max_codes_per_hour: usize,
+}
+
+impl AccountPolicy {
+    /// What the product promises: codes live 10 minutes, 5 tries, 3 codes an hour.
+    pub const STANDARD: AccountPolicy = AccountPolicy {
+        code_lifetime_ms: 10 * 60 * 1000,
+        max_attempts: 5,
+        max_codes_per_hour: 3,
+    };
 }
 
 /// The identity key of a WhatsApp number.
@@ -354,7 +363,7 @@ pub enum Said {
 }
 
 /// A code to mail, decided by a turn and sent by its task.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MailJob {
     pub to: String,
     pub code: SecretString,

@@ -31,6 +31,8 @@ pub struct TurnInput {
     pub inputs: Vec<UserInput>,
     pub contact_name: Option<String>,
     pub is_group: bool,
+    /// The user's profile (name, preferences, notes), when there is one: quoted as data.
+    pub profile: Option<crate::accounts::Profile>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

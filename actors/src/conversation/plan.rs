@@ -10,6 +10,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::accounts::{
+    self, AccountPolicy, Desk, IdentityChange, Lookup, MailJob, NewCode, Profile, Said,
+};
 use crate::brain::{TurnInput, UserInput};
 use crate::limits::Verdict;
 use crate::llm_brain::author_line;
@@ -49,6 +52,24 @@ pub struct PlanContext<'a> {
     pub cap_text: &'a dyn Fn(String) -> String,
     /// The text of Sandra's own messages that button and list replies answer, by wamid.
     pub answered: &'a HashMap<String, String>,
+    /// The identity of a 1:1 chat, for account commands, linking and the profile (`None` in
+    /// groups and where accounts are not wired, as in most tests).
+    pub accounts: Option<AccountsContext<'a>>,
+}
+
+/// What the planner needs to run account commands and the linking flow (see [`accounts`]).
+pub struct AccountsContext<'a> {
+    /// The identity's key ([`accounts::link_key`]) and its stored record.
+    pub key: String,
+    pub record: accounts::NumberRecord,
+    pub lookup: &'a dyn Lookup,
+    pub policy: &'a AccountPolicy,
+    /// An SMTP server is configured.
+    pub mail_enabled: bool,
+    /// Unix milliseconds now (code expiry, rate windows).
+    pub now_ms: i64,
+    /// Draws a code; called only when one is to be mailed.
+    pub new_code: &'a dyn Fn() -> NewCode,
 }
 
 /// Something the actor logs and counts; the planner only reports it.
@@ -93,12 +114,22 @@ pub struct Plan {
     /// The language for canned texts this turn.
     pub lang: Lang,
     pub events: Vec<PlanEvent>,
+    /// What the turn changes in links and accounts, committed with it.
+    pub identity: Option<IdentityChange>,
+    /// A verification code to mail before the turn is committed.
+    pub mail: Option<MailJob>,
+    /// The profile that personalises the prompt (1:1 chats).
+    pub profile: Option<Profile>,
+    /// `/forget yes`: the session forgets the profile name too.
+    pub forget: bool,
+    /// Said after the brain's reply (the one-time linking offer).
+    pub trailing: Vec<String>,
 }
 
 impl Plan {
-    /// Nothing for the brain: the turn can be committed at once.
+    /// Nothing for the brain and no mail to send: the turn can be committed at once.
     pub fn needs_brain(&self) -> bool {
-        !self.inputs.is_empty()
+        !self.inputs.is_empty() || self.mail.is_some()
     }
 
     /// The brain's view of this turn, over the session as it stood before it.
@@ -117,6 +148,7 @@ impl Plan {
             inputs: self.inputs.clone(),
             contact_name: self.contact_name.clone(),
             is_group: session.is_group,
+            profile: self.profile.clone().filter(|p| !p.is_empty()),
         }
     }
 
@@ -153,8 +185,26 @@ pub fn plan(
         contact_name: session.contact_name.clone(),
         lang: language_of(&records, session),
         events: Vec::new(),
+        identity: None,
+        mail: None,
+        profile: None,
+        forget: false,
+        trailing: Vec::new(),
     };
     let lang = p.lang;
+    let mut desk = ctx
+        .accounts
+        .as_ref()
+        .filter(|_| !session.is_group)
+        .map(|a| {
+            Desk::new(
+                a.key.clone(),
+                a.record.clone(),
+                a.lookup,
+                a.policy,
+                a.now_ms,
+            )
+        });
     for (i, rec) in records.into_iter().enumerate() {
         let m = &rec.message;
         match verdicts.get(i).copied().unwrap_or(Verdict::Answer) {
@@ -190,6 +240,24 @@ pub fn plan(
                 kind: kind.clone(),
                 detail: detail.clone(),
             });
+        }
+        if let (Some(desk), Some(a), Content::Text { body }) =
+            (desk.as_mut(), ctx.accounts.as_ref(), &m.content)
+            && let Some(said) = account_step(desk, a, body, m.timestamp)
+        {
+            // Account messages (addresses, codes, notes) stay out of history and the brain.
+            match said {
+                Said::CodeSent => p.mail = desk.mail.take(),
+                Said::Forgotten => {
+                    p.reset = true;
+                    p.forget = true;
+                    p.contact_name = None;
+                    p.direct.push(texts::account(lang, &said));
+                }
+                _ => p.direct.push(texts::account(lang, &said)),
+            }
+            p.records.push(rec);
+            continue;
         }
         let rendered = match render(m, ctx, lang) {
             Rendered::Input(t) => Rendered::Input((ctx.cap_text)(t)),
@@ -237,7 +305,25 @@ pub fn plan(
         }
         p.records.push(rec);
     }
+    if let (Some(mut desk), Some(a)) = (desk, ctx.accounts.as_ref()) {
+        let answers = !p.inputs.is_empty() || !p.direct.is_empty();
+        if answers && ctx.policy.offer_linking && a.mail_enabled && desk.offer_once() {
+            p.trailing.push(texts::link_offer(lang));
+        }
+        p.profile = Some(desk.profile());
+        p.identity = desk.into_change();
+    }
     p
+}
+
+/// An account command, or the address or code the linking flow waits for; `None` for
+/// anything else (it goes on to the brain as usual).
+fn account_step(desk: &mut Desk<'_>, a: &AccountsContext<'_>, body: &str, ts: i64) -> Option<Said> {
+    if let Some(cmd) = accounts::parse_command(body) {
+        return Some(desk.command(cmd, a.mail_enabled, ts));
+    }
+    (!body.trim_start().starts_with('/') && desk.awaits_input(body))
+        .then(|| desk.flow_input(body, a.new_code))
 }
 
 /// The language of this turn's canned texts: the newest message that says, else the newest user
@@ -312,7 +398,16 @@ fn render(m: &InboundMessage, ctx: &PlanContext<'_>, lang: Lang) -> Rendered {
                 let cmd = cmd.split_whitespace().next().unwrap_or("").to_lowercase();
                 return match cmd.as_str() {
                     "reset" => Rendered::Reset,
+                    "help" | "start" if ctx.accounts.is_some() => Rendered::Direct(format!(
+                        "{} {}",
+                        texts::help(lang),
+                        texts::account_help(lang)
+                    )),
                     "help" | "start" => Rendered::Direct(texts::help(lang)),
+                    // Account commands reach here only in groups.
+                    "link" | "whoami" | "unlink" | "forget" | "remember" | "notes" | "name" => {
+                        Rendered::Direct(texts::account(lang, &Said::PrivateOnly))
+                    }
                     _ => Rendered::Direct(texts::unknown_command(lang, &cmd)),
                 };
             }
@@ -439,6 +534,7 @@ pub(crate) mod tests {
             max_history_turns: 40,
             typing_indicator: true,
             brain_timeout: std::time::Duration::from_secs(300),
+            offer_linking: true,
         }
     }
 
@@ -499,6 +595,7 @@ pub(crate) mod tests {
             can_see: false,
             cap_text: &cap,
             answered,
+            accounts: None,
         };
         let records = msgs
             .into_iter()
@@ -706,6 +803,7 @@ pub(crate) mod tests {
             can_see,
             cap_text: &cap,
             answered: &answered,
+            accounts: None,
         };
         let all = vec![photo.clone(), sticker, doc, video];
         let records = |msgs: Vec<InboundMessage>| {
@@ -797,6 +895,7 @@ pub(crate) mod tests {
             can_see: false,
             cap_text: &cap,
             answered: &answered,
+            accounts: None,
         };
         let p = plan(&s, vec![rec(1, tap.clone())], &[], &ctx);
         assert_eq!(
