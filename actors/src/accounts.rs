@@ -263,26 +263,38 @@ pub enum Command {
 }
 
 /// Trigger phrases at the start of a message, lowercase, in the five languages.
-const REMEMBER_PHRASES: &[&str] = &[
-    "remember that ",
-    "remember: ",
-    "recuerda que ",
-    "lembra que ",
-    "lembre-se de que ",
-    "souviens-toi que ",
-    "rappelle-toi que ",
-    "merk dir, dass ",
-    "merk dir dass ",
-    "merke dir, dass ",
+/// With the language each is in (ISO 639-1): the answer follows the phrase, which says more
+/// than a language guess over a few words ("remember that I'm vegetarian" reads as German).
+const REMEMBER_PHRASES: &[(&str, &str)] = &[
+    ("remember that ", "en"),
+    ("remember: ", "en"),
+    ("recuerda que ", "es"),
+    ("lembra que ", "pt"),
+    ("lembre-se de que ", "pt"),
+    ("souviens-toi que ", "fr"),
+    ("rappelle-toi que ", "fr"),
+    ("merk dir, dass ", "de"),
+    ("merk dir dass ", "de"),
+    ("merke dir, dass ", "de"),
 ];
-const NAME_PHRASES: &[&str] = &[
-    "call me ",
-    "llámame ",
-    "me chamo ",
-    "chama-me ",
-    "appelle-moi ",
-    "nenn mich ",
+const NAME_PHRASES: &[(&str, &str)] = &[
+    ("call me ", "en"),
+    ("llámame ", "es"),
+    ("me chamo ", "pt"),
+    ("chama-me ", "pt"),
+    ("appelle-moi ", "fr"),
+    ("nenn mich ", "de"),
 ];
+
+/// The language (ISO 639-1) of the trigger phrase `text` starts with, if any.
+pub fn phrase_language(text: &str) -> Option<&'static str> {
+    let lower = text.trim().to_lowercase();
+    REMEMBER_PHRASES
+        .iter()
+        .chain(NAME_PHRASES)
+        .find(|(p, _)| lower.starts_with(p))
+        .map(|(_, l)| *l)
+}
 
 /// The account command `text` is, if any. Slash commands are matched by word; trigger phrases
 /// only at the start of the message ("remember that I'm vegetarian", "call me Ana").
@@ -307,8 +319,8 @@ pub fn parse_command(text: &str) -> Option<Command> {
         };
     }
     let lower = t.to_lowercase();
-    let after = |phrases: &[&str]| {
-        phrases.iter().find_map(|p| {
+    let after = |phrases: &[(&str, &str)]| {
+        phrases.iter().find_map(|(p, _)| {
             // Lowercasing can change lengths; cut the original at the phrase's char count.
             lower
                 .starts_with(p)

@@ -245,6 +245,9 @@ pub fn plan(
             (desk.as_mut(), ctx.accounts.as_ref(), &m.content)
             && let Some(said) = account_step(desk, a, body, m.timestamp)
         {
+            let lang = accounts::phrase_language(body)
+                .and_then(Lang::from_code)
+                .unwrap_or(lang);
             // Account messages (addresses, codes, notes) stay out of history and the brain.
             match said {
                 Said::CodeSent => p.mail = desk.mail.take(),
