@@ -486,11 +486,13 @@ impl<'a> Desk<'a> {
         f(&mut self.number.profile);
     }
 
-    /// Whether the flow waits for text that is not a command (an address, a code).
+    /// Whether `text` is what the flow waits for: an address (one word: a sentence is the user
+    /// talking about something else, and goes to the brain while the flow keeps waiting) or a
+    /// code (6 digits).
     pub fn awaits_input(&self, text: &str) -> bool {
         match &self.number.flow {
             Flow::Idle => false,
-            Flow::AwaitingEmail => true,
+            Flow::AwaitingEmail => !text.trim().contains(char::is_whitespace),
             Flow::AwaitingCode { .. } => as_code(text).is_some(),
         }
     }
@@ -980,6 +982,18 @@ mod tests {
         assert_eq!(c.number.as_ref().unwrap().flow, Flow::AwaitingEmail);
         assert!(c.number.as_ref().unwrap().code_sends_ms.is_empty());
         assert!(c.email_sends["ana@example.org"].is_empty());
+    }
+
+    #[test]
+    fn only_one_word_is_taken_for_an_address_while_one_is_awaited() {
+        let db = Db::default();
+        let rec = NumberRecord {
+            flow: Flow::AwaitingEmail,
+            ..Default::default()
+        };
+        let desk = Desk::new(link_key("1"), rec, &db, &POLICY, 0);
+        assert!(desk.awaits_input(" ana@example "));
+        assert!(!desk.awaits_input("what is the weather in Lisbon?"));
     }
 
     #[test]

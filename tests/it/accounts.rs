@@ -192,7 +192,12 @@ async fn a_number_is_linked_in_five_steps_and_offered_it_once() {
     assert!(r[1].contains("/link"), "{}", r[1]);
     // 3: /link asks for the address; a bad one is refused plainly.
     assert!(chat.say(ana, "/link", 1).await[0].contains("Which email address"));
-    assert!(chat.say(ana, "ana at example", 1).await[0].contains("doesn't look like an email"));
+    assert!(chat.say(ana, "ana@example", 1).await[0].contains("doesn't look like an email"));
+    // A sentence meanwhile is just conversation; the address is still awaited.
+    assert_eq!(
+        chat.say(ana, "what is a code?", 1).await,
+        vec!["echo[2]: what is a code?"]
+    );
     // 4: the code is mailed to the address.
     let r = chat.say(ana, " Ana@Example.ORG ", 1).await;
     assert_eq!(
@@ -226,7 +231,7 @@ async fn a_number_is_linked_in_five_steps_and_offered_it_once() {
     );
     assert!(chat.say(ana, "/whoami", 1).await[0].contains("linked to A***@example.org"));
     // No second offer; the account messages stayed out of the conversation's history.
-    assert_eq!(chat.say(ana, "thanks", 1).await, vec!["echo[2]: thanks"]);
+    assert_eq!(chat.say(ana, "thanks", 1).await, vec!["echo[4]: thanks"]);
     let account = app
         .system
         .store

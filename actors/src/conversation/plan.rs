@@ -960,4 +960,105 @@ pub(crate) mod tests {
         assert!(p.direct[0].contains("can't read this kind of message (poll_update)"));
         assert!(matches!(p.events[0], PlanEvent::Unsupported { .. }));
     }
+
+    struct NoAccounts;
+
+    impl Lookup for NoAccounts {
+        fn account(&self, _: &str) -> Option<crate::accounts::Account> {
+            None
+        }
+        fn email_sends(&self, _: &str) -> Vec<i64> {
+            Vec::new()
+        }
+    }
+
+    fn with_accounts(
+        session: &SessionState,
+        msgs: Vec<InboundMessage>,
+        record: accounts::NumberRecord,
+    ) -> Plan {
+        let policy = policy();
+        let cap = |t: String| t;
+        let answered = HashMap::new();
+        let new_code = || NewCode {
+            code: "123456".to_string().into(),
+            salt: [3; 16],
+        };
+        let ctx = PlanContext {
+            policy: &policy,
+            can_hear: true,
+            can_see: false,
+            cap_text: &cap,
+            answered: &answered,
+            accounts: Some(AccountsContext {
+                key: accounts::link_key("15550001111"),
+                record,
+                lookup: &NoAccounts,
+                policy: &AccountPolicy::STANDARD,
+                mail_enabled: true,
+                now_ms: 1_000,
+                new_code: &new_code,
+            }),
+        };
+        let records = msgs
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| rec(i as u64, m))
+            .collect();
+        plan(session, records, &[], &ctx)
+    }
+
+    #[test]
+    fn account_messages_stay_out_of_the_brain_and_linking_is_offered_once() {
+        let a = text("w1", 1, "hello");
+        let s = session_for(&a);
+        let p = with_accounts(
+            &s,
+            vec![a, text("w2", 2, "/remember I like tea")],
+            Default::default(),
+        );
+        let inputs: Vec<&str> = p.inputs.iter().map(|i| i.text.as_str()).collect();
+        assert_eq!(inputs, vec!["hello"], "the note is not the brain's input");
+        assert!(p.direct[0].starts_with("Noted"), "{:?}", p.direct);
+        assert_eq!(p.trailing, vec![texts::link_offer(Lang::En)]);
+        let profile = p.brain_input(&s).profile.unwrap();
+        assert_eq!(profile.notes[0].text, "I like tea");
+        let stored = p.identity.unwrap().number.unwrap();
+        assert!(stored.offered);
+        // The next turn, with what was stored: no offer again.
+        let p = with_accounts(&s, vec![text("w3", 3, "hi again")], stored.clone());
+        assert!(p.trailing.is_empty());
+
+        // An address while one is awaited: a code to mail, nothing for the brain or history.
+        let awaiting = accounts::NumberRecord {
+            flow: accounts::Flow::AwaitingEmail,
+            ..stored
+        };
+        let p = with_accounts(&s, vec![text("w4", 4, "ana@example.org")], awaiting);
+        assert_eq!(
+            p.mail.as_ref().map(|m| m.to.as_str()),
+            Some("ana@example.org")
+        );
+        assert!(p.needs_brain() && p.inputs.is_empty() && p.direct.is_empty());
+
+        // Never in groups: no offer, no account commands, no profile.
+        let g = in_group(text("w5", 5, "Sandra, remember that I like tea"));
+        let gs = session_for(&g);
+        let p = with_accounts(&gs, vec![g], Default::default());
+        assert_eq!(
+            p.inputs.len(),
+            1,
+            "in a group it is just a message to Sandra"
+        );
+        assert!(p.trailing.is_empty() && p.identity.is_none() && p.profile.is_none());
+        let g = in_group(text("w6", 6, "/link"));
+        let mut g = g;
+        g.context = Some(ContextRef {
+            from: Some("15550009999".into()),
+            id: Some("sent1".into()),
+            forwarded: false,
+        });
+        let p = with_accounts(&gs, vec![g], Default::default());
+        assert_eq!(p.direct, vec![texts::account(Lang::En, &Said::PrivateOnly)]);
+    }
 }
