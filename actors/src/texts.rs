@@ -791,4 +791,51 @@ mod tests {
             );
         }
     }
+
+    /// Every account text exists in every language, and only English reads as English.
+    #[test]
+    fn account_texts_are_translated() {
+        let all = [
+            Said::AskEmail,
+            Said::BadEmail,
+            Said::Disabled,
+            Said::RateLimited,
+            Said::WrongCode { left: 0 },
+            Said::WrongCode { left: 2 },
+            Said::CodeExpired,
+            Said::Linked {
+                email: "a***@x.org".into(),
+            },
+            Said::Cancelled,
+            Said::WhoAmI {
+                email: None,
+                name: Some("Ana".into()),
+            },
+            Said::WhoAmI {
+                email: Some("a***@x.org".into()),
+                name: None,
+            },
+            Said::Unlinked,
+            Said::NotLinked,
+            Said::ForgetConfirm,
+            Said::Forgotten,
+            Said::Noted { note: "tea".into() },
+            Said::Notes(vec![]),
+            Said::Notes(vec!["tea".into()]),
+            Said::Named { name: "Ana".into() },
+            Said::PrivateOnly,
+        ];
+        for l in [Lang::Es, Lang::Pt, Lang::Fr, Lang::De] {
+            for said in &all {
+                assert_ne!(account(l, said), account(Lang::En, said), "{l:?} {said:?}");
+            }
+            assert_ne!(account_help(l), account_help(Lang::En));
+            assert_ne!(link_offer(l), link_offer(Lang::En));
+            assert_ne!(code_sent(l, "a", 10), code_sent(Lang::En, "a", 10));
+            assert_ne!(mail_failed(l, true), mail_failed(Lang::En, true));
+            assert_ne!(mail_failed(l, false), mail_failed(Lang::En, false));
+            assert_ne!(code_mail(l, "123456"), code_mail(Lang::En, "123456"));
+            assert!(code_mail(l, "123456").1.contains("123456"));
+        }
+    }
 }

@@ -420,10 +420,12 @@ async fn an_smtp_server_that_is_down_gets_an_honest_answer_and_linking_works_aft
         rec.code_sends_ms.is_empty(),
         "a mail that never left is not counted"
     );
+    assert_eq!(app.metric("link_mail_failures").await, 1);
 
     let mails = smtp_server(TcpListener::bind(("127.0.0.1", port)).unwrap());
     assert!(chat.say(ana, "ana@example.org", 1).await[0].starts_with("I sent"));
     let code = wait_mails(&mails, 1).await[0].code();
     assert!(chat.say(ana, &code, 1).await[0].starts_with("Done: this number is linked"));
+    assert_eq!(app.metric("link_codes_mailed").await, 1);
     app.stop().await;
 }

@@ -212,6 +212,7 @@ impl ractor::Actor for Conversation {
                     let lang = flight.plan.lang;
                     match outcome {
                         Ok(()) => {
+                            Metrics::inc(&state.args.deps.metrics.link_codes_mailed);
                             let to = flight.plan.mail.as_ref().map(|m| m.to.as_str());
                             flight.plan.direct.push(texts::code_sent(
                                 lang,
@@ -220,6 +221,7 @@ impl ractor::Actor for Conversation {
                             ));
                         }
                         Err(refused) => {
+                            Metrics::inc(&state.args.deps.metrics.link_mail_failures);
                             if let (Some(id), Some(m)) =
                                 (flight.plan.identity.as_mut(), flight.plan.mail.as_ref())
                             {
