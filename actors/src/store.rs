@@ -16,7 +16,8 @@
 //! - `links`: identity key (`whatsapp:<number>`) → [`NumberRecord`]: the email it is linked to,
 //!   the linking flow in progress (so it survives a restart), its own profile, its code sends.
 //! - `accounts`: verified email → [`Account`] (profile, notes, linked identities).
-//! - `email_codes`: email → unix ms of the codes sent to it in the last hour (rate limit).
+//! - `email_codes`: email → unix ms of the codes sent to it in the last hour (rate limit); the
+//!   hourly sweep drops counters older than an hour.
 //! - `dead_letter`: big-endian id → [`DeadLetter`]: bodies we accepted but could not use (not
 //!   JSON, corrupt inbox records, poison messages), with the reason.
 //!
@@ -805,9 +806,33 @@ impl Store {
         Ok(n)
     }
 
+    /// Deletes the code counters of addresses with no code sent since `before_ms`. A counter
+    /// written meanwhile is kept.
+    pub fn sweep_email_codes(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.email_codes.iter() {
+            let (k, v) = kv?;
+            let recent = from_json::<Vec<i64>>(&v).is_ok_and(|t| t.iter().any(|t| *t >= before_ms));
+            if recent {
+                continue;
+            }
+            let removed = self.write(|| {
+                Ok(self
+                    .email_codes
+                    .compare_and_swap(&k, Some(&v), None::<&[u8]>)?
+                    .is_ok())
+            })?;
+            n += usize::from(removed);
+        }
+        Ok(n)
+    }
+
     /// Runs every retention sweep as of `now_ms`.
     pub fn sweep(&self, r: &Retention, now_ms: i64) -> Result<SweepReport, StoreError> {
         let ms = |d: std::time::Duration| now_ms - d.as_millis() as i64;
+        // An address's code counter only matters for an hour; after that it is just an email
+        // address kept for nothing.
+        self.sweep_email_codes(now_ms - 3_600_000)?;
         Ok(SweepReport {
             dedup: self.sweep_dedup(ms(r.dedup) / 1000)?,
             outbox: self.sweep_outbox(ms(r.outbox))?,
@@ -1239,6 +1264,15 @@ mod tests {
             vec![key.clone()]
         );
         assert_eq!(store.email_code_sends("ana@example.org").unwrap(), vec![5]);
+        // The hourly sweep forgets counters older than an hour, and only those.
+        assert_eq!(store.sweep_email_codes(5).unwrap(), 0);
+        assert_eq!(store.sweep_email_codes(6).unwrap(), 1);
+        assert!(
+            store
+                .email_code_sends("ana@example.org")
+                .unwrap()
+                .is_empty()
+        );
         // Erasing an identity and its account.
         let change = IdentityChange {
             key: key.clone(),
