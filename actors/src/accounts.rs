@@ -256,10 +256,16 @@ pub enum Command {
     Cancel,
     WhoAmI,
     Unlink,
-    Forget { confirmed: bool },
+    Forget {
+        confirmed: bool,
+    },
     Remember(String),
     Notes,
     Name(String),
+    /// `/language es` (an ISO 639-1 code), `/language auto` clears it.
+    Language(String),
+    /// `/length short|long`, `/length auto` clears it.
+    Length(String),
 }
 
 /// Trigger phrases at the start of a message, lowercase, in the five languages.
@@ -315,6 +321,8 @@ pub fn parse_command(text: &str) -> Option<Command> {
             "remember" if !arg.is_empty() => Some(Command::Remember(arg)),
             "notes" => Some(Command::Notes),
             "name" if !arg.is_empty() => Some(Command::Name(arg)),
+            "language" => Some(Command::Language(arg.to_lowercase())),
+            "length" => Some(Command::Length(arg.to_lowercase())),
             _ => None,
         };
     }
@@ -371,6 +379,12 @@ pub enum Said {
     Named {
         name: String,
     },
+    /// A preference was set (`None`: cleared).
+    Preference {
+        value: Option<String>,
+    },
+    /// `/language` or `/length` with a value it does not take.
+    BadPreference,
     PrivateOnly,
 }
 
@@ -571,6 +585,14 @@ impl<'a> Desk<'a> {
             Command::Notes => {
                 Said::Notes(self.profile().notes.into_iter().map(|n| n.text).collect())
             }
+            Command::Language(code) => {
+                let ok = code.len() == 2 && code.chars().all(|c| c.is_ascii_lowercase());
+                self.preference(code, ok, |p, v| p.language = v)
+            }
+            Command::Length(len) => {
+                let ok = matches!(len.as_str(), "short" | "long");
+                self.preference(len, ok, |p, v| p.reply_length = v)
+            }
             Command::Name(name) => {
                 let name: String = name.chars().take(MAX_NAME_CHARS).collect();
                 let n = name.clone();
@@ -578,6 +600,23 @@ impl<'a> Desk<'a> {
                 Said::Named { name }
             }
         }
+    }
+
+    /// Sets (`ok`), clears (`auto`) or refuses a preference.
+    fn preference(
+        &mut self,
+        value: String,
+        ok: bool,
+        set: impl FnOnce(&mut Profile, Option<String>),
+    ) -> Said {
+        let value = match value.as_str() {
+            "auto" => None,
+            _ if ok => Some(value),
+            _ => return Said::BadPreference,
+        };
+        let v = value.clone();
+        self.edit_profile(|p| set(p, v));
+        Said::Preference { value }
     }
 
     /// Text while the flow waits for an address or a code. `new_code` is called only when a
@@ -835,6 +874,14 @@ mod tests {
         assert_eq!(parse_command("I remember that day"), None);
         assert_eq!(parse_command("/reset"), None);
         assert_eq!(parse_command("/remember"), None);
+        assert_eq!(
+            parse_command("/language PT"),
+            Some(Command::Language("pt".into()))
+        );
+        assert_eq!(
+            parse_command("/length short"),
+            Some(Command::Length("short".into()))
+        );
     }
 
     #[test]
@@ -900,6 +947,31 @@ mod tests {
                 name: None
             }
         );
+    }
+
+    #[test]
+    fn preferences_are_checked_set_and_cleared() {
+        let db = Db::default();
+        let set = |v: &str| Said::Preference {
+            value: Some(v.into()),
+        };
+        assert_eq!(db.say("1", "/language pt", 0).0, set("pt"));
+        assert_eq!(db.say("1", "/length short", 0).0, set("short"));
+        assert_eq!(db.say("1", "/length 3 words", 0).0, Said::BadPreference);
+        assert_eq!(
+            db.say("1", "/language portuguese", 0).0,
+            Said::BadPreference
+        );
+        let p = db.numbers.borrow()["whatsapp:1"].profile.clone();
+        assert_eq!(
+            (p.language.as_deref(), p.reply_length.as_deref()),
+            (Some("pt"), Some("short"))
+        );
+        assert_eq!(
+            db.say("1", "/language auto", 0).0,
+            Said::Preference { value: None }
+        );
+        assert_eq!(db.numbers.borrow()["whatsapp:1"].profile.language, None);
     }
 
     #[test]

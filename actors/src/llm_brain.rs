@@ -105,10 +105,12 @@ fn profile_section(p: &crate::accounts::Profile) -> String {
     let mut out = String::new();
     let mut prefs = Vec::new();
     if let Some(l) = p.language.as_deref().and_then(sanitize_name) {
-        prefs.push(format!("preferred language \"{l}\""));
+        prefs.push(format!("answer in the language with ISO code \"{l}\""));
     }
-    if let Some(r) = p.reply_length.as_deref().and_then(sanitize_name) {
-        prefs.push(format!("preferred reply length \"{r}\""));
+    match p.reply_length.as_deref() {
+        Some("short") => prefs.push("keep replies very short".into()),
+        Some("long") => prefs.push("detailed replies are welcome".into()),
+        _ => {}
     }
     if !prefs.is_empty() {
         out.push_str(&format!(
@@ -430,7 +432,7 @@ mod tests {
             !system.contains("profile name \"Ana S\""),
             "the chosen name wins"
         );
-        assert!(system.contains("preferred reply length \"short\""));
+        assert!(system.contains("keep replies very short"), "{system}");
         let fenced = system
             .split_once(PROFILE_BEGIN)
             .and_then(|(_, rest)| rest.split_once(PROFILE_END))

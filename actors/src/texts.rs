@@ -457,11 +457,11 @@ pub fn duration(l: Lang, seconds: f32) -> String {
 /// Appended to `/help`: the account commands.
 pub fn account_help(l: Lang) -> String {
     by_lang!(l,
-        en: "Account: /link links this number to your email, /whoami shows it, /unlink removes it, /name sets what I call you, /remember notes something for later, /notes lists the notes, /forget erases what I store about this number.",
-        es: "Cuenta: /link vincula este número a tu correo, /whoami lo muestra, /unlink lo quita, /name fija cómo te llamo, /remember anota algo para más adelante, /notes lista las notas, /forget borra lo que guardo de este número.",
-        pt: "Conta: /link liga este número ao seu email, /whoami mostra-o, /unlink remove-o, /name define como lhe chamo, /remember anota algo para mais tarde, /notes lista as notas, /forget apaga o que guardo deste número.",
-        fr: "Compte : /link relie ce numéro à votre e-mail, /whoami l'affiche, /unlink le retire, /name fixe comment je vous appelle, /remember note quelque chose pour plus tard, /notes liste les notes, /forget efface ce que je garde sur ce numéro.",
-        de: "Konto: /link verknüpft diese Nummer mit deiner E-Mail, /whoami zeigt sie, /unlink entfernt sie, /name legt fest, wie ich dich nenne, /remember merkt sich etwas, /notes listet die Notizen, /forget löscht, was ich zu dieser Nummer speichere.",
+        en: "Account: /link links this number to your email, /whoami shows it, /unlink removes it, /name sets what I call you, /remember notes something for later, /notes lists the notes, /language and /length set your preferences, /forget erases what I store about this number.",
+        es: "Cuenta: /link vincula este número a tu correo, /whoami lo muestra, /unlink lo quita, /name fija cómo te llamo, /remember anota algo para más adelante, /notes lista las notas, /language y /length fijan tus preferencias, /forget borra lo que guardo de este número.",
+        pt: "Conta: /link liga este número ao seu email, /whoami mostra-o, /unlink remove-o, /name define como lhe chamo, /remember anota algo para mais tarde, /notes lista as notas, /language e /length definem as suas preferências, /forget apaga o que guardo deste número.",
+        fr: "Compte : /link relie ce numéro à votre e-mail, /whoami l'affiche, /unlink le retire, /name fixe comment je vous appelle, /remember note quelque chose pour plus tard, /notes liste les notes, /language et /length règlent vos préférences, /forget efface ce que je garde sur ce numéro.",
+        de: "Konto: /link verknüpft diese Nummer mit deiner E-Mail, /whoami zeigt sie, /unlink entfernt sie, /name legt fest, wie ich dich nenne, /remember merkt sich etwas, /notes listet die Notizen, /language und /length legen deine Vorlieben fest, /forget löscht, was ich zu dieser Nummer speichere.",
     )
     .to_string()
 }
@@ -692,6 +692,27 @@ pub fn account(l: Lang, said: &Said) -> String {
             fr: format!("Enchantée, {name}. Je vous appellerai ainsi."),
             de: format!("Freut mich, {name}. So nenne ich dich."),
         ),
+        Said::Preference { value: Some(v) } => by_lang!(l,
+            en: format!("Done: I'll keep to “{v}”."),
+            es: format!("Hecho: me atendré a «{v}»."),
+            pt: format!("Feito: vou seguir «{v}»."),
+            fr: format!("C'est fait : je m'en tiendrai à « {v} »."),
+            de: format!("Erledigt: Ich halte mich an „{v}“."),
+        ),
+        Said::Preference { value: None } => by_lang!(l,
+            en: "Done: back to the default.",
+            es: "Hecho: vuelvo a lo predeterminado.",
+            pt: "Feito: de volta ao padrão.",
+            fr: "C'est fait : retour au réglage par défaut.",
+            de: "Erledigt: zurück zur Voreinstellung.",
+        ).to_string(),
+        Said::BadPreference => by_lang!(l,
+            en: "I didn't understand that setting. Use /language followed by a two-letter code (en, es, pt, fr, de…) or auto, and /length short, long or auto.",
+            es: "No entendí ese ajuste. Usa /language seguido de un código de dos letras (en, es, pt, fr, de…) o auto, y /length short, long o auto.",
+            pt: "Não percebi essa definição. Use /language seguido de um código de duas letras (en, es, pt, fr, de…) ou auto, e /length short, long ou auto.",
+            fr: "Je n'ai pas compris ce réglage. Utilisez /language suivi d'un code à deux lettres (en, es, pt, fr, de…) ou auto, et /length short, long ou auto.",
+            de: "Diese Einstellung habe ich nicht verstanden. Nutze /language mit einem Zwei-Buchstaben-Code (en, es, pt, fr, de…) oder auto, und /length short, long oder auto.",
+        ).to_string(),
         Said::PrivateOnly => by_lang!(l,
             en: "Please send me that in a private chat: your account is not the group's business.",
             es: "Envíame eso en un chat privado, por favor: tu cuenta no es asunto del grupo.",
@@ -823,6 +844,11 @@ mod tests {
             Said::Notes(vec![]),
             Said::Notes(vec!["tea".into()]),
             Said::Named { name: "Ana".into() },
+            Said::Preference {
+                value: Some("short".into()),
+            },
+            Said::Preference { value: None },
+            Said::BadPreference,
             Said::PrivateOnly,
         ];
         for l in [Lang::Es, Lang::Pt, Lang::Fr, Lang::De] {

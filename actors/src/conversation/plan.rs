@@ -408,7 +408,8 @@ fn render(m: &InboundMessage, ctx: &PlanContext<'_>, lang: Lang) -> Rendered {
                     )),
                     "help" | "start" => Rendered::Direct(texts::help(lang)),
                     // Account commands reach here only in groups.
-                    "link" | "whoami" | "unlink" | "forget" | "remember" | "notes" | "name" => {
+                    "link" | "whoami" | "unlink" | "forget" | "remember" | "notes" | "name"
+                    | "language" | "length" => {
                         Rendered::Direct(texts::account(lang, &Said::PrivateOnly))
                     }
                     _ => Rendered::Direct(texts::unknown_command(lang, &cmd)),
