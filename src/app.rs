@@ -104,6 +104,22 @@ impl Application {
                 metrics: metrics.clone(),
             }
         });
+        let mailer = if cfg.email.enabled() {
+            let e = &cfg.email;
+            let m = sandra_actors::mailer::Mailer::new(sandra_actors::mailer::MailerConfig {
+                smtp_url: e.smtp_url.clone(),
+                from: e.from.clone(),
+                attempts: e.send_attempts,
+                retry_delay: e.retry_delay,
+                timeout: e.timeout,
+            })
+            .map_err(|e| anyhow::anyhow!("config key {e}"))?;
+            tracing::info!(mailer = ?m, "linking by email is on");
+            Some(Arc::new(m))
+        } else {
+            tracing::info!("linking by email is off: [email] smtp_url is not set");
+            None
+        };
         let deps = ConversationDeps {
             store: store.clone(),
             run: RunDeps {
@@ -113,6 +129,7 @@ impl Application {
                 vision: vision.as_ref().map(|_| ActorSlot::default()),
                 echo_transcript: cfg.transcription.echo_transcript,
                 max_audio_seconds: cfg.transcription.max_audio_seconds,
+                mailer,
             },
             metrics: metrics.clone(),
             policy: ConversationPolicy {
@@ -122,6 +139,7 @@ impl Application {
                 brain_timeout: c.brain_timeout,
                 group_context_messages: c.group_context_messages,
                 group_context_chars: c.group_context_chars,
+                offer_linking: c.offer_linking,
             },
             limits: Arc::new(sandra_actors::limits::Limits::new(cfg.limits.policy())),
             max_attempts: 3,

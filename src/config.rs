@@ -6,7 +6,7 @@
 //!
 //! Layers, later wins: built-in defaults → the TOML file → environment variables
 //! (`WHATSAPP_*`, `SANDRA_BIND`, `SANDRA_DATA_DIR`, `SANDRA_LLM_API_KEY`,
-//! `SANDRA_VISION_API_KEY`). Unknown keys and bad values fail start-up
+//! `SANDRA_VISION_API_KEY`, `SANDRA_SMTP_URL`, `SANDRA_EMAIL_FROM`). Unknown keys and bad values fail start-up
 //! with an error naming the key (or variable). Secrets are `secrecy` [`SecretString`]s: never
 //! printed.
 
@@ -44,6 +44,8 @@ pub struct Config {
     pub vision: VisionConfig,
     /// `[limits]`: who may talk to Sandra, how fast, and how much one turn takes in.
     pub limits: LimitsConfig,
+    /// `[email]`: the SMTP server that mails verification codes for linking.
+    pub email: EmailConfig,
     pub log: LogConfig,
 }
 
@@ -493,6 +495,62 @@ impl Default for WhatsAppConfig {
     }
 }
 
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailConfig {
+    /// `smtp://user:pass@host:587?tls=required` (STARTTLS), `smtps://user:pass@host:465`
+    /// (implicit TLS), `smtp://host:25` (plain, a local relay). Empty: linking is off. Holds the
+    /// password: prefer the environment (`SANDRA_SMTP_URL`).
+    pub smtp_url: SecretString,
+    /// The sender of code mails, e.g. `Sandra <sandra@example.org>` (`SANDRA_EMAIL_FROM`).
+    pub from: String,
+    /// Tries per code mail when the server is unreachable or answers 4xx; at least 1.
+    pub send_attempts: u32,
+    /// Pause before the second try, doubled for each next one.
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
+    /// One SMTP conversation at most this long; at least 1s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            smtp_url: SecretString::default(),
+            from: String::new(),
+            send_attempts: 3,
+            retry_delay: Duration::from_secs(2),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl EmailConfig {
+    pub fn enabled(&self) -> bool {
+        !self.smtp_url.expose_secret().is_empty()
+    }
+}
+
+impl std::fmt::Debug for EmailConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            smtp_url,
+            from,
+            send_attempts,
+            retry_delay,
+            timeout,
+        } = self;
+        f.debug_struct("EmailConfig")
+            .field("smtp_url", &Shown(smtp_url))
+            .field("from", from)
+            .field("send_attempts", send_attempts)
+            .field("retry_delay", retry_delay)
+            .field("timeout", timeout)
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConversationConfig {
@@ -507,6 +565,8 @@ pub struct ConversationConfig {
     pub group_context_messages: usize,
     /// Groups: characters of history kept and shown to the brain, all turns together.
     pub group_context_chars: usize,
+    /// Offer linking by email once, in the first reply to a new 1:1 chat (needs `[email]`).
+    pub offer_linking: bool,
 }
 
 impl Default for ConversationConfig {
@@ -519,6 +579,7 @@ impl Default for ConversationConfig {
             brain_timeout: Duration::from_secs(300),
             group_context_messages: 30,
             group_context_chars: 12_000,
+            offer_linking: true,
         }
     }
 }
@@ -707,6 +768,12 @@ impl Config {
         if let Some(v) = env("SANDRA_VISION_API_KEY") {
             self.vision.remote_api_key = v.into();
         }
+        if let Some(v) = env("SANDRA_SMTP_URL") {
+            self.email.smtp_url = v.into();
+        }
+        if let Some(v) = env("SANDRA_EMAIL_FROM") {
+            self.email.from = v;
+        }
         if let Some(v) = env("SANDRA_BIND") {
             self.server.bind = v.parse().map_err(|e| ConfigError::Env {
                 var: "SANDRA_BIND".into(),
@@ -778,6 +845,32 @@ impl Config {
                 "storage.session_retention",
                 "must be 0 (keep forever) or at least 1d: it deletes conversation memory",
             ));
+        }
+        let e = &self.email;
+        if e.enabled() {
+            let url = e.smtp_url.expose_secret();
+            // The URL is a secret: errors name the key, never its value.
+            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                return Err(key_err(
+                    "email.smtp_url",
+                    "must start with smtp:// (plain or STARTTLS, see ?tls=) or smtps:// (TLS)",
+                ));
+            }
+            if !e.from.contains('@') {
+                return Err(key_err(
+                    "email.from",
+                    format!(
+                        "{:?} is not a sender address like \"Sandra <sandra@example.org>\" (needed when email.smtp_url is set)",
+                        e.from
+                    ),
+                ));
+            }
+        }
+        if e.send_attempts == 0 {
+            return Err(key_err("email.send_attempts", "must be at least 1"));
+        }
+        if e.timeout < Duration::from_secs(1) {
+            return Err(key_err("email.timeout", "must be at least 1s"));
         }
         if self.server.max_in_flight == 0 {
             return Err(key_err("server.max_in_flight", "must be at least 1"));
@@ -1284,6 +1377,37 @@ mod tests {
         );
         assert_eq!(c.storage.session_retention, d.storage.session_retention);
         assert_eq!(format!("{:?}", c.vision), format!("{:?}", d.vision));
+        assert_eq!(format!("{:?}", c.email), format!("{:?}", d.email));
+        assert_eq!(c.conversation.offer_linking, d.conversation.offer_linking);
         let _ = Config::load_with_env(None, no_env).unwrap();
+    }
+
+    #[test]
+    fn email_settings_come_from_the_environment_are_checked_and_never_shown() {
+        let env = |k: &str| match k {
+            "SANDRA_SMTP_URL" => {
+                Some("smtp://sandra:PASSWORD-9@mail.example:587?tls=required".into())
+            }
+            "SANDRA_EMAIL_FROM" => Some("Sandra <sandra@example.org>".into()),
+            _ => None,
+        };
+        let c = Config::load_with_env(None, env).unwrap();
+        assert!(c.email.enabled());
+        assert_eq!(c.email.from, "Sandra <sandra@example.org>");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("PASSWORD-9"), "{shown}");
+        assert!(shown.contains("smtp_url: [redacted]"), "{shown}");
+        assert!(!Config::default().email.enabled(), "off unless set");
+
+        let err = |toml: &str| {
+            let c = Config::from_toml(toml, "t.toml").unwrap();
+            c.validate().unwrap_err().to_string()
+        };
+        let e = err("[email]\nsmtp_url = \"http://u:SECRET@h\"\nfrom = \"a@b.org\"");
+        assert!(e.contains("email.smtp_url") && !e.contains("SECRET"), "{e}");
+        let e = err("[email]\nsmtp_url = \"smtp://h:25\"");
+        assert!(e.contains("email.from"), "{e}");
+        let e = err("[email]\nsend_attempts = 0");
+        assert!(e.contains("email.send_attempts"), "{e}");
     }
 }

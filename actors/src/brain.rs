@@ -38,6 +38,8 @@ pub struct TurnInput {
     /// The number (E.164 digits) of whoever asked (in a group, the author of the newest message
     /// addressed to Sandra): their time zone is guessed from it when no profile gives one.
     pub asker_number: Option<String>,
+    /// The user's profile (name, preferences, notes), when there is one: quoted as data.
+    pub profile: Option<crate::accounts::Profile>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

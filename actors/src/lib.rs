@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod brain;
 pub mod clock;
 pub mod conversation;
@@ -26,6 +27,7 @@ pub mod graph;
 pub mod ingest;
 pub mod limits;
 pub mod llm_brain;
+pub mod mailer;
 pub mod media;
 pub mod metrics;
 pub mod router;

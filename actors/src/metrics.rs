@@ -85,6 +85,8 @@ metrics_struct! {
         transcriptions_busy: "voice notes refused at once because transcription.max_jobs notes were in progress",
         vision_busy: "photos and documents refused at once because vision.max_jobs were in progress",
         model_jobs_skipped: "model jobs (chat, transcription) skipped because whoever asked had gone (e.g. a timed-out turn)",
+        link_codes_mailed: "verification codes for linking mailed (accepted by the SMTP server)",
+        link_mail_failures: "verification code mails that failed every try or were refused by the SMTP server",
     }
     gauges {
         token_invalid: "1 while the access token is known to be invalid (error 190)",

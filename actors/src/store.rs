@@ -13,6 +13,11 @@
 //!   `wamid_index`: wamid Meta gave a sent message → outbox id (for status webhooks).
 //! - `windows`: conversation key → unix seconds at which Meta told us (131047) that the
 //!   customer-service window is closed.
+//! - `links`: identity key (`whatsapp:<number>`) → [`NumberRecord`]: the email it is linked to,
+//!   the linking flow in progress (so it survives a restart), its own profile, its code sends.
+//! - `accounts`: verified email → [`Account`] (profile, notes, linked identities).
+//! - `email_codes`: email → unix ms of the codes sent to it in the last hour (rate limit); the
+//!   hourly sweep drops counters older than an hour.
 //! - `dead_letter`: big-endian id → [`DeadLetter`]: bodies we accepted but could not use (not
 //!   JSON, corrupt inbox records, poison messages), with the reason.
 //!
@@ -40,6 +45,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use crate::accounts::{Account, IdentityChange, Lookup, NumberRecord};
 use crate::session::SessionState;
 use crate::whatsapp::{
     ConversationKey, DeliveryStatus, InboundMessage, ReplyTarget, StatusError, StatusUpdate,
@@ -242,6 +248,9 @@ pub struct Store {
     /// Conversations ended for good (group deleted, Sandra removed): key → unix seconds.
     /// A turn committed for one of them stores nothing and sends nothing.
     closed: sled::Tree,
+    links: sled::Tree,
+    accounts: sled::Tree,
+    email_codes: sled::Tree,
     /// Bumped when a write starts, before it can become visible; see [`Store::sync`].
     written: AtomicU64,
     /// The highest `written` value known to be on disk.
@@ -365,6 +374,9 @@ impl Store {
             windows: db.open_tree("windows")?,
             dead_letter: db.open_tree("dead_letter")?,
             closed: db.open_tree("closed")?,
+            links: db.open_tree("links")?,
+            accounts: db.open_tree("accounts")?,
+            email_codes: db.open_tree("email_codes")?,
             db,
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
@@ -834,9 +846,33 @@ impl Store {
         Ok(n)
     }
 
+    /// Deletes the code counters of addresses with no code sent since `before_ms`. A counter
+    /// written meanwhile is kept.
+    pub fn sweep_email_codes(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.email_codes.iter() {
+            let (k, v) = kv?;
+            let recent = from_json::<Vec<i64>>(&v).is_ok_and(|t| t.iter().any(|t| *t >= before_ms));
+            if recent {
+                continue;
+            }
+            let removed = self.write(|| {
+                Ok(self
+                    .email_codes
+                    .compare_and_swap(&k, Some(&v), None::<&[u8]>)?
+                    .is_ok())
+            })?;
+            n += usize::from(removed);
+        }
+        Ok(n)
+    }
+
     /// Runs every retention sweep as of `now_ms`.
     pub fn sweep(&self, r: &Retention, now_ms: i64) -> Result<SweepReport, StoreError> {
         let ms = |d: std::time::Duration| now_ms - d.as_millis() as i64;
+        // An address's code counter only matters for an hour; after that it is just an email
+        // address kept for nothing.
+        self.sweep_email_codes(now_ms - 3_600_000)?;
         Ok(SweepReport {
             dedup: self.sweep_dedup(ms(r.dedup) / 1000)?,
             closed: self.sweep_closed(ms(r.dedup) / 1000)?,
@@ -866,6 +902,19 @@ impl Store {
         answered: &[u64],
         replies: &[NewOutbound],
     ) -> Result<Vec<u64>, StoreError> {
+        self.commit_turn_with(session, answered, replies, None)
+    }
+
+    /// [`Store::commit_turn`], with what the turn changed in accounts and links in the same
+    /// transaction: a code is waited for, a link or a note exists, exactly when the turn that
+    /// answered it is committed.
+    pub fn commit_turn_with(
+        &self,
+        session: &SessionState,
+        answered: &[u64],
+        replies: &[NewOutbound],
+        identity: Option<&IdentityChange>,
+    ) -> Result<Vec<u64>, StoreError> {
         let now = now_ms();
         self.write(|| {
             Ok((
@@ -875,28 +924,83 @@ impl Store {
                 &self.outbox_queue,
                 &self.inbox_by_key,
                 &self.closed,
+                &self.links,
+                &self.accounts,
+                &self.email_codes,
             )
-                .transaction(|(sessions, inbox, outbox, queue, by_key, closed)| {
-                    for seq in answered {
-                        inbox.remove(&be(*seq))?;
-                        by_key.remove(index_key(&session.key, *seq))?;
-                    }
-                    if closed.get(session.key.as_str().as_bytes())?.is_some() {
-                        // Closed while this turn ran: the messages are done with, and
-                        // nothing is remembered or sent.
-                        return Ok(Vec::new());
-                    }
-                    sessions.insert(session.key.as_str().as_bytes(), json(session))?;
-                    let mut ids = Vec::new();
-                    for r in replies {
-                        let id = outbox.generate_id()?;
-                        let rec = new_outbox_record(id, &session.key, r, now);
-                        outbox.insert(&be(id), json(&rec))?;
-                        queue.insert(&be(id), &[])?;
-                        ids.push(id);
-                    }
-                    Ok(ids)
-                })?)
+                .transaction(
+                    |(sessions, inbox, outbox, queue, by_key, closed, links, accounts, codes)| {
+                        for seq in answered {
+                            inbox.remove(&be(*seq))?;
+                            by_key.remove(index_key(&session.key, *seq))?;
+                        }
+                        if closed.get(session.key.as_str().as_bytes())?.is_some() {
+                            // Closed while this turn ran: the messages are done with, and
+                            // nothing is remembered or sent.
+                            return Ok(Vec::new());
+                        }
+                        sessions.insert(session.key.as_str().as_bytes(), json(session))?;
+                        if let Some(c) = identity {
+                            match &c.number {
+                                Some(n) => links.insert(c.key.as_bytes(), json(n))?,
+                                None => links.remove(c.key.as_bytes())?,
+                            };
+                            for (email, a) in &c.accounts {
+                                match a {
+                                    Some(a) => accounts.insert(email.as_bytes(), json(a))?,
+                                    None => accounts.remove(email.as_bytes())?,
+                                };
+                            }
+                            for (email, sends) in &c.email_sends {
+                                codes.insert(email.as_bytes(), json(sends))?;
+                            }
+                        }
+                        let mut ids = Vec::new();
+                        for r in replies {
+                            let id = outbox.generate_id()?;
+                            let rec = new_outbox_record(id, &session.key, r, now);
+                            outbox.insert(&be(id), json(&rec))?;
+                            queue.insert(&be(id), &[])?;
+                            ids.push(id);
+                        }
+                        Ok(ids)
+                    },
+                )?)
+        })
+    }
+
+    // === accounts ===
+
+    /// What is stored about an identity ([`crate::accounts::link_key`]).
+    pub fn number_record(&self, key: &str) -> Result<Option<NumberRecord>, StoreError> {
+        self.links
+            .get(key.as_bytes())?
+            .map(|v| from_json(&v))
+            .transpose()
+    }
+
+    pub fn account(&self, email: &str) -> Result<Option<Account>, StoreError> {
+        self.accounts
+            .get(email.as_bytes())?
+            .map(|v| from_json(&v))
+            .transpose()
+    }
+
+    /// When codes were sent to `email` (unix ms; old ones are pruned by the next send).
+    pub fn email_code_sends(&self, email: &str) -> Result<Vec<i64>, StoreError> {
+        Ok(self
+            .email_codes
+            .get(email.as_bytes())?
+            .map(|v| from_json(&v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Replaces an identity's record outside a turn (tests make a code expire with it).
+    pub fn put_number_record(&self, key: &str, rec: &NumberRecord) -> Result<(), StoreError> {
+        self.write(|| {
+            self.links.insert(key.as_bytes(), json(rec))?;
+            Ok(())
         })
     }
 
@@ -1093,6 +1197,25 @@ enum StatusOutcome {
     Unmatched,
 }
 
+/// The store as the accounts desk reads it. A read error is logged and read as "nothing":
+/// the worst outcome is a code limit counted from zero or a fresh account in place of one that
+/// could not be read, and the turn's commit fails on the same broken store anyway.
+impl Lookup for Store {
+    fn account(&self, email: &str) -> Option<Account> {
+        Store::account(self, email).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading an account failed");
+            None
+        })
+    }
+
+    fn email_sends(&self, email: &str) -> Vec<i64> {
+        self.email_code_sends(email).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading the code counter of an address failed");
+            Vec::new()
+        })
+    }
+}
+
 fn apply_status(
     outbox: &sled::transaction::TransactionalTree,
     wamid_index: &sled::transaction::TransactionalTree,
@@ -1223,6 +1346,74 @@ mod tests {
     }
 
     /// Records written before `attempts` / `sending_since_ms` existed still load.
+    #[test]
+    fn a_linking_flow_is_committed_with_its_turn_and_survives_a_restart() {
+        use crate::accounts::{Flow, link_key};
+        let dir = tempfile::tempdir().unwrap();
+        let key = link_key("15550001111");
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let rec = accept_one(&store, "w1", "15550001111");
+            let s = session(&rec.key, Some(1));
+            let mut accounts = std::collections::BTreeMap::new();
+            accounts.insert(
+                "ana@example.org".to_string(),
+                Some(Account {
+                    email: "ana@example.org".into(),
+                    profile: Default::default(),
+                    links: vec![key.clone()],
+                    created_at: 1,
+                }),
+            );
+            let change = IdentityChange {
+                key: key.clone(),
+                number: Some(NumberRecord {
+                    flow: Flow::AwaitingEmail,
+                    ..Default::default()
+                }),
+                accounts,
+                email_sends: [("ana@example.org".to_string(), vec![5])].into(),
+            };
+            store
+                .commit_turn_with(&s, &[rec.seq], &[], Some(&change))
+                .unwrap();
+            assert!(!store.is_unfinished(rec.seq).unwrap());
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.number_record(&key).unwrap().unwrap().flow,
+            Flow::AwaitingEmail
+        );
+        assert_eq!(
+            store.account("ana@example.org").unwrap().unwrap().links,
+            vec![key.clone()]
+        );
+        assert_eq!(store.email_code_sends("ana@example.org").unwrap(), vec![5]);
+        // The hourly sweep forgets counters older than an hour, and only those.
+        assert_eq!(store.sweep_email_codes(5).unwrap(), 0);
+        assert_eq!(store.sweep_email_codes(6).unwrap(), 1);
+        assert!(
+            store
+                .email_code_sends("ana@example.org")
+                .unwrap()
+                .is_empty()
+        );
+        // Erasing an identity and its account.
+        let change = IdentityChange {
+            key: key.clone(),
+            number: None,
+            accounts: [("ana@example.org".to_string(), None)].into(),
+            email_sends: Default::default(),
+        };
+        let rec = accept_one(&store, "w2", "15550001111");
+        let s = session(&rec.key, Some(2));
+        store
+            .commit_turn_with(&s, &[rec.seq], &[], Some(&change))
+            .unwrap();
+        assert!(store.number_record(&key).unwrap().is_none());
+        assert!(store.account("ana@example.org").unwrap().is_none());
+    }
+
     #[test]
     fn records_from_older_versions_still_load() {
         let (_d, store) = open();

@@ -8,6 +8,8 @@
 //! descriptions of shared locations, contacts, media) are not here: the model reads English and
 //! answers in the user's language itself.
 
+use crate::accounts::Said;
+
 /// A language Sandra's canned texts exist in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Lang {
@@ -452,6 +454,275 @@ pub fn duration(l: Lang, seconds: f32) -> String {
     }
 }
 
+/// Appended to `/help`: the account commands.
+pub fn account_help(l: Lang) -> String {
+    by_lang!(l,
+        en: "Account: /link links this number to your email, /whoami shows it, /unlink removes it, /name sets what I call you, /remember notes something for later, /notes lists the notes, /language and /length set your preferences, /forget erases what I store about this number.",
+        es: "Cuenta: /link vincula este número a tu correo, /whoami lo muestra, /unlink lo quita, /name fija cómo te llamo, /remember anota algo para más adelante, /notes lista las notas, /language y /length fijan tus preferencias, /forget borra lo que guardo de este número.",
+        pt: "Conta: /link liga este número ao seu email, /whoami mostra-o, /unlink remove-o, /name define como lhe chamo, /remember anota algo para mais tarde, /notes lista as notas, /language e /length definem as suas preferências, /forget apaga o que guardo deste número.",
+        fr: "Compte : /link relie ce numéro à votre e-mail, /whoami l'affiche, /unlink le retire, /name fixe comment je vous appelle, /remember note quelque chose pour plus tard, /notes liste les notes, /language et /length règlent vos préférences, /forget efface ce que je garde sur ce numéro.",
+        de: "Konto: /link verknüpft diese Nummer mit deiner E-Mail, /whoami zeigt sie, /unlink entfernt sie, /name legt fest, wie ich dich nenne, /remember merkt sich etwas, /notes listet die Notizen, /language und /length legen deine Vorlieben fest, /forget löscht, was ich zu dieser Nummer speichere.",
+    )
+    .to_string()
+}
+
+/// Said once per number, after Sandra's first reply.
+pub fn link_offer(l: Lang) -> String {
+    by_lang!(l,
+        en: "Tip: send /link to link this number to your email, so I remember your name, preferences and notes on every number you use. I won't mention it again.",
+        es: "Consejo: envía /link para vincular este número a tu correo; así recordaré tu nombre, preferencias y notas en cualquier número que uses. No volveré a mencionarlo.",
+        pt: "Dica: envie /link para ligar este número ao seu email; assim lembro o seu nome, preferências e notas em qualquer número que use. Não volto a mencioná-lo.",
+        fr: "Astuce : envoyez /link pour relier ce numéro à votre e-mail ; je me souviendrai de votre nom, vos préférences et vos notes sur tous vos numéros. Je ne le redirai pas.",
+        de: "Tipp: Schick /link, um diese Nummer mit deiner E-Mail zu verknüpfen; dann kenne ich deinen Namen, deine Vorlieben und Notizen auf jeder Nummer. Ich erwähne es nicht noch einmal.",
+    )
+    .to_string()
+}
+
+/// The code went out to `email` (masked).
+pub fn code_sent(l: Lang, email: &str, minutes: i64) -> String {
+    by_lang!(l,
+        en: format!("I sent a 6-digit code to {email}. Send it to me here within {minutes} minutes. (/cancel to stop.)"),
+        es: format!("Envié un código de 6 cifras a {email}. Mándamelo aquí en menos de {minutes} minutos. (/cancel para parar.)"),
+        pt: format!("Enviei um código de 6 dígitos para {email}. Envie-mo aqui dentro de {minutes} minutos. (/cancel para parar.)"),
+        fr: format!("J'ai envoyé un code à 6 chiffres à {email}. Renvoyez-le-moi ici dans les {minutes} minutes. (/cancel pour arrêter.)"),
+        de: format!("Ich habe einen 6-stelligen Code an {email} geschickt. Schick ihn mir hier innerhalb von {minutes} Minuten. (/cancel zum Abbrechen.)"),
+    )
+}
+
+/// The code mail could not be sent. `refused`: the server refused it for good.
+pub fn mail_failed(l: Lang, refused: bool) -> String {
+    if refused {
+        by_lang!(l,
+            en: "The mail server refused to send the code to that address. Please check it and send it again, or another one.",
+            es: "El servidor de correo se negó a enviar el código a esa dirección. Revísala y envíala de nuevo, u otra.",
+            pt: "O servidor de email recusou enviar o código para esse endereço. Verifique-o e envie-o de novo, ou outro.",
+            fr: "Le serveur de messagerie a refusé d'envoyer le code à cette adresse. Vérifiez-la et renvoyez-la, ou une autre.",
+            de: "Der Mailserver hat es abgelehnt, den Code an diese Adresse zu schicken. Prüf sie und schick sie noch einmal, oder eine andere.",
+        )
+    } else {
+        by_lang!(l,
+            en: "I couldn't send the email right now: the mail server is not answering. Nothing is lost; send your address again in a few minutes.",
+            es: "Ahora mismo no pude enviar el correo: el servidor de correo no responde. No se ha perdido nada; vuelve a enviar tu dirección en unos minutos.",
+            pt: "Não consegui enviar o email agora: o servidor de email não responde. Nada se perdeu; envie o seu endereço de novo daqui a uns minutos.",
+            fr: "Je n'ai pas pu envoyer l'e-mail : le serveur de messagerie ne répond pas. Rien n'est perdu ; renvoyez votre adresse dans quelques minutes.",
+            de: "Ich konnte die E-Mail gerade nicht senden: Der Mailserver antwortet nicht. Nichts ist verloren; schick deine Adresse in ein paar Minuten noch einmal.",
+        )
+    }
+    .to_string()
+}
+
+/// The code mail: (subject, body).
+pub fn code_mail(l: Lang, code: &str) -> (String, String) {
+    let (subject, body) = by_lang!(l,
+        en: ("Your Sandra code", "Your code to link your WhatsApp number to Sandra is:"),
+        es: ("Tu código de Sandra", "Tu código para vincular tu número de WhatsApp con Sandra es:"),
+        pt: ("O seu código da Sandra", "O seu código para ligar o seu número de WhatsApp à Sandra é:"),
+        fr: ("Votre code Sandra", "Votre code pour relier votre numéro WhatsApp à Sandra est :"),
+        de: ("Dein Sandra-Code", "Dein Code, um deine WhatsApp-Nummer mit Sandra zu verknüpfen:"),
+    );
+    let ignore = by_lang!(l,
+        en: "If you did not ask for it, ignore this email.",
+        es: "Si no lo pediste, ignora este correo.",
+        pt: "Se não o pediu, ignore este email.",
+        fr: "Si vous ne l'avez pas demandé, ignorez cet e-mail.",
+        de: "Wenn du ihn nicht angefordert hast, ignoriere diese E-Mail.",
+    );
+    (
+        subject.to_string(),
+        format!("{body}\n\n    {code}\n\n{ignore}\n"),
+    )
+}
+
+/// What an account step says (`Said::CodeSent` is worded by `code_sent` once the mail is out).
+pub fn account(l: Lang, said: &Said) -> String {
+    match said {
+        Said::AskEmail => by_lang!(l,
+            en: "Which email address should I link this number to? Send it here and I'll email you a 6-digit code. (/cancel to stop.)",
+            es: "¿A qué dirección de correo vinculo este número? Envíamela y te mandaré un código de 6 cifras. (/cancel para parar.)",
+            pt: "A que endereço de email ligo este número? Envie-mo aqui e mando-lhe um código de 6 dígitos. (/cancel para parar.)",
+            fr: "À quelle adresse e-mail dois-je relier ce numéro ? Envoyez-la ici et je vous enverrai un code à 6 chiffres. (/cancel pour arrêter.)",
+            de: "Mit welcher E-Mail-Adresse soll ich diese Nummer verknüpfen? Schick sie hier, dann maile ich dir einen 6-stelligen Code. (/cancel zum Abbrechen.)",
+        ).to_string(),
+        Said::BadEmail => by_lang!(l,
+            en: "That doesn't look like an email address. Send one like name@example.com, or /cancel.",
+            es: "Eso no parece una dirección de correo. Envía una como nombre@example.com, o /cancel.",
+            pt: "Isso não parece um endereço de email. Envie um como nome@example.com, ou /cancel.",
+            fr: "Cela ne ressemble pas à une adresse e-mail. Envoyez-en une comme nom@example.com, ou /cancel.",
+            de: "Das sieht nicht wie eine E-Mail-Adresse aus. Schick eine wie name@example.com, oder /cancel.",
+        ).to_string(),
+        Said::Disabled => by_lang!(l,
+            en: "Linking by email is not set up on this server.",
+            es: "La vinculación por correo no está configurada en este servidor.",
+            pt: "A ligação por email não está configurada neste servidor.",
+            fr: "La liaison par e-mail n'est pas configurée sur ce serveur.",
+            de: "Die Verknüpfung per E-Mail ist auf diesem Server nicht eingerichtet.",
+        ).to_string(),
+        Said::RateLimited => by_lang!(l,
+            en: "Too many codes were asked for in the last hour. Please try again later with /link.",
+            es: "Se pidieron demasiados códigos en la última hora. Inténtalo más tarde con /link.",
+            pt: "Foram pedidos demasiados códigos na última hora. Tente mais tarde com /link.",
+            fr: "Trop de codes ont été demandés dans la dernière heure. Réessayez plus tard avec /link.",
+            de: "In der letzten Stunde wurden zu viele Codes angefordert. Versuch es später noch einmal mit /link.",
+        ).to_string(),
+        Said::CodeSent => code_sent(l, "…", 10),
+        Said::WrongCode { left: 0 } => by_lang!(l,
+            en: "That code is not right, and that was the last try. Send /link for a new code.",
+            es: "Ese código no es correcto y era el último intento. Envía /link para un código nuevo.",
+            pt: "Esse código não está certo e era a última tentativa. Envie /link para um código novo.",
+            fr: "Ce code n'est pas le bon, et c'était le dernier essai. Envoyez /link pour un nouveau code.",
+            de: "Der Code stimmt nicht, und das war der letzte Versuch. Schick /link für einen neuen Code.",
+        ).to_string(),
+        Said::WrongCode { left } => by_lang!(l,
+            en: format!("That code is not right. Tries left: {left}."),
+            es: format!("Ese código no es correcto. Intentos restantes: {left}."),
+            pt: format!("Esse código não está certo. Tentativas restantes: {left}."),
+            fr: format!("Ce code n'est pas le bon. Essais restants : {left}."),
+            de: format!("Der Code stimmt nicht. Verbleibende Versuche: {left}."),
+        ),
+        Said::CodeExpired => by_lang!(l,
+            en: "That code has expired. Send /link for a new one.",
+            es: "Ese código ha caducado. Envía /link para uno nuevo.",
+            pt: "Esse código expirou. Envie /link para um novo.",
+            fr: "Ce code a expiré. Envoyez /link pour en obtenir un nouveau.",
+            de: "Der Code ist abgelaufen. Schick /link für einen neuen.",
+        ).to_string(),
+        Said::Linked { email } => by_lang!(l,
+            en: format!("Done: this number is linked to {email}."),
+            es: format!("Hecho: este número está vinculado a {email}."),
+            pt: format!("Feito: este número está ligado a {email}."),
+            fr: format!("C'est fait : ce numéro est relié à {email}."),
+            de: format!("Erledigt: Diese Nummer ist mit {email} verknüpft."),
+        ),
+        Said::Cancelled => by_lang!(l,
+            en: "Linking cancelled.",
+            es: "Vinculación cancelada.",
+            pt: "Ligação cancelada.",
+            fr: "Liaison annulée.",
+            de: "Verknüpfung abgebrochen.",
+        ).to_string(),
+        Said::WhoAmI { email, name } => {
+            let linked = match email {
+                Some(e) => by_lang!(l,
+                    en: format!("This number is linked to {e}."),
+                    es: format!("Este número está vinculado a {e}."),
+                    pt: format!("Este número está ligado a {e}."),
+                    fr: format!("Ce numéro est relié à {e}."),
+                    de: format!("Diese Nummer ist mit {e} verknüpft."),
+                ),
+                None => by_lang!(l,
+                    en: "This number is not linked to an account; /link links it.",
+                    es: "Este número no está vinculado a ninguna cuenta; /link lo vincula.",
+                    pt: "Este número não está ligado a nenhuma conta; /link liga-o.",
+                    fr: "Ce numéro n'est relié à aucun compte ; /link le relie.",
+                    de: "Diese Nummer ist mit keinem Konto verknüpft; /link verknüpft sie.",
+                ).to_string(),
+            };
+            match name {
+                Some(n) => format!("{linked} {}", by_lang!(l,
+                    en: format!("I call you {n}."),
+                    es: format!("Te llamo {n}."),
+                    pt: format!("Chamo-lhe {n}."),
+                    fr: format!("Je vous appelle {n}."),
+                    de: format!("Ich nenne dich {n}."),
+                )),
+                None => linked,
+            }
+        }
+        Said::Unlinked => by_lang!(l,
+            en: "Done: this number is no longer linked to your account.",
+            es: "Hecho: este número ya no está vinculado a tu cuenta.",
+            pt: "Feito: este número já não está ligado à sua conta.",
+            fr: "C'est fait : ce numéro n'est plus relié à votre compte.",
+            de: "Erledigt: Diese Nummer ist nicht mehr mit deinem Konto verknüpft.",
+        ).to_string(),
+        Said::NotLinked => by_lang!(l,
+            en: "This number is not linked to an account.",
+            es: "Este número no está vinculado a ninguna cuenta.",
+            pt: "Este número não está ligado a nenhuma conta.",
+            fr: "Ce numéro n'est relié à aucun compte.",
+            de: "Diese Nummer ist mit keinem Konto verknüpft.",
+        ).to_string(),
+        Said::ForgetConfirm => by_lang!(l,
+            en: "This erases everything I store about this number: our conversation, its summary, the link, and your name and notes (those stay only if another number is linked to the same account). To confirm, send: /forget yes",
+            es: "Esto borra todo lo que guardo de este número: nuestra conversación, su resumen, la vinculación, y tu nombre y notas (solo se quedan si otro número está vinculado a la misma cuenta). Para confirmar, envía: /forget yes",
+            pt: "Isto apaga tudo o que guardo deste número: a nossa conversa, o seu resumo, a ligação, e o seu nome e notas (só ficam se outro número estiver ligado à mesma conta). Para confirmar, envie: /forget yes",
+            fr: "Cela efface tout ce que je garde sur ce numéro : notre conversation, son résumé, la liaison, et votre nom et vos notes (ils restent seulement si un autre numéro est relié au même compte). Pour confirmer, envoyez : /forget yes",
+            de: "Das löscht alles, was ich zu dieser Nummer speichere: unser Gespräch, seine Zusammenfassung, die Verknüpfung sowie deinen Namen und deine Notizen (die bleiben nur, wenn eine andere Nummer mit demselben Konto verknüpft ist). Zum Bestätigen schick: /forget yes",
+        ).to_string(),
+        Said::Forgotten => by_lang!(l,
+            en: "Done: I have erased everything I stored about this number.",
+            es: "Hecho: he borrado todo lo que guardaba de este número.",
+            pt: "Feito: apaguei tudo o que guardava deste número.",
+            fr: "C'est fait : j'ai effacé tout ce que je gardais sur ce numéro.",
+            de: "Erledigt: Ich habe alles gelöscht, was ich zu dieser Nummer gespeichert hatte.",
+        ).to_string(),
+        Said::Noted { note } => by_lang!(l,
+            en: format!("Noted: “{note}”. /notes lists what I remember."),
+            es: format!("Anotado: «{note}». /notes lista lo que recuerdo."),
+            pt: format!("Anotado: «{note}». /notes lista o que eu lembro."),
+            fr: format!("Noté : « {note} ». /notes liste ce dont je me souviens."),
+            de: format!("Notiert: „{note}“. /notes zeigt, was ich mir merke."),
+        ),
+        Said::Notes(notes) if notes.is_empty() => by_lang!(l,
+            en: "I have no notes about you yet. Say “remember that …” or /remember … to add one.",
+            es: "Aún no tengo notas sobre ti. Di «recuerda que …» o /remember … para añadir una.",
+            pt: "Ainda não tenho notas sobre si. Diga «lembra que …» ou /remember … para juntar uma.",
+            fr: "Je n'ai encore aucune note sur vous. Dites « souviens-toi que … » ou /remember … pour en ajouter une.",
+            de: "Ich habe noch keine Notizen über dich. Sag „merk dir, dass …“ oder /remember …, um eine hinzuzufügen.",
+        ).to_string(),
+        Said::Notes(notes) => {
+            let head = by_lang!(l,
+                en: "What I remember about you:",
+                es: "Lo que recuerdo de ti:",
+                pt: "O que lembro sobre si:",
+                fr: "Ce dont je me souviens à votre sujet :",
+                de: "Was ich mir über dich merke:",
+            );
+            let lines: Vec<String> = notes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| format!("{}. {n}", i + 1))
+                .collect();
+            format!("{head}\n{}", lines.join("\n"))
+        }
+        Said::Named { name } => by_lang!(l,
+            en: format!("Nice to meet you, {name}. I'll call you that."),
+            es: format!("Encantada, {name}. Te llamaré así."),
+            pt: format!("Muito prazer, {name}. Vou chamar-lhe assim."),
+            fr: format!("Enchantée, {name}. Je vous appellerai ainsi."),
+            de: format!("Freut mich, {name}. So nenne ich dich."),
+        ),
+        Said::Preference { value: Some(v) } => by_lang!(l,
+            en: format!("Done: I'll keep to “{v}”."),
+            es: format!("Hecho: me atendré a «{v}»."),
+            pt: format!("Feito: vou seguir «{v}»."),
+            fr: format!("C'est fait : je m'en tiendrai à « {v} »."),
+            de: format!("Erledigt: Ich halte mich an „{v}“."),
+        ),
+        Said::Preference { value: None } => by_lang!(l,
+            en: "Done: back to the default.",
+            es: "Hecho: vuelvo a lo predeterminado.",
+            pt: "Feito: de volta ao padrão.",
+            fr: "C'est fait : retour au réglage par défaut.",
+            de: "Erledigt: zurück zur Voreinstellung.",
+        ).to_string(),
+        Said::BadPreference => by_lang!(l,
+            en: "I didn't understand that setting. Use /language followed by a two-letter code (en, es, pt, fr, de…) or auto, and /length short, long or auto.",
+            es: "No entendí ese ajuste. Usa /language seguido de un código de dos letras (en, es, pt, fr, de…) o auto, y /length short, long o auto.",
+            pt: "Não percebi essa definição. Use /language seguido de um código de duas letras (en, es, pt, fr, de…) ou auto, e /length short, long ou auto.",
+            fr: "Je n'ai pas compris ce réglage. Utilisez /language suivi d'un code à deux lettres (en, es, pt, fr, de…) ou auto, et /length short, long ou auto.",
+            de: "Diese Einstellung habe ich nicht verstanden. Nutze /language mit einem Zwei-Buchstaben-Code (en, es, pt, fr, de…) oder auto, und /length short, long oder auto.",
+        ).to_string(),
+        Said::PrivateOnly => by_lang!(l,
+            en: "Please send me that in a private chat: your account is not the group's business.",
+            es: "Envíame eso en un chat privado, por favor: tu cuenta no es asunto del grupo.",
+            pt: "Envie-me isso numa conversa privada, por favor: a sua conta não é assunto do grupo.",
+            fr: "Envoyez-moi cela en message privé, s'il vous plaît : votre compte ne regarde pas le groupe.",
+            de: "Schick mir das bitte im privaten Chat: Dein Konto geht die Gruppe nichts an.",
+        ).to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,6 +810,58 @@ mod tests {
                 l == Lang::En,
                 "{l:?}"
             );
+        }
+    }
+
+    /// Every account text exists in every language, and only English reads as English.
+    #[test]
+    fn account_texts_are_translated() {
+        let all = [
+            Said::AskEmail,
+            Said::BadEmail,
+            Said::Disabled,
+            Said::RateLimited,
+            Said::WrongCode { left: 0 },
+            Said::WrongCode { left: 2 },
+            Said::CodeExpired,
+            Said::Linked {
+                email: "a***@x.org".into(),
+            },
+            Said::Cancelled,
+            Said::WhoAmI {
+                email: None,
+                name: Some("Ana".into()),
+            },
+            Said::WhoAmI {
+                email: Some("a***@x.org".into()),
+                name: None,
+            },
+            Said::Unlinked,
+            Said::NotLinked,
+            Said::ForgetConfirm,
+            Said::Forgotten,
+            Said::Noted { note: "tea".into() },
+            Said::Notes(vec![]),
+            Said::Notes(vec!["tea".into()]),
+            Said::Named { name: "Ana".into() },
+            Said::Preference {
+                value: Some("short".into()),
+            },
+            Said::Preference { value: None },
+            Said::BadPreference,
+            Said::PrivateOnly,
+        ];
+        for l in [Lang::Es, Lang::Pt, Lang::Fr, Lang::De] {
+            for said in &all {
+                assert_ne!(account(l, said), account(Lang::En, said), "{l:?} {said:?}");
+            }
+            assert_ne!(account_help(l), account_help(Lang::En));
+            assert_ne!(link_offer(l), link_offer(Lang::En));
+            assert_ne!(code_sent(l, "a", 10), code_sent(Lang::En, "a", 10));
+            assert_ne!(mail_failed(l, true), mail_failed(Lang::En, true));
+            assert_ne!(mail_failed(l, false), mail_failed(Lang::En, false));
+            assert_ne!(code_mail(l, "123456"), code_mail(Lang::En, "123456"));
+            assert!(code_mail(l, "123456").1.contains("123456"));
         }
     }
 }

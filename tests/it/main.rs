@@ -2,6 +2,7 @@
 
 mod support;
 
+mod accounts;
 mod actors;
 mod bad_input;
 mod conversation;

@@ -33,6 +33,9 @@ pub fn commit(
     let mut session = base.clone();
     session.target = plan.target.clone();
     session.contact_name = plan.contact_name.clone();
+    if plan.forget {
+        session.contact_name = None;
+    }
     if plan.reset {
         session.history.clear();
         session.summary = None;
@@ -82,6 +85,7 @@ pub fn commit(
             wamids: plan.inputs.iter().map(|i| i.wamid.clone()).collect(),
         });
     }
+    texts.extend(plan.trailing.iter().cloned());
     if session.history.len() > max_history_turns {
         let drop = session.history.len() - max_history_turns;
         session.history.drain(..drop);
@@ -173,6 +177,7 @@ mod tests {
             can_see: false,
             cap_text: &cap,
             answered: &answered,
+            accounts: None,
         };
         let records = msgs
             .into_iter()

@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use ractor::{ActorProcessingErr, ActorRef, DerivedActorRef};
 
+use crate::accounts::AccountPolicy;
 use crate::brain::{BrainError, BrainReply, UserInput};
 use crate::limits::{Limits, Verdict};
 use crate::metrics::Metrics;
@@ -69,6 +70,8 @@ pub struct ConversationPolicy {
     pub group_context_messages: usize,
     /// Groups: and at most this many characters in all (the oldest turns go first).
     pub group_context_chars: usize,
+    /// Offer linking by email once, in the first reply to a new 1:1 chat.
+    pub offer_linking: bool,
 }
 
 /// What every conversation shares: built once, held by the router, handed to each spawn.
@@ -105,6 +108,9 @@ pub enum ConversationMsg {
         inputs: Vec<UserInput>,
         notes: Vec<String>,
     },
+    /// The turn's code mail was sent (or not: `Err(refused)` says whether the server refused it
+    /// for good or could not be reached).
+    Mailed(Result<(), bool>),
     /// The turn task finished (or panicked: `None`).
     TurnDone(Option<Result<BrainReply, BrainError>>),
     /// Retry committing after a storage error, or start the next turn (what waited behind the
@@ -206,6 +212,31 @@ impl ractor::Actor for Conversation {
                     flight.plan.direct.extend(notes);
                 }
             }
+            ConversationMsg::Mailed(outcome) => {
+                if let Some(flight) = state.in_flight.as_mut() {
+                    let lang = flight.plan.lang;
+                    match outcome {
+                        Ok(()) => {
+                            Metrics::inc(&state.args.deps.metrics.link_codes_mailed);
+                            let to = flight.plan.mail.as_ref().map(|m| m.to.as_str());
+                            flight.plan.direct.push(texts::code_sent(
+                                lang,
+                                &crate::accounts::mask_email(to.unwrap_or_default()),
+                                AccountPolicy::STANDARD.code_lifetime_ms / 60_000,
+                            ));
+                        }
+                        Err(refused) => {
+                            Metrics::inc(&state.args.deps.metrics.link_mail_failures);
+                            if let (Some(id), Some(m)) =
+                                (flight.plan.identity.as_mut(), flight.plan.mail.as_ref())
+                            {
+                                id.mail_failed(&m.to);
+                            }
+                            flight.plan.direct.push(texts::mail_failed(lang, refused));
+                        }
+                    }
+                }
+            }
             ConversationMsg::TurnDone(Some(outcome)) => {
                 let Some(flight) = state.in_flight.take() else {
                     return Ok(());
@@ -290,12 +321,32 @@ async fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut Conversation
         .collect();
     let answered = answered_messages(&deps.store, &records);
     let cap = |t: String| deps.limits.cap_text(t);
+    let new_code = crate::accounts::draw_code;
+    let accounts = identity_of(&base, &records).and_then(|key| {
+        match deps.store.number_record(&key) {
+            Ok(rec) => Some(plan::AccountsContext {
+                key,
+                record: rec.unwrap_or_default(),
+                lookup: deps.store.as_ref(),
+                policy: &AccountPolicy::STANDARD,
+                mail_enabled: deps.run.mailer.is_some(),
+                now_ms: now_ms(),
+                new_code: &new_code,
+            }),
+            Err(e) => {
+                // Answered without the account this turn rather than not at all.
+                tracing::error!(key = %state.args.key, error = %e, "reading the identity failed");
+                None
+            }
+        }
+    });
     let ctx = PlanContext {
         policy: &deps.policy,
         can_hear: deps.run.transcription.is_some(),
         can_see: deps.run.vision.is_some(),
         cap_text: &cap,
         answered: &answered,
+        accounts,
     };
     let plan = plan::plan(&base, records, &verdicts, &ctx);
     record_events(state, &plan.events);
@@ -313,6 +364,7 @@ async fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut Conversation
         typing_for: plan.typing_for(&base, &deps.policy),
         lang: plan.lang,
         timeout: deps.policy.brain_timeout,
+        mail: plan.mail.clone(),
     };
     state.in_flight = Some(InFlight { base, plan });
     run::spawn(myself.clone(), job, deps.run.clone());
@@ -384,6 +436,16 @@ async fn begin_attempt(
     }
 }
 
+/// The identity of a 1:1 chat: its phone number (or user id when Meta gives no number).
+fn identity_of(session: &SessionState, records: &[InboxRecord]) -> Option<String> {
+    if session.is_group {
+        return None;
+    }
+    let m = &records.last()?.message;
+    let id = m.from.as_deref().or(m.from_user_id.as_deref())?;
+    Some(crate::accounts::link_key(id))
+}
+
 /// The text of Sandra's own messages that this turn's messages reply to: what tapped buttons
 /// and list rows answer, and (in groups) whether a reply was a reply to Sandra.
 fn answered_messages(store: &Store, records: &[InboxRecord]) -> HashMap<String, String> {
@@ -451,7 +513,12 @@ async fn finish_turn(
         now / 1000,
         deps.policy.max_history_turns,
     );
-    let committed = match deps.store.commit_turn(&c.session, &c.seqs, &c.replies) {
+    let committed = match deps.store.commit_turn_with(
+        &c.session,
+        &c.seqs,
+        &c.replies,
+        flight.plan.identity.as_ref(),
+    ) {
         Ok(_) => deps.store.sync().await,
         Err(e) => Err(e),
     };

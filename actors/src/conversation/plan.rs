@@ -10,6 +10,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::accounts::{
+    self, AccountPolicy, Desk, IdentityChange, Lookup, MailJob, NewCode, Profile, Said,
+};
 use crate::brain::{TurnInput, UserInput};
 use crate::limits::Verdict;
 use crate::llm_brain::author_line;
@@ -51,6 +54,24 @@ pub struct PlanContext<'a> {
     /// The text of Sandra's own messages that this turn's messages reply to, by wamid: what a
     /// tapped button or list row answers, and how a group reply to Sandra is recognised.
     pub answered: &'a HashMap<String, String>,
+    /// The identity of a 1:1 chat, for account commands, linking and the profile (`None` in
+    /// groups and where accounts are not wired, as in most tests).
+    pub accounts: Option<AccountsContext<'a>>,
+}
+
+/// What the planner needs to run account commands and the linking flow (see [`accounts`]).
+pub struct AccountsContext<'a> {
+    /// The identity's key ([`accounts::link_key`]) and its stored record.
+    pub key: String,
+    pub record: accounts::NumberRecord,
+    pub lookup: &'a dyn Lookup,
+    pub policy: &'a AccountPolicy,
+    /// An SMTP server is configured.
+    pub mail_enabled: bool,
+    /// Unix milliseconds now (code expiry, rate windows).
+    pub now_ms: i64,
+    /// Draws a code; called only when one is to be mailed.
+    pub new_code: &'a dyn Fn() -> NewCode,
 }
 
 /// Something the actor logs and counts; the planner only reports it.
@@ -101,12 +122,22 @@ pub struct Plan {
     /// Groups only: (turns, characters) the history the brain sees and the session keeps is
     /// bounded by (`conversation.group_context_messages` / `group_context_chars`).
     pub group_bound: Option<(usize, usize)>,
+    /// What the turn changes in links and accounts, committed with it.
+    pub identity: Option<IdentityChange>,
+    /// A verification code to mail before the turn is committed.
+    pub mail: Option<MailJob>,
+    /// The profile that personalises the prompt (1:1 chats).
+    pub profile: Option<Profile>,
+    /// `/forget yes`: the session forgets the profile name too.
+    pub forget: bool,
+    /// Said after the brain's reply (the one-time linking offer).
+    pub trailing: Vec<String>,
 }
 
 impl Plan {
-    /// Nothing for the brain: the turn can be committed at once.
+    /// Nothing for the brain and no mail to send: the turn can be committed at once.
     pub fn needs_brain(&self) -> bool {
-        !self.inputs.is_empty()
+        !self.inputs.is_empty() || self.mail.is_some()
     }
 
     /// The brain's view of this turn, over the session as it stood before it, at `now`.
@@ -134,6 +165,7 @@ impl Plan {
             // The profile's zone, once accounts have one.
             time_zone: None,
             asker_number: self.asker_number.clone(),
+            profile: self.profile.clone().filter(|p| !p.is_empty()),
         }
     }
 
@@ -175,8 +207,26 @@ pub fn plan(
             ctx.policy.group_context_messages,
             ctx.policy.group_context_chars,
         )),
+        identity: None,
+        mail: None,
+        profile: None,
+        forget: false,
+        trailing: Vec::new(),
     };
     let lang = p.lang;
+    let mut desk = ctx
+        .accounts
+        .as_ref()
+        .filter(|_| !session.is_group)
+        .map(|a| {
+            Desk::new(
+                a.key.clone(),
+                a.record.clone(),
+                a.lookup,
+                a.policy,
+                a.now_ms,
+            )
+        });
     for (i, rec) in records.into_iter().enumerate() {
         let m = &rec.message;
         match verdicts.get(i).copied().unwrap_or(Verdict::Answer) {
@@ -212,6 +262,27 @@ pub fn plan(
                 kind: kind.clone(),
                 detail: detail.clone(),
             });
+        }
+        if let (Some(desk), Some(a), Content::Text { body }) =
+            (desk.as_mut(), ctx.accounts.as_ref(), &m.content)
+            && let Some(said) = account_step(desk, a, body, m.timestamp)
+        {
+            let lang = accounts::phrase_language(body)
+                .and_then(Lang::from_code)
+                .unwrap_or(lang);
+            // Account messages (addresses, codes, notes) stay out of history and the brain.
+            match said {
+                Said::CodeSent => p.mail = desk.mail.take(),
+                Said::Forgotten => {
+                    p.reset = true;
+                    p.forget = true;
+                    p.contact_name = None;
+                    p.direct.push(texts::account(lang, &said));
+                }
+                _ => p.direct.push(texts::account(lang, &said)),
+            }
+            p.records.push(rec);
+            continue;
         }
         let rendered = match render(m, ctx, lang) {
             Rendered::Input(t) => Rendered::Input((ctx.cap_text)(t)),
@@ -263,7 +334,25 @@ pub fn plan(
         }
         p.records.push(rec);
     }
+    if let (Some(mut desk), Some(a)) = (desk, ctx.accounts.as_ref()) {
+        let answers = !p.inputs.is_empty() || !p.direct.is_empty();
+        if answers && ctx.policy.offer_linking && a.mail_enabled && desk.offer_once() {
+            p.trailing.push(texts::link_offer(lang));
+        }
+        p.profile = Some(desk.profile());
+        p.identity = desk.into_change();
+    }
     p
+}
+
+/// An account command, or the address or code the linking flow waits for; `None` for
+/// anything else (it goes on to the brain as usual).
+fn account_step(desk: &mut Desk<'_>, a: &AccountsContext<'_>, body: &str, ts: i64) -> Option<Said> {
+    if let Some(cmd) = accounts::parse_command(body) {
+        return Some(desk.command(cmd, a.mail_enabled, ts));
+    }
+    (!body.trim_start().starts_with('/') && desk.awaits_input(body))
+        .then(|| desk.flow_input(body, a.new_code))
 }
 
 /// The language of this turn's canned texts: the newest message that says, else the newest user
@@ -338,7 +427,17 @@ fn render(m: &InboundMessage, ctx: &PlanContext<'_>, lang: Lang) -> Rendered {
                 let cmd = cmd.split_whitespace().next().unwrap_or("").to_lowercase();
                 return match cmd.as_str() {
                     "reset" => Rendered::Reset,
+                    "help" | "start" if ctx.accounts.is_some() => Rendered::Direct(format!(
+                        "{} {}",
+                        texts::help(lang),
+                        texts::account_help(lang)
+                    )),
                     "help" | "start" => Rendered::Direct(texts::help(lang)),
+                    // Account commands reach here only in groups.
+                    "link" | "whoami" | "unlink" | "forget" | "remember" | "notes" | "name"
+                    | "language" | "length" => {
+                        Rendered::Direct(texts::account(lang, &Said::PrivateOnly))
+                    }
                     _ => Rendered::Direct(texts::unknown_command(lang, &cmd)),
                 };
             }
@@ -498,6 +597,7 @@ pub(crate) mod tests {
             brain_timeout: std::time::Duration::from_secs(300),
             group_context_messages: 40,
             group_context_chars: 100_000,
+            offer_linking: true,
         }
     }
 
@@ -558,6 +658,7 @@ pub(crate) mod tests {
             can_see: false,
             cap_text: &cap,
             answered,
+            accounts: None,
         };
         let records = msgs
             .into_iter()
@@ -778,6 +879,7 @@ pub(crate) mod tests {
             can_see: false,
             cap_text: &cap,
             answered: &answered,
+            accounts: None,
         };
         let p = plan(&s, vec![rec(1, a.clone())], &[], &ctx);
         let h = p.brain_input(&s, jiff::Timestamp::UNIX_EPOCH).history;
@@ -942,6 +1044,7 @@ pub(crate) mod tests {
             can_see,
             cap_text: &cap,
             answered: &answered,
+            accounts: None,
         };
         let all = vec![photo.clone(), sticker, doc, video];
         let records = |msgs: Vec<InboundMessage>| {
@@ -1033,6 +1136,7 @@ pub(crate) mod tests {
             can_see: false,
             cap_text: &cap,
             answered: &answered,
+            accounts: None,
         };
         let p = plan(&s, vec![rec(1, tap.clone())], &[], &ctx);
         assert_eq!(
@@ -1093,5 +1197,109 @@ pub(crate) mod tests {
         let p = run(&s, vec![poll], &[]);
         assert!(p.direct[0].contains("can't read this kind of message (poll_update)"));
         assert!(matches!(p.events[0], PlanEvent::Unsupported { .. }));
+    }
+
+    struct NoAccounts;
+
+    impl Lookup for NoAccounts {
+        fn account(&self, _: &str) -> Option<crate::accounts::Account> {
+            None
+        }
+        fn email_sends(&self, _: &str) -> Vec<i64> {
+            Vec::new()
+        }
+    }
+
+    fn with_accounts(
+        session: &SessionState,
+        msgs: Vec<InboundMessage>,
+        record: accounts::NumberRecord,
+    ) -> Plan {
+        let policy = policy();
+        let cap = |t: String| t;
+        let answered = HashMap::new();
+        let new_code = || NewCode {
+            code: "123456".to_string().into(),
+            salt: [3; 16],
+        };
+        let ctx = PlanContext {
+            policy: &policy,
+            can_hear: true,
+            can_see: false,
+            cap_text: &cap,
+            answered: &answered,
+            accounts: Some(AccountsContext {
+                key: accounts::link_key("15550001111"),
+                record,
+                lookup: &NoAccounts,
+                policy: &AccountPolicy::STANDARD,
+                mail_enabled: true,
+                now_ms: 1_000,
+                new_code: &new_code,
+            }),
+        };
+        let records = msgs
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| rec(i as u64, m))
+            .collect();
+        plan(session, records, &[], &ctx)
+    }
+
+    #[test]
+    fn account_messages_stay_out_of_the_brain_and_linking_is_offered_once() {
+        let a = text("w1", 1, "hello");
+        let s = session_for(&a);
+        let p = with_accounts(
+            &s,
+            vec![a, text("w2", 2, "/remember I like tea")],
+            Default::default(),
+        );
+        let inputs: Vec<&str> = p.inputs.iter().map(|i| i.text.as_str()).collect();
+        assert_eq!(inputs, vec!["hello"], "the note is not the brain's input");
+        assert!(p.direct[0].starts_with("Noted"), "{:?}", p.direct);
+        assert_eq!(p.trailing, vec![texts::link_offer(Lang::En)]);
+        let profile = p
+            .brain_input(&s, jiff::Timestamp::UNIX_EPOCH)
+            .profile
+            .unwrap();
+        assert_eq!(profile.notes[0].text, "I like tea");
+        let stored = p.identity.unwrap().number.unwrap();
+        assert!(stored.offered);
+        // The next turn, with what was stored: no offer again.
+        let p = with_accounts(&s, vec![text("w3", 3, "hi again")], stored.clone());
+        assert!(p.trailing.is_empty());
+
+        // An address while one is awaited: a code to mail, nothing for the brain or history.
+        let awaiting = accounts::NumberRecord {
+            flow: accounts::Flow::AwaitingEmail,
+            ..stored
+        };
+        let p = with_accounts(&s, vec![text("w4", 4, "ana@example.org")], awaiting);
+        assert_eq!(
+            p.mail.as_ref().map(|m| m.to.as_str()),
+            Some("ana@example.org")
+        );
+        assert!(p.needs_brain() && p.inputs.is_empty() && p.direct.is_empty());
+
+        // Never in groups: no offer, no account commands, no profile.
+        let g = in_group(text("w5", 5, "Sandra, remember that I like tea"));
+        let gs = session_for(&g);
+        let p = with_accounts(&gs, vec![g], Default::default());
+        assert_eq!(
+            p.inputs.len(),
+            1,
+            "in a group it is just a message to Sandra"
+        );
+        assert!(p.trailing.is_empty() && p.identity.is_none() && p.profile.is_none());
+        let g = in_group(text("w6", 6, "/link"));
+        let mut g = g;
+        g.context = Some(ContextRef {
+            from: Some("15550009999".into()),
+            id: Some("sent1".into()),
+            forwarded: false,
+        });
+        let p = with_accounts(&gs, vec![g], Default::default());
+        assert_eq!(p.direct, vec![texts::account(Lang::En, &Said::PrivateOnly)]);
     }
 }

@@ -23,7 +23,9 @@ use futures::FutureExt;
 use ractor::ActorRef;
 use tokio::sync::oneshot;
 
+use crate::accounts::MailJob;
 use crate::brain::{Brain, BrainError, BrainReply, TurnInput, UserInput};
+use crate::mailer::{MailError, Mailer};
 use crate::sender::SenderMsg;
 use crate::slot::ActorSlot;
 use crate::texts::{self, Lang, VoiceProblem};
@@ -49,6 +51,8 @@ pub struct RunDeps {
     pub echo_transcript: bool,
     /// `transcription.max_audio_seconds`, to tell the user how much of a long note was heard.
     pub max_audio_seconds: f32,
+    /// Sends verification codes; `None` when `[email] smtp_url` is not set.
+    pub mailer: Option<Arc<Mailer>>,
 }
 
 /// One turn to run.
@@ -62,6 +66,8 @@ pub struct TurnJob {
     pub typing_for: Option<String>,
     pub lang: Lang,
     pub timeout: Duration,
+    /// A verification code to mail first.
+    pub mail: Option<MailJob>,
 }
 
 /// The typing indicator lasts about 25 s: it is refreshed this often while the brain works.
@@ -116,8 +122,19 @@ async fn turn(
         look,
         lang,
         timeout,
+        mail,
         ..
     } = job;
+    if let Some(job) = mail {
+        let outcome = match deps.mailer.as_ref() {
+            Some(m) => match m.send_code(&job.to, &job.code, lang).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(matches!(e, MailError::Refused(_))),
+            },
+            None => Err(false),
+        };
+        let _ = me.cast(ConversationMsg::Mailed(outcome));
+    }
     let mut heard = Vec::new();
     let mut failed = Vec::new();
     let mut notes = Vec::new();
