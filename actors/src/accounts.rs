@@ -77,6 +77,10 @@ pub struct Profile {
     /// Preferred reply length ("short", "long"), when the user gave one.
     #[serde(default)]
     pub reply_length: Option<String>,
+    /// The user's IANA time zone (`/timezone Europe/Lisbon`): the prompt's clock uses it
+    /// instead of the guess from the number.
+    #[serde(default)]
+    pub time_zone: Option<String>,
     #[serde(default)]
     pub notes: Vec<Note>,
 }
@@ -96,6 +100,9 @@ impl Profile {
         }
         if self.reply_length.is_none() {
             self.reply_length = other.reply_length;
+        }
+        if self.time_zone.is_none() {
+            self.time_zone = other.time_zone;
         }
         for n in other.notes {
             if !self.notes.iter().any(|m| m.text == n.text) {
@@ -266,6 +273,8 @@ pub enum Command {
     Language(String),
     /// `/length short|long`, `/length auto` clears it.
     Length(String),
+    /// `/timezone Europe/Lisbon` (an IANA name), `/timezone auto` clears it.
+    TimeZone(String),
 }
 
 /// Trigger phrases at the start of a message, lowercase, in the five languages.
@@ -323,6 +332,7 @@ pub fn parse_command(text: &str) -> Option<Command> {
             "name" if !arg.is_empty() => Some(Command::Name(arg)),
             "language" => Some(Command::Language(arg.to_lowercase())),
             "length" => Some(Command::Length(arg.to_lowercase())),
+            "timezone" | "tz" => Some(Command::TimeZone(arg)),
             _ => None,
         };
     }
@@ -592,6 +602,16 @@ impl<'a> Desk<'a> {
             Command::Length(len) => {
                 let ok = matches!(len.as_str(), "short" | "long");
                 self.preference(len, ok, |p, v| p.reply_length = v)
+            }
+            Command::TimeZone(name) => {
+                // Stored under the database's own spelling ("europe/lisbon" → "Europe/Lisbon").
+                let canonical = crate::clock::zone(&name)
+                    .ok()
+                    .and_then(|tz| tz.iana_name().map(str::to_string));
+                match canonical {
+                    Some(tz) => self.preference(tz, true, |p, v| p.time_zone = v),
+                    None => self.preference(name.to_lowercase(), false, |p, v| p.time_zone = v),
+                }
             }
             Command::Name(name) => {
                 let name: String = name.chars().take(MAX_NAME_CHARS).collect();
@@ -972,6 +992,26 @@ mod tests {
             Said::Preference { value: None }
         );
         assert_eq!(db.numbers.borrow()["whatsapp:1"].profile.language, None);
+        assert_eq!(
+            db.say("1", "/timezone europe/lisbon", 0).0,
+            set("Europe/Lisbon")
+        );
+        assert_eq!(
+            db.numbers.borrow()["whatsapp:1"]
+                .profile
+                .time_zone
+                .as_deref(),
+            Some("Europe/Lisbon")
+        );
+        assert_eq!(
+            db.say("1", "/timezone Mars/Olympus", 0).0,
+            Said::BadPreference
+        );
+        assert_eq!(
+            db.say("1", "/tz auto", 0).0,
+            Said::Preference { value: None }
+        );
+        assert_eq!(db.numbers.borrow()["whatsapp:1"].profile.time_zone, None);
     }
 
     #[test]

@@ -457,11 +457,11 @@ pub fn duration(l: Lang, seconds: f32) -> String {
 /// Appended to `/help`: the account commands.
 pub fn account_help(l: Lang) -> String {
     by_lang!(l,
-        en: "Account: /link links this number to your email, /whoami shows it, /unlink removes it, /name sets what I call you, /remember notes something for later, /notes lists the notes, /language and /length set your preferences, /forget erases what I store about this number.",
-        es: "Cuenta: /link vincula este número a tu correo, /whoami lo muestra, /unlink lo quita, /name fija cómo te llamo, /remember anota algo para más adelante, /notes lista las notas, /language y /length fijan tus preferencias, /forget borra lo que guardo de este número.",
-        pt: "Conta: /link liga este número ao seu email, /whoami mostra-o, /unlink remove-o, /name define como lhe chamo, /remember anota algo para mais tarde, /notes lista as notas, /language e /length definem as suas preferências, /forget apaga o que guardo deste número.",
-        fr: "Compte : /link relie ce numéro à votre e-mail, /whoami l'affiche, /unlink le retire, /name fixe comment je vous appelle, /remember note quelque chose pour plus tard, /notes liste les notes, /language et /length règlent vos préférences, /forget efface ce que je garde sur ce numéro.",
-        de: "Konto: /link verknüpft diese Nummer mit deiner E-Mail, /whoami zeigt sie, /unlink entfernt sie, /name legt fest, wie ich dich nenne, /remember merkt sich etwas, /notes listet die Notizen, /language und /length legen deine Vorlieben fest, /forget löscht, was ich zu dieser Nummer speichere.",
+        en: "Account: /link links this number to your email, /whoami shows it, /unlink removes it, /name sets what I call you, /remember notes something for later, /notes lists the notes, /language, /length and /timezone set your preferences, /forget erases what I store about this number.",
+        es: "Cuenta: /link vincula este número a tu correo, /whoami lo muestra, /unlink lo quita, /name fija cómo te llamo, /remember anota algo para más adelante, /notes lista las notas, /language, /length y /timezone fijan tus preferencias, /forget borra lo que guardo de este número.",
+        pt: "Conta: /link liga este número ao seu email, /whoami mostra-o, /unlink remove-o, /name define como lhe chamo, /remember anota algo para mais tarde, /notes lista as notas, /language, /length e /timezone definem as suas preferências, /forget apaga o que guardo deste número.",
+        fr: "Compte : /link relie ce numéro à votre e-mail, /whoami l'affiche, /unlink le retire, /name fixe comment je vous appelle, /remember note quelque chose pour plus tard, /notes liste les notes, /language, /length et /timezone règlent vos préférences, /forget efface ce que je garde sur ce numéro.",
+        de: "Konto: /link verknüpft diese Nummer mit deiner E-Mail, /whoami zeigt sie, /unlink entfernt sie, /name legt fest, wie ich dich nenne, /remember merkt sich etwas, /notes listet die Notizen, /language, /length und /timezone legen deine Vorlieben fest, /forget löscht, was ich zu dieser Nummer speichere.",
     )
     .to_string()
 }
@@ -707,11 +707,11 @@ pub fn account(l: Lang, said: &Said) -> String {
             de: "Erledigt: zurück zur Voreinstellung.",
         ).to_string(),
         Said::BadPreference => by_lang!(l,
-            en: "I didn't understand that setting. Use /language followed by a two-letter code (en, es, pt, fr, de…) or auto, and /length short, long or auto.",
-            es: "No entendí ese ajuste. Usa /language seguido de un código de dos letras (en, es, pt, fr, de…) o auto, y /length short, long o auto.",
-            pt: "Não percebi essa definição. Use /language seguido de um código de duas letras (en, es, pt, fr, de…) ou auto, e /length short, long ou auto.",
-            fr: "Je n'ai pas compris ce réglage. Utilisez /language suivi d'un code à deux lettres (en, es, pt, fr, de…) ou auto, et /length short, long ou auto.",
-            de: "Diese Einstellung habe ich nicht verstanden. Nutze /language mit einem Zwei-Buchstaben-Code (en, es, pt, fr, de…) oder auto, und /length short, long oder auto.",
+            en: "I didn't understand that setting. Use /language followed by a two-letter code (en, es, pt, fr, de…) or auto, /length short, long or auto, and /timezone with a zone such as Europe/Lisbon, or auto.",
+            es: "No entendí ese ajuste. Usa /language seguido de un código de dos letras (en, es, pt, fr, de…) o auto, /length short, long o auto, y /timezone con una zona como Europe/Madrid, o auto.",
+            pt: "Não percebi essa definição. Use /language seguido de um código de duas letras (en, es, pt, fr, de…) ou auto, /length short, long ou auto, e /timezone com um fuso como Europe/Lisbon, ou auto.",
+            fr: "Je n'ai pas compris ce réglage. Utilisez /language suivi d'un code à deux lettres (en, es, pt, fr, de…) ou auto, /length short, long ou auto, et /timezone avec un fuseau comme Europe/Paris, ou auto.",
+            de: "Diese Einstellung habe ich nicht verstanden. Nutze /language mit einem Zwei-Buchstaben-Code (en, es, pt, fr, de…) oder auto, /length short, long oder auto, und /timezone mit einer Zone wie Europe/Berlin, oder auto.",
         ).to_string(),
         Said::PrivateOnly => by_lang!(l,
             en: "Please send me that in a private chat: your account is not the group's business.",

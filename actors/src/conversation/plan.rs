@@ -162,8 +162,7 @@ impl Plan {
             contact_name: self.contact_name.clone(),
             is_group: session.is_group,
             now,
-            // The profile's zone, once accounts have one.
-            time_zone: None,
+            time_zone: self.profile.as_ref().and_then(|p| p.time_zone.clone()),
             asker_number: self.asker_number.clone(),
             profile: self.profile.clone().filter(|p| !p.is_empty()),
         }
@@ -1244,6 +1243,26 @@ pub(crate) mod tests {
             .map(|(i, m)| rec(i as u64, m))
             .collect();
         plan(session, records, &[], &ctx)
+    }
+
+    #[test]
+    fn the_profiles_time_zone_sets_the_prompts_clock() {
+        let a = text("w1", 1, "/timezone america/mexico_city");
+        let s = session_for(&a);
+        let p = with_accounts(
+            &s,
+            vec![a, text("w2", 2, "what time is it?")],
+            Default::default(),
+        );
+        let input = p.brain_input(&s, jiff::Timestamp::UNIX_EPOCH);
+        assert_eq!(input.time_zone.as_deref(), Some("America/Mexico_City"));
+        // Without one, no zone: the clock guesses from the number.
+        let b = text("w3", 3, "hello");
+        let p = with_accounts(&s, vec![b], Default::default());
+        assert_eq!(
+            p.brain_input(&s, jiff::Timestamp::UNIX_EPOCH).time_zone,
+            None
+        );
     }
 
     #[test]
