@@ -212,7 +212,6 @@ pub fn plan(
         forget: false,
         trailing: Vec::new(),
     };
-    let lang = p.lang;
     let mut desk = ctx
         .accounts
         .as_ref()
@@ -226,6 +225,15 @@ pub fn plan(
                 a.now_ms,
             )
         });
+    // A language the user chose (`/language pt`) wins over the one guessed from their words.
+    if let Some(chosen) = desk
+        .as_mut()
+        .and_then(|d| d.profile().language)
+        .and_then(|code| Lang::from_code(&code))
+    {
+        p.lang = chosen;
+    }
+    let lang = p.lang;
     for (i, rec) in records.into_iter().enumerate() {
         let m = &rec.message;
         match verdicts.get(i).copied().unwrap_or(Verdict::Answer) {
@@ -1243,6 +1251,25 @@ pub(crate) mod tests {
             .map(|(i, m)| rec(i as u64, m))
             .collect();
         plan(session, records, &[], &ctx)
+    }
+
+    #[test]
+    fn canned_texts_follow_the_language_the_user_chose() {
+        let a = text("w1", 1, "hello there, how are you doing today?");
+        let s = session_for(&a);
+        let record = accounts::NumberRecord {
+            profile: accounts::Profile {
+                language: Some("pt".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let p = with_accounts(&s, vec![a.clone(), text("w2", 2, "/reset")], record);
+        assert_eq!(p.lang, Lang::Pt);
+        assert_eq!(p.direct, vec![texts::reset_done(Lang::Pt)]);
+        // Without a choice, the guess from their words.
+        let p = with_accounts(&s, vec![a, text("w2", 2, "/reset")], Default::default());
+        assert_eq!(p.lang, Lang::En);
     }
 
     #[test]
