@@ -125,6 +125,74 @@ pub struct Account {
     pub created_at: i64,
 }
 
+/// The account to store when this turn changed `base` into `ours` and the store now holds
+/// `current` (another number of the same account may have committed in between).
+///
+/// Without a concurrent change, `ours` as is. Otherwise this turn's edit is applied to `current`:
+/// the profile fields it changed, the notes and links it added or removed. A turn that erased
+/// the account (`/forget` by its last number) keeps it if another number linked meanwhile,
+/// without `key`'s link.
+pub fn merge_account(
+    key: &str,
+    base: Option<&Account>,
+    ours: Option<&Account>,
+    current: Option<&Account>,
+) -> Option<Account> {
+    if current == base {
+        return ours.cloned();
+    }
+    let Some(current) = current else {
+        // Erased meanwhile: this turn's version, if it keeps one.
+        return ours.cloned();
+    };
+    let Some(ours) = ours else {
+        let mut kept = current.clone();
+        kept.links.retain(|l| l != key);
+        return (!kept.links.is_empty()).then_some(kept);
+    };
+    let empty = Account {
+        email: ours.email.clone(),
+        profile: Profile::default(),
+        links: Vec::new(),
+        created_at: ours.created_at,
+    };
+    let base = base.unwrap_or(&empty);
+    let mut merged = current.clone();
+    let (b, o, m) = (&base.profile, &ours.profile, &mut merged.profile);
+    if o.name != b.name {
+        m.name = o.name.clone();
+    }
+    if o.language != b.language {
+        m.language = o.language.clone();
+    }
+    if o.reply_length != b.reply_length {
+        m.reply_length = o.reply_length.clone();
+    }
+    if o.time_zone != b.time_zone {
+        m.time_zone = o.time_zone.clone();
+    }
+    m.notes.retain(|n| {
+        o.notes.iter().any(|x| x.text == n.text) || !b.notes.iter().any(|x| x.text == n.text)
+    });
+    for n in &o.notes {
+        if !b.notes.iter().any(|x| x.text == n.text) && !m.notes.iter().any(|x| x.text == n.text) {
+            m.notes.push(n.clone());
+        }
+    }
+    m.notes.sort_by_key(|n| n.at);
+    let over = m.notes.len().saturating_sub(MAX_NOTES);
+    m.notes.drain(..over);
+    merged
+        .links
+        .retain(|l| ours.links.contains(l) || !base.links.contains(l));
+    for l in &ours.links {
+        if !base.links.contains(l) && !merged.links.contains(l) {
+            merged.links.push(l.clone());
+        }
+    }
+    Some(merged)
+}
+
 /// A code as stored: never the digits, only an HMAC of them under a random salt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CodeHash {
@@ -411,8 +479,11 @@ pub struct IdentityChange {
     pub key: String,
     /// The identity's new record; `None` erases it (`/forget`).
     pub number: Option<NumberRecord>,
-    /// Accounts to write (`None`: erase).
+    /// Accounts to write (`None`: erase), only those this turn changed.
     pub accounts: BTreeMap<String, Option<Account>>,
+    /// Each written account as this turn read it: the store merges this turn's edit into
+    /// whatever another number's turn committed meanwhile ([`merge_account`]).
+    pub account_bases: BTreeMap<String, Option<Account>>,
     /// Per-email code counters to write.
     pub email_sends: BTreeMap<String, Vec<i64>>,
 }
@@ -442,6 +513,8 @@ pub struct Desk<'a> {
     key: String,
     number: NumberRecord,
     accounts: BTreeMap<String, Option<Account>>,
+    /// The accounts as read from the store, before this turn's edits.
+    read: BTreeMap<String, Option<Account>>,
     email_sends: BTreeMap<String, Vec<i64>>,
     pub mail: Option<MailJob>,
     pub forgotten: bool,
@@ -463,6 +536,7 @@ impl<'a> Desk<'a> {
             key,
             number,
             accounts: BTreeMap::new(),
+            read: BTreeMap::new(),
             email_sends: BTreeMap::new(),
             mail: None,
             forgotten: false,
@@ -480,12 +554,17 @@ impl<'a> Desk<'a> {
     fn account(&mut self, email: &str) -> Option<Account> {
         if !self.accounts.contains_key(email) {
             let a = self.lookup.account(email);
+            self.read.insert(email.to_string(), a.clone());
             self.accounts.insert(email.to_string(), a);
         }
         self.accounts.get(email).cloned().flatten()
     }
 
     fn put_account(&mut self, a: Option<Account>, email: &str) {
+        if !self.read.contains_key(email) {
+            let before = self.lookup.account(email);
+            self.read.insert(email.to_string(), before);
+        }
         self.accounts.insert(email.to_string(), a);
         self.changed = true;
     }
@@ -736,11 +815,24 @@ impl<'a> Desk<'a> {
 
     /// The writes this turn makes, if it changed anything.
     pub fn into_change(self) -> Option<IdentityChange> {
+        let read = self.read;
+        // Only what this turn changed is written: an account it merely read is left to
+        // whoever else may be writing it.
+        let accounts: BTreeMap<_, _> = self
+            .accounts
+            .into_iter()
+            .filter(|(email, a)| read.get(email) != Some(a))
+            .collect();
+        let account_bases = accounts
+            .keys()
+            .map(|e| (e.clone(), read.get(e).cloned().flatten()))
+            .collect();
         self.changed.then(|| IdentityChange {
             number: (!self.forgotten || self.number != NumberRecord::default())
                 .then_some(self.number),
             key: self.key,
-            accounts: self.accounts,
+            accounts,
+            account_bases,
             email_sends: self.email_sends,
         })
     }

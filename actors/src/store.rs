@@ -945,14 +945,38 @@ impl Store {
                                 Some(n) => links.insert(c.key.as_bytes(), json(n))?,
                                 None => links.remove(c.key.as_bytes())?,
                             };
-                            for (email, a) in &c.accounts {
-                                match a {
-                                    Some(a) => accounts.insert(email.as_bytes(), json(a))?,
+                            for (email, ours) in &c.accounts {
+                                // Read again inside the transaction: another number of the
+                                // same account may have committed since this turn read it.
+                                let current: Option<Account> = accounts
+                                    .get(email.as_bytes())?
+                                    .map(|v| serde_json::from_slice(&v))
+                                    .transpose()
+                                    .map_err(abort)?;
+                                let base = c.account_bases.get(email).and_then(Option::as_ref);
+                                let merged = crate::accounts::merge_account(
+                                    &c.key,
+                                    base,
+                                    ours.as_ref(),
+                                    current.as_ref(),
+                                );
+                                match merged {
+                                    Some(a) => accounts.insert(email.as_bytes(), json(&a))?,
                                     None => accounts.remove(email.as_bytes())?,
                                 };
                             }
                             for (email, sends) in &c.email_sends {
-                                codes.insert(email.as_bytes(), json(sends))?;
+                                // Sends counted by another number's turn meanwhile still count.
+                                let mut all: Vec<i64> = codes
+                                    .get(email.as_bytes())?
+                                    .map(|v| serde_json::from_slice(&v))
+                                    .transpose()
+                                    .map_err(abort)?
+                                    .unwrap_or_default();
+                                all.extend(sends);
+                                all.sort_unstable();
+                                all.dedup();
+                                codes.insert(email.as_bytes(), json(&all))?;
                             }
                         }
                         let mut ids = Vec::new();
@@ -1345,7 +1369,6 @@ mod tests {
         s
     }
 
-    /// Records written before `attempts` / `sending_since_ms` existed still load.
     #[test]
     fn a_linking_flow_is_committed_with_its_turn_and_survives_a_restart() {
         use crate::accounts::{Flow, link_key};
@@ -1372,6 +1395,7 @@ mod tests {
                     ..Default::default()
                 }),
                 accounts,
+                account_bases: Default::default(),
                 email_sends: [("ana@example.org".to_string(), vec![5])].into(),
             };
             store
@@ -1403,6 +1427,7 @@ mod tests {
             key: key.clone(),
             number: None,
             accounts: [("ana@example.org".to_string(), None)].into(),
+            account_bases: Default::default(),
             email_sends: Default::default(),
         };
         let rec = accept_one(&store, "w2", "15550001111");
@@ -1414,6 +1439,96 @@ mod tests {
         assert!(store.account("ana@example.org").unwrap().is_none());
     }
 
+    /// Two numbers of one account, each in a turn that read the account before the other
+    /// committed: both edits survive (the second is merged into the first, not written over it).
+    #[test]
+    fn concurrent_turns_of_one_account_both_keep_their_edits() {
+        use crate::accounts::{Note, Profile, link_key};
+        let (_d, store) = open();
+        let (ka, kb) = (link_key("15550001111"), link_key("15550002222"));
+        let email = "ana@example.org".to_string();
+        let account = |notes: &[&str], links: &[&String]| Account {
+            email: email.clone(),
+            profile: Profile {
+                notes: notes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| Note {
+                        text: t.to_string(),
+                        at: i as i64,
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            links: links.iter().map(|l| l.to_string()).collect(),
+            created_at: 1,
+        };
+        let base = account(&["tea"], &[&ka, &kb]);
+        let turn = |key: &String, wamid: &str, from: &str, ours: Account| {
+            let rec = accept_one(&store, wamid, from);
+            let change = IdentityChange {
+                key: key.clone(),
+                number: Some(NumberRecord::default()),
+                accounts: [(email.clone(), Some(ours))].into(),
+                account_bases: [(email.clone(), Some(base.clone()))].into(),
+                email_sends: Default::default(),
+            };
+            store
+                .commit_turn_with(&session(&rec.key, Some(1)), &[rec.seq], &[], Some(&change))
+                .unwrap();
+        };
+        store
+            .write(|| {
+                store.accounts.insert(email.as_bytes(), json(&base))?;
+                Ok(())
+            })
+            .unwrap();
+        // Both read `base`; the first adds a note, the second adds another and sets a name.
+        turn(
+            &ka,
+            "w1",
+            "15550001111",
+            account(&["tea", "vegetarian"], &[&ka, &kb]),
+        );
+        let mut theirs = account(&["tea", "lives in Porto"], &[&ka, &kb]);
+        theirs.profile.name = Some("Ana".into());
+        turn(&kb, "w2", "15550002222", theirs);
+        let stored = store.account(&email).unwrap().unwrap();
+        let notes: Vec<&str> = stored
+            .profile
+            .notes
+            .iter()
+            .map(|n| n.text.as_str())
+            .collect();
+        assert_eq!(notes, vec!["tea", "vegetarian", "lives in Porto"]);
+        assert_eq!(stored.profile.name.as_deref(), Some("Ana"));
+        assert_eq!(stored.links, vec![ka.clone(), kb.clone()]);
+        // The first number forgets (its turn read the account before the second linked a
+        // third number): the account stays for the others, without the first's link.
+        let kc = link_key("15550003333");
+        let mut with_c = store.account(&email).unwrap().unwrap();
+        with_c.links.push(kc.clone());
+        store
+            .write(|| {
+                store.accounts.insert(email.as_bytes(), json(&with_c))?;
+                Ok(())
+            })
+            .unwrap();
+        let rec = accept_one(&store, "w3", "15550001111");
+        let forget = IdentityChange {
+            key: ka.clone(),
+            number: None,
+            accounts: [(email.clone(), None)].into(),
+            account_bases: [(email.clone(), Some(stored.clone()))].into(),
+            email_sends: Default::default(),
+        };
+        store
+            .commit_turn_with(&session(&rec.key, Some(2)), &[rec.seq], &[], Some(&forget))
+            .unwrap();
+        assert_eq!(store.account(&email).unwrap().unwrap().links, vec![kb, kc]);
+    }
+
+    /// Records written before `attempts` / `sending_since_ms` existed still load.
     #[test]
     fn records_from_older_versions_still_load() {
         let (_d, store) = open();
