@@ -163,22 +163,14 @@ mod tests {
 
     use super::*;
     use crate::brain::SummaryUpdate;
-    use crate::conversation::plan::tests::{in_group, policy, rec, session_for, text};
-    use crate::conversation::plan::{Plan, PlanContext, plan};
+    use crate::conversation::plan::tests::{context, in_group, policy, rec, session_for, text};
+    use crate::conversation::plan::{Plan, plan};
     use crate::whatsapp::InboundMessage;
 
     fn planned(session: &SessionState, msgs: Vec<InboundMessage>) -> Plan {
         let policy = policy();
-        let cap = |t: String| t;
         let answered = HashMap::new();
-        let ctx = PlanContext {
-            policy: &policy,
-            can_hear: true,
-            can_see: false,
-            cap_text: &cap,
-            answered: &answered,
-            accounts: None,
-        };
+        let ctx = context(&policy, &answered);
         let records = msgs
             .into_iter()
             .enumerate()

@@ -646,6 +646,26 @@ pub(crate) mod tests {
         SessionState::new(m.conversation_key().unwrap(), m.reply_target())
     }
 
+    fn uncapped(t: String) -> String {
+        t
+    }
+
+    /// A context over `policy` and `answered`: voice notes heard, files unseen, text uncapped,
+    /// no accounts. Tests override the fields they are about.
+    pub fn context<'a>(
+        policy: &'a ConversationPolicy,
+        answered: &'a HashMap<String, String>,
+    ) -> PlanContext<'a> {
+        PlanContext {
+            policy,
+            can_hear: true,
+            can_see: false,
+            cap_text: &uncapped,
+            answered,
+            accounts: None,
+        }
+    }
+
     fn run(session: &SessionState, msgs: Vec<InboundMessage>, verdicts: &[Verdict]) -> Plan {
         run_with(session, msgs, verdicts, true, &HashMap::new())
     }
@@ -660,12 +680,9 @@ pub(crate) mod tests {
         let policy = policy();
         let cap = |t: String| t.chars().take(50).collect::<String>();
         let ctx = PlanContext {
-            policy: &policy,
             can_hear,
-            can_see: false,
             cap_text: &cap,
-            answered,
-            accounts: None,
+            ..context(&policy, answered)
         };
         let records = msgs
             .into_iter()
@@ -878,16 +895,8 @@ pub(crate) mod tests {
             group_context_chars: 100,
             ..policy()
         };
-        let cap = |t: String| t;
         let answered = HashMap::new();
-        let ctx = PlanContext {
-            policy: &policy,
-            can_hear: true,
-            can_see: false,
-            cap_text: &cap,
-            answered: &answered,
-            accounts: None,
-        };
+        let ctx = context(&policy, &answered);
         let p = plan(&s, vec![rec(1, a.clone())], &[], &ctx);
         let h = p.brain_input(&s, jiff::Timestamp::UNIX_EPOCH).history;
         // Each turn is 35 characters: 100 allow two, the newest.
@@ -1043,15 +1052,10 @@ pub(crate) mod tests {
         let video = msg("w4", 4, Content::Media(file(MediaKind::Video, None)));
         let s = session_for(&photo);
         let policy = policy();
-        let cap = |t: String| t;
         let answered = HashMap::new();
         let ctx = |can_see| PlanContext {
-            policy: &policy,
-            can_hear: true,
             can_see,
-            cap_text: &cap,
-            answered: &answered,
-            accounts: None,
+            ..context(&policy, &answered)
         };
         let all = vec![photo.clone(), sticker, doc, video];
         let records = |msgs: Vec<InboundMessage>| {
@@ -1136,15 +1140,7 @@ pub(crate) mod tests {
             "Which city are you flying to?".to_string(),
         )]);
         let policy = policy();
-        let cap = |t: String| t;
-        let ctx = PlanContext {
-            policy: &policy,
-            can_hear: true,
-            can_see: false,
-            cap_text: &cap,
-            answered: &answered,
-            accounts: None,
-        };
+        let ctx = context(&policy, &answered);
         let p = plan(&s, vec![rec(1, tap.clone())], &[], &ctx);
         assert_eq!(
             p.inputs[0].text,
@@ -1223,18 +1219,12 @@ pub(crate) mod tests {
         record: accounts::NumberRecord,
     ) -> Plan {
         let policy = policy();
-        let cap = |t: String| t;
         let answered = HashMap::new();
         let new_code = || NewCode {
             code: "123456".to_string().into(),
             salt: [3; 16],
         };
         let ctx = PlanContext {
-            policy: &policy,
-            can_hear: true,
-            can_see: false,
-            cap_text: &cap,
-            answered: &answered,
             accounts: Some(AccountsContext {
                 key: accounts::link_key("15550001111"),
                 record,
@@ -1244,6 +1234,7 @@ pub(crate) mod tests {
                 now_ms: 1_000,
                 new_code: &new_code,
             }),
+            ..context(&policy, &answered)
         };
         let records = msgs
             .into_iter()
