@@ -150,17 +150,23 @@ fn profile_section(p: &crate::accounts::Profile) -> String {
 /// One note on one line: like [`sanitize_name`] without its length cap, and without dashes
 /// runs that could pass for a fence.
 fn sanitize_line(text: &str) -> Option<String> {
-    let words: Vec<String> = text
-        .split(|c: char| c.is_whitespace() || c.is_control())
+    let line = one_line(text).replace("---", "—");
+    (!line.is_empty()).then_some(line)
+}
+
+/// `text` on one line: control and invisible formatting characters (newlines, bidi overrides,
+/// zero-width characters) removed, whitespace runs collapsed to one space. Newlines and tabs
+/// separate words; they must not start a line of their own.
+fn one_line(text: &str) -> String {
+    text.split(|c: char| c.is_whitespace() || c.is_control())
         .map(|w| {
             w.chars()
                 .filter(|c| !is_invisible_format(*c))
                 .collect::<String>()
         })
         .filter(|w| !w.is_empty())
-        .collect();
-    let line = words.join(" ").replace("---", "—");
-    (!line.is_empty()).then_some(line)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The fence around the running summary in the system message.
@@ -176,17 +182,7 @@ pub const MAX_NAME_CHARS: usize = 64;
 /// quotes turned into single ones so it cannot close its quotes, and at most [`MAX_NAME_CHARS`]
 /// characters. `None` when nothing printable is left.
 pub fn sanitize_name(name: &str) -> Option<String> {
-    let cleaned: Vec<char> = name
-        // Newlines and tabs separate words; they must not start a line of their own.
-        .split(|c: char| c.is_whitespace() || c.is_control())
-        .map(|w| {
-            w.chars()
-                .filter(|c| !is_invisible_format(*c))
-                .collect::<String>()
-        })
-        .filter(|w| !w.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    let cleaned: Vec<char> = one_line(name)
         .chars()
         .map(|c| if c == '"' { '\'' } else { c })
         .collect();
