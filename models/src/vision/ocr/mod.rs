@@ -11,6 +11,7 @@
 mod cls;
 mod det;
 mod engine;
+mod gemm;
 mod kernels;
 mod order;
 mod rec;
