@@ -160,7 +160,15 @@ impl Net {
             Graph::Inference(m) => m
                 .clone()
                 .with_input_fact(0, f32::fact(shape).into())
-                .and_then(|m| m.into_typed()),
+                .and_then(|m| m.into_typed())
+                .and_then(|m| m.into_decluttered())
+                .map(|m| {
+                    // The classifier has no resizes; its convolutions are what gains.
+                    kernels::accelerate(m.clone(), &Default::default()).unwrap_or_else(|e| {
+                        tracing::warn!(net = self.name, error = %format!("{e:#}"), "OCR kernels not used");
+                        m
+                    })
+                }),
         };
         let plan = typed
             .and_then(|m| m.into_optimized())
