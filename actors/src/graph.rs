@@ -142,6 +142,8 @@ fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Err
 pub struct GraphClient {
     http: reqwest::Client,
     cfg: GraphConfig,
+    /// The playground's channel, shared by clones: local replies and media never reach Meta.
+    local: crate::playground::LocalHub,
 }
 
 impl GraphClient {
@@ -151,7 +153,16 @@ impl GraphClient {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("building the HTTP client");
-        Self { http, cfg }
+        Self {
+            http,
+            cfg,
+            local: crate::playground::LocalHub::default(),
+        }
+    }
+
+    /// Where replies to playground chats go and playground media comes from.
+    pub fn local(&self) -> &crate::playground::LocalHub {
+        &self.local
     }
 
     pub fn config(&self) -> &GraphConfig {

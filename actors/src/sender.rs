@@ -165,6 +165,8 @@ impl Actor for Sender {
                 }
                 pump(&myself, state, stale);
             }
+            // Playground messages get no read receipt and no typing indicator.
+            SenderMsg::Typing { wamid } if crate::playground::is_local_id(&wamid) => {}
             SenderMsg::Typing { wamid } => {
                 if state.typing.len() >= 256 {
                     state.typing.pop_front();
@@ -351,6 +353,13 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
             blocked.insert(recipient);
             continue;
         }
+        if crate::playground::is_local_target(&state.cache[i - 1].target) {
+            // Playground replies go to the in-process hub: no Graph call, no pacing, no window.
+            let mut rec = state.cache[i - 1].clone();
+            deliver_local(state, &mut rec);
+            settled.insert(id);
+            continue;
+        }
         if let Some(reason) = window_closed(state, &state.cache[i - 1], now_wall) {
             let mut rec = state.cache[i - 1].clone();
             rec.state = OutboxState::Failed {
@@ -417,6 +426,23 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
     if !settled.is_empty() {
         state.cache.retain(|r| !settled.contains(&r.id));
     }
+}
+
+/// Records a playground reply as sent, then hands it to the hub (recorded first: a crash in
+/// between loses one local reply rather than showing it twice).
+fn deliver_local(state: &SenderState, rec: &mut OutboxRecord) {
+    let crate::store::OutboundBody::Text { body } = &rec.body;
+    let text = body.clone();
+    rec.state = OutboxState::Sent;
+    rec.attempts += 1;
+    rec.wamid = Some(format!("{}out:{}", crate::playground::LOCAL_PREFIX, rec.id));
+    if let Err(e) = state.args.store.update_outbox(rec) {
+        tracing::error!(id = rec.id, error = %e, "recording a playground reply failed");
+        return;
+    }
+    Metrics::inc(&state.args.metrics.sends_ok);
+    let recipient = rec.target.phone.clone().unwrap_or_default();
+    state.args.graph.local().deliver(&recipient, text);
 }
 
 /// Why a free-form message must not be sent now, if it must not.
