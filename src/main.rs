@@ -32,6 +32,15 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Talk to Sandra in the terminal: the configured brain, the real conversation actor and
+    /// memory, no WhatsApp needed. `/photo PATH [caption]`, `/voice PATH`, `/quit`.
+    Chat {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The local chat to continue (each name has its own memory).
+        #[arg(long, default_value = "terminal")]
+        name: String,
+    },
     /// Check a configuration and print it (secrets hidden).
     CheckConfig {
         #[arg(long)]
@@ -73,12 +82,114 @@ async fn main() -> anyhow::Result<()> {
             app.run_until(shutdown_signal()).await
         }
         Command::Models { command } => models(command),
+        Command::Chat { config, name } => chat(config, name).await,
         Command::CheckConfig { config } => {
             let cfg = Config::load(config.as_deref())?;
             println!("{cfg:#?}");
             Ok(())
         }
     }
+}
+
+/// `sandra chat`: a terminal conversation through the playground (see
+/// `sandra_actors::playground`), built by `Application::build` like `serve`, so what answers is
+/// the configured brain with the real conversation actor, memory and media pipeline.
+async fn chat(config: Option<PathBuf>, name: String) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use sandra_actors::playground::PlaygroundInput;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut cfg = Config::load(config.as_deref())?;
+    // Log lines would interleave with the conversation: warnings only, on stderr.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+    // No webhooks come to a chat: any free loopback port, so a running `serve` keeps its own.
+    cfg.server.bind = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let data_dir = cfg.storage.data_dir.clone();
+    let app = Application::build(cfg).await.with_context(|| {
+        format!(
+            "starting Sandra on {} (if `sandra serve` is running on it, stop it or use the \
+             Admin Portal's \"Try Sandra\" box instead)",
+            data_dir.display()
+        )
+    })?;
+    let system = app.system().clone();
+    let playground = system.playground().clone();
+    println!(
+        "Talking to Sandra as local chat `{name}`. /photo PATH [caption], /voice PATH, /quit."
+    );
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        use std::io::Write;
+        print!("you> ");
+        let _ = std::io::stdout().flush();
+        let Some(line) = lines.next_line().await? else {
+            break;
+        };
+        let line = line.trim();
+        let input = match line.split_once(' ').unwrap_or((line, "")) {
+            ("", _) => continue,
+            ("/quit" | "/exit", _) => break,
+            ("/photo", rest) => {
+                let (path, caption) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+                match read_media(path, "image") {
+                    Ok((bytes, mime)) => PlaygroundInput::Image {
+                        bytes,
+                        mime,
+                        caption: (!caption.trim().is_empty()).then(|| caption.trim().to_string()),
+                    },
+                    Err(e) => {
+                        println!("({e})");
+                        continue;
+                    }
+                }
+            }
+            ("/voice", rest) => match read_media(rest.trim(), "audio") {
+                Ok((bytes, mime)) => PlaygroundInput::Voice { bytes, mime },
+                Err(e) => {
+                    println!("({e})");
+                    continue;
+                }
+            },
+            _ => PlaygroundInput::Text(line.to_string()),
+        };
+        match playground.say(&name, input).await {
+            Ok(replies) => {
+                for r in replies {
+                    println!("sandra> {r}");
+                }
+            }
+            Err(e) => println!("({e})"),
+        }
+    }
+    system.shutdown().await;
+    drop(app);
+    Ok(())
+}
+
+/// A photo or voice note from disk for `sandra chat`, its MIME type from the extension.
+fn read_media(path: &str, family: &str) -> anyhow::Result<(Vec<u8>, String)> {
+    let ext = std::path::Path::new(path)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let mime = match (family, ext.as_str()) {
+        ("image", "jpg" | "jpeg") => "image/jpeg",
+        ("image", "png") => "image/png",
+        ("image", "webp") => "image/webp",
+        ("audio", "ogg" | "opus" | "oga") => "audio/ogg",
+        ("audio", "mp3") => "audio/mpeg",
+        ("audio", "wav") => "audio/wav",
+        ("audio", "m4a") => "audio/mp4",
+        _ => anyhow::bail!("{path}: not a {family} file Sandra reads (by its extension)"),
+    };
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+    Ok((bytes, mime.to_string()))
 }
 
 /// SIGHUP re-reads the configuration and writes the (possibly replaced) access token into the

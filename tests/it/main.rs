@@ -14,6 +14,7 @@ mod limits;
 mod llm;
 mod metrics;
 mod photos;
+mod playground;
 mod sender;
 mod voice;
 mod webhook;
