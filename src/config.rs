@@ -353,6 +353,9 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Open connections at most; further ones wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// The public https:// address Meta calls (the proxy in front of `bind`), without the
+    /// webhook path. Empty: not known, `sandra doctor` skips the end-to-end handshake.
+    pub public_url: String,
 }
 
 impl Default for ServerConfig {
@@ -364,6 +367,7 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            public_url: String::new(),
         }
     }
 }
@@ -422,6 +426,30 @@ pub struct WhatsAppConfig {
     pub graph_base_url: String,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// The WhatsApp Business Account id; `sandra doctor` checks the app's webhook subscription
+    /// on it when set.
+    pub business_account_id: String,
+    /// The approved template sent once when a reply is held because the 24-hour window closed.
+    pub reopen_template: ReopenTemplate,
+}
+
+/// `[whatsapp.reopen_template]`: an approved template (no parameters) inviting the user to
+/// write again. An empty name: no template; held replies wait for the user's next message.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReopenTemplate {
+    pub name: String,
+    /// The template's language code, e.g. `en_US`.
+    pub language: String,
+}
+
+impl Default for ReopenTemplate {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            language: "en_US".into(),
+        }
+    }
 }
 
 /// `sandra check-config` prints the config with `Debug`: a secret shows as `[redacted]`, or `""`
@@ -468,6 +496,8 @@ impl std::fmt::Debug for WhatsAppConfig {
             api_version,
             graph_base_url,
             request_timeout,
+            business_account_id,
+            reopen_template,
         } = self;
         f.debug_struct("WhatsAppConfig")
             .field("phone_number_id", phone_number_id)
@@ -477,6 +507,8 @@ impl std::fmt::Debug for WhatsAppConfig {
             .field("api_version", api_version)
             .field("graph_base_url", graph_base_url)
             .field("request_timeout", request_timeout)
+            .field("business_account_id", business_account_id)
+            .field("reopen_template", reopen_template)
             .finish()
     }
 }
@@ -491,6 +523,8 @@ impl Default for WhatsAppConfig {
             api_version: "v26.0".into(),
             graph_base_url: "https://graph.facebook.com".into(),
             request_timeout: Duration::from_secs(20),
+            business_account_id: String::new(),
+            reopen_template: ReopenTemplate::default(),
         }
     }
 }
@@ -762,6 +796,12 @@ impl Config {
         if let Some(v) = env("WHATSAPP_GRAPH_BASE_URL") {
             w.graph_base_url = v;
         }
+        if let Some(v) = env("WHATSAPP_BUSINESS_ACCOUNT_ID") {
+            w.business_account_id = v;
+        }
+        if let Some(v) = env("SANDRA_PUBLIC_URL") {
+            self.server.public_url = v;
+        }
         if let Some(v) = env("SANDRA_LLM_API_KEY") {
             self.llm.openai.api_key = v.into();
         }
@@ -819,6 +859,52 @@ impl Config {
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(key_err("storage.data_dir", "must not be empty"));
+        }
+        let public = &self.server.public_url;
+        if !public.is_empty()
+            && (!(public.starts_with("https://") || public.starts_with("http://"))
+                || public.contains(['?', '#']))
+        {
+            return Err(key_err(
+                "server.public_url",
+                format!(
+                    "{public:?} must be an https:// URL without query, like \"https://sandra.example.org\""
+                ),
+            ));
+        }
+        let waba = &self.whatsapp.business_account_id;
+        if !waba.chars().all(|c| c.is_ascii_digit()) {
+            return Err(key_err(
+                "whatsapp.business_account_id",
+                format!("{waba:?} is not a WhatsApp Business Account id (digits only)"),
+            ));
+        }
+        let t = &self.whatsapp.reopen_template;
+        if !t.name.is_empty() {
+            // Meta's template names: lowercase letters, digits and underscores.
+            if !t
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(key_err(
+                    "whatsapp.reopen_template.name",
+                    format!(
+                        "{:?}: template names are lowercase letters, digits and _",
+                        t.name
+                    ),
+                ));
+            }
+            let lang_ok = (2..=8).contains(&t.language.len())
+                && t.language
+                    .chars()
+                    .all(|c| c.is_ascii_alphabetic() || c == '_');
+            if !lang_ok {
+                return Err(key_err(
+                    "whatsapp.reopen_template.language",
+                    format!("{:?} is not a language code like \"en_US\"", t.language),
+                ));
+            }
         }
         if self.storage.dedup_retention < Duration::from_secs(7 * 24 * 3600) {
             return Err(key_err(

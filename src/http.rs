@@ -50,7 +50,7 @@ pub struct HttpState {
     pub missing_settings: Vec<&'static str>,
 }
 
-const WEBHOOK_PATH: &str = "/api/channels/whatsapp";
+pub const WEBHOOK_PATH: &str = "/api/channels/whatsapp";
 
 pub fn router(state: HttpState, request_timeout: Duration) -> Router {
     let metrics = state.system.metrics().clone();

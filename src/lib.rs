@@ -12,6 +12,7 @@
 
 pub mod app;
 pub mod config;
+pub mod doctor;
 pub mod http;
 
 /// Installs the global tracing subscriber (text or JSON), honouring `RUST_LOG`.

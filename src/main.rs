@@ -41,6 +41,15 @@ enum Command {
         #[arg(long, default_value = "terminal")]
         name: String,
     },
+    /// Verify the set-up: config, data directory, master key, token and number, webhook
+    /// subscription, API version, public URL handshake, models. Exits 1 on any failure.
+    Doctor {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also load every configured model (slow), not only verify its files.
+        #[arg(long)]
+        load: bool,
+    },
     /// Check a configuration and print it (secrets hidden).
     CheckConfig {
         #[arg(long)]
@@ -83,6 +92,28 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Models { command } => models(command),
         Command::Chat { config, name } => chat(config, name).await,
+        Command::Doctor { config, load } => {
+            let cfg = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    println!("FAIL  config  {e}");
+                    println!(
+                        "      fix: correct the key named above; nothing else can be checked until it loads"
+                    );
+                    anyhow::bail!("the configuration does not load");
+                }
+            };
+            let opts = sandra::doctor::Options {
+                load_models: load,
+                ..Default::default()
+            };
+            let checks = sandra::doctor::run_checks_with(&cfg, opts).await;
+            if sandra::doctor::print_report(&checks) {
+                Ok(())
+            } else {
+                anyhow::bail!("some checks failed")
+            }
+        }
         Command::CheckConfig { config } => {
             let cfg = Config::load(config.as_deref())?;
             println!("{cfg:#?}");
