@@ -72,6 +72,7 @@ impl Application {
         if !missing.is_empty() {
             tracing::warn!(missing = ?missing, "WhatsApp is not fully configured: webhooks will be refused or replies cannot be sent until these are set");
         }
+        create_private_dir(&cfg.storage.data_dir)?;
         let store =
             Arc::new(Store::open(&cfg.storage.data_dir).with_context(|| {
                 format!("opening storage in {}", cfg.storage.data_dir.display())
@@ -243,6 +244,17 @@ impl Application {
         system.shutdown().await;
         Ok(())
     }
+}
+
+/// Creates the data directory (and missing parents) readable by Sandra's user only: it holds
+/// conversations. An existing directory keeps its mode (`sandra doctor` reports an open one).
+pub(crate) fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+        .with_context(|| format!("creating the data directory {}", dir.display()))
 }
 
 /// The brain `[llm]` asks for. A configured model that fails to load stops start-up with the

@@ -153,10 +153,10 @@ fn config_check(cfg: &Config) -> Check {
 fn data_dir_check(dir: &Path) -> Check {
     const NAME: &str = "data directory";
     let shown = dir.display();
-    if let Err(e) = std::fs::create_dir_all(dir) {
+    if let Err(e) = crate::app::create_private_dir(dir) {
         return Check::fail(
             NAME,
-            format!("{shown} cannot be created: {e}"),
+            format!("{e:#}"),
             format!(
                 "create it for the user Sandra runs as: `install -d -m 700 {shown}` (or set storage.data_dir)"
             ),
@@ -290,7 +290,7 @@ async fn graph_get(cfg: &Config, http: &reqwest::Client, path: &str) -> Graph {
         .await
     {
         Ok(r) => r,
-        Err(e) => return Graph::Unreachable(e.without_url().to_string()),
+        Err(e) => return Graph::Unreachable(error_chain(e)),
     };
     let status = resp.status().as_u16();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
@@ -308,6 +308,20 @@ async fn graph_get(cfg: &Config, http: &reqwest::Client, path: &str) -> Graph {
             .take(300)
             .collect(),
     }
+}
+
+/// A request error with its causes ("connection refused", the TLS failure), without its URL:
+/// a query can carry the verify token.
+fn error_chain(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 const TOKEN_FIX: &str = "create a System User token with whatsapp_business_messaging and whatsapp_business_management (Business Settings → System users), then set WHATSAPP_ACCESS_TOKEN (or `sandra secrets set whatsapp.access_token`) and reload (SIGHUP)";
@@ -465,7 +479,7 @@ async fn handshake_check(cfg: &Config, http: &reqwest::Client) -> Check {
         Err(e) => {
             return Check::fail(
                 NAME,
-                format!("{url} did not answer: {}", e.without_url()),
+                format!("{url} did not answer: {}", error_chain(e)),
                 "check DNS, the TLS certificate (Meta needs a valid one) and that the proxy forwards to server.bind",
             );
         }

@@ -7,6 +7,7 @@ mod actors;
 mod bad_input;
 mod conversation;
 mod crash;
+mod doctor;
 mod faults;
 mod groups;
 mod http_limits;
