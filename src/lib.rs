@@ -14,6 +14,7 @@ pub mod app;
 pub mod config;
 pub mod doctor;
 pub mod http;
+pub mod systemd;
 
 /// Installs the global tracing subscriber (text or JSON), honouring `RUST_LOG`.
 pub fn init_tracing(level: &str, format: &str) {

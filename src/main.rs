@@ -88,7 +88,13 @@ async fn main() -> anyhow::Result<()> {
             sandra::init_tracing(&cfg.log.level, &cfg.log.format);
             let app = Application::build(cfg).await?;
             tokio::spawn(reload_on_sighup(config, app.system().clone()));
-            app.run_until(shutdown_signal()).await
+            sandra::systemd::spawn_watchdog(app.system().clone());
+            sandra::systemd::ready();
+            app.run_until(async {
+                shutdown_signal().await;
+                sandra::systemd::stopping();
+            })
+            .await
         }
         Command::Models { command } => models(command),
         Command::Chat { config, name } => chat(config, name).await,

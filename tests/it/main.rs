@@ -17,5 +17,6 @@ mod metrics;
 mod photos;
 mod playground;
 mod sender;
+mod systemd;
 mod voice;
 mod webhook;
