@@ -5,6 +5,7 @@
 //! - [`http`]: the webhook endpoint (admission, body limits, status codes; ingestion itself is
 //!   `System::ingest`), health and metrics.
 //! - [`app`]: [`app::Application`] wires the store, the actors and the server together.
+//! - [`vault`]: the master key and the encrypted secrets (`sandra secrets`).
 //!
 //! The actors live in `sandra-actors`; the models in `sandra-models`.
 
@@ -13,6 +14,7 @@
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod vault;
 
 /// Installs the global tracing subscriber (text or JSON), honouring `RUST_LOG`.
 pub fn init_tracing(level: &str, format: &str) {
