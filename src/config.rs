@@ -853,9 +853,7 @@ impl Config {
                 "whatsapp.phone_number_id" => {
                     self.whatsapp.phone_number_id = v.expose_secret().to_string()
                 }
-                "whatsapp.api_version" => {
-                    self.whatsapp.api_version = v.expose_secret().to_string()
-                }
+                "whatsapp.api_version" => self.whatsapp.api_version = v.expose_secret().to_string(),
                 "email.smtp_url" => self.email.smtp_url = v,
                 "llm.openai.api_key" => self.llm.openai.api_key = v,
                 "vision.remote_api_key" => self.vision.remote_api_key = v,

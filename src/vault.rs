@@ -108,7 +108,8 @@ pub fn is_storable(name: &str) -> bool {
     STORABLE_KEYS.iter().any(|(k, _)| *k == name)
 }
 
-fn check_name(name: &str) -> anyhow::Result<()> {
+/// An error listing the storable names unless `name` is one.
+pub fn check_storable(name: &str) -> anyhow::Result<()> {
     if is_storable(name) {
         return Ok(());
     }
@@ -142,10 +143,10 @@ pub fn find_master_key(
     if let Some(dir) = env("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) {
         let p = Path::new(&dir).join(CREDENTIAL_NAME);
         if p.exists() {
-            let text = zeroize::Zeroizing::new(
-                std::fs::read_to_string(&p)
-                    .with_context(|| format!("reading the master key credential {}", p.display()))?,
-            );
+            let text =
+                zeroize::Zeroizing::new(std::fs::read_to_string(&p).with_context(|| {
+                    format!("reading the master key credential {}", p.display())
+                })?);
             let k = MasterKey::parse(&text).map_err(|e| anyhow!("{}: {e}", p.display()))?;
             return Ok(Some((k, KeySource::Credential(p))));
         }
@@ -333,7 +334,10 @@ impl Vault {
         let sealed = unb64(&v.check, "the key check record")?;
         match self.0.sealer.open(CHECK_AD, &sealed) {
             Ok(p) if p.as_slice() == CHECK_VALUE => Ok(()),
-            Ok(_) => bail!("{}: the key check record holds an unexpected value", self.0.file.display()),
+            Ok(_) => bail!(
+                "{}: the key check record holds an unexpected value",
+                self.0.file.display()
+            ),
             Err(e) => {
                 let sealed_with = sandra_actors::at_rest::record_key_id(&sealed)
                     .map(hex::encode)
@@ -350,7 +354,7 @@ impl Vault {
 
     /// Stores `value` under `name` (a key of [`STORABLE_KEYS`]), replacing what was there.
     pub fn set(&self, name: &str, value: &SecretString) -> anyhow::Result<()> {
-        check_name(name)?;
+        check_storable(name)?;
         self.update(|v| {
             self.check(v)?;
             let rec = self
@@ -384,7 +388,7 @@ impl Vault {
 
     /// Removes `name`; returns whether it was stored.
     pub fn remove(&self, name: &str) -> anyhow::Result<bool> {
-        check_name(name)?;
+        check_storable(name)?;
         self.update(|v| {
             self.check(v)?;
             Ok(v.secrets.remove(name).is_some())
@@ -427,12 +431,11 @@ pub struct Rotation {
 /// Re-encrypts every stored secret and all personal data in the database under a new master
 /// key (see the module notes for why an interruption loses nothing). Sandra must be stopped: the
 /// database is opened here.
-pub fn rotate_key(
-    cfg: &Config,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> anyhow::Result<Rotation> {
+pub fn rotate_key(cfg: &Config, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Rotation> {
     let Some((old, source)) = find_master_key(cfg, env)? else {
-        bail!("there is no master key to rotate yet: start Sandra once (or run `sandra secrets set`) to create one");
+        bail!(
+            "there is no master key to rotate yet: start Sandra once (or run `sandra secrets set`) to create one"
+        );
     };
     let pending = pending_key_path(cfg);
     if let Ok(text) = std::fs::read_to_string(&pending)
@@ -537,4 +540,255 @@ pub fn rotate_key(
         new_key_at,
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> Config {
+        let mut c = Config::default();
+        c.storage.data_dir = dir.join("data");
+        c
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn secret(s: &str) -> SecretString {
+        SecretString::from(s.to_string())
+    }
+
+    fn file_text(cfg: &Config) -> String {
+        std::fs::read_to_string(cfg.storage.data_dir.join(FILE_NAME)).unwrap()
+    }
+
+    #[test]
+    fn secrets_round_trip_encrypted_under_a_new_private_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let v = Vault::open_with_env(&cfg, &no_env).unwrap();
+        v.set("whatsapp.access_token", &secret("EAAG-the-token"))
+            .unwrap();
+        v.set("whatsapp.phone_number_id", &secret("1234567"))
+            .unwrap();
+        assert_eq!(
+            v.get("whatsapp.access_token")
+                .unwrap()
+                .unwrap()
+                .expose_secret(),
+            "EAAG-the-token"
+        );
+        assert_eq!(
+            v.names().unwrap(),
+            ["whatsapp.access_token", "whatsapp.phone_number_id"]
+        );
+        assert!(!file_text(&cfg).contains("EAAG-the-token"));
+        // Another handle (the CLI while the server runs) sees the same values.
+        let again = Vault::open_with_env(&cfg, &no_env).unwrap();
+        assert_eq!(again.key_id(), v.key_id());
+        assert!(again.remove("whatsapp.access_token").unwrap());
+        assert!(!again.remove("whatsapp.access_token").unwrap());
+        assert!(v.get("whatsapp.access_token").unwrap().is_none());
+        // Only the listed config keys can be stored.
+        let e = v.set("whatsapp.graph_base_url", &secret("x")).unwrap_err();
+        assert!(e.to_string().contains("whatsapp.access_token"), "{e}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&cfg.storage.master_key_path()), 0o600);
+            assert_eq!(mode(&cfg.storage.data_dir), 0o700);
+            assert_eq!(mode(&cfg.storage.data_dir.join(FILE_NAME)), 0o600);
+        }
+    }
+
+    #[test]
+    fn a_tampered_record_or_one_moved_to_another_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let v = Vault::open_with_env(&cfg, &no_env).unwrap();
+        v.set("whatsapp.access_token", &secret("token-1")).unwrap();
+        v.set("whatsapp.app_secret", &secret("secret-1")).unwrap();
+        let path = cfg.storage.data_dir.join(FILE_NAME);
+        let original: VaultFile = serde_json::from_str(&file_text(&cfg)).unwrap();
+
+        // One bit flipped in the ciphertext.
+        let mut f: VaultFile = serde_json::from_str(&file_text(&cfg)).unwrap();
+        let mut rec = unb64(&f.secrets["whatsapp.access_token"], "t").unwrap();
+        *rec.last_mut().unwrap() ^= 0x01;
+        f.secrets.insert("whatsapp.access_token".into(), b64(&rec));
+        std::fs::write(&path, serde_json::to_vec(&f).unwrap()).unwrap();
+        let e = v.get("whatsapp.access_token").unwrap_err().to_string();
+        assert!(e.contains("altered"), "{e}");
+
+        // The app secret's record copied over the token's name.
+        let mut f = original;
+        let moved = f.secrets["whatsapp.app_secret"].clone();
+        f.secrets.insert("whatsapp.access_token".into(), moved);
+        std::fs::write(&path, serde_json::to_vec(&f).unwrap()).unwrap();
+        assert!(v.get("whatsapp.access_token").is_err());
+        assert_eq!(
+            v.get("whatsapp.app_secret")
+                .unwrap()
+                .unwrap()
+                .expose_secret(),
+            "secret-1"
+        );
+    }
+
+    #[test]
+    fn a_wrong_or_missing_master_key_stops_with_a_clear_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let v = Vault::open_with_env(&cfg, &no_env).unwrap();
+        v.set("llm.openai.api_key", &secret("sk-1")).unwrap();
+        let other = MasterKey::generate().to_hex();
+        let env = |k: &str| (k == MASTER_KEY_ENV).then(|| other.to_string());
+        let e = Vault::open_with_env(&cfg, &env).unwrap_err().to_string();
+        assert!(e.contains("wrong master key"), "{e}");
+        assert!(e.contains(&v.key_id()) && e.contains(MASTER_KEY_ENV), "{e}");
+        // A key that is not 32 bytes of hex or base64.
+        let env = |k: &str| (k == MASTER_KEY_ENV).then(|| "not-a-key".to_string());
+        let e = Vault::open_with_env(&cfg, &env).unwrap_err().to_string();
+        assert!(e.contains("64 hex digits"), "{e}");
+        // The key file lost: no new key is made over sealed secrets.
+        std::fs::remove_file(cfg.storage.master_key_path()).unwrap();
+        let e = Vault::open_with_env(&cfg, &no_env).unwrap_err().to_string();
+        assert!(e.contains("Restore the key"), "{e}");
+        assert!(!cfg.storage.master_key_path().exists());
+    }
+
+    #[test]
+    fn the_key_comes_from_the_environment_then_the_credential_then_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let creds = dir.path().join("creds");
+        std::fs::create_dir_all(&creds).unwrap();
+        let cred_key = MasterKey::generate();
+        std::fs::write(creds.join(CREDENTIAL_NAME), cred_key.to_hex().as_bytes()).unwrap();
+        let env_key = MasterKey::generate();
+        let both = |k: &str| match k {
+            MASTER_KEY_ENV => Some(env_key.to_hex().to_string()),
+            "CREDENTIALS_DIRECTORY" => Some(creds.display().to_string()),
+            _ => None,
+        };
+        let (k, src) = find_master_key(&cfg, &both).unwrap().unwrap();
+        assert_eq!((k.id(), src), (env_key.id(), KeySource::Env));
+        let cred_only =
+            |k: &str| (k == "CREDENTIALS_DIRECTORY").then(|| creds.display().to_string());
+        let (k, src) = find_master_key(&cfg, &cred_only).unwrap().unwrap();
+        assert_eq!(k.id(), cred_key.id());
+        assert!(matches!(src, KeySource::Credential(_)));
+        assert!(find_master_key(&cfg, &no_env).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_environment_wins_over_stored_values_which_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("config.toml");
+        std::fs::write(
+            &toml,
+            format!(
+                "[storage]\ndata_dir = {:?}\n[whatsapp]\naccess_token = \"from-file\"\napp_secret = \"file-secret\"\nphone_number_id = \"1\"\n",
+                dir.path().join("data")
+            ),
+        )
+        .unwrap();
+        let env = |k: &str| (k == "WHATSAPP_ACCESS_TOKEN").then(|| "from-env".to_string());
+        let mut cfg = Config::load_with_env(Some(&toml), env).unwrap();
+        let v = Vault::open_with_env(&cfg, &no_env).unwrap();
+        v.set("whatsapp.access_token", &secret("stored-token"))
+            .unwrap();
+        v.set("whatsapp.app_secret", &secret("stored-secret"))
+            .unwrap();
+        v.set("whatsapp.api_version", &secret("v25.0")).unwrap();
+        v.apply_to(&mut cfg).unwrap();
+        assert_eq!(cfg.whatsapp.access_token.expose_secret(), "from-env");
+        assert_eq!(cfg.whatsapp.app_secret.expose_secret(), "stored-secret");
+        assert_eq!(cfg.whatsapp.api_version, "v25.0");
+        assert_eq!(cfg.whatsapp.phone_number_id, "1");
+        // A stored value that makes no sense is refused naming the key.
+        v.set("whatsapp.api_version", &secret("latest")).unwrap();
+        let e = v.apply_to(&mut cfg).unwrap_err().to_string();
+        assert!(e.contains("whatsapp.api_version"), "{e}");
+    }
+
+    #[test]
+    fn rotating_the_key_keeps_every_secret_and_all_stored_data_readable() {
+        use sandra_actors::store::{Codec, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let v = Vault::open_with_env(&cfg, &no_env).unwrap();
+        v.set("whatsapp.access_token", &secret("tok")).unwrap();
+        v.set("email.smtp_url", &secret("smtp://u:p@h")).unwrap();
+        let old_id = v.key_id();
+        let old_key = std::fs::read_to_string(cfg.storage.master_key_path()).unwrap();
+        {
+            let store = Store::open_with(&cfg.storage.data_dir, v.store_codec(true)).unwrap();
+            store.dead_letter(b"a body to keep", "test").unwrap();
+        }
+        // An interrupted earlier attempt left its new key behind: start-up refuses, and the
+        // next rotation finishes with that very key.
+        let pending = MasterKey::generate();
+        std::fs::write(pending_key_path(&cfg), pending.to_hex().as_bytes()).unwrap();
+        let e = Vault::open_with_env(&cfg, &no_env).unwrap_err().to_string();
+        assert!(e.contains("rotate-key"), "{e}");
+        let r = rotate_key(&cfg, &no_env).unwrap();
+        assert_eq!(
+            (r.old_id.as_str(), r.new_id.as_str()),
+            (old_id.as_str(), pending.id().as_str())
+        );
+        assert!(!pending_key_path(&cfg).exists());
+
+        let v = Vault::open_with_env(&cfg, &no_env).unwrap();
+        assert_eq!(v.key_id(), pending.id());
+        assert_eq!(
+            v.get("whatsapp.access_token")
+                .unwrap()
+                .unwrap()
+                .expose_secret(),
+            "tok"
+        );
+        assert_eq!(
+            v.get("email.smtp_url").unwrap().unwrap().expose_secret(),
+            "smtp://u:p@h"
+        );
+        let store = Store::open_with(&cfg.storage.data_dir, v.store_codec(true)).unwrap();
+        assert_eq!(store.dead_letters().unwrap()[0].body, "a body to keep");
+        drop(store);
+        // The old key opens nothing any more.
+        let old = Keyring::new(MasterKey::parse(&old_key).unwrap().sealer(STORE_PURPOSE));
+        let e = Store::open_with(&cfg.storage.data_dir, Codec::sealed(old)).unwrap_err();
+        assert!(e.to_string().contains(&pending.id()), "{e}");
+    }
+
+    #[test]
+    fn rotating_a_key_from_the_environment_leaves_the_new_key_for_the_operator() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let key = MasterKey::generate();
+        let env_key = key.to_hex().to_string();
+        let env = move |k: &str| (k == MASTER_KEY_ENV).then(|| env_key.clone());
+        let v = Vault::open_with_env(&cfg, &env).unwrap();
+        v.set("whatsapp.verify_token", &secret("vt")).unwrap();
+        assert!(!cfg.storage.master_key_path().exists());
+        let r = rotate_key(&cfg, &env).unwrap();
+        assert_eq!(r.new_key_at, pending_key_path(&cfg));
+        // Until the operator installs it, the old key is refused.
+        assert!(Vault::open_with_env(&cfg, &env).is_err());
+        let new_key = std::fs::read_to_string(&r.new_key_at).unwrap();
+        let new_env = move |k: &str| (k == MASTER_KEY_ENV).then(|| new_key.clone());
+        let done = rotate_key(&cfg, &new_env).unwrap();
+        assert_eq!(done.old_id, done.new_id);
+        let v = Vault::open_with_env(&cfg, &new_env).unwrap();
+        assert_eq!(
+            v.get("whatsapp.verify_token")
+                .unwrap()
+                .unwrap()
+                .expose_secret(),
+            "vt"
+        );
+    }
 }

@@ -32,9 +32,7 @@ pub enum SealError {
     Format,
     #[error("sealed with key {found}, but the key in use is {expected}")]
     WrongKey { found: String, expected: String },
-    #[error(
-        "the record does not authenticate: it was altered, or belongs under another name"
-    )]
+    #[error("the record does not authenticate: it was altered, or belongs under another name")]
     Tampered,
 }
 

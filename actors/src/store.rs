@@ -188,7 +188,12 @@ impl Codec {
         }
     }
 
-    fn dec<T: DeserializeOwned>(&self, tree: &str, key: &[u8], raw: &[u8]) -> Result<T, StoreError> {
+    fn dec<T: DeserializeOwned>(
+        &self,
+        tree: &str,
+        key: &[u8],
+        raw: &[u8],
+    ) -> Result<T, StoreError> {
         if at_rest::is_sealed(raw) {
             let k = self.keyring.as_ref().ok_or(StoreError::NoKey)?;
             Ok(serde_json::from_slice(&k.open(&Self::ad(tree, key), raw)?)?)
@@ -930,8 +935,11 @@ impl Store {
                             let id = dead.generate_id()?;
                             dead.insert(
                                 &be(id),
-                                self.codec
-                                    .enc(DEAD_LETTER, &be(id), &DeadLetter::new(body, &reason)),
+                                self.codec.enc(
+                                    DEAD_LETTER,
+                                    &be(id),
+                                    &DeadLetter::new(body, &reason),
+                                ),
                             )?;
                             let id = outbox.generate_id()?;
                             let sorry = new_outbox_record(id, key, &apology(&rec), now);
@@ -1202,7 +1210,9 @@ impl Store {
                                     current.as_ref(),
                                 );
                                 match merged {
-                                    Some(a) => accounts.insert(ek, self.codec.enc(ACCOUNTS, ek, &a))?,
+                                    Some(a) => {
+                                        accounts.insert(ek, self.codec.enc(ACCOUNTS, ek, &a))?
+                                    }
                                     None => accounts.remove(email.as_bytes())?,
                                 };
                             }
@@ -1452,8 +1462,7 @@ impl Store {
                 let Some(raw) = outbox.get(be(id))? else {
                     return Ok(None);
                 };
-                let mut rec: OutboxRecord =
-                    self.codec.dec(OUTBOX, &be(id), &raw).map_err(abort)?;
+                let mut rec: OutboxRecord = self.codec.dec(OUTBOX, &be(id), &raw).map_err(abort)?;
                 if rec.state != OutboxState::Pending {
                     return Ok(None);
                 }
@@ -1578,7 +1587,7 @@ pub fn refresh_target(target: &mut ReplyTarget, m: &InboundMessage) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::whatsapp::parse_webhook;
+    use crate::whatsapp::{Content, parse_webhook};
 
     fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -1623,6 +1632,162 @@ mod tests {
         let mut s = SessionState::new(key.clone(), reply("").target);
         s.last_inbound_at = last_inbound_at;
         s
+    }
+
+    fn keyring() -> Keyring {
+        Keyring::new(at_rest::MasterKey::generate().sealer(b"store"))
+    }
+
+    fn saying(wamid: &str, from: &str, body: &str) -> WebhookBatch {
+        let v = serde_json::json!({
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+                "messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": "15550783881", "phone_number_id": "42"},
+                "contacts": [{"profile": {"name": "T"}, "wa_id": from}],
+                "messages": [{"from": from, "id": wamid, "timestamp": "1750000000",
+                              "type": "text", "text": {"body": body}}]
+            }}]}]
+        });
+        parse_webhook(v.to_string().as_bytes()).unwrap()
+    }
+
+    /// Every file under `dir`, concatenated.
+    fn all_bytes(dir: &Path) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.extend(std::fs::read(p).unwrap());
+                }
+            }
+        }
+        out
+    }
+
+    fn contains(hay: &[u8], needle: &str) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    /// A message, a turn with a summary and a reply, and a dead letter, as any store holds.
+    fn fill(store: &Store) -> ConversationKey {
+        let acc = store
+            .accept(&saying("w1", "15550001111", "my diary entry one"), now_ms())
+            .unwrap();
+        let rec = &acc.new_messages[0];
+        store
+            .accept(&saying("w2", "15550001111", "my diary entry two"), now_ms())
+            .unwrap();
+        let mut s = session(&rec.key, Some(1));
+        s.summary = Some("summary of private things".into());
+        store
+            .commit_turn(&s, &[rec.seq], &[reply("a reply about the diary")])
+            .unwrap();
+        store.dead_letter(b"an unusable body", "test").unwrap();
+        rec.key.clone()
+    }
+
+    fn check_filled(store: &Store, key: &ConversationKey) {
+        let s = store.load_session(key).unwrap().unwrap();
+        assert_eq!(s.summary.as_deref(), Some("summary of private things"));
+        let out = store.outbox_all().unwrap();
+        assert_eq!(
+            out[0].body,
+            OutboundBody::Text {
+                body: "a reply about the diary".into()
+            }
+        );
+        let waiting = store.unfinished().unwrap();
+        assert_eq!(waiting.len(), 1);
+        assert!(
+            matches!(&waiting[0].message.content, Content::Text { body } if body == "my diary entry two")
+        );
+        assert_eq!(store.dead_letters().unwrap()[0].body, "an unusable body");
+    }
+
+    #[tokio::test]
+    async fn personal_data_is_sealed_on_disk_and_bound_to_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = keyring();
+        let key = {
+            let store = Store::open_with(dir.path(), Codec::sealed(ring.clone())).unwrap();
+            let key = fill(&store);
+            store.close().await.unwrap();
+            key
+        };
+        let disk = all_bytes(dir.path());
+        for plain in [
+            "my diary entry",
+            "summary of private things",
+            "a reply about the diary",
+            "an unusable body",
+        ] {
+            assert!(!contains(&disk, plain), "{plain:?} is on disk in plain");
+        }
+        let store = Store::open_with(dir.path(), Codec::sealed(ring.clone())).unwrap();
+        check_filled(&store, &key);
+        // A sealed value moved under another key does not open.
+        let first = store.outbox.iter().next().unwrap().unwrap();
+        store.outbox.insert(be(999), first.1).unwrap();
+        assert!(matches!(
+            store.outbox_record(999),
+            Err(StoreError::Sealed(SealError::Tampered))
+        ));
+        store.outbox.remove(be(999)).unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        // Without the key, or with another, the database does not open at all.
+        for codec in [Codec::plain(), Codec::sealed(keyring())] {
+            let e = Store::open_with(dir.path(), codec).unwrap_err();
+            assert!(matches!(e, StoreError::WrongKey { .. }), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plain_database_is_migrated_on_open_even_after_an_interrupted_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = keyring();
+        let key = {
+            let store = Store::open(dir.path()).unwrap();
+            let key = fill(&store);
+            store.close().await.unwrap();
+            key
+        };
+        assert!(contains(
+            &all_bytes(dir.path()),
+            "summary of private things"
+        ));
+        {
+            let store = Store::open_with(dir.path(), Codec::sealed(ring.clone())).unwrap();
+            check_filled(&store, &key);
+            // As if the migration had stopped half-way: one value still plain, no mark.
+            let (k, v) = store.sessions.iter().next().unwrap().unwrap();
+            let plain = store.codec.open_any(SESSIONS, &k, &v).unwrap();
+            store.sessions.insert(k, plain).unwrap();
+            store.db.open_tree("meta").unwrap().remove("codec").unwrap();
+            store.close().await.unwrap();
+        }
+        let store = Store::open_with(dir.path(), Codec::sealed(ring.clone())).unwrap();
+        check_filled(&store, &key);
+        for name in SEALED_TREES {
+            for kv in store.db.open_tree(name).unwrap().iter() {
+                assert!(
+                    at_rest::is_sealed(&kv.unwrap().1),
+                    "a plain value left in {name}"
+                );
+            }
+        }
+        store.close().await.unwrap();
+        drop(store);
+        // Turning encryption off migrates back to plain.
+        let store = Store::open_with(dir.path(), Codec::unsealing(ring)).unwrap();
+        check_filled(&store, &key);
+        let (_, v) = store.sessions.iter().next().unwrap().unwrap();
+        assert!(!at_rest::is_sealed(&v));
     }
 
     #[test]
