@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::http::{self, HttpState};
+use crate::vault::Vault;
 
 /// A built, listening Sandra.
 pub struct Application {
@@ -32,12 +33,24 @@ pub struct Application {
     router: axum::Router,
     metrics: Arc<Metrics>,
     cfg: Config,
+    vault: Vault,
+}
+
+/// Opens the vault (the master key: a wrong one stops here, before anything else is read) and
+/// layers the stored secrets over `cfg`, the environment still winning.
+fn open_vault(mut cfg: Config) -> anyhow::Result<(Config, Vault)> {
+    let vault = Vault::open(&cfg)?;
+    vault.apply_to(&mut cfg)?;
+    tracing::info!(key_id = %vault.key_id(), key_source = %vault.key_source(), encrypt = cfg.storage.encrypt, "master key loaded");
+    Ok((cfg, vault))
 }
 
 impl Application {
     /// Loads the configured brain, opens the store, starts the actors (replaying unanswered
     /// messages) and binds the listener.
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
+        // First: the brain may need a stored API key.
+        let (cfg, vault) = open_vault(cfg)?;
         // Created first: the models record their queue waits and speed into it.
         let metrics = Arc::new(Metrics::default());
         let brain = build_brain(&cfg, &metrics).await?;
@@ -45,7 +58,7 @@ impl Application {
         if let Some(t) = &transcriber {
             t.observe_queue_wait(metrics.model_queue_wait_seconds.clone());
         }
-        Self::build_with_metrics(cfg, brain, transcriber, metrics).await
+        Self::build_with_metrics(cfg, vault, brain, transcriber, metrics).await
     }
 
     /// [`Application::build`] with a given brain (tests, and the LLM once configured).
@@ -59,11 +72,13 @@ impl Application {
         brain: Arc<dyn Brain>,
         transcriber: Option<sandra_models::whisper::Transcriber>,
     ) -> anyhow::Result<Self> {
-        Self::build_with_metrics(cfg, brain, transcriber, Arc::new(Metrics::default())).await
+        let (cfg, vault) = open_vault(cfg)?;
+        Self::build_with_metrics(cfg, vault, brain, transcriber, Arc::new(Metrics::default())).await
     }
 
     async fn build_with_metrics(
         cfg: Config,
+        vault: Vault,
         brain: Arc<dyn Brain>,
         transcriber: Option<sandra_models::whisper::Transcriber>,
         metrics: Arc<Metrics>,
@@ -73,10 +88,13 @@ impl Application {
             tracing::warn!(missing = ?missing, "WhatsApp is not fully configured: webhooks will be refused or replies cannot be sent until these are set");
         }
         create_private_dir(&cfg.storage.data_dir)?;
-        let store =
-            Arc::new(Store::open(&cfg.storage.data_dir).with_context(|| {
-                format!("opening storage in {}", cfg.storage.data_dir.display())
-            })?);
+        let store = Arc::new(
+            Store::open_with(
+                &cfg.storage.data_dir,
+                vault.store_codec(cfg.storage.encrypt),
+            )
+            .with_context(|| format!("opening storage in {}", cfg.storage.data_dir.display()))?,
+        );
         let w = &cfg.whatsapp;
         let graph = GraphClient::new(GraphConfig {
             base_url: w.graph_base_url.clone(),
@@ -185,7 +203,18 @@ impl Application {
             router,
             metrics,
             cfg,
+            vault,
         })
+    }
+
+    /// The vault the stored secrets were read from (the portal stores settings through it).
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// The configuration in effect (stored secrets layered in).
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
 
     pub fn local_addr(&self) -> SocketAddr {

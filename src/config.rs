@@ -6,7 +6,9 @@
 //!
 //! Layers, later wins: built-in defaults → the TOML file → environment variables
 //! (`WHATSAPP_*`, `SANDRA_BIND`, `SANDRA_DATA_DIR`, `SANDRA_LLM_API_KEY`,
-//! `SANDRA_VISION_API_KEY`, `SANDRA_SMTP_URL`, `SANDRA_EMAIL_FROM`). Unknown keys and bad values fail start-up
+//! `SANDRA_VISION_API_KEY`, `SANDRA_SMTP_URL`, `SANDRA_EMAIL_FROM`). Secrets stored with
+//! `sandra secrets set` sit between the file and the environment ([`Config::apply_stored`]:
+//! the environment still wins). Unknown keys and bad values fail start-up
 //! with an error naming the key (or variable). Secrets are `secrecy` [`SecretString`]s: never
 //! printed.
 
@@ -47,7 +49,25 @@ pub struct Config {
     /// `[email]`: the SMTP server that mails verification codes for linking.
     pub email: EmailConfig,
     pub log: LogConfig,
+    /// The keys of [`STORABLE_KEYS`] that an environment variable set: stored values never
+    /// replace them.
+    #[serde(skip)]
+    pub set_by_env: std::collections::BTreeSet<&'static str>,
 }
+
+/// The config keys `sandra secrets set` (and the Admin Portal) may store, each with the
+/// environment variable that overrides it: the secrets, plus the two non-secret WhatsApp values
+/// so that all five WhatsApp settings can be stored together.
+pub const STORABLE_KEYS: &[(&str, &str)] = &[
+    ("whatsapp.access_token", "WHATSAPP_ACCESS_TOKEN"),
+    ("whatsapp.app_secret", "WHATSAPP_APP_SECRET"),
+    ("whatsapp.verify_token", "WHATSAPP_VERIFY_TOKEN"),
+    ("whatsapp.phone_number_id", "WHATSAPP_PHONE_NUMBER_ID"),
+    ("whatsapp.api_version", "WHATSAPP_API_VERSION"),
+    ("email.smtp_url", "SANDRA_SMTP_URL"),
+    ("llm.openai.api_key", "SANDRA_LLM_API_KEY"),
+    ("vision.remote_api_key", "SANDRA_VISION_API_KEY"),
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -389,6 +409,12 @@ pub struct StorageConfig {
     /// 1 day).
     #[serde(with = "humantime_serde")]
     pub session_retention: Duration,
+    /// Encrypt personal data in the database (message bodies, transcripts, history, summaries,
+    /// accounts, replies) with a key derived from the master key.
+    pub encrypt: bool,
+    /// The master key file, created (0600) on first start when no key is given by
+    /// `SANDRA_MASTER_KEY` or the systemd credential `master_key`. Empty: `<data_dir>/master.key`.
+    pub master_key_file: PathBuf,
 }
 
 impl Default for StorageConfig {
@@ -399,11 +425,22 @@ impl Default for StorageConfig {
             outbox_retention: Duration::from_secs(30 * 24 * 3600),
             dead_letter_retention: Duration::from_secs(30 * 24 * 3600),
             session_retention: Duration::from_secs(365 * 24 * 3600),
+            encrypt: true,
+            master_key_file: PathBuf::new(),
         }
     }
 }
 
 impl StorageConfig {
+    /// Where the master key file is (`master_key_file`, else `<data_dir>/master.key`).
+    pub fn master_key_path(&self) -> PathBuf {
+        if self.master_key_file.as_os_str().is_empty() {
+            self.data_dir.join("master.key")
+        } else {
+            self.master_key_file.clone()
+        }
+    }
+
     /// The retention policy the store's sweeper applies.
     pub fn retention(&self) -> sandra_actors::store::Retention {
         sandra_actors::store::Retention {
@@ -777,6 +814,11 @@ impl Config {
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        for (key, var) in STORABLE_KEYS {
+            if env(var).is_some() {
+                self.set_by_env.insert(key);
+            }
+        }
         let w = &mut self.whatsapp;
         if let Some(v) = env("WHATSAPP_PHONE_NUMBER_ID") {
             w.phone_number_id = v;
@@ -830,6 +872,41 @@ impl Config {
             self.storage.data_dir = PathBuf::from(v);
         }
         Ok(())
+    }
+
+    /// Layers stored values (`sandra secrets set`, the portal) over the file: each key of
+    /// [`STORABLE_KEYS`] that `stored` has and no environment variable set takes the stored
+    /// value. Validates again, naming the stored key at fault.
+    pub fn apply_stored(
+        &mut self,
+        stored: impl Fn(&str) -> Option<SecretString>,
+    ) -> Result<(), ConfigError> {
+        for (key, _) in STORABLE_KEYS {
+            if self.set_by_env.contains(key) {
+                continue;
+            }
+            let Some(v) = stored(key) else { continue };
+            match *key {
+                "whatsapp.access_token" => self.whatsapp.access_token = v,
+                "whatsapp.app_secret" => self.whatsapp.app_secret = v,
+                "whatsapp.verify_token" => self.whatsapp.verify_token = v,
+                "whatsapp.phone_number_id" => {
+                    self.whatsapp.phone_number_id = v.expose_secret().to_string()
+                }
+                "whatsapp.api_version" => self.whatsapp.api_version = v.expose_secret().to_string(),
+                "email.smtp_url" => self.email.smtp_url = v,
+                "llm.openai.api_key" => self.llm.openai.api_key = v,
+                "vision.remote_api_key" => self.vision.remote_api_key = v,
+                _ => unreachable!("every STORABLE_KEYS entry has an arm"),
+            }
+        }
+        self.validate().map_err(|e| match e {
+            ConfigError::Key { key, reason } => ConfigError::Key {
+                key,
+                reason: format!("{reason} (a stored value: see `sandra secrets list`)"),
+            },
+            e => e,
+        })
     }
 
     /// Checks values that parse but make no sense.

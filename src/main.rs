@@ -55,6 +55,39 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Store secrets encrypted under the master key (the environment still wins over them).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Store the value of config key NAME (e.g. whatsapp.access_token), read from stdin; one
+    /// trailing newline is dropped. A running Sandra picks it up on SIGHUP.
+    Set {
+        name: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The names stored (never the values).
+    List {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Forget a stored value.
+    Remove {
+        name: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Re-encrypt every stored secret and all personal data under a new master key (stop
+    /// Sandra first).
+    RotateKey {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -123,6 +156,96 @@ async fn main() -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let cfg = Config::load(config.as_deref())?;
             println!("{cfg:#?}");
+            Ok(())
+        }
+        Command::Secrets { command } => secrets(command),
+    }
+}
+
+fn secrets(cmd: SecretsCommand) -> anyhow::Result<()> {
+    use sandra::config::STORABLE_KEYS;
+    use sandra::vault::{KeySource, Vault};
+    use sandra_actors::secret::SecretString;
+    let env_var = |name: &str| {
+        STORABLE_KEYS
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| *v)
+    };
+    match cmd {
+        SecretsCommand::Set { name, config } => {
+            let cfg = Config::load(config.as_deref())?;
+            // Before reading stdin: a typo is reported at once.
+            sandra::vault::check_storable(&name)?;
+            let mut value = zeroize::Zeroizing::new(String::new());
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut value)?;
+            let trimmed = value
+                .strip_suffix('\n')
+                .map(|v| v.strip_suffix('\r').unwrap_or(v))
+                .unwrap_or(&value);
+            if trimmed.is_empty() {
+                anyhow::bail!(
+                    "no value on stdin for {name} (to forget it: `sandra secrets remove {name}`)"
+                );
+            }
+            let secret = SecretString::from(trimmed.to_string());
+            // The value must make a valid configuration, checked as if nothing overrode it.
+            let mut check = cfg.clone();
+            check.set_by_env.clear();
+            check.apply_stored(|k| (k == name).then(|| secret.clone()))?;
+            let vault = Vault::open(&cfg)?;
+            vault.set(&name, &secret)?;
+            println!(
+                "stored {name} (encrypted, master key {}). A running Sandra reads it on SIGHUP or restart.",
+                vault.key_id()
+            );
+            if let Some(var) = env_var(&name).filter(|_| cfg.set_by_env.contains(name.as_str())) {
+                eprintln!("note: {var} is set in this environment and wins over the stored value");
+            }
+            Ok(())
+        }
+        SecretsCommand::List { config } => {
+            let cfg = Config::load(config.as_deref())?;
+            let vault = Vault::open(&cfg)?;
+            eprintln!("master key {} from {}", vault.key_id(), vault.key_source());
+            for name in vault.names()? {
+                match env_var(&name).filter(|_| cfg.set_by_env.contains(name.as_str())) {
+                    Some(var) => println!("{name}\t(overridden by {var})"),
+                    None => println!("{name}"),
+                }
+            }
+            Ok(())
+        }
+        SecretsCommand::Remove { name, config } => {
+            let cfg = Config::load(config.as_deref())?;
+            if Vault::open(&cfg)?.remove(&name)? {
+                println!("removed {name}");
+            } else {
+                println!("{name} was not stored");
+            }
+            Ok(())
+        }
+        SecretsCommand::RotateKey { config } => {
+            let cfg = Config::load(config.as_deref())?;
+            let r = sandra::vault::rotate_key(&cfg, &|k| std::env::var(k).ok())?;
+            if r.old_id == r.new_id {
+                println!(
+                    "the new master key {} is installed; rotation finished",
+                    r.new_id
+                );
+                return Ok(());
+            }
+            println!(
+                "re-encrypted the stored secrets and the database: master key {} -> {}",
+                r.old_id, r.new_id
+            );
+            match r.source {
+                KeySource::File(p) => println!("the new key is in {}", p.display()),
+                other => println!(
+                    "the key came from {other}: put the new key, in {}, there instead (then run `sandra secrets rotate-key` once more to remove that file; Sandra will not start while it exists)",
+                    r.new_key_at.display()
+                ),
+            }
             Ok(())
         }
     }
@@ -241,7 +364,13 @@ async fn reload_on_sighup(path: Option<PathBuf>, system: sandra_actors::System) 
             return;
         };
         while hup.recv().await.is_some() {
-            match Config::load(path.as_deref()) {
+            let loaded = Config::load(path.as_deref())
+                .map_err(anyhow::Error::from)
+                .and_then(|mut cfg| {
+                    sandra::vault::Vault::open(&cfg)?.apply_to(&mut cfg)?;
+                    Ok(cfg)
+                });
+            match loaded {
                 Ok(cfg) => {
                     let changed = system.credentials.replace(cfg.whatsapp.access_token);
                     if let Some(sender) = system.sender.try_get() {

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+pub mod at_rest;
 pub mod brain;
 pub mod clock;
 pub mod conversation;
