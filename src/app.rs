@@ -13,7 +13,7 @@ use sandra_actors::graph::{GraphClient, GraphConfig};
 use sandra_actors::ingest::IngestConfig;
 use sandra_actors::metrics::Metrics;
 use sandra_actors::router::RouterArgs;
-use sandra_actors::secret::ExposeSecret;
+use sandra_actors::secret::{Credentials, ExposeSecret, Live, SecretString};
 use sandra_actors::sender::{SenderArgs, SenderHealth};
 use sandra_actors::slot::ActorSlot;
 use sandra_actors::store::Store;
@@ -26,10 +26,54 @@ use crate::config::Config;
 use crate::http::{self, HttpState};
 use crate::vault::Vault;
 
+/// The five WhatsApp settings, as live handles every holder reads per use: the Admin Portal and
+/// SIGHUP change them and the next webhook or Graph call uses the new value, no restart.
+#[derive(Clone, Debug)]
+pub struct LiveWhatsapp {
+    /// The same handle as `System::credentials`.
+    pub access_token: Credentials,
+    pub app_secret: Live<SecretString>,
+    pub verify_token: Live<SecretString>,
+    pub phone_number_id: Live<String>,
+    pub api_version: Live<String>,
+}
+
+impl LiveWhatsapp {
+    fn new(w: &crate::config::WhatsAppConfig) -> Self {
+        Self {
+            access_token: Credentials::new(w.access_token.clone()),
+            app_secret: Live::new(w.app_secret.clone()),
+            verify_token: Live::new(w.verify_token.clone()),
+            phone_number_id: Live::new(w.phone_number_id.clone()),
+            api_version: Live::new(w.api_version.clone()),
+        }
+    }
+
+    /// Applies a (re-read) `[whatsapp]` section. A replaced token also tells the sender, which
+    /// resumes sending if it had stopped on error 190. Returns whether the token changed.
+    pub fn apply(&self, w: &crate::config::WhatsAppConfig, system: &System) -> bool {
+        self.app_secret.set(w.app_secret.clone());
+        self.verify_token.set(w.verify_token.clone());
+        self.phone_number_id.set(w.phone_number_id.clone());
+        self.api_version.set(w.api_version.clone());
+        self.set_access_token(w.access_token.clone(), system)
+    }
+
+    /// Replaces the access token for every Graph client and tells the sender (see [`Self::apply`]).
+    pub fn set_access_token(&self, token: SecretString, system: &System) -> bool {
+        let changed = self.access_token.replace(token);
+        if let Some(sender) = system.sender.try_get() {
+            let _ = sender.cast(sandra_actors::sender::SenderMsg::TokenReplaced);
+        }
+        changed
+    }
+}
+
 /// A built, listening Sandra.
 pub struct Application {
     listener: TcpListener,
     system: System,
+    live: LiveWhatsapp,
     router: axum::Router,
     metrics: Arc<Metrics>,
     cfg: Config,
@@ -96,11 +140,12 @@ impl Application {
             .with_context(|| format!("opening storage in {}", cfg.storage.data_dir.display()))?,
         );
         let w = &cfg.whatsapp;
+        let live = LiveWhatsapp::new(w);
         let graph = GraphClient::new(GraphConfig {
             base_url: w.graph_base_url.clone(),
-            api_version: w.api_version.clone(),
-            phone_number_id: w.phone_number_id.clone(),
-            credentials: sandra_actors::secret::Credentials::new(w.access_token.clone()),
+            api_version: live.api_version.clone(),
+            phone_number_id: live.phone_number_id.clone(),
+            credentials: live.access_token.clone(),
             timeout: w.request_timeout,
         });
         let c = &cfg.conversation;
@@ -177,8 +222,8 @@ impl Application {
             health: Arc::new(SenderHealth::default()),
         };
         let ingest = IngestConfig {
-            app_secret: w.app_secret.clone(),
-            phone_number_id: w.phone_number_id.clone(),
+            app_secret: live.app_secret.clone(),
+            phone_number_id: live.phone_number_id.clone(),
             max_body_bytes: cfg.server.max_body_bytes,
         };
         let system = System::start(router_args, sender_args, transcription, vision, ingest)
@@ -188,10 +233,11 @@ impl Application {
 
         let state = HttpState {
             system: system.clone(),
-            verify_token: w.verify_token.clone(),
+            verify_token: live.verify_token.clone(),
             admission: Arc::new(Semaphore::new(cfg.server.max_in_flight)),
             max_body_bytes: cfg.server.max_body_bytes,
             missing_settings: missing,
+            admin: crate::admin::Admin::new(&cfg, system.clone(), live.clone(), vault.clone()),
         };
         let router = http::router(state, cfg.server.request_timeout);
         let listener = TcpListener::bind(cfg.server.bind)
@@ -200,6 +246,7 @@ impl Application {
         Ok(Self {
             listener,
             system,
+            live,
             router,
             metrics,
             cfg,
@@ -225,6 +272,11 @@ impl Application {
 
     pub fn system(&self) -> &System {
         &self.system
+    }
+
+    /// The live WhatsApp settings (SIGHUP and the Admin Portal change them).
+    pub fn live(&self) -> &LiveWhatsapp {
+        &self.live
     }
 
     /// Serves until `shutdown` resolves, then stops the actors and flushes the store.

@@ -376,6 +376,10 @@ pub struct ServerConfig {
     /// The public https:// address Meta calls (the proxy in front of `bind`), without the
     /// webhook path. Empty: not known, `sandra doctor` skips the end-to-end handshake.
     pub public_url: String,
+    /// Believe the reverse proxy's `X-Forwarded-For` (the Admin Portal's per-client login
+    /// limit) and `X-Forwarded-Proto` (its `Secure` cookie). Only when a proxy that sets them is
+    /// the only way in: otherwise any client could claim any address.
+    pub trust_proxy: bool,
 }
 
 impl Default for ServerConfig {
@@ -388,6 +392,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(30),
             max_connections: 1024,
             public_url: String::new(),
+            trust_proxy: false,
         }
     }
 }
@@ -861,6 +866,18 @@ impl Config {
                 var: "SANDRA_BIND".into(),
                 reason: format!("{e} (expected host:port, e.g. 127.0.0.1:8080)"),
             })?;
+        }
+        if let Some(v) = env("SANDRA_TRUST_PROXY") {
+            self.server.trust_proxy = match v.as_str() {
+                "1" | "true" => true,
+                "0" | "false" => false,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "SANDRA_TRUST_PROXY".into(),
+                        reason: format!("`{v}` is not a boolean (true, false, 1 or 0)"),
+                    });
+                }
+            };
         }
         if let Some(v) = env("SANDRA_DATA_DIR") {
             if v.is_empty() {

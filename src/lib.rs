@@ -4,6 +4,7 @@
 //! - [`config`]: `config.toml` + environment, validated, secrets hidden.
 //! - [`http`]: the webhook endpoint (admission, body limits, status codes; ingestion itself is
 //!   `System::ingest`), health and metrics.
+//! - [`admin`]: the Admin Portal under `/admin` (login, status, settings, chat box).
 //! - [`app`]: [`app::Application`] wires the store, the actors and the server together.
 //! - [`vault`]: the master key and the encrypted secrets (`sandra secrets`).
 //!
@@ -11,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod doctor;

@@ -50,6 +50,11 @@ enum Command {
         #[arg(long)]
         load: bool,
     },
+    /// The Admin Portal (`/admin`).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Check a configuration and print it (secrets hidden).
     CheckConfig {
         #[arg(long)]
@@ -91,6 +96,20 @@ enum SecretsCommand {
 }
 
 #[derive(Subcommand)]
+enum AdminCommand {
+    /// Set the portal's password (argon2id hash in `<data_dir>/admin-password`, mode 0600).
+    /// Reads it from the terminal twice, or once from stdin with --stdin. Takes effect at the
+    /// next login, without a restart.
+    SetPassword {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Read the password from the first line of stdin (scripts), without asking twice.
+        #[arg(long)]
+        stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ModelsCommand {
     /// Download, verify (sha256) and install a model under `<data_dir>/models`.
     Fetch {
@@ -120,7 +139,11 @@ async fn main() -> anyhow::Result<()> {
             let cfg = Config::load(config.as_deref())?;
             sandra::init_tracing(&cfg.log.level, &cfg.log.format);
             let app = Application::build(cfg).await?;
-            tokio::spawn(reload_on_sighup(config, app.system().clone()));
+            tokio::spawn(reload_on_sighup(
+                config,
+                app.system().clone(),
+                app.live().clone(),
+            ));
             sandra::systemd::spawn_watchdog(app.system().clone());
             sandra::systemd::ready();
             app.run_until(async {
@@ -152,6 +175,18 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 anyhow::bail!("some checks failed")
             }
+        }
+        Command::Admin {
+            command: AdminCommand::SetPassword { config, stdin },
+        } => {
+            let cfg = Config::load(config.as_deref())?;
+            let password = read_password(stdin)?;
+            let path = sandra::admin::auth::set_password(&cfg.storage.data_dir, &password)?;
+            println!(
+                "Admin Portal password set ({}); log in at /admin",
+                path.display()
+            );
+            Ok(())
         }
         Command::CheckConfig { config } => {
             let cfg = Config::load(config.as_deref())?;
@@ -352,11 +387,15 @@ fn read_media(path: &str, family: &str) -> anyhow::Result<(Vec<u8>, String)> {
     Ok((bytes, mime.to_string()))
 }
 
-/// SIGHUP re-reads the configuration and writes the (possibly replaced) access token into the
-/// shared credentials every Graph client reads (sender, media downloads, a re-created sender),
-/// then tells the sender, which resumes sending if it had stopped on error 190. A token set
-/// through the environment can only change with a restart.
-async fn reload_on_sighup(path: Option<PathBuf>, system: sandra_actors::System) {
+/// SIGHUP re-reads the configuration and applies the five WhatsApp settings to the live handles
+/// every reader uses (the token to every Graph client: sender, media downloads, a re-created
+/// sender), then tells the sender, which resumes sending if it had stopped on error 190. A value
+/// set through the environment can only change with a restart.
+async fn reload_on_sighup(
+    path: Option<PathBuf>,
+    system: sandra_actors::System,
+    live: sandra::app::LiveWhatsapp,
+) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -372,13 +411,10 @@ async fn reload_on_sighup(path: Option<PathBuf>, system: sandra_actors::System) 
                 });
             match loaded {
                 Ok(cfg) => {
-                    let changed = system.credentials.replace(cfg.whatsapp.access_token);
-                    if let Some(sender) = system.sender.try_get() {
-                        let _ = sender.cast(sandra_actors::sender::SenderMsg::TokenReplaced);
-                    }
+                    let changed = live.apply(&cfg.whatsapp, &system);
                     tracing::info!(
                         token_changed = changed,
-                        "configuration re-read on SIGHUP: access token updated for every Graph client"
+                        "configuration re-read on SIGHUP: WhatsApp settings applied (the access token to every Graph client)"
                     );
                 }
                 Err(e) => {
@@ -388,7 +424,34 @@ async fn reload_on_sighup(path: Option<PathBuf>, system: sandra_actors::System) 
         }
     }
     #[cfg(not(unix))]
-    let _ = (path, system);
+    let _ = (path, system, live);
+}
+
+/// The new password: one line of stdin with `--stdin`; else asked twice (the two must match),
+/// without echo when stdin is a terminal.
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal() && !from_stdin;
+    let mut lines = stdin.lock().lines();
+    let mut next = |prompt: &str| -> anyhow::Result<String> {
+        if tty {
+            return Ok(rpassword::prompt_password(prompt)?);
+        }
+        let line = lines
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no password on stdin"))??;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    };
+    if from_stdin {
+        return next("");
+    }
+    let first = next("New Admin Portal password: ")?;
+    let second = next("Again: ")?;
+    if first != second {
+        anyhow::bail!("the two passwords differ; nothing was changed");
+    }
+    Ok(first)
 }
 
 async fn shutdown_signal() {

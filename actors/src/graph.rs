@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::secret::{Credentials, ExposeSecret};
+use crate::secret::{Credentials, ExposeSecret, Live};
 use crate::store::{OutboundBody, OutboxRecord};
 
 /// How to reach the Graph API for one business number.
@@ -17,8 +17,9 @@ use crate::store::{OutboundBody, OutboxRecord};
 pub struct GraphConfig {
     /// `https://graph.facebook.com` in production; a loopback fake in tests.
     pub base_url: String,
-    pub api_version: String,
-    pub phone_number_id: String,
+    /// Live: the Admin Portal and SIGHUP change them while Sandra runs.
+    pub api_version: Live<String>,
+    pub phone_number_id: Live<String>,
     /// The access token, shared with every other holder (see [`Credentials`]): read per request,
     /// so a replaced token is used by the next call of every clone.
     pub credentials: Credentials,
@@ -193,8 +194,8 @@ impl GraphClient {
         format!(
             "{}/{}/{}/messages",
             self.cfg.base_url.trim_end_matches('/'),
-            self.cfg.api_version,
-            self.cfg.phone_number_id
+            self.cfg.api_version.get(),
+            self.cfg.phone_number_id.get()
         )
     }
 
@@ -255,9 +256,9 @@ impl GraphClient {
         let url = format!(
             "{}/{}/{}?phone_number_id={}",
             self.cfg.base_url.trim_end_matches('/'),
-            self.cfg.api_version,
+            self.cfg.api_version.get(),
             media_id,
-            self.cfg.phone_number_id
+            self.cfg.phone_number_id.get()
         );
         let resp = self
             .http

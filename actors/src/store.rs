@@ -213,6 +213,18 @@ impl Codec {
     }
 }
 
+/// One conversation as the Admin Portal lists it ([`Store::conversations`]): never its messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationMeta {
+    pub key: ConversationKey,
+    pub is_group: bool,
+    /// Unix seconds of the last user message (the 24 h window opens there).
+    pub last_inbound_at: Option<i64>,
+    pub turns: u64,
+    /// When Meta said the window was closed (131047), if it did.
+    pub window_closed_at: Option<i64>,
+}
+
 /// What closing a conversation did ([`Store::close_conversation`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClosedConversation {
@@ -1274,6 +1286,96 @@ impl Store {
             .unwrap_or_default())
     }
 
+    // === the Admin Portal: metadata listings and the operator's own actions ===
+
+    /// What the portal shows of every stored conversation: metadata only (the session is
+    /// decoded, its turns are never returned).
+    pub fn conversations(&self) -> Result<Vec<ConversationMeta>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.sessions.iter() {
+            let (k, v) = item?;
+            let s: SessionState = self.codec.dec(SESSIONS, &k, &v)?;
+            let window_closed_at = self.window_closed_at(&s.key)?;
+            out.push(ConversationMeta {
+                is_group: s.is_group,
+                last_inbound_at: s.last_inbound_at,
+                turns: s.turns,
+                window_closed_at,
+                key: s.key,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every account, in email order.
+    pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+        self.accounts
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                self.codec.dec(ACCOUNTS, &k, &v)
+            })
+            .collect()
+    }
+
+    /// Unlinks identity `key` ([`crate::accounts::link_key`]) from its account, as `/unlink`
+    /// does (the number keeps its record; the account loses the link), in one transaction.
+    /// Returns the email it was linked to, `None` when it was not linked.
+    pub fn unlink(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.write(|| {
+            Ok(
+                (&self.links, &self.accounts).transaction(|(links, accounts)| {
+                    let Some(raw) = links.get(key.as_bytes())? else {
+                        return Ok(None);
+                    };
+                    let k = key.as_bytes();
+                    let mut number: NumberRecord = self.codec.dec(LINKS, k, &raw).map_err(abort)?;
+                    let Some(email) = number.linked.take() else {
+                        return Ok(None);
+                    };
+                    links.insert(k, self.codec.enc(LINKS, k, &number))?;
+                    let e = email.as_bytes();
+                    if let Some(raw) = accounts.get(e)? {
+                        let mut a: Account = self.codec.dec(ACCOUNTS, e, &raw).map_err(abort)?;
+                        a.links.retain(|l| l != key);
+                        accounts.insert(e, self.codec.enc(ACCOUNTS, e, &a))?;
+                    }
+                    Ok(Some(email))
+                })?,
+            )
+        })
+    }
+
+    /// Puts one message into the outbox outside a turn (the portal's test message); the
+    /// caller kicks the sender. Returns its id.
+    pub fn enqueue(&self, key: &ConversationKey, r: &NewOutbound) -> Result<u64, StoreError> {
+        let now = now_ms();
+        self.write(|| {
+            Ok(
+                (&self.outbox, &self.outbox_queue).transaction(|(outbox, queue)| {
+                    let id = outbox.generate_id()?;
+                    let rec = new_outbox_record(id, key, r, now);
+                    outbox.insert(&be(id), self.codec.enc(OUTBOX, &be(id), &rec))?;
+                    queue.insert(&be(id), &[])?;
+                    Ok(id)
+                })?,
+            )
+        })
+    }
+
+    /// Messages first seen at or after `since_s` (unix seconds), from the de-duplication
+    /// record (each message is counted once, however often Meta delivered it).
+    pub fn messages_seen_since(&self, since_s: i64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for item in self.dedup.scan_prefix(b"m:") {
+            let (_, v) = item?;
+            if dedup_seen_s(&v) >= since_s {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Replaces an identity's record outside a turn (tests make a code expire with it).
     pub fn put_number_record(&self, key: &str, rec: &NumberRecord) -> Result<(), StoreError> {
         self.write(|| {
@@ -1607,6 +1709,62 @@ mod tests {
             }}]}]
         });
         parse_webhook(body.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn portal_unlink_removes_the_link_on_both_sides_and_keeps_the_rest() {
+        let (_d, store) = open();
+        let key = crate::accounts::link_key("15550001");
+        let other = crate::accounts::link_key("15550002");
+        let number = NumberRecord {
+            linked: Some("ana@example.org".into()),
+            offered: true,
+            ..Default::default()
+        };
+        store.put_number_record(&key, &number).unwrap();
+        let account = Account {
+            email: "ana@example.org".into(),
+            profile: Default::default(),
+            links: vec![key.clone(), other.clone()],
+            created_at: 1,
+        };
+        store
+            .accounts
+            .insert(
+                "ana@example.org".as_bytes(),
+                store
+                    .codec
+                    .enc(ACCOUNTS, "ana@example.org".as_bytes(), &account),
+            )
+            .unwrap();
+        assert_eq!(
+            store.unlink(&key).unwrap().as_deref(),
+            Some("ana@example.org")
+        );
+        let n = store.number_record(&key).unwrap().unwrap();
+        assert_eq!(n.linked, None);
+        assert!(n.offered, "the rest of the number's record is kept");
+        assert_eq!(store.accounts().unwrap()[0].links, vec![other]);
+        // Twice, or a number never linked: nothing to do.
+        assert_eq!(store.unlink(&key).unwrap(), None);
+        assert_eq!(store.unlink("nobody").unwrap(), None);
+    }
+
+    #[test]
+    fn portal_listings_and_enqueue() {
+        let (_d, store) = open();
+        let rec = accept_one(&store, "wamid.p1", "15550003");
+        assert_eq!(store.messages_seen_since(0).unwrap(), 1);
+        assert_eq!(store.messages_seen_since(i64::MAX).unwrap(), 0);
+        let mut s = SessionState::new(rec.key.clone(), reply("x").target);
+        s.last_inbound_at = Some(100);
+        s.turns = 3;
+        store.commit_turn(&s, &[rec.seq], &[]).unwrap();
+        let convs = store.conversations().unwrap();
+        assert_eq!(convs.len(), 1);
+        assert_eq!((convs[0].turns, convs[0].last_inbound_at), (3, Some(100)));
+        let id = store.enqueue(&rec.key, &reply("test")).unwrap();
+        assert_eq!(store.outbox_pending(10).unwrap()[0].id, id);
     }
 
     fn accept_one(store: &Store, wamid: &str, from: &str) -> InboxRecord {

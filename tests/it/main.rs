@@ -16,6 +16,8 @@ mod llm;
 mod metrics;
 mod photos;
 mod playground;
+mod portal;
+mod portal_browser;
 mod sender;
 mod systemd;
 mod voice;
