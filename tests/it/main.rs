@@ -20,3 +20,4 @@ mod sender;
 mod systemd;
 mod voice;
 mod webhook;
+mod window;
