@@ -303,6 +303,8 @@ fn recipient_allows(state: &mut SenderState, recipient: &str, now: Instant) -> b
 
 fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
     if state.args.health.token_invalid.load(Ordering::SeqCst) {
+        // Meta refused the token; the playground needs none.
+        pump_local_only(state, reload);
         return;
     }
     let now = Instant::now();
@@ -430,6 +432,32 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
     }
     if !settled.is_empty() {
         state.cache.retain(|r| !settled.contains(&r.id));
+    }
+}
+
+/// While sending to Meta is paused: playground replies still go out.
+fn pump_local_only(state: &mut SenderState, reload: bool) {
+    if reload {
+        match state.args.store.outbox_pending(4096) {
+            Ok(p) => {
+                state.cache = p;
+                state.last_reload = Some(Instant::now());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the outbox failed");
+                return;
+            }
+        }
+    }
+    let local: Vec<OutboxRecord> = state
+        .cache
+        .iter()
+        .filter(|r| crate::playground::is_local_target(&r.target))
+        .cloned()
+        .collect();
+    for mut rec in local {
+        deliver_local(state, &mut rec);
+        state.cache.retain(|r| r.id != rec.id);
     }
 }
 

@@ -1154,6 +1154,17 @@ impl Store {
 
     // === held replies (the 24-hour window) ===
 
+    /// How the held-reply code writes an outbox record (one place for an at-rest codec).
+    fn outbox_value(&self, rec: &OutboxRecord) -> Vec<u8> {
+        json(rec)
+    }
+
+    /// How the held-reply code reads outbox record `id` (one place for an at-rest codec).
+    fn outbox_decode(&self, id: u64, raw: &[u8]) -> Result<OutboxRecord, StoreError> {
+        let _ = id;
+        from_json(raw)
+    }
+
     /// Holds `rec` (whose state is [`OutboxState::Held`]): out of the send queue, indexed by
     /// conversation. With `reopen`, also queues that template unless one was already queued for
     /// this closed window; returns its outbox id when it did. One transaction.
@@ -1166,7 +1177,7 @@ impl Store {
         self.write(|| {
             Ok((&self.outbox, &self.outbox_queue, &self.held).transaction(
                 |(outbox, queue, held)| {
-                    outbox.insert(&be(rec.id), json(rec))?;
+                    outbox.insert(&be(rec.id), self.outbox_value(rec))?;
                     queue.remove(&be(rec.id))?;
                     held.insert(index_key(&rec.key, rec.id), &[])?;
                     let Some(r) = reopen else { return Ok(None) };
@@ -1176,7 +1187,7 @@ impl Store {
                     }
                     let id = outbox.generate_id()?;
                     let t = new_outbox_record(id, &rec.key, r, now);
-                    outbox.insert(&be(id), json(&t))?;
+                    outbox.insert(&be(id), self.outbox_value(&t))?;
                     queue.insert(&be(id), &[])?;
                     held.insert(marker, &be(id))?;
                     Ok(Some(id))
@@ -1222,14 +1233,16 @@ impl Store {
                         let Some(raw) = outbox.get(be(id))? else {
                             continue;
                         };
-                        let mut rec: OutboxRecord = serde_json::from_slice(&raw).map_err(abort)?;
+                        let mut rec = self
+                            .outbox_decode(id, &raw)
+                            .map_err(ConflictableTransactionError::Abort)?;
                         if !matches!(rec.state, OutboxState::Held { .. }) {
                             continue;
                         }
                         rec.state = OutboxState::Pending;
                         rec.window_expires_at = Some(window_expires_at);
                         rec.next_attempt_at_ms = now;
-                        outbox.insert(&be(id), json(&rec))?;
+                        outbox.insert(&be(id), self.outbox_value(&rec))?;
                         queue.insert(&be(id), &[])?;
                         n += 1;
                     }
