@@ -220,6 +220,12 @@ impl Application {
             metrics: metrics.clone(),
             pacing: cfg.sender.pacing(),
             health: Arc::new(SenderHealth::default()),
+            reopen_template: (!w.reopen_template.name.is_empty()).then(|| {
+                sandra_actors::sender::ReopenTemplate {
+                    name: w.reopen_template.name.clone(),
+                    language: w.reopen_template.language.clone(),
+                }
+            }),
         };
         let ingest = IngestConfig {
             app_secret: live.app_secret.clone(),

@@ -1287,6 +1287,52 @@ mod tests {
     }
 
     #[test]
+    fn doctor_and_template_keys_are_read_and_validated() {
+        let c = Config::from_toml(
+            "[server]\npublic_url = \"https://sandra.example.org\"\n\
+             [whatsapp]\nbusiness_account_id = \"102290129340398\"\n\
+             [whatsapp.reopen_template]\nname = \"sandra_reopen\"\nlanguage = \"pt_BR\"\n",
+            "c",
+        )
+        .unwrap();
+        assert_eq!(c.server.public_url, "https://sandra.example.org");
+        assert_eq!(c.whatsapp.reopen_template.language, "pt_BR");
+        let named = |tweak: &dyn Fn(&mut Config), key: &str| {
+            let mut c = Config::default();
+            tweak(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        };
+        named(
+            &|c| c.server.public_url = "sandra.example.org".into(),
+            "server.public_url",
+        );
+        named(
+            &|c| c.whatsapp.business_account_id = "WABA-1".into(),
+            "whatsapp.business_account_id",
+        );
+        named(
+            &|c| c.whatsapp.reopen_template.name = "Reopen Chat".into(),
+            "whatsapp.reopen_template.name",
+        );
+        named(
+            &|c| {
+                c.whatsapp.reopen_template.name = "reopen".into();
+                c.whatsapp.reopen_template.language = String::new();
+            },
+            "whatsapp.reopen_template.language",
+        );
+        let env = |k: &str| match k {
+            "SANDRA_PUBLIC_URL" => Some("https://x.example".to_string()),
+            "WHATSAPP_BUSINESS_ACCOUNT_ID" => Some("42".to_string()),
+            _ => None,
+        };
+        let c = Config::load_with_env(None, env).unwrap();
+        assert_eq!(c.server.public_url, "https://x.example");
+        assert_eq!(c.whatsapp.business_account_id, "42");
+    }
+
+    #[test]
     fn group_context_bounds_are_read_and_validated() {
         let c = Config::from_toml(
             "[conversation]\ngroup_context_messages = 12\ngroup_context_chars = 3000\n",

@@ -219,6 +219,10 @@ impl GraphClient {
                 body["type"] = json!("text");
                 body["text"] = json!({ "preview_url": false, "body": text });
             }
+            OutboundBody::Template { name, language } => {
+                body["type"] = json!("template");
+                body["template"] = json!({ "name": name, "language": { "code": language } });
+            }
         }
         if let Some(ctx) = &rec.context_message_id {
             body["context"] = json!({ "message_id": ctx });

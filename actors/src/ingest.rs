@@ -155,7 +155,23 @@ impl Ingest {
             tracing::info!(item = %why, "webhook item accepted and ignored");
         }
         Metrics::add(&m.items_ignored, batch.ignored.len() as u64);
-        let accepted = store.accept(&batch, now_ms())?;
+        let received = now_ms();
+        let accepted = store.accept(&batch, received)?;
+        for rec in &accepted.new_messages {
+            // The user wrote: a new 24-hour window, so replies held for them can go now (the
+            // sender finds them at its next outbox read, ahead of this message's answer).
+            // (Meta's timestamp when it has one, as the conversation counts the window.) A crash
+            // right after `accept` leaves them held until the user's next message.
+            let opened = if rec.message.timestamp > 0 {
+                rec.message.timestamp
+            } else {
+                received / 1000
+            };
+            let released = store.release_held(&rec.key, opened + 24 * 3600)?;
+            if released > 0 {
+                tracing::info!(key = %rec.key, released, "held replies released: the user wrote again");
+            }
+        }
         for g in &batch.closed_groups {
             // Durable before the 200 like the messages: once Meta hears back, nothing more is
             // sent to that group, even after a crash.

@@ -81,6 +81,9 @@ pub enum PlaygroundError {
     Store(#[from] StoreError),
 }
 
+/// Playground media: the bytes and their MIME type.
+pub type LocalMedia = (Arc<[u8]>, String);
+
 /// In-process mailbox between the sender and playground callers, and the local media shelf.
 /// Shared by clones; one per Graph client (see [`crate::graph::GraphClient::local`]).
 #[derive(Clone)]
@@ -89,7 +92,7 @@ pub struct LocalHub(Arc<HubInner>);
 struct HubInner {
     /// Replies delivered per local recipient (`local:<chat>`), oldest first.
     replies: Mutex<HashMap<String, Vec<String>>>,
-    media: Mutex<HashMap<String, (Arc<[u8]>, String)>>,
+    media: Mutex<HashMap<String, LocalMedia>>,
     /// Bumped on every delivery, so waiters wake without polling the outbox.
     delivered: tokio::sync::watch::Sender<u64>,
 }
@@ -156,7 +159,7 @@ impl LocalHub {
     }
 
     /// The bytes and MIME type of local media, while its turn lasts.
-    pub fn media(&self, id: &str) -> Option<(Arc<[u8]>, String)> {
+    pub fn media(&self, id: &str) -> Option<LocalMedia> {
         self.0
             .media
             .lock()

@@ -13,6 +13,9 @@
 //!   `wamid_index`: wamid Meta gave a sent message → outbox id (for status webhooks).
 //! - `windows`: conversation key → unix seconds at which Meta told us (131047) that the
 //!   customer-service window is closed.
+//! - `held`: conversation key, NUL, big-endian outbox id → nothing: replies held because the
+//!   window closed, released into the queue when the user writes again. The id `u64::MAX` marks
+//!   that the reopen template was queued for this closed window (cleared with the release).
 //! - `links`: identity key (`whatsapp:<number>`) → [`NumberRecord`]: the email it is linked to,
 //!   the linking flow in progress (so it survives a restart), its own profile, its code sends.
 //! - `accounts`: verified email → [`Account`] (profile, notes, linked identities).
@@ -252,7 +255,15 @@ pub struct InboxRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OutboundBody {
-    Text { body: String },
+    Text {
+        body: String,
+    },
+    /// An approved template without parameters (the reopen invitation), allowed outside the
+    /// 24-hour window.
+    Template {
+        name: String,
+        language: String,
+    },
 }
 
 /// Where an outbound message stands.
@@ -265,6 +276,22 @@ pub enum OutboxState {
     Sent,
     /// Will never be sent; the reason says why (permanent error, window closed, ...).
     Failed { code: Option<i64>, reason: String },
+    /// Not sent because the 24-hour window is closed; back to `Pending` when the user writes
+    /// again ([`Store::release_held`]).
+    Held { reason: String, since_ms: i64 },
+}
+
+/// What the portal shows of a held reply: metadata, never the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldReply {
+    pub id: u64,
+    pub key: ConversationKey,
+    /// `p:<number>`, `u:<user id>` or `g:<group>`.
+    pub recipient: String,
+    pub since_ms: i64,
+    pub reason: String,
+    /// Whether the reopen template went out for this closed window.
+    pub template_queued: bool,
 }
 
 /// One outbound message in the durable outbox.
@@ -392,6 +419,7 @@ pub struct Store {
     outbox_queue: sled::Tree,
     wamid_index: sled::Tree,
     windows: sled::Tree,
+    held: sled::Tree,
     dead_letter: sled::Tree,
     /// Conversations ended for good (group deleted, Sandra removed): key → unix seconds.
     /// A turn committed for one of them stores nothing and sends nothing.
@@ -526,6 +554,7 @@ impl Store {
             outbox_queue: db.open_tree("outbox_queue")?,
             wamid_index: db.open_tree("wamid_index")?,
             windows: db.open_tree("windows")?,
+            held: db.open_tree("held")?,
             dead_letter: db.open_tree("dead_letter")?,
             closed: db.open_tree("closed")?,
             links: db.open_tree("links")?,
@@ -1484,6 +1513,137 @@ impl Store {
         })
     }
 
+    // === held replies (the 24-hour window) ===
+
+    /// How the held-reply code writes an outbox record (one place for an at-rest codec).
+    fn outbox_value(&self, rec: &OutboxRecord) -> Vec<u8> {
+        json(rec)
+    }
+
+    /// How the held-reply code reads outbox record `id` (one place for an at-rest codec).
+    fn outbox_decode(&self, id: u64, raw: &[u8]) -> Result<OutboxRecord, StoreError> {
+        let _ = id;
+        from_json(raw)
+    }
+
+    /// Holds `rec` (whose state is [`OutboxState::Held`]): out of the send queue, indexed by
+    /// conversation. With `reopen`, also queues that template unless one was already queued for
+    /// this closed window; returns its outbox id when it did. One transaction.
+    pub fn hold_reply(
+        &self,
+        rec: &OutboxRecord,
+        reopen: Option<&NewOutbound>,
+    ) -> Result<Option<u64>, StoreError> {
+        let now = now_ms();
+        self.write(|| {
+            Ok((&self.outbox, &self.outbox_queue, &self.held).transaction(
+                |(outbox, queue, held)| {
+                    outbox.insert(&be(rec.id), self.outbox_value(rec))?;
+                    queue.remove(&be(rec.id))?;
+                    held.insert(index_key(&rec.key, rec.id), &[])?;
+                    let Some(r) = reopen else { return Ok(None) };
+                    let marker = index_key(&rec.key, u64::MAX);
+                    if held.get(&marker)?.is_some() {
+                        return Ok(None);
+                    }
+                    let id = outbox.generate_id()?;
+                    let t = new_outbox_record(id, &rec.key, r, now);
+                    outbox.insert(&be(id), self.outbox_value(&t))?;
+                    queue.insert(&be(id), &[])?;
+                    held.insert(marker, &be(id))?;
+                    Ok(Some(id))
+                },
+            )?)
+        })
+    }
+
+    /// The user wrote again: the window is open, and the replies held for `key` go back into the
+    /// send queue (oldest first, ahead of anything newer), valid until `window_expires_at`; the
+    /// next closed window may get a template again. Returns how many were released.
+    pub fn release_held(
+        &self,
+        key: &ConversationKey,
+        window_expires_at: i64,
+    ) -> Result<usize, StoreError> {
+        // Whatever Meta said about the old window, the user's message opened a new one (Meta's
+        // timestamps and our clock may disagree by seconds: trust the message, not the clock).
+        if self.windows.contains_key(key.as_str().as_bytes())? {
+            self.write(|| {
+                self.windows.remove(key.as_str().as_bytes())?;
+                Ok(())
+            })?;
+        }
+        let entries: Vec<sled::IVec> = self
+            .held
+            .scan_prefix(index_prefix(key))
+            .keys()
+            .collect::<Result<_, _>>()?;
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        self.write(|| {
+            Ok((&self.outbox, &self.outbox_queue, &self.held).transaction(
+                |(outbox, queue, held)| {
+                    let mut n = 0;
+                    for k in &entries {
+                        held.remove(k.clone())?;
+                        let Some(id) = index_seq(k).filter(|id| *id != u64::MAX) else {
+                            continue;
+                        };
+                        let Some(raw) = outbox.get(be(id))? else {
+                            continue;
+                        };
+                        let mut rec = self
+                            .outbox_decode(id, &raw)
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        if !matches!(rec.state, OutboxState::Held { .. }) {
+                            continue;
+                        }
+                        rec.state = OutboxState::Pending;
+                        rec.window_expires_at = Some(window_expires_at);
+                        rec.next_attempt_at_ms = now;
+                        outbox.insert(&be(id), self.outbox_value(&rec))?;
+                        queue.insert(&be(id), &[])?;
+                        n += 1;
+                    }
+                    Ok(n)
+                },
+            )?)
+        })
+    }
+
+    /// Every reply held because a window closed, oldest conversation key first (metadata only).
+    pub fn held_replies(&self) -> Result<Vec<HeldReply>, StoreError> {
+        let mut out = Vec::new();
+        let mut templates = std::collections::HashSet::new();
+        for k in self.held.iter().keys() {
+            let k = k?;
+            let Some(id) = index_seq(&k) else { continue };
+            if id == u64::MAX {
+                templates.insert(k[..k.len() - 8].to_vec());
+                continue;
+            }
+            let Some(rec) = self.outbox_record(id)? else {
+                continue;
+            };
+            if let OutboxState::Held { reason, since_ms } = rec.state {
+                out.push(HeldReply {
+                    id,
+                    recipient: rec.target.recipient_key(),
+                    key: rec.key,
+                    since_ms,
+                    reason,
+                    template_queued: false,
+                });
+            }
+        }
+        for h in &mut out {
+            h.template_queued = templates.contains(&index_prefix(&h.key));
+        }
+        Ok(out)
+    }
+
     // === outbox ===
 
     pub fn outbox_record(&self, id: u64) -> Result<Option<OutboxRecord>, StoreError> {
@@ -1505,6 +1665,7 @@ impl Store {
         let rec: OutboxRecord = self.codec.dec(OUTBOX, &id, &v)?;
         Ok(match rec.body {
             OutboundBody::Text { body } => Some(body),
+            OutboundBody::Template { .. } => None,
         })
     }
 

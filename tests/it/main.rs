@@ -22,3 +22,4 @@ mod sender;
 mod systemd;
 mod voice;
 mod webhook;
+mod window;

@@ -81,6 +81,32 @@ async fn a_local_chat_remembers_earlier_turns_and_never_reaches_meta() {
     app.stop().await;
 }
 
+/// Meta refusing the token pauses WhatsApp sends, not the playground.
+#[tokio::test]
+async fn the_playground_answers_while_meta_refuses_the_token() {
+    let app = TestApp::spawn_with(
+        |c| c.whatsapp.access_token = sandra_actors::secret::SecretString::from("expired"),
+        Arc::new(EchoBrain::default()),
+    )
+    .await;
+    app.post_signed(&text_webhook("wamid.p1", "15550009090", "hi", 0))
+        .await;
+    let system = app.system.clone();
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || system
+            .token_invalid())
+        .await
+    );
+    let replies = app
+        .system
+        .playground()
+        .say("console", text("still there?"))
+        .await
+        .unwrap();
+    assert_eq!(replies, ["echo[0]: still there?"]);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn bad_chat_names_and_empty_messages_are_refused() {
     let app = TestApp::spawn().await;

@@ -74,6 +74,8 @@ struct Inner {
     phone_numbers: HashMap<String, Value>,
     /// `GET /{waba-id}/subscribed_apps`: the apps subscribed to each business account.
     subscribed_apps: HashMap<String, Vec<String>>,
+    /// Approved templates (name, language code); any other template send gets 132001.
+    templates: Vec<(String, String)>,
 }
 
 /// A hop-1 answer that does not match the bytes: each `Some` replaces the true value.
@@ -194,6 +196,15 @@ impl FakeGraph {
             waba.to_string(),
             apps.iter().map(|a| a.to_string()).collect(),
         );
+    }
+
+    /// Approves a template, so that sends of it are accepted.
+    pub fn approve_template(&self, name: &str, language: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .templates
+            .push((name.into(), language.into()));
     }
 
     /// Changes what `GET /{phone-number-id}` says about the test number.
@@ -363,6 +374,32 @@ async fn messages(
                 accepted: true,
             });
             return axum::Json(json!({"success": true})).into_response();
+        }
+        if body["type"] == "template" {
+            let t = &body["template"];
+            let wanted = (
+                t["name"].as_str().unwrap_or_default().to_string(),
+                t["language"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+            if !g.templates.contains(&wanted) {
+                g.sends.push(Received {
+                    at,
+                    body,
+                    accepted: false,
+                });
+                return (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(envelope(
+                        132001,
+                        "Template name does not exist in the translation",
+                        None,
+                    )),
+                )
+                    .into_response();
+            }
         }
         let text = body["text"]["body"].as_str().unwrap_or_default();
         let rule = g
