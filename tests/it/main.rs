@@ -4,6 +4,7 @@ mod support;
 
 mod accounts;
 mod actors;
+mod at_rest;
 mod bad_input;
 mod conversation;
 mod crash;
