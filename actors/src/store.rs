@@ -1517,13 +1517,12 @@ impl Store {
 
     /// How the held-reply code writes an outbox record (one place for an at-rest codec).
     fn outbox_value(&self, rec: &OutboxRecord) -> Vec<u8> {
-        json(rec)
+        self.codec.enc(OUTBOX, &be(rec.id), rec)
     }
 
     /// How the held-reply code reads outbox record `id` (one place for an at-rest codec).
     fn outbox_decode(&self, id: u64, raw: &[u8]) -> Result<OutboxRecord, StoreError> {
-        let _ = id;
-        from_json(raw)
+        self.codec.dec(OUTBOX, &be(id), raw)
     }
 
     /// Holds `rec` (whose state is [`OutboxState::Held`]): out of the send queue, indexed by

@@ -790,11 +790,14 @@ async fn conversations(
     Extension(s): Extension<SessionInfo>,
 ) -> Response {
     let store = admin.0.system.store.clone();
-    let listed = tokio::task::spawn_blocking(move || store.conversations()).await;
+    let listed = tokio::task::spawn_blocking(move || {
+        Ok::<_, sandra_actors::store::StoreError>((store.conversations()?, store.held_replies()?))
+    })
+    .await;
     let now_ms = sandra_actors::store::now_ms();
     let now_s = now_ms / 1000;
     let body = match listed {
-        Ok(Ok(mut convs)) => {
+        Ok(Ok((mut convs, held))) => {
             convs.sort_by_key(|c| std::cmp::Reverse(c.last_inbound_at));
             let rows: Vec<_> = convs
                 .iter()
@@ -813,7 +816,19 @@ async fn conversations(
                     },
                 })
                 .collect();
-            pages::conversations(&rows)
+            let held: Vec<_> = held
+                .iter()
+                .map(|h| pages::HeldView {
+                    key: h.key.as_str().to_string(),
+                    since: ago(now_ms, h.since_ms),
+                    reason: h.reason.clone(),
+                    template_queued: h.template_queued,
+                })
+                .collect();
+            maud::html! {
+                (pages::conversations(&rows))
+                (pages::section("Held replies", pages::held(&held)))
+            }
         }
         Ok(Err(e)) => maud::html! { p { "Reading the store failed: " (e.to_string()) } },
         Err(e) => maud::html! { p { "Reading the store failed: " (e.to_string()) } },

@@ -239,6 +239,37 @@ pub fn conversations(rows: &[ConversationView]) -> Markup {
     }
 }
 
+/// A reply held because the conversation's 24-hour window closed (metadata only).
+pub struct HeldView {
+    pub key: String,
+    pub since: String,
+    pub reason: String,
+    pub template_queued: bool,
+}
+
+pub fn held(rows: &[HeldView]) -> Markup {
+    html! {
+        p.muted {
+            "Replies Meta would refuse because the 24-hour window closed. They go out when the "
+            "person writes again (or after the reopen template, when one is configured)."
+        }
+        div.card.scroll {
+            table id="held" {
+                tr { th { "Conversation" } th { "Held since" } th { "Why" } th { "Template" } }
+                @for h in rows {
+                    tr {
+                        td { code { (h.key) } }
+                        td { (h.since) }
+                        td { (h.reason) }
+                        td { @if h.template_queued { "sent" } @else { "none" } }
+                    }
+                }
+                @if rows.is_empty() { tr { td colspan="4" { "No held replies." } } }
+            }
+        }
+    }
+}
+
 pub struct AccountView {
     pub email: String,
     pub name: Option<String>,

@@ -196,7 +196,9 @@ async fn posts_without_the_csrf_token_or_from_another_origin_are_refused() {
     let (cookie, _) = login(&app, &c).await;
     let token = csrf(&app, &c, &cookie, "/admin/settings").await;
     let new_verify = "a-brand-new-verify-token";
-    let cases: [(&[(&str, &str)], Option<&str>); 3] = [
+    // (form fields, Origin header)
+    type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>);
+    let cases: [Case<'_>; 3] = [
         (&[("whatsapp.verify_token", new_verify)], None),
         (
             &[
@@ -374,6 +376,53 @@ async fn conversations_show_metadata_never_bodies_and_test_messages_go_out() {
         .find(|s| s.body["text"]["body"] == "portal test message")
         .expect("the test message reached the Graph API");
     assert_eq!(test.body["to"], "15551230003");
+}
+
+#[tokio::test]
+async fn held_replies_are_listed_without_their_text() {
+    let app = portal_app(|_| {}).await;
+    let c = client();
+    let (cookie, _) = login(&app, &c).await;
+    // Meta refuses the reply: the window is closed (131047), so Sandra holds it.
+    app.graph.inject([Fault::Error {
+        http: 400,
+        code: 131047,
+        retry_after: None,
+    }]);
+    app.post_signed(&text_webhook(
+        "wamid.portal3",
+        "15551230004",
+        "are you there",
+        0,
+    ))
+    .await;
+    let store = app.system.store.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            store.held_replies().is_ok_and(|h| h.len() == 1)
+        })
+        .await,
+        "the reply was never held"
+    );
+    let page = c
+        .get(app.url("/admin/conversations"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let held = &page[page.find("id=\"held\"").expect("a held replies table")..];
+    assert!(held.contains("15551230004"), "{held}");
+    assert!(
+        !page.contains("are you there"),
+        "a body on the conversations page"
+    );
+    assert!(
+        !page.contains("echo["),
+        "a held reply's text on the conversations page"
+    );
 }
 
 #[tokio::test]
