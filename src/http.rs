@@ -57,8 +57,13 @@ pub const WEBHOOK_PATH: &str = "/api/channels/whatsapp";
 
 pub fn router(state: HttpState, request_timeout: Duration) -> Router {
     let metrics = state.system.metrics().clone();
+    // The portal's chat box waits for a whole turn (the playground's own bound, longer than a
+    // webhook ever should take): its routes get that much on top of `request_timeout`.
+    let admin = crate::admin::routes(state.admin.clone()).layer(TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        request_timeout + state.system.playground().timeout(),
+    ));
     Router::new()
-        .nest("/admin", crate::admin::routes(state.admin.clone()))
         .route(WEBHOOK_PATH, get(verify).post(receive))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -68,6 +73,8 @@ pub fn router(state: HttpState, request_timeout: Duration) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
+        // After the layer above, so that only the portal's own timeout applies to it.
+        .nest("/admin", admin)
         // Outside the timeout, so that 408s are timed too.
         .layer(axum::middleware::from_fn_with_state(metrics, time_webhook))
         .with_state(state)

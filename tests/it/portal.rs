@@ -321,6 +321,36 @@ async fn settings_apply_without_a_restart_and_secrets_are_never_shown() {
     assert!(page.contains("whatsapp.api_version"), "{page}");
     assert!(page.contains("Not saved"), "{page}");
     assert!(page.contains("v26.0"), "{page}");
+
+    // Saved for the next start too (encrypted in the vault): after a restart with the old
+    // values in the config, the new ones still hold.
+    let (dir, graph) = app.stop().await;
+    let app = TestApp::spawn_in(
+        dir,
+        graph,
+        |_| {},
+        std::sync::Arc::new(EchoBrain::default()),
+    )
+    .await;
+    assert!(handshake(&app, new_verify).await);
+    assert!(!handshake(&app, VERIFY_TOKEN).await);
+    let data = app.dir.path().join("data");
+    let mut stack = vec![data];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                let plain = String::from_utf8_lossy(&bytes);
+                assert!(
+                    !plain.contains(new_secret),
+                    "the app secret in plain in {p:?}"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -453,4 +483,67 @@ async fn logout_ends_the_session() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(r.headers()["location"], "/admin/login");
+}
+
+/// `sandra admin set-password` with `input` on stdin, in a fresh directory whose config puts
+/// the data directory at `data`.
+fn set_password_cli(extra: &[&str], input: &str) -> (std::process::Output, tempfile::TempDir) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config.toml");
+    std::fs::write(&config, "[storage]\ndata_dir = \"data\"\n").unwrap();
+    let mut args = vec![
+        "admin",
+        "set-password",
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sandra"))
+        .args(&args)
+        .current_dir(home.path())
+        .env_remove("SANDRA_DATA_DIR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    (child.wait_with_output().unwrap(), home)
+}
+
+#[test]
+fn set_password_through_the_binary() {
+    use sandra::admin::auth::{PASSWORD_FILE, verify_password};
+    // --stdin: one line.
+    let (out, home) = set_password_cli(&["--stdin"], &format!("{PASSWORD}\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let phc = std::fs::read_to_string(home.path().join("data").join(PASSWORD_FILE)).unwrap();
+    assert!(verify_password(&phc, PASSWORD));
+    assert!(!phc.contains(PASSWORD));
+    // Asked twice: two different answers change nothing.
+    let (out, home) = set_password_cli(&[], &format!("{PASSWORD}\nsomething else\n"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("differ"));
+    assert!(!home.path().join("data").join(PASSWORD_FILE).exists());
+    // Asked twice, the same: set. Too short: refused, naming the minimum.
+    let (out, _home) = set_password_cli(&[], &format!("{PASSWORD}\n{PASSWORD}\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (out, _home) = set_password_cli(&["--stdin"], "short\n");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 10 characters"));
 }
