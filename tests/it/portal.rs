@@ -456,6 +456,89 @@ async fn held_replies_are_listed_without_their_text() {
 }
 
 #[tokio::test]
+async fn an_account_is_listed_and_a_number_unlinked() {
+    use sandra_actors::accounts::{Account, IdentityChange, NumberRecord, link_key};
+    use sandra_actors::session::SessionState;
+    use sandra_actors::whatsapp::{ChatId, ConversationKey, ReplyTarget};
+    let app = portal_app(|_| {}).await;
+    let c = client();
+    let (cookie, _) = login(&app, &c).await;
+    // A linked number, written the way a turn commits a link.
+    let key = link_key("15551230005");
+    let email = "ana@example.org".to_string();
+    let account = Account {
+        email: email.clone(),
+        profile: Default::default(),
+        links: vec![key.clone()],
+        created_at: 1_700_000_000,
+    };
+    let change = IdentityChange {
+        key: key.clone(),
+        number: Some(NumberRecord {
+            linked: Some(email.clone()),
+            ..Default::default()
+        }),
+        accounts: [(email.clone(), Some(account))].into(),
+        account_bases: [(email.clone(), None)].into(),
+        email_sends: Default::default(),
+    };
+    let conv = ConversationKey::new(PHONE_NUMBER_ID, &ChatId::Phone("15551230005".into()));
+    let session = SessionState::new(
+        conv,
+        ReplyTarget {
+            group_id: None,
+            phone: Some("15551230005".into()),
+            user_id: None,
+        },
+    );
+    app.system
+        .store
+        .commit_turn_with(&session, &[], &[], Some(&change))
+        .unwrap();
+
+    let page = c
+        .get(app.url("/admin/accounts"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(&email) && page.contains(&key), "{page}");
+    let token = csrf(&app, &c, &cookie, "/admin/accounts").await;
+    let r = c
+        .post(app.url("/admin/accounts/unlink"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", token.as_str()), ("key", key.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let number = app.system.store.number_record(&key).unwrap().unwrap();
+    assert_eq!(number.linked, None);
+    assert!(
+        app.system
+            .store
+            .account(&email)
+            .unwrap()
+            .unwrap()
+            .links
+            .is_empty()
+    );
+    let page = c
+        .get(app.url("/admin/accounts"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Unlinked"), "{page}");
+}
+
+#[tokio::test]
 async fn logout_ends_the_session() {
     let app = portal_app(|_| {}).await;
     let c = client();
