@@ -13,7 +13,7 @@ use sandra_actors::graph::{GraphClient, GraphConfig};
 use sandra_actors::ingest::IngestConfig;
 use sandra_actors::metrics::Metrics;
 use sandra_actors::router::RouterArgs;
-use sandra_actors::secret::ExposeSecret;
+use sandra_actors::secret::{Credentials, ExposeSecret, Live, SecretString};
 use sandra_actors::sender::{SenderArgs, SenderHealth};
 use sandra_actors::slot::ActorSlot;
 use sandra_actors::store::Store;
@@ -24,20 +24,77 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::http::{self, HttpState};
+use crate::vault::Vault;
+
+/// The five WhatsApp settings, as live handles every holder reads per use: the Admin Portal and
+/// SIGHUP change them and the next webhook or Graph call uses the new value, no restart.
+#[derive(Clone, Debug)]
+pub struct LiveWhatsapp {
+    /// The same handle as `System::credentials`.
+    pub access_token: Credentials,
+    pub app_secret: Live<SecretString>,
+    pub verify_token: Live<SecretString>,
+    pub phone_number_id: Live<String>,
+    pub api_version: Live<String>,
+}
+
+impl LiveWhatsapp {
+    fn new(w: &crate::config::WhatsAppConfig) -> Self {
+        Self {
+            access_token: Credentials::new(w.access_token.clone()),
+            app_secret: Live::new(w.app_secret.clone()),
+            verify_token: Live::new(w.verify_token.clone()),
+            phone_number_id: Live::new(w.phone_number_id.clone()),
+            api_version: Live::new(w.api_version.clone()),
+        }
+    }
+
+    /// Applies a (re-read) `[whatsapp]` section. A replaced token also tells the sender, which
+    /// resumes sending if it had stopped on error 190. Returns whether the token changed.
+    pub fn apply(&self, w: &crate::config::WhatsAppConfig, system: &System) -> bool {
+        self.app_secret.set(w.app_secret.clone());
+        self.verify_token.set(w.verify_token.clone());
+        self.phone_number_id.set(w.phone_number_id.clone());
+        self.api_version.set(w.api_version.clone());
+        self.set_access_token(w.access_token.clone(), system)
+    }
+
+    /// Replaces the access token for every Graph client and tells the sender (see [`Self::apply`]).
+    pub fn set_access_token(&self, token: SecretString, system: &System) -> bool {
+        let changed = self.access_token.replace(token);
+        if let Some(sender) = system.sender.try_get() {
+            let _ = sender.cast(sandra_actors::sender::SenderMsg::TokenReplaced);
+        }
+        changed
+    }
+}
 
 /// A built, listening Sandra.
 pub struct Application {
     listener: TcpListener,
     system: System,
+    live: LiveWhatsapp,
     router: axum::Router,
     metrics: Arc<Metrics>,
     cfg: Config,
+    vault: Vault,
+}
+
+/// Opens the vault (the master key: a wrong one stops here, before anything else is read) and
+/// layers the stored secrets over `cfg`, the environment still winning.
+fn open_vault(mut cfg: Config) -> anyhow::Result<(Config, Vault)> {
+    let vault = Vault::open(&cfg)?;
+    vault.apply_to(&mut cfg)?;
+    tracing::info!(key_id = %vault.key_id(), key_source = %vault.key_source(), encrypt = cfg.storage.encrypt, "master key loaded");
+    Ok((cfg, vault))
 }
 
 impl Application {
     /// Loads the configured brain, opens the store, starts the actors (replaying unanswered
     /// messages) and binds the listener.
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
+        // First: the brain may need a stored API key.
+        let (cfg, vault) = open_vault(cfg)?;
         // Created first: the models record their queue waits and speed into it.
         let metrics = Arc::new(Metrics::default());
         let brain = build_brain(&cfg, &metrics).await?;
@@ -45,7 +102,7 @@ impl Application {
         if let Some(t) = &transcriber {
             t.observe_queue_wait(metrics.model_queue_wait_seconds.clone());
         }
-        Self::build_with_metrics(cfg, brain, transcriber, metrics).await
+        Self::build_with_metrics(cfg, vault, brain, transcriber, metrics).await
     }
 
     /// [`Application::build`] with a given brain (tests, and the LLM once configured).
@@ -59,11 +116,13 @@ impl Application {
         brain: Arc<dyn Brain>,
         transcriber: Option<sandra_models::whisper::Transcriber>,
     ) -> anyhow::Result<Self> {
-        Self::build_with_metrics(cfg, brain, transcriber, Arc::new(Metrics::default())).await
+        let (cfg, vault) = open_vault(cfg)?;
+        Self::build_with_metrics(cfg, vault, brain, transcriber, Arc::new(Metrics::default())).await
     }
 
     async fn build_with_metrics(
         cfg: Config,
+        vault: Vault,
         brain: Arc<dyn Brain>,
         transcriber: Option<sandra_models::whisper::Transcriber>,
         metrics: Arc<Metrics>,
@@ -72,16 +131,21 @@ impl Application {
         if !missing.is_empty() {
             tracing::warn!(missing = ?missing, "WhatsApp is not fully configured: webhooks will be refused or replies cannot be sent until these are set");
         }
-        let store =
-            Arc::new(Store::open(&cfg.storage.data_dir).with_context(|| {
-                format!("opening storage in {}", cfg.storage.data_dir.display())
-            })?);
+        create_private_dir(&cfg.storage.data_dir)?;
+        let store = Arc::new(
+            Store::open_with(
+                &cfg.storage.data_dir,
+                vault.store_codec(cfg.storage.encrypt),
+            )
+            .with_context(|| format!("opening storage in {}", cfg.storage.data_dir.display()))?,
+        );
         let w = &cfg.whatsapp;
+        let live = LiveWhatsapp::new(w);
         let graph = GraphClient::new(GraphConfig {
             base_url: w.graph_base_url.clone(),
-            api_version: w.api_version.clone(),
-            phone_number_id: w.phone_number_id.clone(),
-            credentials: sandra_actors::secret::Credentials::new(w.access_token.clone()),
+            api_version: live.api_version.clone(),
+            phone_number_id: live.phone_number_id.clone(),
+            credentials: live.access_token.clone(),
             timeout: w.request_timeout,
         });
         let c = &cfg.conversation;
@@ -156,10 +220,16 @@ impl Application {
             metrics: metrics.clone(),
             pacing: cfg.sender.pacing(),
             health: Arc::new(SenderHealth::default()),
+            reopen_template: (!w.reopen_template.name.is_empty()).then(|| {
+                sandra_actors::sender::ReopenTemplate {
+                    name: w.reopen_template.name.clone(),
+                    language: w.reopen_template.language.clone(),
+                }
+            }),
         };
         let ingest = IngestConfig {
-            app_secret: w.app_secret.clone(),
-            phone_number_id: w.phone_number_id.clone(),
+            app_secret: live.app_secret.clone(),
+            phone_number_id: live.phone_number_id.clone(),
             max_body_bytes: cfg.server.max_body_bytes,
         };
         let system = System::start(router_args, sender_args, transcription, vision, ingest)
@@ -169,10 +239,11 @@ impl Application {
 
         let state = HttpState {
             system: system.clone(),
-            verify_token: w.verify_token.clone(),
+            verify_token: live.verify_token.clone(),
             admission: Arc::new(Semaphore::new(cfg.server.max_in_flight)),
             max_body_bytes: cfg.server.max_body_bytes,
             missing_settings: missing,
+            admin: crate::admin::Admin::new(&cfg, system.clone(), live.clone(), vault.clone()),
         };
         let router = http::router(state, cfg.server.request_timeout);
         let listener = TcpListener::bind(cfg.server.bind)
@@ -181,10 +252,22 @@ impl Application {
         Ok(Self {
             listener,
             system,
+            live,
             router,
             metrics,
             cfg,
+            vault,
         })
+    }
+
+    /// The vault the stored secrets were read from (the portal stores settings through it).
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// The configuration in effect (stored secrets layered in).
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -195,6 +278,11 @@ impl Application {
 
     pub fn system(&self) -> &System {
         &self.system
+    }
+
+    /// The live WhatsApp settings (SIGHUP and the Admin Portal change them).
+    pub fn live(&self) -> &LiveWhatsapp {
+        &self.live
     }
 
     /// Serves until `shutdown` resolves, then stops the actors and flushes the store.
@@ -243,6 +331,17 @@ impl Application {
         system.shutdown().await;
         Ok(())
     }
+}
+
+/// Creates the data directory (and missing parents) readable by Sandra's user only: it holds
+/// conversations. An existing directory keeps its mode (`sandra doctor` reports an open one).
+pub(crate) fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+        .with_context(|| format!("creating the data directory {}", dir.display()))
 }
 
 /// The brain `[llm]` asks for. A configured model that fails to load stops start-up with the

@@ -6,7 +6,9 @@
 //!
 //! Layers, later wins: built-in defaults → the TOML file → environment variables
 //! (`WHATSAPP_*`, `SANDRA_BIND`, `SANDRA_DATA_DIR`, `SANDRA_LLM_API_KEY`,
-//! `SANDRA_VISION_API_KEY`, `SANDRA_SMTP_URL`, `SANDRA_EMAIL_FROM`). Unknown keys and bad values fail start-up
+//! `SANDRA_VISION_API_KEY`, `SANDRA_SMTP_URL`, `SANDRA_EMAIL_FROM`). Secrets stored with
+//! `sandra secrets set` sit between the file and the environment ([`Config::apply_stored`]:
+//! the environment still wins). Unknown keys and bad values fail start-up
 //! with an error naming the key (or variable). Secrets are `secrecy` [`SecretString`]s: never
 //! printed.
 
@@ -47,7 +49,25 @@ pub struct Config {
     /// `[email]`: the SMTP server that mails verification codes for linking.
     pub email: EmailConfig,
     pub log: LogConfig,
+    /// The keys of [`STORABLE_KEYS`] that an environment variable set: stored values never
+    /// replace them.
+    #[serde(skip)]
+    pub set_by_env: std::collections::BTreeSet<&'static str>,
 }
+
+/// The config keys `sandra secrets set` (and the Admin Portal) may store, each with the
+/// environment variable that overrides it: the secrets, plus the two non-secret WhatsApp values
+/// so that all five WhatsApp settings can be stored together.
+pub const STORABLE_KEYS: &[(&str, &str)] = &[
+    ("whatsapp.access_token", "WHATSAPP_ACCESS_TOKEN"),
+    ("whatsapp.app_secret", "WHATSAPP_APP_SECRET"),
+    ("whatsapp.verify_token", "WHATSAPP_VERIFY_TOKEN"),
+    ("whatsapp.phone_number_id", "WHATSAPP_PHONE_NUMBER_ID"),
+    ("whatsapp.api_version", "WHATSAPP_API_VERSION"),
+    ("email.smtp_url", "SANDRA_SMTP_URL"),
+    ("llm.openai.api_key", "SANDRA_LLM_API_KEY"),
+    ("vision.remote_api_key", "SANDRA_VISION_API_KEY"),
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -353,6 +373,13 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Open connections at most; further ones wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// The public https:// address Meta calls (the proxy in front of `bind`), without the
+    /// webhook path. Empty: not known, `sandra doctor` skips the end-to-end handshake.
+    pub public_url: String,
+    /// Believe the reverse proxy's `X-Forwarded-For` (the Admin Portal's per-client login
+    /// limit) and `X-Forwarded-Proto` (its `Secure` cookie). Only when a proxy that sets them is
+    /// the only way in: otherwise any client could claim any address.
+    pub trust_proxy: bool,
 }
 
 impl Default for ServerConfig {
@@ -364,6 +391,8 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            public_url: String::new(),
+            trust_proxy: false,
         }
     }
 }
@@ -385,6 +414,12 @@ pub struct StorageConfig {
     /// 1 day).
     #[serde(with = "humantime_serde")]
     pub session_retention: Duration,
+    /// Encrypt personal data in the database (message bodies, transcripts, history, summaries,
+    /// accounts, replies) with a key derived from the master key.
+    pub encrypt: bool,
+    /// The master key file, created (0600) on first start when no key is given by
+    /// `SANDRA_MASTER_KEY` or the systemd credential `master_key`. Empty: `<data_dir>/master.key`.
+    pub master_key_file: PathBuf,
 }
 
 impl Default for StorageConfig {
@@ -395,11 +430,22 @@ impl Default for StorageConfig {
             outbox_retention: Duration::from_secs(30 * 24 * 3600),
             dead_letter_retention: Duration::from_secs(30 * 24 * 3600),
             session_retention: Duration::from_secs(365 * 24 * 3600),
+            encrypt: true,
+            master_key_file: PathBuf::new(),
         }
     }
 }
 
 impl StorageConfig {
+    /// Where the master key file is (`master_key_file`, else `<data_dir>/master.key`).
+    pub fn master_key_path(&self) -> PathBuf {
+        if self.master_key_file.as_os_str().is_empty() {
+            self.data_dir.join("master.key")
+        } else {
+            self.master_key_file.clone()
+        }
+    }
+
     /// The retention policy the store's sweeper applies.
     pub fn retention(&self) -> sandra_actors::store::Retention {
         sandra_actors::store::Retention {
@@ -422,6 +468,30 @@ pub struct WhatsAppConfig {
     pub graph_base_url: String,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// The WhatsApp Business Account id; `sandra doctor` checks the app's webhook subscription
+    /// on it when set.
+    pub business_account_id: String,
+    /// The approved template sent once when a reply is held because the 24-hour window closed.
+    pub reopen_template: ReopenTemplate,
+}
+
+/// `[whatsapp.reopen_template]`: an approved template (no parameters) inviting the user to
+/// write again. An empty name: no template; held replies wait for the user's next message.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReopenTemplate {
+    pub name: String,
+    /// The template's language code, e.g. `en_US`.
+    pub language: String,
+}
+
+impl Default for ReopenTemplate {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            language: "en_US".into(),
+        }
+    }
 }
 
 /// `sandra check-config` prints the config with `Debug`: a secret shows as `[redacted]`, or `""`
@@ -468,6 +538,8 @@ impl std::fmt::Debug for WhatsAppConfig {
             api_version,
             graph_base_url,
             request_timeout,
+            business_account_id,
+            reopen_template,
         } = self;
         f.debug_struct("WhatsAppConfig")
             .field("phone_number_id", phone_number_id)
@@ -477,6 +549,8 @@ impl std::fmt::Debug for WhatsAppConfig {
             .field("api_version", api_version)
             .field("graph_base_url", graph_base_url)
             .field("request_timeout", request_timeout)
+            .field("business_account_id", business_account_id)
+            .field("reopen_template", reopen_template)
             .finish()
     }
 }
@@ -491,6 +565,8 @@ impl Default for WhatsAppConfig {
             api_version: "v26.0".into(),
             graph_base_url: "https://graph.facebook.com".into(),
             request_timeout: Duration::from_secs(20),
+            business_account_id: String::new(),
+            reopen_template: ReopenTemplate::default(),
         }
     }
 }
@@ -743,6 +819,11 @@ impl Config {
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        for (key, var) in STORABLE_KEYS {
+            if env(var).is_some() {
+                self.set_by_env.insert(key);
+            }
+        }
         let w = &mut self.whatsapp;
         if let Some(v) = env("WHATSAPP_PHONE_NUMBER_ID") {
             w.phone_number_id = v;
@@ -762,6 +843,12 @@ impl Config {
         if let Some(v) = env("WHATSAPP_GRAPH_BASE_URL") {
             w.graph_base_url = v;
         }
+        if let Some(v) = env("WHATSAPP_BUSINESS_ACCOUNT_ID") {
+            w.business_account_id = v;
+        }
+        if let Some(v) = env("SANDRA_PUBLIC_URL") {
+            self.server.public_url = v;
+        }
         if let Some(v) = env("SANDRA_LLM_API_KEY") {
             self.llm.openai.api_key = v.into();
         }
@@ -780,6 +867,18 @@ impl Config {
                 reason: format!("{e} (expected host:port, e.g. 127.0.0.1:8080)"),
             })?;
         }
+        if let Some(v) = env("SANDRA_TRUST_PROXY") {
+            self.server.trust_proxy = match v.as_str() {
+                "1" | "true" => true,
+                "0" | "false" => false,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "SANDRA_TRUST_PROXY".into(),
+                        reason: format!("`{v}` is not a boolean (true, false, 1 or 0)"),
+                    });
+                }
+            };
+        }
         if let Some(v) = env("SANDRA_DATA_DIR") {
             if v.is_empty() {
                 return Err(ConfigError::Env {
@@ -790,6 +889,41 @@ impl Config {
             self.storage.data_dir = PathBuf::from(v);
         }
         Ok(())
+    }
+
+    /// Layers stored values (`sandra secrets set`, the portal) over the file: each key of
+    /// [`STORABLE_KEYS`] that `stored` has and no environment variable set takes the stored
+    /// value. Validates again, naming the stored key at fault.
+    pub fn apply_stored(
+        &mut self,
+        stored: impl Fn(&str) -> Option<SecretString>,
+    ) -> Result<(), ConfigError> {
+        for (key, _) in STORABLE_KEYS {
+            if self.set_by_env.contains(key) {
+                continue;
+            }
+            let Some(v) = stored(key) else { continue };
+            match *key {
+                "whatsapp.access_token" => self.whatsapp.access_token = v,
+                "whatsapp.app_secret" => self.whatsapp.app_secret = v,
+                "whatsapp.verify_token" => self.whatsapp.verify_token = v,
+                "whatsapp.phone_number_id" => {
+                    self.whatsapp.phone_number_id = v.expose_secret().to_string()
+                }
+                "whatsapp.api_version" => self.whatsapp.api_version = v.expose_secret().to_string(),
+                "email.smtp_url" => self.email.smtp_url = v,
+                "llm.openai.api_key" => self.llm.openai.api_key = v,
+                "vision.remote_api_key" => self.vision.remote_api_key = v,
+                _ => unreachable!("every STORABLE_KEYS entry has an arm"),
+            }
+        }
+        self.validate().map_err(|e| match e {
+            ConfigError::Key { key, reason } => ConfigError::Key {
+                key,
+                reason: format!("{reason} (a stored value: see `sandra secrets list`)"),
+            },
+            e => e,
+        })
     }
 
     /// Checks values that parse but make no sense.
@@ -819,6 +953,52 @@ impl Config {
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(key_err("storage.data_dir", "must not be empty"));
+        }
+        let public = &self.server.public_url;
+        if !public.is_empty()
+            && (!(public.starts_with("https://") || public.starts_with("http://"))
+                || public.contains(['?', '#']))
+        {
+            return Err(key_err(
+                "server.public_url",
+                format!(
+                    "{public:?} must be an https:// URL without query, like \"https://sandra.example.org\""
+                ),
+            ));
+        }
+        let waba = &self.whatsapp.business_account_id;
+        if !waba.chars().all(|c| c.is_ascii_digit()) {
+            return Err(key_err(
+                "whatsapp.business_account_id",
+                format!("{waba:?} is not a WhatsApp Business Account id (digits only)"),
+            ));
+        }
+        let t = &self.whatsapp.reopen_template;
+        if !t.name.is_empty() {
+            // Meta's template names: lowercase letters, digits and underscores.
+            if !t
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(key_err(
+                    "whatsapp.reopen_template.name",
+                    format!(
+                        "{:?}: template names are lowercase letters, digits and _",
+                        t.name
+                    ),
+                ));
+            }
+            let lang_ok = (2..=8).contains(&t.language.len())
+                && t.language
+                    .chars()
+                    .all(|c| c.is_ascii_alphabetic() || c == '_');
+            if !lang_ok {
+                return Err(key_err(
+                    "whatsapp.reopen_template.language",
+                    format!("{:?} is not a language code like \"en_US\"", t.language),
+                ));
+            }
         }
         if self.storage.dedup_retention < Duration::from_secs(7 * 24 * 3600) {
             return Err(key_err(
@@ -1104,6 +1284,52 @@ mod tests {
                 .to_string()
                 .contains("sender.rate_per_second")
         );
+    }
+
+    #[test]
+    fn doctor_and_template_keys_are_read_and_validated() {
+        let c = Config::from_toml(
+            "[server]\npublic_url = \"https://sandra.example.org\"\n\
+             [whatsapp]\nbusiness_account_id = \"102290129340398\"\n\
+             [whatsapp.reopen_template]\nname = \"sandra_reopen\"\nlanguage = \"pt_BR\"\n",
+            "c",
+        )
+        .unwrap();
+        assert_eq!(c.server.public_url, "https://sandra.example.org");
+        assert_eq!(c.whatsapp.reopen_template.language, "pt_BR");
+        let named = |tweak: &dyn Fn(&mut Config), key: &str| {
+            let mut c = Config::default();
+            tweak(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        };
+        named(
+            &|c| c.server.public_url = "sandra.example.org".into(),
+            "server.public_url",
+        );
+        named(
+            &|c| c.whatsapp.business_account_id = "WABA-1".into(),
+            "whatsapp.business_account_id",
+        );
+        named(
+            &|c| c.whatsapp.reopen_template.name = "Reopen Chat".into(),
+            "whatsapp.reopen_template.name",
+        );
+        named(
+            &|c| {
+                c.whatsapp.reopen_template.name = "reopen".into();
+                c.whatsapp.reopen_template.language = String::new();
+            },
+            "whatsapp.reopen_template.language",
+        );
+        let env = |k: &str| match k {
+            "SANDRA_PUBLIC_URL" => Some("https://x.example".to_string()),
+            "WHATSAPP_BUSINESS_ACCOUNT_ID" => Some("42".to_string()),
+            _ => None,
+        };
+        let c = Config::load_with_env(None, env).unwrap();
+        assert_eq!(c.server.public_url, "https://x.example");
+        assert_eq!(c.whatsapp.business_account_id, "42");
     }
 
     #[test]

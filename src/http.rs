@@ -29,7 +29,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use sandra_actors::System;
 use sandra_actors::ingest::IngestError;
 use sandra_actors::metrics::Metrics;
-use sandra_actors::secret::{ExposeSecret, SecretString};
+use sandra_actors::secret::{ExposeSecret, Live, SecretString};
 use sha2::Sha256;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -41,19 +41,28 @@ pub struct HttpState {
     /// Ingestion, health and metrics (the app secret and our business number live in its
     /// ingest service).
     pub system: System,
-    pub verify_token: SecretString,
+    /// Live: the Admin Portal and SIGHUP change it.
+    pub verify_token: Live<SecretString>,
     pub admission: Arc<Semaphore>,
     /// Largest webhook body read, in bytes (413 beyond).
     pub max_body_bytes: usize,
     /// Settings Sandra cannot talk to Meta without (`Config::missing_whatsapp_settings`),
     /// reported by `/readyz`.
     pub missing_settings: Vec<&'static str>,
+    /// The Admin Portal, mounted under `/admin`.
+    pub admin: crate::admin::Admin,
 }
 
-const WEBHOOK_PATH: &str = "/api/channels/whatsapp";
+pub const WEBHOOK_PATH: &str = "/api/channels/whatsapp";
 
 pub fn router(state: HttpState, request_timeout: Duration) -> Router {
     let metrics = state.system.metrics().clone();
+    // The portal's chat box waits for a whole turn (the playground's own bound, longer than a
+    // webhook ever should take): its routes get that much on top of `request_timeout`.
+    let admin = crate::admin::routes(state.admin.clone()).layer(TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        request_timeout + state.system.playground().timeout(),
+    ));
     Router::new()
         .route(WEBHOOK_PATH, get(verify).post(receive))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -64,6 +73,8 @@ pub fn router(state: HttpState, request_timeout: Duration) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
+        // After the layer above, so that only the portal's own timeout applies to it.
+        .nest("/admin", admin)
         // Outside the timeout, so that 408s are timed too.
         .layer(axum::middleware::from_fn_with_state(metrics, time_webhook))
         .with_state(state)
@@ -146,7 +157,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = hyper::service::service_fn(move |req| app.clone().oneshot(req));
+        // The peer address, for the Admin Portal's per-client login limit.
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            app.clone().oneshot(req)
+        });
         let conn = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
         let metrics = metrics.clone();
         conns.spawn(async move {
@@ -183,7 +199,8 @@ async fn verify(State(st): State<HttpState>, Query(q): Query<HashMap<String, Str
         .get("hub.verify_token")
         .map(String::as_bytes)
         .unwrap_or_default();
-    let expected = st.verify_token.expose_secret().as_bytes();
+    let expected = st.verify_token.get();
+    let expected = expected.expose_secret().as_bytes();
     let token_ok = !expected.is_empty() && constant_time_eq(token, expected);
     match (mode, q.get("hub.challenge")) {
         (Some("subscribe"), Some(challenge)) if token_ok => {
@@ -245,7 +262,10 @@ async fn receive(State(st): State<HttpState>, headers: HeaderMap, body: Body) ->
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok());
     match st.system.ingest(body, sig).await {
-        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Ok(_) => {
+            st.admin.note_webhook();
+            (StatusCode::OK, "ok\n").into_response()
+        }
         Err(IngestError::BadSignature {
             secret_configured,
             had_header,

@@ -4,15 +4,21 @@
 //! - [`config`]: `config.toml` + environment, validated, secrets hidden.
 //! - [`http`]: the webhook endpoint (admission, body limits, status codes; ingestion itself is
 //!   `System::ingest`), health and metrics.
+//! - [`admin`]: the Admin Portal under `/admin` (login, status, settings, chat box).
 //! - [`app`]: [`app::Application`] wires the store, the actors and the server together.
+//! - [`vault`]: the master key and the encrypted secrets (`sandra secrets`).
 //!
 //! The actors live in `sandra-actors`; the models in `sandra-models`.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod config;
+pub mod doctor;
 pub mod http;
+pub mod systemd;
+pub mod vault;
 
 /// Installs the global tracing subscriber (text or JSON), honouring `RUST_LOG`.
 pub fn init_tracing(level: &str, format: &str) {

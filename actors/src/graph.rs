@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::secret::{Credentials, ExposeSecret};
+use crate::secret::{Credentials, ExposeSecret, Live};
 use crate::store::{OutboundBody, OutboxRecord};
 
 /// How to reach the Graph API for one business number.
@@ -17,8 +17,9 @@ use crate::store::{OutboundBody, OutboxRecord};
 pub struct GraphConfig {
     /// `https://graph.facebook.com` in production; a loopback fake in tests.
     pub base_url: String,
-    pub api_version: String,
-    pub phone_number_id: String,
+    /// Live: the Admin Portal and SIGHUP change them while Sandra runs.
+    pub api_version: Live<String>,
+    pub phone_number_id: Live<String>,
     /// The access token, shared with every other holder (see [`Credentials`]): read per request,
     /// so a replaced token is used by the next call of every clone.
     pub credentials: Credentials,
@@ -142,6 +143,8 @@ fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Err
 pub struct GraphClient {
     http: reqwest::Client,
     cfg: GraphConfig,
+    /// The playground's channel, shared by clones: local replies and media never reach Meta.
+    local: crate::playground::LocalHub,
 }
 
 impl GraphClient {
@@ -151,7 +154,16 @@ impl GraphClient {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("building the HTTP client");
-        Self { http, cfg }
+        Self {
+            http,
+            cfg,
+            local: crate::playground::LocalHub::default(),
+        }
+    }
+
+    /// Where replies to playground chats go and playground media comes from.
+    pub fn local(&self) -> &crate::playground::LocalHub {
+        &self.local
     }
 
     pub fn config(&self) -> &GraphConfig {
@@ -182,8 +194,8 @@ impl GraphClient {
         format!(
             "{}/{}/{}/messages",
             self.cfg.base_url.trim_end_matches('/'),
-            self.cfg.api_version,
-            self.cfg.phone_number_id
+            self.cfg.api_version.get(),
+            self.cfg.phone_number_id.get()
         )
     }
 
@@ -206,6 +218,10 @@ impl GraphClient {
             OutboundBody::Text { body: text } => {
                 body["type"] = json!("text");
                 body["text"] = json!({ "preview_url": false, "body": text });
+            }
+            OutboundBody::Template { name, language } => {
+                body["type"] = json!("template");
+                body["template"] = json!({ "name": name, "language": { "code": language } });
             }
         }
         if let Some(ctx) = &rec.context_message_id {
@@ -244,9 +260,9 @@ impl GraphClient {
         let url = format!(
             "{}/{}/{}?phone_number_id={}",
             self.cfg.base_url.trim_end_matches('/'),
-            self.cfg.api_version,
+            self.cfg.api_version.get(),
             media_id,
-            self.cfg.phone_number_id
+            self.cfg.phone_number_id.get()
         );
         let resp = self
             .http

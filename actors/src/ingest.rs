@@ -23,7 +23,7 @@ use sha2::Sha256;
 
 use crate::metrics::Metrics;
 use crate::router::RouterMsg;
-use crate::secret::{ExposeSecret, SecretString};
+use crate::secret::{ExposeSecret, Live, SecretString};
 use crate::slot::ActorSlot;
 use crate::store::{Store, StoreError, now_ms};
 
@@ -31,10 +31,11 @@ use crate::store::{Store, StoreError, now_ms};
 #[derive(Clone)]
 pub struct IngestConfig {
     /// Meta's app secret, the HMAC key of every webhook. Empty: every webhook is refused.
-    pub app_secret: SecretString,
+    /// Live (like `phone_number_id`): the Admin Portal and SIGHUP change it while Sandra runs.
+    pub app_secret: Live<SecretString>,
     /// The business number Sandra answers for; webhook items for any other number are
     /// acknowledged and dropped. Empty: not configured, nothing is filtered.
-    pub phone_number_id: String,
+    pub phone_number_id: Live<String>,
     /// The largest body the HTTP layer reads: no re-escaped form longer than this was ever a
     /// body Meta signed (see [`signature_valid_within`]).
     pub max_body_bytes: usize,
@@ -103,7 +104,7 @@ impl Ingest {
         if !self.signature_ok(&body, signature).await {
             Metrics::inc(&m.webhooks_bad_signature);
             return Err(IngestError::BadSignature {
-                secret_configured: !self.cfg.app_secret.expose_secret().is_empty(),
+                secret_configured: !self.cfg.app_secret.get().expose_secret().is_empty(),
                 had_header: signature.is_some(),
             });
         }
@@ -117,8 +118,8 @@ impl Ingest {
 
     async fn store_and_route(&self, body: &[u8]) -> Result<Ingested, IngestError> {
         let (store, m) = (&self.store, &self.metrics);
-        let ours =
-            (!self.cfg.phone_number_id.is_empty()).then_some(self.cfg.phone_number_id.as_str());
+        let number = self.cfg.phone_number_id.get();
+        let ours = (!number.is_empty()).then_some(number.as_str());
         let batch = match crate::whatsapp::parse_webhook_for(body, ours) {
             Ok(b) => b,
             Err(e) => {
@@ -154,7 +155,23 @@ impl Ingest {
             tracing::info!(item = %why, "webhook item accepted and ignored");
         }
         Metrics::add(&m.items_ignored, batch.ignored.len() as u64);
-        let accepted = store.accept(&batch, now_ms())?;
+        let received = now_ms();
+        let accepted = store.accept(&batch, received)?;
+        for rec in &accepted.new_messages {
+            // The user wrote: a new 24-hour window, so replies held for them can go now (the
+            // sender finds them at its next outbox read, ahead of this message's answer).
+            // (Meta's timestamp when it has one, as the conversation counts the window.) A crash
+            // right after `accept` leaves them held until the user's next message.
+            let opened = if rec.message.timestamp > 0 {
+                rec.message.timestamp
+            } else {
+                received / 1000
+            };
+            let released = store.release_held(&rec.key, opened + 24 * 3600)?;
+            if released > 0 {
+                tracing::info!(key = %rec.key, released, "held replies released: the user wrote again");
+            }
+        }
         for g in &batch.closed_groups {
             // Durable before the 200 like the messages: once Meta hears back, nothing more is
             // sent to that group, even after a crash.
@@ -222,19 +239,16 @@ impl Ingest {
 
     async fn signature_ok(&self, body: &Bytes, header_value: Option<&str>) -> bool {
         let max = self.cfg.max_body_bytes;
+        let secret = self.cfg.app_secret.get();
         if body.len() <= HASH_INLINE_MAX {
             return signature_valid_within(
-                self.cfg.app_secret.expose_secret().as_bytes(),
+                secret.expose_secret().as_bytes(),
                 body,
                 header_value,
                 max,
             );
         }
-        let (secret, body, sig) = (
-            self.cfg.app_secret.clone(),
-            body.clone(),
-            header_value.map(str::to_owned),
-        );
+        let (secret, body, sig) = (secret, body.clone(), header_value.map(str::to_owned));
         tokio::task::spawn_blocking(move || {
             signature_valid_within(
                 secret.expose_secret().as_bytes(),

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+pub mod at_rest;
 pub mod brain;
 pub mod clock;
 pub mod conversation;
@@ -30,6 +31,7 @@ pub mod llm_brain;
 pub mod mailer;
 pub mod media;
 pub mod metrics;
+pub mod playground;
 pub mod router;
 pub mod secret;
 pub mod sender;
@@ -61,6 +63,7 @@ pub struct System {
     /// The access token every Graph client reads; SIGHUP replaces it here, once.
     pub credentials: secret::Credentials,
     ingest: Arc<ingest::Ingest>,
+    playground: playground::Playground,
 }
 
 impl System {
@@ -129,6 +132,13 @@ impl System {
             router_slot.clone(),
             router.deps.metrics.clone(),
         );
+        // Bounded by the brain's own limit (a voice note is heard first, then answered).
+        let playground = playground::Playground::new(
+            sender.graph.local().clone(),
+            router.deps.store.clone(),
+            router_slot.clone(),
+            router.deps.policy.brain_timeout * 2 + std::time::Duration::from_secs(30),
+        );
         Ok(Self {
             root,
             router: router_slot,
@@ -139,7 +149,13 @@ impl System {
             stopping,
             credentials: sender.graph.credentials().clone(),
             ingest: Arc::new(ingest),
+            playground,
         })
+    }
+
+    /// A local channel into the same conversations, without WhatsApp (see [`playground`]).
+    pub fn playground(&self) -> &playground::Playground {
+        &self.playground
     }
 
     /// Verifies, parses, stores durably and routes one webhook body (see [`ingest`]).

@@ -73,6 +73,24 @@ impl MediaClient {
 
     pub async fn fetch(&self, media: &MediaRef) -> Result<Media, MediaError> {
         let limit = max_bytes(media.kind);
+        if crate::playground::is_local_id(&media.id) {
+            // Playground media: in memory already, the same size limit as Meta's.
+            let (bytes, mime) = self
+                .graph
+                .local()
+                .media(&media.id)
+                .ok_or(MediaError::Gone)?;
+            if bytes.len() as u64 > limit {
+                return Err(MediaError::TooLarge {
+                    size: bytes.len() as u64,
+                    limit,
+                });
+            }
+            return Ok(Media {
+                bytes: bytes.to_vec(),
+                mime,
+            });
+        }
         let mut last = None;
         for attempt in 0..2 {
             let info = match self.graph.media_info(&media.id).await {

@@ -52,9 +52,63 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// A setting the operator changes while Sandra runs (the Admin Portal, SIGHUP): the app
+/// secret, verify token, phone number id and API version. Every clone reads the current value
+/// at each use, so a change applies to the next webhook or Graph call without a restart.
+/// `Debug` prints the value's own `Debug` (`[REDACTED]` for a [`SecretString`]).
+#[derive(Clone, Default)]
+pub struct Live<T>(Arc<RwLock<T>>);
+
+impl<T: Clone> Live<T> {
+    pub fn new(value: T) -> Self {
+        Self(Arc::new(RwLock::new(value)))
+    }
+
+    /// The current value (a copy: the lock is never held while it is used).
+    pub fn get(&self) -> T {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the value for every clone.
+    pub fn set(&self, value: T) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = value;
+    }
+}
+
+impl<T: Clone> From<T> for Live<T> {
+    fn from(value: T) -> Self {
+        Self::new(value)
+    }
+}
+
+impl From<&str> for Live<String> {
+    fn from(value: &str) -> Self {
+        Self::new(value.to_string())
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Live<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).fmt(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Credentials, ExposeSecret, SecretString};
+    use super::{Credentials, ExposeSecret, Live, SecretString};
+
+    #[test]
+    fn live_settings_are_shared_by_clones_and_secrets_stay_hidden() {
+        let v = Live::new(String::from("v23.0"));
+        let clone = v.clone();
+        v.set("v24.0".into());
+        assert_eq!(clone.get(), "v24.0");
+        let s = Live::new(SecretString::from("app-secret-1"));
+        assert!(!format!("{s:?}").contains("app-secret"));
+    }
 
     #[test]
     fn credentials_are_shared_by_clones_and_never_printed() {

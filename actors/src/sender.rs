@@ -97,6 +97,16 @@ pub struct SenderArgs {
     pub metrics: Arc<Metrics>,
     pub pacing: Pacing,
     pub health: Arc<SenderHealth>,
+    /// Sent once per closed window when a reply is held; `None`: held replies just wait.
+    pub reopen_template: Option<ReopenTemplate>,
+}
+
+/// An approved template without parameters that invites the user to write again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReopenTemplate {
+    pub name: String,
+    /// Its language code, e.g. `en_US`.
+    pub language: String,
 }
 
 #[derive(Clone, Copy)]
@@ -165,6 +175,8 @@ impl Actor for Sender {
                 }
                 pump(&myself, state, stale);
             }
+            // Playground messages get no read receipt and no typing indicator.
+            SenderMsg::Typing { wamid } if crate::playground::is_local_id(&wamid) => {}
             SenderMsg::Typing { wamid } => {
                 if state.typing.len() >= 256 {
                     state.typing.pop_front();
@@ -291,6 +303,8 @@ fn recipient_allows(state: &mut SenderState, recipient: &str, now: Instant) -> b
 
 fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
     if state.args.health.token_invalid.load(Ordering::SeqCst) {
+        // Meta refused the token; the playground needs none.
+        pump_local_only(state, reload);
         return;
     }
     let now = Instant::now();
@@ -351,14 +365,16 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
             blocked.insert(recipient);
             continue;
         }
+        if crate::playground::is_local_target(&state.cache[i - 1].target) {
+            // Playground replies go to the in-process hub: no Graph call, no pacing, no window.
+            let mut rec = state.cache[i - 1].clone();
+            deliver_local(state, &mut rec);
+            settled.insert(id);
+            continue;
+        }
         if let Some(reason) = window_closed(state, &state.cache[i - 1], now_wall) {
             let mut rec = state.cache[i - 1].clone();
-            rec.state = OutboxState::Failed {
-                code: Some(131047),
-                reason,
-            };
-            Metrics::inc(&state.args.metrics.sends_held);
-            if let Err(e) = state.args.store.update_outbox(&rec) {
+            if let Err(e) = hold(state, &mut rec, reason, now_wall) {
                 tracing::error!(id, error = %e, "recording a held message failed");
             }
             settled.insert(id);
@@ -417,6 +433,87 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
     if !settled.is_empty() {
         state.cache.retain(|r| !settled.contains(&r.id));
     }
+}
+
+/// While sending to Meta is paused: playground replies still go out.
+fn pump_local_only(state: &mut SenderState, reload: bool) {
+    if reload {
+        match state.args.store.outbox_pending(4096) {
+            Ok(p) => {
+                state.cache = p;
+                state.last_reload = Some(Instant::now());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the outbox failed");
+                return;
+            }
+        }
+    }
+    let local: Vec<OutboxRecord> = state
+        .cache
+        .iter()
+        .filter(|r| crate::playground::is_local_target(&r.target))
+        .cloned()
+        .collect();
+    for mut rec in local {
+        deliver_local(state, &mut rec);
+        state.cache.retain(|r| r.id != rec.id);
+    }
+}
+
+/// Records a playground reply as sent, then hands it to the hub (recorded first: a crash in
+/// between loses one local reply rather than showing it twice).
+fn deliver_local(state: &SenderState, rec: &mut OutboxRecord) {
+    let text = match &rec.body {
+        crate::store::OutboundBody::Text { body } => body.clone(),
+        crate::store::OutboundBody::Template { name, .. } => format!("[template {name}]"),
+    };
+    rec.state = OutboxState::Sent;
+    rec.attempts += 1;
+    rec.wamid = Some(format!("{}out:{}", crate::playground::LOCAL_PREFIX, rec.id));
+    if let Err(e) = state.args.store.update_outbox(rec) {
+        tracing::error!(id = rec.id, error = %e, "recording a playground reply failed");
+        return;
+    }
+    Metrics::inc(&state.args.metrics.sends_ok);
+    let recipient = rec.target.phone.clone().unwrap_or_default();
+    state.args.graph.local().deliver(&recipient, text);
+}
+
+/// Holds a reply the closed window keeps from being sent (until the user writes again), and
+/// queues the reopen template, once per closed window, when one is configured.
+fn hold(
+    state: &SenderState,
+    rec: &mut OutboxRecord,
+    reason: String,
+    now_ms: i64,
+) -> Result<(), crate::store::StoreError> {
+    rec.state = OutboxState::Held {
+        reason,
+        since_ms: now_ms,
+    };
+    rec.sending_since_ms = None;
+    let reopen = state
+        .args
+        .reopen_template
+        .as_ref()
+        .map(|t| crate::store::NewOutbound {
+            target: rec.target.clone(),
+            body: crate::store::OutboundBody::Template {
+                name: t.name.clone(),
+                language: t.language.clone(),
+            },
+            context_message_id: None,
+            // Templates are allowed outside the window.
+            window_expires_at: None,
+        });
+    Metrics::inc(&state.args.metrics.sends_held);
+    if let Some(template) = state.args.store.hold_reply(rec, reopen.as_ref())? {
+        tracing::info!(id = rec.id, template, key = %rec.key, "reply held (window closed); reopen template queued");
+    } else {
+        tracing::info!(id = rec.id, key = %rec.key, "reply held until the user writes again (window closed)");
+    }
+    Ok(())
 }
 
 /// Why a free-form message must not be sent now, if it must not.
@@ -480,12 +577,11 @@ fn finish_send(
                 }
                 ErrorClass::WindowClosed => {
                     rec.attempts += 1;
-                    rec.state = OutboxState::Failed {
-                        code: e.code,
-                        reason: "the 24-hour customer-service window is closed".into(),
-                    };
                     state.args.store.close_window(&rec.key, now_ms() / 1000)?;
-                    Metrics::inc(&m.sends_failed);
+                    // Held, not lost: sent when the user writes again.
+                    let reason = "Meta refused it: the 24-hour window is closed (131047)";
+                    hold(state, &mut rec, reason.into(), now_ms())?;
+                    return Ok(Some(rec));
                 }
                 ErrorClass::Permanent => {
                     rec.attempts += 1;

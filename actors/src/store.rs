@@ -13,6 +13,9 @@
 //!   `wamid_index`: wamid Meta gave a sent message → outbox id (for status webhooks).
 //! - `windows`: conversation key → unix seconds at which Meta told us (131047) that the
 //!   customer-service window is closed.
+//! - `held`: conversation key, NUL, big-endian outbox id → nothing: replies held because the
+//!   window closed, released into the queue when the user writes again. The id `u64::MAX` marks
+//!   that the reopen template was queued for this closed window (cleared with the release).
 //! - `links`: identity key (`whatsapp:<number>`) → [`NumberRecord`]: the email it is linked to,
 //!   the linking flow in progress (so it survives a restart), its own profile, its code sends.
 //! - `accounts`: verified email → [`Account`] (profile, notes, linked identities).
@@ -20,6 +23,20 @@
 //!   hourly sweep drops counters older than an hour.
 //! - `dead_letter`: big-endian id → [`DeadLetter`]: bodies we accepted but could not use (not
 //!   JSON, corrupt inbox records, poison messages), with the reason.
+//!
+//! Encryption at rest: the values of every tree that holds what users said or who they are
+//! (`inbox`, `sessions`, `outbox`, `dead_letter`, `links`, `accounts`, `email_codes`) go through
+//! one [`Codec`]: JSON, sealed with XChaCha20-Poly1305 under the store key (derived from the
+//! master key, [`crate::at_rest`]) with the tree's name and the record's key as associated data,
+//! so a value moved to another key or tree does not open. Keys stay plain (phone numbers, group
+//! ids, emails, wamids, sequence numbers): every lookup and prefix scan needs them. The other
+//! trees hold only ids and timestamps. The `meta` tree's `codec` entry says how the values are
+//! written (`plain` or `sealed:<key id>`); when it differs from what was asked for (a database
+//! from before encryption, a new key after `sandra secrets rotate-key`, encryption turned off),
+//! [`Store::open_with`] rewrites every value that is not yet in the wanted form, one atomic
+//! insert each, and only then records the new form. An interrupted migration is simply done
+//! again on the next open: values already rewritten are recognised by their header and skipped,
+//! and nothing is readable in a mixed state except through the migration itself.
 //!
 //! Every durable state change is one sled transaction. sled commits transactions to memory and
 //! writes them out in the background, so callers that promise durability (the webhook 200, a
@@ -46,6 +63,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::accounts::{Account, IdentityChange, Lookup, NumberRecord};
+use crate::at_rest::{self, Keyring, SealError};
 use crate::session::SessionState;
 use crate::whatsapp::{
     ConversationKey, DeliveryStatus, InboundMessage, ReplyTarget, StatusError, StatusUpdate,
@@ -60,6 +78,18 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
     #[error("cannot open the data directory {path}: {reason}")]
     Open { path: String, reason: String },
+    #[error("stored record cannot be decrypted: {0}")]
+    Sealed(#[from] SealError),
+    #[error("stored record is encrypted, but no master key was given to open it")]
+    NoKey,
+    #[error(
+        "stored record is not encrypted in an encrypted database (written by an older Sandra and not migrated, or planted)"
+    )]
+    Unsealed,
+    #[error(
+        "the database was encrypted with master key {db}, but the key in use is {key}: start with the key that was in use (SANDRA_MASTER_KEY, the credential or the key file)"
+    )]
+    WrongKey { db: String, key: String },
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -73,8 +103,129 @@ impl From<TransactionError<StoreError>> for StoreError {
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
-fn abort(e: serde_json::Error) -> ConflictableTransactionError<StoreError> {
-    ConflictableTransactionError::Abort(StoreError::Corrupt(e))
+fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+// The trees whose values go through the [`Codec`] (their names are part of the associated data).
+const INBOX: &str = "inbox";
+const SESSIONS: &str = "sessions";
+const OUTBOX: &str = "outbox";
+const DEAD_LETTER: &str = "dead_letter";
+const LINKS: &str = "links";
+const ACCOUNTS: &str = "accounts";
+const EMAIL_CODES: &str = "email_codes";
+const SEALED_TREES: [&str; 7] = [
+    INBOX,
+    SESSIONS,
+    OUTBOX,
+    DEAD_LETTER,
+    LINKS,
+    ACCOUNTS,
+    EMAIL_CODES,
+];
+
+/// How the values of the trees that hold personal data are written: sealed JSON (the default in
+/// production, `storage.encrypt`) or plain JSON.
+#[derive(Debug, Clone, Default)]
+pub struct Codec {
+    keyring: Option<Keyring>,
+    seal: bool,
+}
+
+impl Codec {
+    /// Plain JSON (tests; `storage.encrypt = false` with no encrypted data to read).
+    pub fn plain() -> Self {
+        Self::default()
+    }
+
+    /// Sealed with the keyring's current key (its previous key, during a rotation, still opens
+    /// what it sealed, until the migration on open has resealed it).
+    pub fn sealed(keyring: Keyring) -> Self {
+        Self {
+            keyring: Some(keyring),
+            seal: true,
+        }
+    }
+
+    /// Plain JSON, but a database sealed with the keyring is read and migrated back to plain
+    /// (`storage.encrypt` turned off).
+    pub fn unsealing(keyring: Keyring) -> Self {
+        Self {
+            keyring: Some(keyring),
+            seal: false,
+        }
+    }
+
+    /// What the `meta` tree's `codec` entry says once every value is written this way.
+    fn form(&self) -> String {
+        match (&self.keyring, self.seal) {
+            (Some(k), true) => format!("sealed:{}", k.current.key_id()),
+            _ => "plain".into(),
+        }
+    }
+
+    fn ad(tree: &str, key: &[u8]) -> Vec<u8> {
+        let mut ad = Vec::with_capacity(tree.len() + 1 + key.len());
+        ad.extend_from_slice(tree.as_bytes());
+        ad.push(0);
+        ad.extend_from_slice(key);
+        ad
+    }
+
+    fn enc<T: Serialize>(&self, tree: &str, key: &[u8], v: &T) -> Vec<u8> {
+        let plain = json(v);
+        match &self.keyring {
+            Some(k) if self.seal => k.seal(&Self::ad(tree, key), &plain),
+            _ => plain,
+        }
+    }
+
+    /// The JSON of a stored value, sealed or not.
+    fn open_any(&self, tree: &str, key: &[u8], raw: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if at_rest::is_sealed(raw) {
+            let k = self.keyring.as_ref().ok_or(StoreError::NoKey)?;
+            Ok(k.open(&Self::ad(tree, key), raw)?.to_vec())
+        } else {
+            Ok(raw.to_vec())
+        }
+    }
+
+    fn dec<T: DeserializeOwned>(
+        &self,
+        tree: &str,
+        key: &[u8],
+        raw: &[u8],
+    ) -> Result<T, StoreError> {
+        if at_rest::is_sealed(raw) {
+            let k = self.keyring.as_ref().ok_or(StoreError::NoKey)?;
+            Ok(serde_json::from_slice(&k.open(&Self::ad(tree, key), raw)?)?)
+        } else if self.seal {
+            Err(StoreError::Unsealed)
+        } else {
+            Ok(serde_json::from_slice(raw)?)
+        }
+    }
+
+    /// Whether a stored value is not yet in the wanted form.
+    fn needs_rewrite(&self, raw: &[u8]) -> bool {
+        match &self.keyring {
+            Some(k) if self.seal => !k.is_current(raw),
+            _ => at_rest::is_sealed(raw),
+        }
+    }
+}
+
+/// One conversation as the Admin Portal lists it ([`Store::conversations`]): never its messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationMeta {
+    pub key: ConversationKey,
+    pub is_group: bool,
+    /// Unix seconds of the last user message (the 24 h window opens there).
+    pub last_inbound_at: Option<i64>,
+    pub turns: u64,
+    /// When Meta said the window was closed (131047), if it did.
+    pub window_closed_at: Option<i64>,
 }
 
 /// What closing a conversation did ([`Store::close_conversation`]).
@@ -104,7 +255,15 @@ pub struct InboxRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OutboundBody {
-    Text { body: String },
+    Text {
+        body: String,
+    },
+    /// An approved template without parameters (the reopen invitation), allowed outside the
+    /// 24-hour window.
+    Template {
+        name: String,
+        language: String,
+    },
 }
 
 /// Where an outbound message stands.
@@ -117,6 +276,22 @@ pub enum OutboxState {
     Sent,
     /// Will never be sent; the reason says why (permanent error, window closed, ...).
     Failed { code: Option<i64>, reason: String },
+    /// Not sent because the 24-hour window is closed; back to `Pending` when the user writes
+    /// again ([`Store::release_held`]).
+    Held { reason: String, since_ms: i64 },
+}
+
+/// What the portal shows of a held reply: metadata, never the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldReply {
+    pub id: u64,
+    pub key: ConversationKey,
+    /// `p:<number>`, `u:<user id>` or `g:<group>`.
+    pub recipient: String,
+    pub since_ms: i64,
+    pub reason: String,
+    /// Whether the reopen template went out for this closed window.
+    pub template_queued: bool,
 }
 
 /// One outbound message in the durable outbox.
@@ -244,6 +419,7 @@ pub struct Store {
     outbox_queue: sled::Tree,
     wamid_index: sled::Tree,
     windows: sled::Tree,
+    held: sled::Tree,
     dead_letter: sled::Tree,
     /// Conversations ended for good (group deleted, Sandra removed): key → unix seconds.
     /// A turn committed for one of them stores nothing and sends nothing.
@@ -251,6 +427,8 @@ pub struct Store {
     links: sled::Tree,
     accounts: sled::Tree,
     email_codes: sled::Tree,
+    /// How the values of [`SEALED_TREES`] are written and read.
+    codec: Codec,
     /// Bumped when a write starts, before it can become visible; see [`Store::sync`].
     written: AtomicU64,
     /// The highest `written` value known to be on disk.
@@ -273,10 +451,6 @@ fn be(n: u64) -> [u8; 8] {
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("serializing a store record cannot fail")
-}
-
-fn from_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
-    Ok(serde_json::from_slice(b)?)
 }
 
 /// The `inbox_by_key` entry of one inbox record. Keys never contain NUL, so the prefix of one
@@ -349,8 +523,16 @@ pub fn now_ms() -> i64 {
 }
 
 impl Store {
-    /// Opens (or creates) the database under `dir`. Fails if another process holds it.
+    /// Opens (or creates) the database under `dir`, values in plain JSON (tests). Fails if
+    /// another process holds it.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, Codec::plain())
+    }
+
+    /// Opens (or creates) the database under `dir`, its personal data written with `codec`;
+    /// first migrates every value not yet in that form (see the module notes). Fails if another
+    /// process holds it, or if the database is sealed with a key `codec` does not have.
+    pub fn open_with(dir: &Path, codec: Codec) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
             path: dir.display().to_string(),
             reason: e.to_string(),
@@ -372,19 +554,87 @@ impl Store {
             outbox_queue: db.open_tree("outbox_queue")?,
             wamid_index: db.open_tree("wamid_index")?,
             windows: db.open_tree("windows")?,
+            held: db.open_tree("held")?,
             dead_letter: db.open_tree("dead_letter")?,
             closed: db.open_tree("closed")?,
             links: db.open_tree("links")?,
             accounts: db.open_tree("accounts")?,
             email_codes: db.open_tree("email_codes")?,
+            codec,
             db,
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             gate: std::sync::RwLock::new(()),
             sync_lock: tokio::sync::Mutex::new(()),
         };
+        store.migrate_codec()?;
         store.build_inbox_index()?;
         Ok(store)
+    }
+
+    /// Brings every value of [`SEALED_TREES`] into the codec's form, then records that form in
+    /// `meta`. Runs before anything else reads the database; crash-safe because each value is
+    /// replaced by one atomic insert, values already in the wanted form are skipped, and the
+    /// form is recorded (and flushed) only after all of them.
+    fn migrate_codec(&self) -> Result<(), StoreError> {
+        let meta = self.db.open_tree("meta")?;
+        let want = self.codec.form();
+        let have = meta.get("codec")?;
+        if have.as_deref() == Some(want.as_bytes()) {
+            return Ok(());
+        }
+        if let Some(have) = have.as_deref().and_then(|h| h.strip_prefix(b"sealed:")) {
+            let known = self.codec.keyring.iter().any(|k| {
+                k.current.key_id().as_bytes() == have
+                    || k.previous
+                        .as_ref()
+                        .is_some_and(|p| p.key_id().as_bytes() == have)
+            });
+            if !known {
+                return Err(StoreError::WrongKey {
+                    db: String::from_utf8_lossy(have).into_owned(),
+                    key: self
+                        .codec
+                        .keyring
+                        .as_ref()
+                        .map(|k| k.current.key_id())
+                        .unwrap_or_else(|| "none".into()),
+                });
+            }
+        }
+        let (mut rewritten, mut unreadable) = (0usize, 0usize);
+        for name in SEALED_TREES {
+            let tree = self.db.open_tree(name)?;
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                if !self.codec.needs_rewrite(&v) {
+                    continue;
+                }
+                let plain = match self.codec.open_any(name, &k, &v) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // Left as it is: reading it later fails like any corrupt record
+                        // (an inbox record goes to dead-letter), instead of stopping start-up.
+                        tracing::error!(tree = name, error = %e, "a stored value could not be migrated");
+                        unreadable += 1;
+                        continue;
+                    }
+                };
+                let new = match &self.codec.keyring {
+                    Some(ring) if self.codec.seal => ring.seal(&Codec::ad(name, &k), &plain),
+                    _ => plain,
+                };
+                tree.insert(k, new)?;
+                rewritten += 1;
+            }
+        }
+        self.db.flush()?;
+        meta.insert("codec", want.as_bytes())?;
+        self.db.flush()?;
+        if rewritten > 0 || unreadable > 0 {
+            tracing::info!(form = %want, rewritten, unreadable, "stored personal data migrated");
+        }
+        Ok(())
     }
 
     /// Databases written before `inbox_by_key` existed: index their inbox once.
@@ -394,9 +644,10 @@ impl Store {
         }
         let mut n = 0;
         self.write(|| {
-            for v in self.inbox.iter().values() {
+            for kv in self.inbox.iter() {
+                let (k, v) = kv?;
                 // Corrupt records stay unindexed; `unfinished` dead-letters them.
-                if let Ok(rec) = from_json::<InboxRecord>(&v?) {
+                if let Ok(rec) = self.codec.dec::<InboxRecord>(INBOX, &k, &v) {
                     self.inbox_by_key
                         .insert(index_key(&rec.key, rec.seq), &[])?;
                     n += 1;
@@ -512,7 +763,8 @@ impl Store {
                             acc.duplicate_messages += 1;
                             if let Some(seq) = dedup_seq(&seen)
                                 && let Some(raw) = inbox.get(be(seq))?
-                                && let Ok(rec) = serde_json::from_slice::<InboxRecord>(&raw)
+                                && let Ok(rec) =
+                                    self.codec.dec::<InboxRecord>(INBOX, &be(seq), &raw)
                             {
                                 acc.redelivered.push(rec);
                             }
@@ -535,7 +787,7 @@ impl Store {
                             received_at_ms,
                             attempts: 0,
                         };
-                        inbox.insert(&be(seq), json(&rec))?;
+                        inbox.insert(&be(seq), self.codec.enc(INBOX, &be(seq), &rec))?;
                         by_key.insert(index_key(&rec.key, seq), &[])?;
                         acc.new_messages.push(rec);
                     }
@@ -546,7 +798,7 @@ impl Store {
                             continue;
                         }
                         dedup.insert(dkey.as_bytes(), &be(now_s as u64))?;
-                        match apply_status(outbox, wamid_index, windows, queue, s)? {
+                        match apply_status(&self.codec, outbox, wamid_index, windows, queue, s)? {
                             StatusOutcome::Applied(closed) => {
                                 acc.statuses_applied += 1;
                                 acc.windows_closed.extend(closed);
@@ -564,8 +816,11 @@ impl Store {
     pub fn dead_letter(&self, body: &[u8], reason: &str) -> Result<u64, StoreError> {
         self.write(|| {
             let id = self.db.generate_id()?;
-            self.dead_letter
-                .insert(be(id), json(&DeadLetter::new(body, reason)))?;
+            self.dead_letter.insert(
+                be(id),
+                self.codec
+                    .enc(DEAD_LETTER, &be(id), &DeadLetter::new(body, reason)),
+            )?;
             Ok(id)
         })
     }
@@ -578,8 +833,10 @@ impl Store {
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
         self.dead_letter
             .iter()
-            .values()
-            .map(|v| from_json(&v?))
+            .map(|kv| {
+                let (k, v) = kv?;
+                self.codec.dec(DEAD_LETTER, &k, &v)
+            })
             .collect()
     }
 
@@ -593,11 +850,19 @@ impl Store {
                         let Some(raw) = inbox.remove(&be(seq))? else {
                             return Ok(false);
                         };
-                        if let Ok(rec) = serde_json::from_slice::<InboxRecord>(&raw) {
+                        // The record as its JSON (sealed bytes would tell a human nothing); the
+                        // raw bytes when even that cannot be had.
+                        let plain = self.codec.open_any(INBOX, &be(seq), &raw);
+                        let body: &[u8] = plain.as_deref().unwrap_or(&raw);
+                        if let Ok(rec) = serde_json::from_slice::<InboxRecord>(body) {
                             by_key.remove(index_key(&rec.key, seq))?;
                         }
                         let id = dead.generate_id()?;
-                        dead.insert(&be(id), json(&DeadLetter::new(&raw, reason)))?;
+                        dead.insert(
+                            &be(id),
+                            self.codec
+                                .enc(DEAD_LETTER, &be(id), &DeadLetter::new(body, reason)),
+                        )?;
                         Ok(true)
                     },
                 )?,
@@ -608,7 +873,7 @@ impl Store {
     /// A stored inbox record, or `None` after dead-lettering it if it is not readable (a corrupt
     /// record must not stop the conversation or the router from starting).
     fn read_inbox(&self, seq: u64, raw: &[u8]) -> Result<Option<InboxRecord>, StoreError> {
-        match from_json::<InboxRecord>(raw) {
+        match self.codec.dec::<InboxRecord>(INBOX, &be(seq), raw) {
             Ok(rec) => Ok(Some(rec)),
             Err(e) => {
                 tracing::error!(seq, error = %e, "corrupt inbox record; moved to dead-letter");
@@ -683,14 +948,21 @@ impl Store {
                         let Some(raw) = inbox.get(be(seq))? else {
                             continue;
                         };
-                        let Ok(mut rec) = serde_json::from_slice::<InboxRecord>(&raw) else {
+                        let plain = self.codec.open_any(INBOX, &be(seq), &raw);
+                        let body: &[u8] = plain.as_deref().unwrap_or(&raw);
+                        let Ok(mut rec) = self.codec.dec::<InboxRecord>(INBOX, &be(seq), &raw)
+                        else {
                             // Unreadable: keep the bytes for a human, answer nothing.
                             inbox.remove(&be(seq))?;
                             by_key.remove(index_key(key, seq))?;
                             let id = dead.generate_id()?;
                             dead.insert(
                                 &be(id),
-                                json(&DeadLetter::new(&raw, "corrupt inbox record")),
+                                self.codec.enc(
+                                    DEAD_LETTER,
+                                    &be(id),
+                                    &DeadLetter::new(body, "corrupt inbox record"),
+                                ),
                             )?;
                             continue;
                         };
@@ -702,15 +974,22 @@ impl Store {
                                 rec.attempts
                             );
                             let id = dead.generate_id()?;
-                            dead.insert(&be(id), json(&DeadLetter::new(&raw, &reason)))?;
+                            dead.insert(
+                                &be(id),
+                                self.codec.enc(
+                                    DEAD_LETTER,
+                                    &be(id),
+                                    &DeadLetter::new(body, &reason),
+                                ),
+                            )?;
                             let id = outbox.generate_id()?;
                             let sorry = new_outbox_record(id, key, &apology(&rec), now);
-                            outbox.insert(&be(id), json(&sorry))?;
+                            outbox.insert(&be(id), self.codec.enc(OUTBOX, &be(id), &sorry))?;
                             queue.insert(&be(id), &[])?;
                             out.dead_lettered.push(rec);
                         } else {
                             rec.attempts += 1;
-                            inbox.insert(&be(seq), json(&rec))?;
+                            inbox.insert(&be(seq), self.codec.enc(INBOX, &be(seq), &rec))?;
                             out.records.push(rec);
                         }
                     }
@@ -757,7 +1036,7 @@ impl Store {
         for kv in self.outbox.iter() {
             let (k, v) = kv?;
             // An unreadable record is kept for a human rather than guessed about.
-            if let Ok(rec) = from_json::<OutboxRecord>(&v)
+            if let Ok(rec) = self.codec.dec::<OutboxRecord>(OUTBOX, &k, &v)
                 && is_final(&rec.state)
                 && rec.created_at_ms < before_ms
             {
@@ -774,7 +1053,7 @@ impl Store {
                             for k in chunk {
                                 // Re-read inside the transaction: only what is still final goes.
                                 let Some(v) = outbox.get(k)? else { continue };
-                                let Ok(rec) = serde_json::from_slice::<OutboxRecord>(&v) else {
+                                let Ok(rec) = self.codec.dec::<OutboxRecord>(OUTBOX, k, &v) else {
                                     continue;
                                 };
                                 if !is_final(&rec.state) {
@@ -803,7 +1082,11 @@ impl Store {
         let mut old = Vec::new();
         for kv in self.dead_letter.iter() {
             let (k, v) = kv?;
-            if from_json::<DeadLetter>(&v).is_ok_and(|d| d.at_ms < before_ms) {
+            if self
+                .codec
+                .dec::<DeadLetter>(DEAD_LETTER, &k, &v)
+                .is_ok_and(|d| d.at_ms < before_ms)
+            {
                 old.push(k);
             }
         }
@@ -817,7 +1100,7 @@ impl Store {
         let mut n = 0;
         for kv in self.sessions.iter() {
             let (k, v) = kv?;
-            let Ok(s) = from_json::<SessionState>(&v) else {
+            let Ok(s) = self.codec.dec::<SessionState>(SESSIONS, &k, &v) else {
                 continue;
             };
             if s.last_inbound_at.is_none_or(|t| t >= idle_before_s) {
@@ -852,7 +1135,10 @@ impl Store {
         let mut n = 0;
         for kv in self.email_codes.iter() {
             let (k, v) = kv?;
-            let recent = from_json::<Vec<i64>>(&v).is_ok_and(|t| t.iter().any(|t| *t >= before_ms));
+            let recent = self
+                .codec
+                .dec::<Vec<i64>>(EMAIL_CODES, &k, &v)
+                .is_ok_and(|t| t.iter().any(|t| *t >= before_ms));
             if recent {
                 continue;
             }
@@ -888,9 +1174,10 @@ impl Store {
     // === conversations ===
 
     pub fn load_session(&self, key: &ConversationKey) -> Result<Option<SessionState>, StoreError> {
+        let k = key.as_str().as_bytes();
         self.sessions
-            .get(key.as_str().as_bytes())?
-            .map(|v| from_json(&v))
+            .get(k)?
+            .map(|v| self.codec.dec(SESSIONS, k, &v))
             .transpose()
     }
 
@@ -939,18 +1226,21 @@ impl Store {
                             // nothing is remembered or sent.
                             return Ok(Vec::new());
                         }
-                        sessions.insert(session.key.as_str().as_bytes(), json(session))?;
+                        let sk = session.key.as_str().as_bytes();
+                        sessions.insert(sk, self.codec.enc(SESSIONS, sk, session))?;
                         if let Some(c) = identity {
+                            let lk = c.key.as_bytes();
                             match &c.number {
-                                Some(n) => links.insert(c.key.as_bytes(), json(n))?,
+                                Some(n) => links.insert(lk, self.codec.enc(LINKS, lk, n))?,
                                 None => links.remove(c.key.as_bytes())?,
                             };
                             for (email, ours) in &c.accounts {
                                 // Read again inside the transaction: another number of the
                                 // same account may have committed since this turn read it.
+                                let ek = email.as_bytes();
                                 let current: Option<Account> = accounts
-                                    .get(email.as_bytes())?
-                                    .map(|v| serde_json::from_slice(&v))
+                                    .get(ek)?
+                                    .map(|v| self.codec.dec(ACCOUNTS, ek, &v))
                                     .transpose()
                                     .map_err(abort)?;
                                 let base = c.account_bases.get(email).and_then(Option::as_ref);
@@ -961,29 +1251,32 @@ impl Store {
                                     current.as_ref(),
                                 );
                                 match merged {
-                                    Some(a) => accounts.insert(email.as_bytes(), json(&a))?,
+                                    Some(a) => {
+                                        accounts.insert(ek, self.codec.enc(ACCOUNTS, ek, &a))?
+                                    }
                                     None => accounts.remove(email.as_bytes())?,
                                 };
                             }
                             for (email, sends) in &c.email_sends {
                                 // Sends counted by another number's turn meanwhile still count.
+                                let ek = email.as_bytes();
                                 let mut all: Vec<i64> = codes
-                                    .get(email.as_bytes())?
-                                    .map(|v| serde_json::from_slice(&v))
+                                    .get(ek)?
+                                    .map(|v| self.codec.dec(EMAIL_CODES, ek, &v))
                                     .transpose()
                                     .map_err(abort)?
                                     .unwrap_or_default();
                                 all.extend(sends);
                                 all.sort_unstable();
                                 all.dedup();
-                                codes.insert(email.as_bytes(), json(&all))?;
+                                codes.insert(ek, self.codec.enc(EMAIL_CODES, ek, &all))?;
                             }
                         }
                         let mut ids = Vec::new();
                         for r in replies {
                             let id = outbox.generate_id()?;
                             let rec = new_outbox_record(id, &session.key, r, now);
-                            outbox.insert(&be(id), json(&rec))?;
+                            outbox.insert(&be(id), self.codec.enc(OUTBOX, &be(id), &rec))?;
                             queue.insert(&be(id), &[])?;
                             ids.push(id);
                         }
@@ -997,16 +1290,18 @@ impl Store {
 
     /// What is stored about an identity ([`crate::accounts::link_key`]).
     pub fn number_record(&self, key: &str) -> Result<Option<NumberRecord>, StoreError> {
+        let k = key.as_bytes();
         self.links
-            .get(key.as_bytes())?
-            .map(|v| from_json(&v))
+            .get(k)?
+            .map(|v| self.codec.dec(LINKS, k, &v))
             .transpose()
     }
 
     pub fn account(&self, email: &str) -> Result<Option<Account>, StoreError> {
+        let k = email.as_bytes();
         self.accounts
-            .get(email.as_bytes())?
-            .map(|v| from_json(&v))
+            .get(k)?
+            .map(|v| self.codec.dec(ACCOUNTS, k, &v))
             .transpose()
     }
 
@@ -1015,15 +1310,106 @@ impl Store {
         Ok(self
             .email_codes
             .get(email.as_bytes())?
-            .map(|v| from_json(&v))
+            .map(|v| self.codec.dec(EMAIL_CODES, email.as_bytes(), &v))
             .transpose()?
             .unwrap_or_default())
+    }
+
+    // === the Admin Portal: metadata listings and the operator's own actions ===
+
+    /// What the portal shows of every stored conversation: metadata only (the session is
+    /// decoded, its turns are never returned).
+    pub fn conversations(&self) -> Result<Vec<ConversationMeta>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.sessions.iter() {
+            let (k, v) = item?;
+            let s: SessionState = self.codec.dec(SESSIONS, &k, &v)?;
+            let window_closed_at = self.window_closed_at(&s.key)?;
+            out.push(ConversationMeta {
+                is_group: s.is_group,
+                last_inbound_at: s.last_inbound_at,
+                turns: s.turns,
+                window_closed_at,
+                key: s.key,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every account, in email order.
+    pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+        self.accounts
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                self.codec.dec(ACCOUNTS, &k, &v)
+            })
+            .collect()
+    }
+
+    /// Unlinks identity `key` ([`crate::accounts::link_key`]) from its account, as `/unlink`
+    /// does (the number keeps its record; the account loses the link), in one transaction.
+    /// Returns the email it was linked to, `None` when it was not linked.
+    pub fn unlink(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.write(|| {
+            Ok(
+                (&self.links, &self.accounts).transaction(|(links, accounts)| {
+                    let Some(raw) = links.get(key.as_bytes())? else {
+                        return Ok(None);
+                    };
+                    let k = key.as_bytes();
+                    let mut number: NumberRecord = self.codec.dec(LINKS, k, &raw).map_err(abort)?;
+                    let Some(email) = number.linked.take() else {
+                        return Ok(None);
+                    };
+                    links.insert(k, self.codec.enc(LINKS, k, &number))?;
+                    let e = email.as_bytes();
+                    if let Some(raw) = accounts.get(e)? {
+                        let mut a: Account = self.codec.dec(ACCOUNTS, e, &raw).map_err(abort)?;
+                        a.links.retain(|l| l != key);
+                        accounts.insert(e, self.codec.enc(ACCOUNTS, e, &a))?;
+                    }
+                    Ok(Some(email))
+                })?,
+            )
+        })
+    }
+
+    /// Puts one message into the outbox outside a turn (the portal's test message); the
+    /// caller kicks the sender. Returns its id.
+    pub fn enqueue(&self, key: &ConversationKey, r: &NewOutbound) -> Result<u64, StoreError> {
+        let now = now_ms();
+        self.write(|| {
+            Ok(
+                (&self.outbox, &self.outbox_queue).transaction(|(outbox, queue)| {
+                    let id = outbox.generate_id()?;
+                    let rec = new_outbox_record(id, key, r, now);
+                    outbox.insert(&be(id), self.codec.enc(OUTBOX, &be(id), &rec))?;
+                    queue.insert(&be(id), &[])?;
+                    Ok(id)
+                })?,
+            )
+        })
+    }
+
+    /// Messages first seen at or after `since_s` (unix seconds), from the de-duplication
+    /// record (each message is counted once, however often Meta delivered it).
+    pub fn messages_seen_since(&self, since_s: i64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for item in self.dedup.scan_prefix(b"m:") {
+            let (_, v) = item?;
+            if dedup_seen_s(&v) >= since_s {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Replaces an identity's record outside a turn (tests make a code expire with it).
     pub fn put_number_record(&self, key: &str, rec: &NumberRecord) -> Result<(), StoreError> {
         self.write(|| {
-            self.links.insert(key.as_bytes(), json(rec))?;
+            self.links
+                .insert(key.as_bytes(), self.codec.enc(LINKS, key.as_bytes(), rec))?;
             Ok(())
         })
     }
@@ -1058,7 +1444,10 @@ impl Store {
         for id in self.outbox_queue.iter().keys() {
             let id = id?;
             if let Some(v) = self.outbox.get(&id)?
-                && from_json::<OutboxRecord>(&v).is_ok_and(|r| &r.key == key)
+                && self
+                    .codec
+                    .dec::<OutboxRecord>(OUTBOX, &id, &v)
+                    .is_ok_and(|r| &r.key == key)
             {
                 waiting.push(id);
             }
@@ -1083,7 +1472,8 @@ impl Store {
                     }
                     for id in &waiting {
                         let Some(raw) = outbox.get(id)? else { continue };
-                        let mut rec: OutboxRecord = serde_json::from_slice(&raw).map_err(abort)?;
+                        let mut rec: OutboxRecord =
+                            self.codec.dec(OUTBOX, id, &raw).map_err(abort)?;
                         if rec.state != OutboxState::Pending {
                             continue;
                         }
@@ -1092,7 +1482,7 @@ impl Store {
                             reason: reason.clone(),
                         };
                         rec.last_error = Some(reason.clone());
-                        outbox.insert(id.clone(), json(&rec))?;
+                        outbox.insert(id.clone(), self.codec.enc(OUTBOX, id, &rec))?;
                         queue.remove(id.clone())?;
                         out.cancelled_replies += 1;
                     }
@@ -1123,10 +1513,143 @@ impl Store {
         })
     }
 
+    // === held replies (the 24-hour window) ===
+
+    /// How the held-reply code writes an outbox record (one place for an at-rest codec).
+    fn outbox_value(&self, rec: &OutboxRecord) -> Vec<u8> {
+        self.codec.enc(OUTBOX, &be(rec.id), rec)
+    }
+
+    /// How the held-reply code reads outbox record `id` (one place for an at-rest codec).
+    fn outbox_decode(&self, id: u64, raw: &[u8]) -> Result<OutboxRecord, StoreError> {
+        self.codec.dec(OUTBOX, &be(id), raw)
+    }
+
+    /// Holds `rec` (whose state is [`OutboxState::Held`]): out of the send queue, indexed by
+    /// conversation. With `reopen`, also queues that template unless one was already queued for
+    /// this closed window; returns its outbox id when it did. One transaction.
+    pub fn hold_reply(
+        &self,
+        rec: &OutboxRecord,
+        reopen: Option<&NewOutbound>,
+    ) -> Result<Option<u64>, StoreError> {
+        let now = now_ms();
+        self.write(|| {
+            Ok((&self.outbox, &self.outbox_queue, &self.held).transaction(
+                |(outbox, queue, held)| {
+                    outbox.insert(&be(rec.id), self.outbox_value(rec))?;
+                    queue.remove(&be(rec.id))?;
+                    held.insert(index_key(&rec.key, rec.id), &[])?;
+                    let Some(r) = reopen else { return Ok(None) };
+                    let marker = index_key(&rec.key, u64::MAX);
+                    if held.get(&marker)?.is_some() {
+                        return Ok(None);
+                    }
+                    let id = outbox.generate_id()?;
+                    let t = new_outbox_record(id, &rec.key, r, now);
+                    outbox.insert(&be(id), self.outbox_value(&t))?;
+                    queue.insert(&be(id), &[])?;
+                    held.insert(marker, &be(id))?;
+                    Ok(Some(id))
+                },
+            )?)
+        })
+    }
+
+    /// The user wrote again: the window is open, and the replies held for `key` go back into the
+    /// send queue (oldest first, ahead of anything newer), valid until `window_expires_at`; the
+    /// next closed window may get a template again. Returns how many were released.
+    pub fn release_held(
+        &self,
+        key: &ConversationKey,
+        window_expires_at: i64,
+    ) -> Result<usize, StoreError> {
+        // Whatever Meta said about the old window, the user's message opened a new one (Meta's
+        // timestamps and our clock may disagree by seconds: trust the message, not the clock).
+        if self.windows.contains_key(key.as_str().as_bytes())? {
+            self.write(|| {
+                self.windows.remove(key.as_str().as_bytes())?;
+                Ok(())
+            })?;
+        }
+        let entries: Vec<sled::IVec> = self
+            .held
+            .scan_prefix(index_prefix(key))
+            .keys()
+            .collect::<Result<_, _>>()?;
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        self.write(|| {
+            Ok((&self.outbox, &self.outbox_queue, &self.held).transaction(
+                |(outbox, queue, held)| {
+                    let mut n = 0;
+                    for k in &entries {
+                        held.remove(k.clone())?;
+                        let Some(id) = index_seq(k).filter(|id| *id != u64::MAX) else {
+                            continue;
+                        };
+                        let Some(raw) = outbox.get(be(id))? else {
+                            continue;
+                        };
+                        let mut rec = self
+                            .outbox_decode(id, &raw)
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        if !matches!(rec.state, OutboxState::Held { .. }) {
+                            continue;
+                        }
+                        rec.state = OutboxState::Pending;
+                        rec.window_expires_at = Some(window_expires_at);
+                        rec.next_attempt_at_ms = now;
+                        outbox.insert(&be(id), self.outbox_value(&rec))?;
+                        queue.insert(&be(id), &[])?;
+                        n += 1;
+                    }
+                    Ok(n)
+                },
+            )?)
+        })
+    }
+
+    /// Every reply held because a window closed, oldest conversation key first (metadata only).
+    pub fn held_replies(&self) -> Result<Vec<HeldReply>, StoreError> {
+        let mut out = Vec::new();
+        let mut templates = std::collections::HashSet::new();
+        for k in self.held.iter().keys() {
+            let k = k?;
+            let Some(id) = index_seq(&k) else { continue };
+            if id == u64::MAX {
+                templates.insert(k[..k.len() - 8].to_vec());
+                continue;
+            }
+            let Some(rec) = self.outbox_record(id)? else {
+                continue;
+            };
+            if let OutboxState::Held { reason, since_ms } = rec.state {
+                out.push(HeldReply {
+                    id,
+                    recipient: rec.target.recipient_key(),
+                    key: rec.key,
+                    since_ms,
+                    reason,
+                    template_queued: false,
+                });
+            }
+        }
+        for h in &mut out {
+            h.template_queued = templates.contains(&index_prefix(&h.key));
+        }
+        Ok(out)
+    }
+
     // === outbox ===
 
     pub fn outbox_record(&self, id: u64) -> Result<Option<OutboxRecord>, StoreError> {
-        self.outbox.get(be(id))?.map(|v| from_json(&v)).transpose()
+        self.outbox
+            .get(be(id))?
+            .map(|v| self.codec.dec(OUTBOX, &be(id), &v))
+            .transpose()
     }
 
     /// The text of a message Sandra sent, by the wamid Meta gave it: what a tapped button or
@@ -1135,12 +1658,13 @@ impl Store {
         let Some(id) = self.wamid_index.get(wamid.as_bytes())? else {
             return Ok(None);
         };
-        let Some(v) = self.outbox.get(id)? else {
+        let Some(v) = self.outbox.get(&id)? else {
             return Ok(None);
         };
-        let rec: OutboxRecord = from_json(&v)?;
+        let rec: OutboxRecord = self.codec.dec(OUTBOX, &id, &v)?;
         Ok(match rec.body {
             OutboundBody::Text { body } => Some(body),
+            OutboundBody::Template { .. } => None,
         })
     }
 
@@ -1148,8 +1672,10 @@ impl Store {
     pub fn outbox_all(&self) -> Result<Vec<OutboxRecord>, StoreError> {
         self.outbox
             .iter()
-            .values()
-            .map(|v| from_json(&v?))
+            .map(|kv| {
+                let (k, v) = kv?;
+                self.codec.dec(OUTBOX, &k, &v)
+            })
             .collect()
     }
 
@@ -1159,7 +1685,7 @@ impl Store {
         for k in self.outbox_queue.iter().keys().take(limit) {
             let k = k?;
             if let Some(v) = self.outbox.get(&k)? {
-                out.push(from_json(&v)?);
+                out.push(self.codec.dec(OUTBOX, &k, &v)?);
             }
         }
         Ok(out)
@@ -1175,7 +1701,7 @@ impl Store {
         self.write(|| {
             (&self.outbox, &self.outbox_queue, &self.wamid_index).transaction(
                 |(outbox, queue, index)| {
-                    outbox.insert(&be(rec.id), json(rec))?;
+                    outbox.insert(&be(rec.id), self.codec.enc(OUTBOX, &be(rec.id), rec))?;
                     if rec.state != OutboxState::Pending {
                         queue.remove(&be(rec.id))?;
                     }
@@ -1198,12 +1724,12 @@ impl Store {
                 let Some(raw) = outbox.get(be(id))? else {
                     return Ok(None);
                 };
-                let mut rec: OutboxRecord = serde_json::from_slice(&raw).map_err(abort)?;
+                let mut rec: OutboxRecord = self.codec.dec(OUTBOX, &be(id), &raw).map_err(abort)?;
                 if rec.state != OutboxState::Pending {
                     return Ok(None);
                 }
                 rec.sending_since_ms = Some(at_ms);
-                outbox.insert(&be(id), json(&rec))?;
+                outbox.insert(&be(id), self.codec.enc(OUTBOX, &be(id), &rec))?;
                 Ok(Some(rec))
             })?)
         })
@@ -1241,6 +1767,7 @@ impl Lookup for Store {
 }
 
 fn apply_status(
+    codec: &Codec,
     outbox: &sled::transaction::TransactionalTree,
     wamid_index: &sled::transaction::TransactionalTree,
     windows: &sled::transaction::TransactionalTree,
@@ -1266,7 +1793,7 @@ fn apply_status(
     let Some(raw) = outbox.get(&id)? else {
         return Ok(StatusOutcome::Unmatched);
     };
-    let mut rec: OutboxRecord = serde_json::from_slice(&raw).map_err(abort)?;
+    let mut rec: OutboxRecord = codec.dec(OUTBOX, &id, &raw).map_err(abort)?;
     let mut closed = None;
     if new == DeliveryStatus::Failed {
         if s.errors.iter().any(StatusError::closes_window) {
@@ -1301,7 +1828,7 @@ fn apply_status(
         queue.remove(&id)?;
         rec.sending_since_ms = None;
     }
-    outbox.insert(&id, json(&rec))?;
+    outbox.insert(&id, codec.enc(OUTBOX, &id, &rec))?;
     Ok(StatusOutcome::Applied(closed))
 }
 
@@ -1322,7 +1849,7 @@ pub fn refresh_target(target: &mut ReplyTarget, m: &InboundMessage) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::whatsapp::parse_webhook;
+    use crate::whatsapp::{Content, parse_webhook};
 
     fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -1342,6 +1869,62 @@ mod tests {
             }}]}]
         });
         parse_webhook(body.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn portal_unlink_removes_the_link_on_both_sides_and_keeps_the_rest() {
+        let (_d, store) = open();
+        let key = crate::accounts::link_key("15550001");
+        let other = crate::accounts::link_key("15550002");
+        let number = NumberRecord {
+            linked: Some("ana@example.org".into()),
+            offered: true,
+            ..Default::default()
+        };
+        store.put_number_record(&key, &number).unwrap();
+        let account = Account {
+            email: "ana@example.org".into(),
+            profile: Default::default(),
+            links: vec![key.clone(), other.clone()],
+            created_at: 1,
+        };
+        store
+            .accounts
+            .insert(
+                "ana@example.org".as_bytes(),
+                store
+                    .codec
+                    .enc(ACCOUNTS, "ana@example.org".as_bytes(), &account),
+            )
+            .unwrap();
+        assert_eq!(
+            store.unlink(&key).unwrap().as_deref(),
+            Some("ana@example.org")
+        );
+        let n = store.number_record(&key).unwrap().unwrap();
+        assert_eq!(n.linked, None);
+        assert!(n.offered, "the rest of the number's record is kept");
+        assert_eq!(store.accounts().unwrap()[0].links, vec![other]);
+        // Twice, or a number never linked: nothing to do.
+        assert_eq!(store.unlink(&key).unwrap(), None);
+        assert_eq!(store.unlink("nobody").unwrap(), None);
+    }
+
+    #[test]
+    fn portal_listings_and_enqueue() {
+        let (_d, store) = open();
+        let rec = accept_one(&store, "wamid.p1", "15550003");
+        assert_eq!(store.messages_seen_since(0).unwrap(), 1);
+        assert_eq!(store.messages_seen_since(i64::MAX).unwrap(), 0);
+        let mut s = SessionState::new(rec.key.clone(), reply("x").target);
+        s.last_inbound_at = Some(100);
+        s.turns = 3;
+        store.commit_turn(&s, &[rec.seq], &[]).unwrap();
+        let convs = store.conversations().unwrap();
+        assert_eq!(convs.len(), 1);
+        assert_eq!((convs[0].turns, convs[0].last_inbound_at), (3, Some(100)));
+        let id = store.enqueue(&rec.key, &reply("test")).unwrap();
+        assert_eq!(store.outbox_pending(10).unwrap()[0].id, id);
     }
 
     fn accept_one(store: &Store, wamid: &str, from: &str) -> InboxRecord {
@@ -1367,6 +1950,162 @@ mod tests {
         let mut s = SessionState::new(key.clone(), reply("").target);
         s.last_inbound_at = last_inbound_at;
         s
+    }
+
+    fn keyring() -> Keyring {
+        Keyring::new(at_rest::MasterKey::generate().sealer(b"store"))
+    }
+
+    fn saying(wamid: &str, from: &str, body: &str) -> WebhookBatch {
+        let v = serde_json::json!({
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+                "messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": "15550783881", "phone_number_id": "42"},
+                "contacts": [{"profile": {"name": "T"}, "wa_id": from}],
+                "messages": [{"from": from, "id": wamid, "timestamp": "1750000000",
+                              "type": "text", "text": {"body": body}}]
+            }}]}]
+        });
+        parse_webhook(v.to_string().as_bytes()).unwrap()
+    }
+
+    /// Every file under `dir`, concatenated.
+    fn all_bytes(dir: &Path) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.extend(std::fs::read(p).unwrap());
+                }
+            }
+        }
+        out
+    }
+
+    fn contains(hay: &[u8], needle: &str) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    /// A message, a turn with a summary and a reply, and a dead letter, as any store holds.
+    fn fill(store: &Store) -> ConversationKey {
+        let acc = store
+            .accept(&saying("w1", "15550001111", "my diary entry one"), now_ms())
+            .unwrap();
+        let rec = &acc.new_messages[0];
+        store
+            .accept(&saying("w2", "15550001111", "my diary entry two"), now_ms())
+            .unwrap();
+        let mut s = session(&rec.key, Some(1));
+        s.summary = Some("summary of private things".into());
+        store
+            .commit_turn(&s, &[rec.seq], &[reply("a reply about the diary")])
+            .unwrap();
+        store.dead_letter(b"an unusable body", "test").unwrap();
+        rec.key.clone()
+    }
+
+    fn check_filled(store: &Store, key: &ConversationKey) {
+        let s = store.load_session(key).unwrap().unwrap();
+        assert_eq!(s.summary.as_deref(), Some("summary of private things"));
+        let out = store.outbox_all().unwrap();
+        assert_eq!(
+            out[0].body,
+            OutboundBody::Text {
+                body: "a reply about the diary".into()
+            }
+        );
+        let waiting = store.unfinished().unwrap();
+        assert_eq!(waiting.len(), 1);
+        assert!(
+            matches!(&waiting[0].message.content, Content::Text { body } if body == "my diary entry two")
+        );
+        assert_eq!(store.dead_letters().unwrap()[0].body, "an unusable body");
+    }
+
+    #[tokio::test]
+    async fn personal_data_is_sealed_on_disk_and_bound_to_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = keyring();
+        let key = {
+            let store = Store::open_with(dir.path(), Codec::sealed(ring.clone())).unwrap();
+            let key = fill(&store);
+            store.close().await.unwrap();
+            key
+        };
+        let disk = all_bytes(dir.path());
+        for plain in [
+            "my diary entry",
+            "summary of private things",
+            "a reply about the diary",
+            "an unusable body",
+        ] {
+            assert!(!contains(&disk, plain), "{plain:?} is on disk in plain");
+        }
+        let store = Store::open_with(dir.path(), Codec::sealed(ring.clone())).unwrap();
+        check_filled(&store, &key);
+        // A sealed value moved under another key does not open.
+        let first = store.outbox.iter().next().unwrap().unwrap();
+        store.outbox.insert(be(999), first.1).unwrap();
+        assert!(matches!(
+            store.outbox_record(999),
+            Err(StoreError::Sealed(SealError::Tampered))
+        ));
+        store.outbox.remove(be(999)).unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        // Without the key, or with another, the database does not open at all.
+        for codec in [Codec::plain(), Codec::sealed(keyring())] {
+            let e = Store::open_with(dir.path(), codec).unwrap_err();
+            assert!(matches!(e, StoreError::WrongKey { .. }), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plain_database_is_migrated_on_open_even_after_an_interrupted_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = keyring();
+        let key = {
+            let store = Store::open(dir.path()).unwrap();
+            let key = fill(&store);
+            store.close().await.unwrap();
+            key
+        };
+        assert!(contains(
+            &all_bytes(dir.path()),
+            "summary of private things"
+        ));
+        {
+            let store = Store::open_with(dir.path(), Codec::sealed(ring.clone())).unwrap();
+            check_filled(&store, &key);
+            // As if the migration had stopped half-way: one value still plain, no mark.
+            let (k, v) = store.sessions.iter().next().unwrap().unwrap();
+            let plain = store.codec.open_any(SESSIONS, &k, &v).unwrap();
+            store.sessions.insert(k, plain).unwrap();
+            store.db.open_tree("meta").unwrap().remove("codec").unwrap();
+            store.close().await.unwrap();
+        }
+        let store = Store::open_with(dir.path(), Codec::sealed(ring.clone())).unwrap();
+        check_filled(&store, &key);
+        for name in SEALED_TREES {
+            for kv in store.db.open_tree(name).unwrap().iter() {
+                assert!(
+                    at_rest::is_sealed(&kv.unwrap().1),
+                    "a plain value left in {name}"
+                );
+            }
+        }
+        store.close().await.unwrap();
+        drop(store);
+        // Turning encryption off migrates back to plain.
+        let store = Store::open_with(dir.path(), Codec::unsealing(ring)).unwrap();
+        check_filled(&store, &key);
+        let (_, v) = store.sessions.iter().next().unwrap().unwrap();
+        assert!(!at_rest::is_sealed(&v));
     }
 
     #[test]

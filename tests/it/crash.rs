@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-use sandra_actors::store::Store;
 use sandra_actors::whatsapp::{ChatId, ConversationKey};
 
 use crate::support::*;
@@ -204,7 +203,7 @@ async fn kill_dash_nine_loses_nothing_and_doubles_nothing() {
     assert_eq!(replies_to(&graph, "third-msg"), 1);
     assert_eq!(graph.accepted().len(), 3);
 
-    let store = Store::open(&data).unwrap();
+    let store = open_store(&data);
     let key = ConversationKey::new(PHONE_NUMBER_ID, &ChatId::Phone(user.into()));
     let session = store.load_session(&key).unwrap().unwrap();
     let texts: Vec<&str> = session.history.iter().map(|t| t.text.as_str()).collect();
@@ -451,7 +450,7 @@ async fn kill_dash_nine_at_scale(strict: bool) {
         url_tx.send_replace(None);
         graph.set_webhook_url(None);
         tokio::task::block_in_place(|| proc.terminate());
-        let store = Store::open(&data).unwrap();
+        let store = open_store(&data);
         let unfinished = store.unfinished().unwrap().len();
         let unsent = store.outbox_pending_count();
         if (unfinished == 0 && unsent == 0) || Instant::now() >= deadline {

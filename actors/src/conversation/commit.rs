@@ -227,6 +227,7 @@ mod tests {
             .iter()
             .map(|r| match &r.body {
                 OutboundBody::Text { body } => body.clone(),
+                OutboundBody::Template { .. } => unreachable!("turns reply in text"),
             })
             .collect();
         assert_eq!(bodies[1], "answer");
@@ -304,7 +305,9 @@ mod tests {
         let mut p = planned(&s, vec![a.clone()]);
         p.group_bound = Some((4, 1_000));
         let c = commit(&s, &p, Some(&reply("Try the taco place.")), 105, 40);
-        let OutboundBody::Text { body } = &c.replies[0].body;
+        let OutboundBody::Text { body } = &c.replies[0].body else {
+            panic!("a text reply")
+        };
         assert_eq!(body, "@Ana Try the taco place.");
         assert_eq!(c.replies[0].target.group_id.as_deref(), Some("GROUP1"));
         assert_eq!(c.replies[0].context_message_id.as_deref(), Some("w1"));

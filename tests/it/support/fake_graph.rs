@@ -70,6 +70,12 @@ struct Inner {
     media_calls: Vec<String>,
     next_id: u64,
     statuses: StatusHook,
+    /// `GET /{phone-number-id}` answers, by id.
+    phone_numbers: HashMap<String, Value>,
+    /// `GET /{waba-id}/subscribed_apps`: the apps subscribed to each business account.
+    subscribed_apps: HashMap<String, Vec<String>>,
+    /// Approved templates (name, language code); any other template send gets 132001.
+    templates: Vec<(String, String)>,
 }
 
 /// A hop-1 answer that does not match the bytes: each `Some` replaces the true value.
@@ -115,8 +121,22 @@ impl FakeGraph {
             token: token.to_string(),
             ..Default::default()
         }));
+        // The test business number, as Meta describes it.
+        inner.lock().unwrap().phone_numbers.insert(
+            super::PHONE_NUMBER_ID.into(),
+            json!({
+                "verified_name": "Sandra Test",
+                "code_verification_status": "VERIFIED",
+                "display_phone_number": "+1 555-078-3881",
+                "quality_rating": "GREEN",
+                "platform_type": "CLOUD_API",
+                "throughput": {"level": "STANDARD"},
+                "id": super::PHONE_NUMBER_ID
+            }),
+        );
         let app = Router::new()
             .route("/{version}/{pnid}/messages", post(messages))
+            .route("/{version}/{pnid}/subscribed_apps", get(subscribed_apps))
             .route("/{version}/{media_id}", get(media_info))
             .route("/lookaside/{media_id}", get(media_bytes))
             .with_state(inner.clone());
@@ -168,6 +188,31 @@ impl FakeGraph {
     /// Media requests seen: `info:<id>` for hop 1, `bytes:<id>` for hop 2 (with a valid token).
     pub fn media_calls(&self) -> Vec<String> {
         self.inner.lock().unwrap().media_calls.clone()
+    }
+
+    /// Subscribes apps (by name) to business account `waba` (none: unsubscribed).
+    pub fn set_subscribed_apps(&self, waba: &str, apps: &[&str]) {
+        self.inner.lock().unwrap().subscribed_apps.insert(
+            waba.to_string(),
+            apps.iter().map(|a| a.to_string()).collect(),
+        );
+    }
+
+    /// Approves a template, so that sends of it are accepted.
+    pub fn approve_template(&self, name: &str, language: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .templates
+            .push((name.into(), language.into()));
+    }
+
+    /// Changes what `GET /{phone-number-id}` says about the test number.
+    pub fn set_phone_number_field(&self, field: &str, value: &str) {
+        let mut g = self.inner.lock().unwrap();
+        if let Some(v) = g.phone_numbers.get_mut(super::PHONE_NUMBER_ID) {
+            v[field] = json!(value);
+        }
     }
 
     pub fn clear_faults(&self) {
@@ -330,6 +375,32 @@ async fn messages(
             });
             return axum::Json(json!({"success": true})).into_response();
         }
+        if body["type"] == "template" {
+            let t = &body["template"];
+            let wanted = (
+                t["name"].as_str().unwrap_or_default().to_string(),
+                t["language"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+            if !g.templates.contains(&wanted) {
+                g.sends.push(Received {
+                    at,
+                    body,
+                    accepted: false,
+                });
+                return (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(envelope(
+                        132001,
+                        "Template name does not exist in the translation",
+                        None,
+                    )),
+                )
+                    .into_response();
+            }
+        }
         let text = body["text"]["body"].as_str().unwrap_or_default();
         let rule = g
             .rules
@@ -411,11 +482,61 @@ async fn messages(
     }
 }
 
+/// Meta answers an unknown or inaccessible object id with 400, code 100, subcode 33.
+fn unknown_object() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(envelope(
+            100,
+            "Unsupported get request. Object does not exist, cannot be loaded due to missing permissions, or does not support this operation",
+            Some(33),
+        )),
+    )
+        .into_response()
+}
+
+/// `GET /{waba-id}/subscribed_apps`: `{"data": [{"whatsapp_business_api_data": {...}}]}`.
+async fn subscribed_apps(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path((_version, waba)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let g = inner.lock().unwrap();
+    if !bearer_ok(&g, &headers) {
+        return token_error();
+    }
+    let Some(apps) = g.subscribed_apps.get(&waba) else {
+        return unknown_object();
+    };
+    let data: Vec<Value> = apps
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            json!({"whatsapp_business_api_data": {
+                "link": format!("https://www.facebook.com/games/?app_id={}", 6708400 + i),
+                "name": name,
+                "id": format!("{}", 6708400 + i)
+            }})
+        })
+        .collect();
+    axum::Json(json!({ "data": data })).into_response()
+}
+
 async fn media_info(
     State(inner): State<Arc<Mutex<Inner>>>,
     Path((_version, media_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    // The same path shape serves phone numbers (`GET /{phone-number-id}`), as at Meta.
+    {
+        let g = inner.lock().unwrap();
+        if let Some(number) = g.phone_numbers.get(&media_id) {
+            if !bearer_ok(&g, &headers) {
+                return token_error();
+            }
+            return axum::Json(number.clone()).into_response();
+        }
+    }
     let (answer, delay) = match media_answer(&inner, &media_id, &headers) {
         Ok(a) => a,
         Err(refusal) => return *refusal,

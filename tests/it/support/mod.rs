@@ -121,6 +121,16 @@ pub fn test_config(data_dir: PathBuf, graph_url: String) -> Config {
     c
 }
 
+/// Opens the store of a stopped app the way the app opens it (the master key from its data
+/// dir, personal data sealed), for tests that inspect what a process left behind.
+pub fn open_store(data_dir: &std::path::Path) -> sandra_actors::store::Store {
+    let mut cfg = Config::default();
+    cfg.storage.data_dir = data_dir.to_path_buf();
+    let vault = sandra::vault::Vault::open(&cfg).unwrap();
+    sandra_actors::store::Store::open_with(data_dir, vault.store_codec(cfg.storage.encrypt))
+        .unwrap()
+}
+
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub graph: FakeGraph,
