@@ -898,11 +898,13 @@ impl Config {
         &mut self,
         stored: impl Fn(&str) -> Option<SecretString>,
     ) -> Result<(), ConfigError> {
+        let mut applied = Vec::new();
         for (key, _) in STORABLE_KEYS {
             if self.set_by_env.contains(key) {
                 continue;
             }
             let Some(v) = stored(key) else { continue };
+            applied.push(*key);
             match *key {
                 "whatsapp.access_token" => self.whatsapp.access_token = v,
                 "whatsapp.app_secret" => self.whatsapp.app_secret = v,
@@ -918,10 +920,12 @@ impl Config {
             }
         }
         self.validate().map_err(|e| match e {
-            ConfigError::Key { key, reason } => ConfigError::Key {
-                key,
-                reason: format!("{reason} (a stored value: see `sandra secrets list`)"),
-            },
+            ConfigError::Key { key, reason } if applied.contains(&key.as_str()) => {
+                ConfigError::Key {
+                    key,
+                    reason: format!("{reason} (a stored value: see `sandra secrets list`)"),
+                }
+            }
             e => e,
         })
     }
@@ -999,6 +1003,15 @@ impl Config {
                     format!("{:?} is not a language code like \"en_US\"", t.language),
                 ));
             }
+        }
+        let key_file = &self.storage.master_key_file;
+        if !key_file.as_os_str().is_empty()
+            && (key_file.file_name().is_none() || key_file.to_string_lossy().ends_with('/'))
+        {
+            return Err(key_err(
+                "storage.master_key_file",
+                format!("{key_file:?} must name a file (empty: <data_dir>/master.key)"),
+            ));
         }
         if self.storage.dedup_retention < Duration::from_secs(7 * 24 * 3600) {
             return Err(key_err(
@@ -1356,6 +1369,30 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(key), "{toml}: {e}");
         }
+    }
+
+    #[test]
+    fn storage_encryption_keys_are_read_and_validated() {
+        let d = Config::default();
+        assert!(d.storage.encrypt);
+        assert_eq!(
+            d.storage.master_key_path(),
+            PathBuf::from("data/master.key")
+        );
+        let c = Config::from_toml(
+            "[storage]\nencrypt = false\nmaster_key_file = \"/etc/sandra/master.key\"\n",
+            "c",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(!c.storage.encrypt);
+        assert_eq!(
+            c.storage.master_key_path(),
+            PathBuf::from("/etc/sandra/master.key")
+        );
+        let c = Config::from_toml("[storage]\nmaster_key_file = \"/etc/sandra/\"\n", "c").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("storage.master_key_file"), "{e}");
     }
 
     #[test]
