@@ -217,3 +217,44 @@ async fn sandra_chat_talks_in_the_terminal() {
     assert!(replies[1].contains("“and again”"), "{stdout}");
     assert!(!stdout.contains("never read"), "{stdout}");
 }
+
+/// A voice note is heard by the transcription actor from memory (no Graph media hops) and
+/// answered like a WhatsApp one.
+#[tokio::test]
+async fn a_voice_note_is_transcribed_without_the_graph_api() {
+    let Some(clip) = sandra_models::testing_whisper::spoken_voice_note("Hello Sandra", "en") else {
+        println!("skipped: espeak-ng/opusenc not installed (run scripts/install-test-deps.sh)");
+        return;
+    };
+    let (app, tr, _models) = crate::voice::app_with_tiny_whisper().await;
+    let replies = app
+        .system
+        .playground()
+        .say(
+            "voice",
+            PlaygroundInput::Voice {
+                bytes: clip.clone(),
+                mime: "audio/ogg; codecs=opus".into(),
+            },
+        )
+        .await
+        .unwrap();
+    // What the same model hears in the same clip, computed directly.
+    let pcm =
+        sandra_models::audio::decode_to_pcm16k(&clip, "audio/ogg; codecs=opus", 900.0).unwrap();
+    let heard = tr
+        .transcribe(pcm.samples)
+        .await
+        .unwrap()
+        .text
+        .trim()
+        .to_string();
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    if heard.is_empty() {
+        assert!(replies[0].contains("couldn't hear anything"), "{replies:?}");
+    } else {
+        assert_eq!(replies[0], format!("🎙️ _\"{heard}\"_\n\necho[0]: {heard}"));
+    }
+    assert!(app.graph.media_calls().is_empty());
+    app.stop().await;
+}

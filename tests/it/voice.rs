@@ -29,7 +29,7 @@ fn voice_webhook(wamid: &str, from: &str, media_id: &str, sha256_b64: &str) -> V
     .into_bytes()
 }
 
-async fn app_with_tiny_whisper() -> (TestApp, Transcriber, tempfile::TempDir) {
+pub(crate) async fn app_with_tiny_whisper() -> (TestApp, Transcriber, tempfile::TempDir) {
     app_with_tiny_whisper_and(|_| {}).await
 }
 
