@@ -194,12 +194,38 @@ fn data_dir_check(dir: &Path) -> Check {
 /// Where the master key file is when neither the environment nor a systemd credential gives
 /// the key: `storage.master_key_file`, else `<data_dir>/master.key` (the vault's default).
 fn master_key_file(cfg: &Config) -> PathBuf {
-    cfg.storage.data_dir.join("master.key")
+    cfg.storage.master_key_path()
 }
 
-/// By path only (the vault itself decides whether the key opens the records).
+const MASTER_KEY: &str = "master key";
+
+/// Where the key comes from and whether its file is private; then, when secrets are stored,
+/// whether this key opens them (a wrong key would stop start-up).
 fn master_key_check(cfg: &Config, env: impl Fn(&str) -> Option<String>) -> Check {
-    const NAME: &str = "master key";
+    let found = master_key_location_check(cfg, &env);
+    if !found.ok || !crate::vault::secrets_file(cfg).exists() {
+        return found;
+    }
+    match crate::vault::Vault::open_with_env(cfg, &env) {
+        Ok(v) => Check::pass(
+            MASTER_KEY,
+            format!(
+                "{}; it opens the stored secrets (key id {})",
+                found.detail,
+                v.key_id()
+            ),
+        ),
+        Err(e) => Check::fail(
+            MASTER_KEY,
+            format!("{e:#}"),
+            "start with the master key the stored secrets were sealed with (SANDRA_MASTER_KEY, the systemd credential master_key, or the key file): see README, Secrets",
+        ),
+    }
+}
+
+/// By path only.
+fn master_key_location_check(cfg: &Config, env: impl Fn(&str) -> Option<String>) -> Check {
+    const NAME: &str = MASTER_KEY;
     if env("SANDRA_MASTER_KEY").is_some_and(|k| !k.is_empty()) {
         return Check::pass(NAME, "from SANDRA_MASTER_KEY");
     }
@@ -685,6 +711,29 @@ mod tests {
                 .detail
                 .contains("SANDRA_MASTER_KEY")
         );
+    }
+
+    #[test]
+    fn a_master_key_that_does_not_open_the_stored_secrets_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.storage.data_dir = dir.path().to_path_buf();
+        let key =
+            |hex: &'static str| move |k: &str| (k == "SANDRA_MASTER_KEY").then(|| hex.to_string());
+        let right = key("1111111111111111111111111111111111111111111111111111111111111111");
+        let wrong = key("2222222222222222222222222222222222222222222222222222222222222222");
+        crate::vault::Vault::open_with_env(&cfg, &right)
+            .unwrap()
+            .set("whatsapp.access_token", &"EAAtoken".to_string().into())
+            .unwrap();
+        let c = master_key_check(&cfg, right);
+        assert!(
+            c.ok && c.detail.contains("opens the stored secrets"),
+            "{c:?}"
+        );
+        let c = master_key_check(&cfg, wrong);
+        assert!(!c.ok, "{c:?}");
+        assert!(c.fix.as_deref().unwrap().contains("sealed with"), "{c:?}");
     }
 
     #[cfg(unix)]

@@ -165,12 +165,24 @@ async fn main() -> anyhow::Result<()> {
                     anyhow::bail!("the configuration does not load");
                 }
             };
+            // Check what `serve` would run with: the stored secrets under the environment. A
+            // key that does not open them is the master-key check's failure, reported below.
+            let mut cfg = cfg;
+            let mut secrets_ok = true;
+            if sandra::vault::secrets_file(&cfg).exists()
+                && let Ok(vault) = sandra::vault::Vault::open(&cfg)
+                && let Err(e) = vault.apply_to(&mut cfg)
+            {
+                println!("FAIL  stored secrets  {e:#}");
+                println!("      fix: store a valid value with `sandra secrets set NAME`");
+                secrets_ok = false;
+            }
             let opts = sandra::doctor::Options {
                 load_models: load,
                 ..Default::default()
             };
             let checks = sandra::doctor::run_checks_with(&cfg, opts).await;
-            if sandra::doctor::print_report(&checks) {
+            if sandra::doctor::print_report(&checks) && secrets_ok {
                 Ok(())
             } else {
                 anyhow::bail!("some checks failed")

@@ -201,6 +201,11 @@ fn write_private(path: &Path, text: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The secrets file of `cfg`'s data directory.
+pub fn secrets_file(cfg: &Config) -> PathBuf {
+    cfg.storage.data_dir.join(FILE_NAME)
+}
+
 fn pending_key_path(cfg: &Config) -> PathBuf {
     cfg.storage.data_dir.join(PENDING_KEY)
 }
