@@ -477,6 +477,10 @@ fn scan_jpeg(test: &str, size: &str) -> Option<Vec<u8>> {
         "xc:white",
         "-fill",
         "black",
+        // Named: ImageMagick's default font (Helvetica, from Ghostscript's fonts) is not on a
+        // machine with only scripts/install-test-deps.sh's fonts.
+        "-font",
+        "DejaVu-Sans",
         "-pointsize",
         "40",
         "-draw",
