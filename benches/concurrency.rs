@@ -1,0 +1,526 @@
+//! Many people writing at once: end-to-end, from signed webhook to the reply at a loopback Graph
+//! API stand-in, through the real app (ingest, conversation actors, the chat model, the outbox
+//! and the sender).
+//!
+//! Phases, each measured in the same run:
+//! 1. **Simultaneous conversations** (default 1, 8 and 32): that many new users each send one
+//!    realistic WhatsApp question at the same instant. Reported: aggregate generated tokens/s
+//!    (reply tokens, counted with the model's own tokenizer, over the wall time from the first
+//!    POST to the last reply) and p50/p95 of each user's time from POST to reply.
+//! 2. **A returning user**: the user of the single-conversation phase asks a follow-up after the
+//!    other phases' conversations ran in between (their keys and values may have pushed theirs
+//!    out of any cache).
+//! 3. **Ack latency**: signed status webhooks at a fixed rate (open loop: each sent at its
+//!    scheduled instant whatever the previous ones did) with the models idle, then while 8
+//!    conversations are generating. Reported: p50/p99 ack and how many were refused.
+//!
+//! The brain is the local GGUF model (`--model PATH`, default the installed one) or, with
+//! `--openai URL`, an OpenAI-compatible server such as `llama-server --parallel 8`: the same
+//! prompts, built by the same code, so the two engines can be compared like for like
+//! (`scripts/bench-concurrency.sh` runs both). Sampling is greedy with at most `--max-tokens`.
+//!
+//! `cargo bench --bench concurrency -- --model M.gguf` runs it; under `cargo test` (no `--bench`)
+//! it runs a smoke pass with a placeholder brain so it cannot rot.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::routing::post;
+use hmac::{Hmac, KeyInit, Mac};
+use sandra::app::Application;
+use sandra::config::{Config, LlmBackend};
+use sandra_actors::brain::PlaceholderBrain;
+use sandra_actors::secret::SecretString;
+use sha2::Sha256;
+
+const SECRET: &str = "bench-secret";
+const PHONE_ID: &str = "106540352242922";
+
+/// Short questions of the kind people send on WhatsApp, in the languages Sandra meets most.
+const QUESTIONS: &[&str] = &[
+    "Hi! What's a quick dinner I can make with rice, eggs and spinach?",
+    "How long should I boil an egg for a runny yolk?",
+    "Can you explain what inflation is in two sentences?",
+    "What's the difference between a virus and a bacterium?",
+    "Give me three tips to sleep better.",
+    "How do I politely decline a meeting invitation?",
+    "¿Cuál es la capital de Australia?",
+    "¿Cómo le digo a mi jefe que necesito un día libre?",
+    "¿Qué puedo regalarle a mi madre por su cumpleaños?",
+    "Quelle est la meilleure façon d'apprendre l'anglais rapidement ?",
+    "Wie lange dauert ein Flug von Berlin nach Madrid?",
+    "Qual é a diferença entre café expresso e coado?",
+    "Write a short birthday message for my friend Ana.",
+    "Is it safe to drink water after it has been boiled and cooled?",
+    "What should I pack for a weekend trip to the mountains?",
+    "How many minutes of exercise a day is healthy?",
+    "Translate 'where is the train station' into Spanish and French.",
+    "My phone battery drains fast. What can I check?",
+    "What is a good name for a small bakery?",
+    "Explain compound interest with a simple example.",
+    "How do I get a red wine stain out of a shirt?",
+    "Recommend a classic novel for someone who likes mysteries.",
+    "What's the best way to keep basil fresh?",
+    "How do I say thank you in Japanese?",
+    "Can you help me plan a 20-minute workout without equipment?",
+    "What are the symptoms of dehydration?",
+    "¿Cuántas calorías tiene una manzana?",
+    "¿Me das una receta fácil de tortilla de patatas?",
+    "Why is the sky blue?",
+    "How do I change a flat tyre?",
+    "What time zone is Lisbon in?",
+    "Give me a fun fact about octopuses.",
+];
+
+const FOLLOW_UP: &str = "Thanks! And how long does that take?";
+
+fn sign(body: &[u8]) -> String {
+    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(SECRET.as_bytes()).unwrap();
+    m.update(body);
+    format!("sha256={}", hex::encode(m.finalize().into_bytes()))
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn text_webhook(from: &str, id: &str, text: &str) -> Vec<u8> {
+    serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_ID},
+            "contacts": [{"profile": {"name": "Bench"}, "wa_id": from}],
+            "messages": [{"from": from, "id": id, "timestamp": now_secs().to_string(),
+                          "type": "text", "text": {"body": text}}]
+        }}]}]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn status_webhook(i: usize) -> Vec<u8> {
+    serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_ID},
+            "statuses": [{"id": format!("wamid.ACK{i:08}"), "status": "delivered",
+                          "timestamp": now_secs().to_string(), "recipient_id": "15559990000"}]
+        }}]}]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Text messages the stand-in received, per recipient, with when they arrived.
+#[derive(Default)]
+struct Sent {
+    texts: HashMap<String, Vec<(Instant, String)>>,
+}
+
+type SentLog = Arc<Mutex<Sent>>;
+
+/// A reply's length in the model's tokens.
+type TokenCount = Arc<dyn Fn(&str) -> usize + Send + Sync>;
+
+async fn graph_messages(
+    State(log): State<SentLog>,
+    axum::Json(v): axum::Json<serde_json::Value>,
+) -> axum::Json<serde_json::Value> {
+    if v["type"] == "text"
+        && let (Some(to), Some(body)) = (v["to"].as_str(), v["text"]["body"].as_str())
+    {
+        let mut log = log.lock().unwrap();
+        log.texts
+            .entry(to.to_string())
+            .or_default()
+            .push((Instant::now(), body.to_string()));
+    }
+    axum::Json(serde_json::json!({
+        "messaging_product": "whatsapp",
+        "contacts": [{"input": v["to"], "wa_id": v["to"]}],
+        "messages": [{"id": format!("wamid.OUT{}", rand_id())}]
+    }))
+}
+
+fn rand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn serve(router: axum::Router) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, router).await.unwrap() });
+    a
+}
+
+struct Args {
+    full: bool,
+    model: Option<PathBuf>,
+    openai: Option<String>,
+    conversations: Vec<usize>,
+    max_tokens: usize,
+    ack_rate: usize,
+    ack_secs: u64,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        full: false,
+        model: None,
+        openai: None,
+        conversations: vec![1, 8, 32],
+        max_tokens: 96,
+        ack_rate: 500,
+        ack_secs: 10,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--bench" => a.full = true,
+            "--model" => a.model = it.next().map(PathBuf::from),
+            "--openai" => a.openai = it.next(),
+            "--conversations" => {
+                a.conversations = it
+                    .next()
+                    .expect("--conversations 1,8,32")
+                    .split(',')
+                    .map(|n| n.parse().expect("a number of conversations"))
+                    .collect()
+            }
+            "--max-tokens" => a.max_tokens = it.next().and_then(|n| n.parse().ok()).unwrap(),
+            "--ack-rate" => a.ack_rate = it.next().and_then(|n| n.parse().ok()).unwrap(),
+            "--ack-secs" => a.ack_secs = it.next().and_then(|n| n.parse().ok()).unwrap(),
+            _ => {} // cargo's own flags
+        }
+    }
+    if !a.full {
+        // The smoke pass: the placeholder brain, small phases.
+        a.conversations = vec![1, 4];
+        a.ack_rate = 50;
+        a.ack_secs = 1;
+    }
+    a
+}
+
+struct Bench {
+    addr: SocketAddr,
+    client: reqwest::Client,
+    sent: SentLog,
+    /// Counts a reply's tokens with the model's tokenizer (words without a model).
+    tokens: Option<TokenCount>,
+}
+
+impl Bench {
+    async fn post(&self, body: Vec<u8>) -> (Duration, u16) {
+        let sig = sign(&body);
+        let t = Instant::now();
+        let status = self
+            .client
+            .post(format!("http://{}/api/channels/whatsapp", self.addr))
+            .header("X-Hub-Signature-256", sig)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        (t.elapsed(), status)
+    }
+
+    fn replies_to(&self, user: &str) -> usize {
+        self.sent
+            .lock()
+            .unwrap()
+            .texts
+            .get(user)
+            .map_or(0, Vec::len)
+    }
+
+    fn tokens(&self, text: &str) -> usize {
+        match &self.tokens {
+            Some(count) => count(text),
+            None => text.split_whitespace().count(),
+        }
+    }
+
+    /// Each of `users` sends `texts[i]` at the same instant; waits for every reply. Returns each
+    /// user's seconds from POST to reply, the reply tokens, and the wall time of the whole phase.
+    /// A user's reply is the last text sent to them once the phase is over (a "got it" notice,
+    /// when Sandra sends one, comes before it).
+    async fn round(&self, users: &[String], texts: &[&str], tag: &str) -> Round {
+        let before: Vec<usize> = users.iter().map(|u| self.replies_to(u)).collect();
+        let start = Instant::now();
+        let mut posts = Vec::new();
+        for (i, (u, t)) in users.iter().zip(texts).enumerate() {
+            let body = text_webhook(u, &format!("wamid.{tag}{i:05}"), t);
+            let this = self.clone_light();
+            posts.push(tokio::spawn(async move { this.post(body).await }));
+        }
+        let mut acks = Vec::new();
+        for p in posts {
+            acks.push(p.await.unwrap());
+        }
+        assert!(
+            acks.iter().all(|(_, s)| *s == 200),
+            "every webhook is accepted: {acks:?}"
+        );
+        let deadline = start + Duration::from_secs(1800);
+        loop {
+            let done = users
+                .iter()
+                .zip(&before)
+                .all(|(u, b)| self.replies_to(u) > *b);
+            if done || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Let a reply that comes after a notice arrive too.
+        let settle = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = self.sent.lock().unwrap();
+        let mut secs = Vec::new();
+        let mut tokens = 0;
+        let mut last = start;
+        let mut answers = Vec::new();
+        for (u, b) in users.iter().zip(&before) {
+            let Some(got) = log.texts.get(u).filter(|v| v.len() > *b) else {
+                continue;
+            };
+            let (at, text) = got.last().unwrap();
+            secs.push(at.duration_since(start).as_secs_f64());
+            tokens += self.tokens(text);
+            last = last.max(*at);
+            answers.push(text.clone());
+        }
+        Round {
+            secs,
+            tokens,
+            wall: last.duration_since(start).as_secs_f64(),
+            answers,
+            asked: users.len(),
+        }
+    }
+
+    /// Status webhooks at `rate`/s for `secs`, open loop. Returns ack latencies and refusals.
+    async fn acks(&self, rate: usize, secs: u64, offset: usize) -> (Vec<Duration>, usize) {
+        let n = rate * secs as usize;
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let start = tokio::time::Instant::now();
+        let mut tasks = Vec::with_capacity(n);
+        for i in 0..n {
+            tokio::time::sleep_until(start + interval * i as u32).await;
+            let body = status_webhook(offset + i);
+            let this = self.clone_light();
+            tasks.push(tokio::spawn(async move { this.post(body).await }));
+        }
+        let mut lat = Vec::new();
+        let mut refused = 0;
+        for t in tasks {
+            let (d, s) = t.await.unwrap();
+            if s == 200 {
+                lat.push(d);
+            } else {
+                refused += 1;
+            }
+        }
+        lat.sort();
+        (lat, refused)
+    }
+
+    fn clone_light(&self) -> Bench {
+        Bench {
+            addr: self.addr,
+            client: self.client.clone(),
+            sent: self.sent.clone(),
+            tokens: None,
+        }
+    }
+}
+
+struct Round {
+    secs: Vec<f64>,
+    tokens: usize,
+    wall: f64,
+    answers: Vec<String>,
+    asked: usize,
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+}
+
+fn pct_d(v: &[Duration], p: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+}
+
+fn main() {
+    let a = args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let sent: SentLog = Arc::default();
+        let graph = serve(
+            axum::Router::new()
+                .route("/{v}/{p}/messages", post(graph_messages))
+                .with_state(sent.clone()),
+        )
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.server.bind = "127.0.0.1:0".parse().unwrap();
+        cfg.storage.data_dir = dir.path().join("data");
+        cfg.whatsapp.phone_number_id = PHONE_ID.into();
+        cfg.whatsapp.access_token = SecretString::from("t");
+        cfg.whatsapp.app_secret = SecretString::from(SECRET);
+        cfg.whatsapp.graph_base_url = format!("http://{graph}");
+        cfg.sender.rate_per_second = 1000;
+        cfg.conversation.brain_timeout = Duration::from_secs(1800);
+        cfg.conversation.offer_linking = false;
+        cfg.llm.queue = 256;
+        cfg.llm.sampling.temperature = 0.0;
+        cfg.llm.sampling.repeat_penalty = 1.0;
+        cfg.llm.sampling.max_new_tokens = a.max_tokens;
+        cfg.llm.sampling.seed = Some(7);
+        let mut tokens: Option<TokenCount> = None;
+        let engine;
+        let app = if !a.full {
+            engine = "placeholder brain (smoke pass)".to_string();
+            Application::build_with_brain(cfg, Arc::new(PlaceholderBrain))
+                .await
+                .unwrap()
+        } else {
+            if let Some(url) = &a.openai {
+                cfg.llm.backend = LlmBackend::Openai;
+                cfg.llm.openai.base_url = url.clone();
+                cfg.llm.openai.model = "bench".into();
+                cfg.llm.openai.timeout = Duration::from_secs(1800);
+                cfg.llm.openai.context_tokens = cfg.llm.context_tokens;
+                engine = format!("OpenAI-compatible server at {url}");
+            } else {
+                cfg.llm.backend = LlmBackend::Local;
+                engine = "local candle model".to_string();
+            }
+            if let Some(m) = &a.model {
+                cfg.llm.model = m.clone();
+                let md = sandra_models::chat::read_gguf_metadata(m).expect("a GGUF model");
+                let t = sandra_models::chat::tokenizer::from_gguf(&md).unwrap();
+                tokens = Some(Arc::new(move |text: &str| {
+                    t.encode(text, false).map(|e| e.len()).unwrap_or(0)
+                }));
+            }
+            Application::build(cfg).await.expect("the app starts with this model")
+        };
+        let addr = app.local_addr();
+        tokio::spawn(app.run_until(std::future::pending()));
+        let bench = Bench {
+            addr,
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .build()
+                .unwrap(),
+            sent,
+            tokens,
+        };
+        println!("concurrency benchmark: {engine}, greedy, at most {} new tokens", a.max_tokens);
+        // Warm-up: one throwaway conversation (page the weights in, build kernels' tables).
+        let warm = bench.round(&["15550000000".to_string()], &[QUESTIONS[0]], "W").await;
+        println!("warm-up: {:.2} s", warm.wall);
+
+        println!(
+            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "conversations", "answered", "tokens", "tok/s", "p50 s", "p95 s"
+        );
+        let mut single_tps = None;
+        let mut single_p50 = None;
+        let mut returning_user = None;
+        let mut offset = 1;
+        for &n in &a.conversations {
+            let users: Vec<String> = (0..n).map(|i| format!("1556{:03}{:04}", n, i)).collect();
+            let texts: Vec<&str> = (0..n).map(|i| QUESTIONS[(offset + i) % QUESTIONS.len()]).collect();
+            offset += n;
+            let r = bench.round(&users, &texts, &format!("C{n}x")).await;
+            let tps = r.tokens as f64 / r.wall.max(1e-9);
+            let (p50, p95) = (pct(&r.secs, 0.5), pct(&r.secs, 0.95));
+            println!(
+                "{:<14} {:>10} {:>10} {:>10.1} {:>10.2} {:>10.2}",
+                n,
+                format!("{}/{}", r.secs.len(), r.asked),
+                r.tokens,
+                tps,
+                p50,
+                p95
+            );
+            if n == 1 {
+                single_tps = Some(tps);
+                single_p50 = Some(p50);
+                returning_user = Some(users[0].clone());
+                println!("  answer: {:?}", r.answers.first());
+            } else if let Some(s) = single_tps {
+                println!(
+                    "  aggregate {:.2}x single-stream; p95 {:.2}x the single reply",
+                    tps / s,
+                    p95 / single_p50.unwrap()
+                );
+            }
+        }
+        if let Some(u) = returning_user {
+            let r = bench.round(&[u], &[FOLLOW_UP], "R").await;
+            println!(
+                "returning user, next turn after {} other conversations ran: {:.2} s",
+                a.conversations.iter().filter(|n| **n != 1).sum::<usize>(),
+                r.wall
+            );
+        }
+
+        // Ack latency, models idle, then with 8 conversations generating.
+        let (idle, idle_refused) = bench.acks(a.ack_rate, a.ack_secs, 0).await;
+        let busy_users: Vec<String> = (0..8).map(|i| format!("1557000{i:04}")).collect();
+        let busy_texts: Vec<&str> = (0..8).map(|i| QUESTIONS[(i * 3) % QUESTIONS.len()]).collect();
+        let busy = {
+            let round = bench.round(&busy_users, &busy_texts, "L");
+            let acks = async {
+                // Let the turns reach the model first.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                bench.acks(a.ack_rate, a.ack_secs, 1_000_000).await
+            };
+            let (_, acks) = tokio::join!(round, acks);
+            acks
+        };
+        for (name, (lat, refused)) in [("models idle", (&idle, idle_refused)), ("8 generating", (&busy.0, busy.1))] {
+            println!(
+                "ack at {}/s for {} s, {name}: p50 {:.2?}, p99 {:.2?}, max {:.2?}, refused {refused} of {}",
+                a.ack_rate,
+                a.ack_secs,
+                pct_d(lat, 0.5),
+                pct_d(lat, 0.99),
+                lat.last().copied().unwrap_or_default(),
+                lat.len() + refused
+            );
+        }
+        assert_eq!(idle_refused + busy.1, 0, "no webhook is refused at this rate");
+    });
+}

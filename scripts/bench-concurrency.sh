@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Many people writing at once, end to end (benches/concurrency.rs): 1, 8 and 32 simultaneous
+# conversations of realistic WhatsApp questions, a returning user's next turn, and webhook ack
+# latency at a fixed rate with the models idle and busy. Run twice in the same script, with the
+# same prompts built by the same code:
+#   1. Sandra's local candle engine on MODEL;
+#   2. Sandra in front of llama.cpp's llama-server (`--parallel 8`, continuous batching) on the
+#      same MODEL, through `[llm] backend = "openai"`.
+# llama-server is built once with cmake from the llama.cpp tree that the llama-cpp-python sdist
+# vendors (PyPI; sha256 checked), cached under ~/.cache/sandra-bench. Both use 2 threads.
+#
+#   scripts/bench-concurrency.sh [MODEL.gguf] [-- extra bench args, e.g. --conversations 1,8]
+#
+# env: PROFILE=release|dev (default release), SKIP_LLAMA=1 (only Sandra), LLAMA_PARALLEL (8),
+#      THREADS (2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model=${1:-}
+[[ -z $model || $model == -- ]] && model=$(ls .models/*qwen2.5-coder-1.5b*.gguf /work/models/*qwen2.5-coder-1.5b*.gguf 2>/dev/null | head -1 || true)
+[[ -f $model ]] || { echo "usage: $0 MODEL.gguf (e.g. from scripts/fetch-models.sh qwen)" >&2; exit 1; }
+model=$(realpath "$model")
+shift || true
+[[ ${1:-} == -- ]] && shift
+extra=("$@")
+PROFILE=${PROFILE:-release}
+THREADS=${THREADS:-2}
+PARALLEL=${LLAMA_PARALLEL:-8}
+
+bench() {
+  if [[ $PROFILE == dev ]]; then
+    cargo test -q --locked --bench concurrency -- --bench "$@"
+  else
+    cargo bench -q --locked --bench concurrency -- "$@"
+  fi
+}
+
+echo "== Sandra, local candle engine ($model)"
+bench --model "$model" "${extra[@]}"
+
+[[ ${SKIP_LLAMA:-0} == 1 ]] && exit 0
+
+LCP=0.3.36
+LCP_SHA=$(curl -fsS -H 'Accept: application/vnd.pypi.simple.v1+json' https://pypi.org/simple/llama-cpp-python/ |
+  python3 -c "import json,sys; print([f['hashes']['sha256'] for f in json.load(sys.stdin)['files'] if f['filename']=='llama_cpp_python-$LCP.tar.gz'][0])")
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/sandra-bench
+src=$cache/llama_cpp_python-$LCP/vendor/llama.cpp
+server=$src/build/bin/llama-server
+if [[ ! -x $server ]]; then
+  command -v cmake >/dev/null || apt-get install -y -q cmake
+  mkdir -p "$cache"
+  tarball=$cache/llama_cpp_python-$LCP.tar.gz
+  if [[ ! -f $tarball ]]; then
+    # The simple index's JSON gives the sdist's URL; `pip download` would build its metadata
+    # (and cmake from source) first.
+    url=$(curl -fsS -H 'Accept: application/vnd.pypi.simple.v1+json' https://pypi.org/simple/llama-cpp-python/ |
+      python3 -c "import json,sys; print([f['url'] for f in json.load(sys.stdin)['files'] if f['filename']=='llama_cpp_python-$LCP.tar.gz'][0])")
+    curl -fsSL -o "$tarball" "$url"
+  fi
+  echo "$LCP_SHA  $tarball" | sha256sum -c --quiet
+  tar xzf "$tarball" -C "$cache"
+  cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON
+  cmake --build "$src/build" --target llama-server -j"$(nproc)"
+fi
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# Each of the PARALLEL slots gets 4096 tokens of context, as Sandra's llm.context_tokens.
+"$server" -m "$model" --host 127.0.0.1 --port "$port" -t "$THREADS" -tb "$THREADS" \
+  --parallel "$PARALLEL" --cont-batching -c $((4096 * PARALLEL)) --no-webui >/tmp/bench-llama-server.log 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 120); do
+  curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+  sleep 1
+done
+echo
+echo "== Sandra in front of llama-server --parallel $PARALLEL (llama.cpp from llama-cpp-python $LCP)"
+bench --model "$model" --openai "http://127.0.0.1:$port" "${extra[@]}"
