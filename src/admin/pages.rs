@@ -30,7 +30,7 @@ th{font-weight:600;color:var(--muted);font-size:.9rem}
 .msg.err{background:var(--badbg);color:var(--bad)}
 label{display:block;font-weight:600;margin:.8rem 0 .25rem}
 input[type=text],input[type=password],input[type=tel],textarea{width:100%;padding:.55rem;border:1px solid var(--line);border-radius:6px;font:inherit}
-button.primary,input[type=submit]{margin-top:1rem;background:var(--accent);color:#fff;border:0;border-radius:6px;padding:.6rem 1.1rem;font:inherit;cursor:pointer}
+button.primary,input[type=submit]{display:block;margin-top:1rem;background:var(--accent);color:#fff;border:0;border-radius:6px;padding:.6rem 1.1rem;font:inherit;cursor:pointer}
 button.small{background:none;border:1px solid var(--bad);color:var(--bad);border-radius:5px;padding:.15rem .5rem;cursor:pointer}
 .chat{display:flex;flex-direction:column;gap:.5rem}
 .bubble{max-width:85%;padding:.5rem .75rem;border-radius:12px;white-space:pre-wrap;word-wrap:break-word}
