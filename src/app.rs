@@ -194,6 +194,7 @@ impl Application {
                 echo_transcript: cfg.transcription.echo_transcript,
                 max_audio_seconds: cfg.transcription.max_audio_seconds,
                 mailer,
+                progress: Arc::default(),
             },
             metrics: metrics.clone(),
             policy: ConversationPolicy {
@@ -201,6 +202,8 @@ impl Application {
                 max_history_turns: c.max_history_turns,
                 typing_indicator: c.typing_indicator,
                 brain_timeout: c.brain_timeout,
+                max_wait: c.max_wait,
+                wait_notice_after: c.wait_notice_after,
                 group_context_messages: c.group_context_messages,
                 group_context_chars: c.group_context_chars,
                 offer_linking: c.offer_linking,
@@ -422,6 +425,18 @@ pub async fn build_transcriber(
     let t = &cfg.transcription;
     if !t.enabled {
         return Ok(None);
+    }
+    if t.backend == crate::config::TranscriptionBackend::Openai {
+        let key = t.api_key.expose_secret();
+        let tr = Transcriber::remote(sandra_models::whisper::remote::RemoteWhisperConfig {
+            base_url: t.base_url.clone(),
+            model: t.model.clone(),
+            api_key: (!key.is_empty()).then(|| key.to_string()),
+            language: (!t.language.is_empty()).then(|| t.language.clone()),
+            timeout: t.timeout,
+        })
+        .context("config key transcription.base_url")?;
+        return Ok(Some(tr));
     }
     let dir = if t.model_dir.as_os_str().is_empty() {
         let models = models_dir(&cfg.storage.data_dir);

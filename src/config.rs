@@ -67,6 +67,7 @@ pub const STORABLE_KEYS: &[(&str, &str)] = &[
     ("email.smtp_url", "SANDRA_SMTP_URL"),
     ("llm.openai.api_key", "SANDRA_LLM_API_KEY"),
     ("vision.remote_api_key", "SANDRA_VISION_API_KEY"),
+    ("transcription.api_key", "SANDRA_TRANSCRIPTION_API_KEY"),
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,7 +82,7 @@ pub struct TranscriptionConfig {
     pub language: String,
     /// CPU threads for Whisper; 0 = all cores.
     pub threads: usize,
-    /// Voice notes waiting for the model before new ones are refused.
+    /// Voice notes waiting for the local model's thread; more wait their turn in Sandra.
     pub queue: usize,
     /// Start replies to voice notes with what Sandra heard.
     pub echo_transcript: bool,
@@ -93,8 +94,32 @@ pub struct TranscriptionConfig {
     /// the file declares. In (0, 3600].
     pub max_audio_seconds: f32,
     /// Voice notes in progress at once (download, decode, transcription) across all chats; a
-    /// note over the cap gets "too many voice notes right now" at once. At least 1.
+    /// note over the cap waits for a slot. At least 1.
     pub max_jobs: usize,
+    /// "local" (Whisper in-process) or "openai" (an OpenAI-compatible server's
+    /// `/v1/audio/transcriptions`).
+    pub backend: TranscriptionBackend,
+    /// `backend = "openai"`: the server root, e.g. `http://127.0.0.1:8000`.
+    pub base_url: String,
+    /// `backend = "openai"`: the served model's name.
+    pub model: String,
+    /// `backend = "openai"`: the server's API key, if it needs one. Prefer the environment
+    /// (`SANDRA_TRANSCRIPTION_API_KEY`) or `sandra secrets set`.
+    pub api_key: SecretString,
+    /// `backend = "openai"`: timeout for one request.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// Where voice notes are heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TranscriptionBackend {
+    /// A Whisper model run in-process with candle.
+    #[default]
+    Local,
+    /// An OpenAI-compatible server (vLLM, speaches, llama.cpp's whisper server...).
+    Openai,
 }
 
 impl Default for TranscriptionConfig {
@@ -109,6 +134,11 @@ impl Default for TranscriptionConfig {
             decoder_q8: true,
             max_audio_seconds: 900.0,
             max_jobs: 32,
+            backend: TranscriptionBackend::Local,
+            base_url: String::new(),
+            model: String::new(),
+            api_key: SecretString::default(),
+            timeout: Duration::from_secs(120),
         }
     }
 }
@@ -136,9 +166,9 @@ pub struct VisionConfig {
     /// pixel is allocated: a decompression bomb is refused, not decoded. At least 1.
     pub max_pixels: u64,
     /// Photos and documents in progress at once (download, decode, OCR) across all chats; one
-    /// over the cap gets "too many photos right now" at once. At least 1.
+    /// over the cap waits for a slot. At least 1.
     pub max_jobs: usize,
-    /// Jobs waiting for the vision models before new ones are refused. At least 1.
+    /// Jobs waiting for the vision models' thread; more wait their turn in Sandra. At least 1.
     pub queue: usize,
     /// Pages of a document read at most (the rest is left out, and the model told). At least 1.
     pub max_pages: usize,
@@ -635,8 +665,17 @@ pub struct ConversationConfig {
     pub typing_indicator: bool,
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A turn is given up (with an apology) when no model work finished anywhere for this
+    /// long: the model is stuck. Waiting behind other conversations does not count.
     #[serde(with = "humantime_serde")]
     pub brain_timeout: Duration,
+    /// And when it waited this long in all, however busy the models are.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// 1:1 chats: a turn not answered after this long gets one "got it, answering in a
+    /// moment" first. Zero: never.
+    #[serde(with = "humantime_serde")]
+    pub wait_notice_after: Duration,
     /// Groups: turns of history kept and shown to the brain (chatter included).
     pub group_context_messages: usize,
     /// Groups: characters of history kept and shown to the brain, all turns together.
@@ -653,6 +692,8 @@ impl Default for ConversationConfig {
             typing_indicator: true,
             idle_timeout: Duration::from_secs(600),
             brain_timeout: Duration::from_secs(300),
+            max_wait: Duration::from_secs(1200),
+            wait_notice_after: Duration::from_secs(10),
             group_context_messages: 30,
             group_context_chars: 12_000,
             offer_linking: true,
@@ -855,6 +896,9 @@ impl Config {
         if let Some(v) = env("SANDRA_VISION_API_KEY") {
             self.vision.remote_api_key = v.into();
         }
+        if let Some(v) = env("SANDRA_TRANSCRIPTION_API_KEY") {
+            self.transcription.api_key = v.into();
+        }
         if let Some(v) = env("SANDRA_SMTP_URL") {
             self.email.smtp_url = v.into();
         }
@@ -916,6 +960,7 @@ impl Config {
                 "email.smtp_url" => self.email.smtp_url = v,
                 "llm.openai.api_key" => self.llm.openai.api_key = v,
                 "vision.remote_api_key" => self.vision.remote_api_key = v,
+                "transcription.api_key" => self.transcription.api_key = v,
                 _ => unreachable!("every STORABLE_KEYS entry has an arm"),
             }
         }
@@ -1102,6 +1147,18 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.conversation.brain_timeout.is_zero() {
+            return Err(key_err(
+                "conversation.brain_timeout",
+                "must be more than 0s",
+            ));
+        }
+        if self.conversation.max_wait < self.conversation.brain_timeout {
+            return Err(key_err(
+                "conversation.max_wait",
+                "must be at least conversation.brain_timeout",
+            ));
+        }
         if self.conversation.group_context_messages == 0 {
             return Err(key_err(
                 "conversation.group_context_messages",
@@ -1182,6 +1239,24 @@ impl Config {
         }
         if self.transcription.max_jobs == 0 {
             return Err(key_err("transcription.max_jobs", "must be at least 1"));
+        }
+        let t = &self.transcription;
+        if t.enabled && t.backend == TranscriptionBackend::Openai {
+            if !(t.base_url.starts_with("http://") || t.base_url.starts_with("https://")) {
+                return Err(key_err(
+                    "transcription.base_url",
+                    "must be an http(s) URL when transcription.backend = \"openai\"",
+                ));
+            }
+            if t.model.trim().is_empty() {
+                return Err(key_err(
+                    "transcription.model",
+                    "must be set when transcription.backend = \"openai\"",
+                ));
+            }
+            if t.timeout.is_zero() {
+                return Err(key_err("transcription.timeout", "must be more than 0s"));
+            }
         }
         let max_audio = self.transcription.max_audio_seconds;
         // Written so that NaN fails too.
@@ -1369,6 +1444,72 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(key), "{toml}: {e}");
         }
+    }
+
+    #[test]
+    fn remote_transcription_is_read_and_validated() {
+        let c = Config::from_toml(
+            "[transcription]\nbackend = \"openai\"\nbase_url = \"http://10.0.0.5:8000\"\nmodel = \"whisper-small\"\ntimeout = \"30s\"\n",
+            "c",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.transcription.backend, TranscriptionBackend::Openai);
+        assert_eq!(c.transcription.timeout, Duration::from_secs(30));
+        for (toml, key) in [
+            (
+                "base_url = \"10.0.0.5:8000\"\nmodel = \"m\"",
+                "transcription.base_url",
+            ),
+            ("base_url = \"http://h\"", "transcription.model"),
+            (
+                "base_url = \"http://h\"\nmodel = \"m\"\ntimeout = \"0s\"",
+                "transcription.timeout",
+            ),
+        ] {
+            let c = Config::from_toml(
+                &format!("[transcription]\nbackend = \"openai\"\n{toml}\n"),
+                "c",
+            )
+            .unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+        // The key comes from the environment like the LLM's, and is never shown.
+        let env =
+            |k: &str| (k == "SANDRA_TRANSCRIPTION_API_KEY").then(|| "sk-HEAR-secret".to_string());
+        let c = Config::load_with_env(None, env).unwrap();
+        assert_eq!(c.transcription.api_key.expose_secret(), "sk-HEAR-secret");
+        assert!(!format!("{c:?}").contains("sk-HEAR-secret"));
+    }
+
+    #[test]
+    fn turn_waiting_bounds_are_read_and_validated() {
+        let c = Config::from_toml(
+            "[conversation]\nbrain_timeout = \"1m\"\nmax_wait = \"30m\"\nwait_notice_after = \"0s\"\n",
+            "c",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.conversation.brain_timeout, Duration::from_secs(60));
+        assert_eq!(c.conversation.max_wait, Duration::from_secs(1800));
+        assert!(c.conversation.wait_notice_after.is_zero());
+        let d = Config::default().conversation;
+        assert_eq!(d.wait_notice_after, Duration::from_secs(10));
+        for (toml, key) in [
+            ("brain_timeout = \"0s\"", "conversation.brain_timeout"),
+            (
+                "brain_timeout = \"10m\"\nmax_wait = \"5m\"",
+                "conversation.max_wait",
+            ),
+        ] {
+            let c = Config::from_toml(&format!("[conversation]\n{toml}\n"), "c").unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+        let e =
+            Config::from_toml("[conversation]\nwait_notice_after = \"soon\"\n", "c").unwrap_err();
+        assert!(e.to_string().contains("wait_notice_after"), "{e}");
     }
 
     #[test]
@@ -1642,6 +1783,16 @@ mod tests {
         assert_eq!(format!("{:?}", c.vision), format!("{:?}", d.vision));
         assert_eq!(format!("{:?}", c.email), format!("{:?}", d.email));
         assert_eq!(c.conversation.offer_linking, d.conversation.offer_linking);
+        assert_eq!(c.conversation.brain_timeout, d.conversation.brain_timeout);
+        assert_eq!(c.conversation.max_wait, d.conversation.max_wait);
+        assert_eq!(
+            c.conversation.wait_notice_after,
+            d.conversation.wait_notice_after
+        );
+        assert_eq!(
+            format!("{:?}", c.transcription),
+            format!("{:?}", d.transcription)
+        );
         let _ = Config::load_with_env(None, no_env).unwrap();
     }
 

@@ -544,7 +544,9 @@ async fn model_checks(cfg: &Config, load: bool) -> Vec<Check> {
         (ModelRole::Chat, chat_wanted, "sandra models fetch"),
         (
             ModelRole::Transcription,
-            cfg.transcription.enabled && cfg.transcription.model_dir.as_os_str().is_empty(),
+            cfg.transcription.enabled
+                && cfg.transcription.backend == crate::config::TranscriptionBackend::Local
+                && cfg.transcription.model_dir.as_os_str().is_empty(),
             "sandra models fetch --model whisper-base",
         ),
         (

@@ -26,6 +26,10 @@ pub struct UserInput {
 /// Everything a brain needs to answer one turn.
 #[derive(Debug, Clone)]
 pub struct TurnInput {
+    /// The conversation's key ([`crate::whatsapp::ConversationKey`] as a string): stable across
+    /// turns, so a local model can keep this conversation's cached keys and values and queue
+    /// its turns fairly beside other conversations'.
+    pub conversation: String,
     pub history: Vec<Turn>,
     pub summary: Option<String>,
     pub inputs: Vec<UserInput>,
@@ -44,9 +48,8 @@ pub struct TurnInput {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrainError {
-    /// The model is overloaded; the user is asked to try again.
-    #[error("the model is busy")]
-    Busy,
+    /// No reply: the user gets an apology. There is no "busy": a turn waits for the model
+    /// (its messages are safe in the inbox), it is never refused for load.
     #[error("the model failed: {0}")]
     Failed(String),
 }

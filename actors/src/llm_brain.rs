@@ -19,6 +19,7 @@
 //! make Sandra introduce herself as 李小龙.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sandra_models::chat::{ChatEngine, ChatError, ChatMessage, SamplingParams};
 
@@ -294,9 +295,26 @@ fn fit(
 }
 
 fn to_brain_error(e: ChatError) -> BrainError {
-    match e {
-        ChatError::Busy => BrainError::Busy,
-        other => BrainError::Failed(other.to_string()),
+    BrainError::Failed(e.to_string())
+}
+
+/// Calls `call` until the model takes the request: a full queue means "wait", never "ask the
+/// user to send it again" (the message is safe in the inbox). The turn's patience
+/// (`conversation::run::Patience`) drops this future if the model is stuck.
+async fn when_admitted<T, F, Fut>(mut call: F) -> Result<T, ChatError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ChatError>>,
+{
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Err(ChatError::Busy) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -346,7 +364,10 @@ impl Brain for LlmBrain {
                     max_new_tokens: 200,
                     ..SamplingParams::greedy(200)
                 };
-                match engine.chat_with(ask, params).await {
+                // Without the conversation's key: the summariser's prompt shares nothing with
+                // the conversation's, so under its key it would only displace the cached keys
+                // and values its next reply reuses.
+                match when_admitted(|| engine.chat_with(ask.clone(), params.clone())).await {
                     Ok(r) if !r.text.trim().is_empty() => {
                         summary = Some(SummaryUpdate {
                             summary: r.text.trim().to_string(),
@@ -367,7 +388,11 @@ impl Brain for LlmBrain {
                 None => msgs,
             };
             let started = std::time::Instant::now();
-            let reply = engine.chat(msgs).await.map_err(to_brain_error)?;
+            let reply = when_admitted(|| {
+                engine.chat_in(&input.conversation, msgs.clone(), engine.params().clone())
+            })
+            .await
+            .map_err(to_brain_error)?;
             let secs = started.elapsed().as_secs_f64();
             if let Some(h) = &this.tokens_per_second
                 && reply.completion_tokens > 0
@@ -393,6 +418,28 @@ impl Brain for LlmBrain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A full model queue makes the turn wait and try again, not fail: the user is never told
+    /// to send the message again.
+    #[tokio::test]
+    async fn a_full_queue_is_waited_out_not_answered_busy() {
+        let refusals = std::sync::atomic::AtomicUsize::new(0);
+        let got = when_admitted(|| {
+            let n = refusals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { if n < 3 { Err(ChatError::Busy) } else { Ok(n) } }
+        })
+        .await;
+        assert_eq!(got.unwrap(), 3);
+        // Other errors are not retried.
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let got: Result<(), _> = when_admitted(|| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err(ChatError::Stopped) }
+        })
+        .await;
+        assert!(matches!(got, Err(ChatError::Stopped)));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
     use crate::brain::UserInput;
     use sandra_models::chat::{RemoteConfig, Role};
 
@@ -408,6 +455,7 @@ mod tests {
 
     fn turn(name: Option<&str>, is_group: bool, text: &str) -> TurnInput {
         TurnInput {
+            conversation: "wa:15550001111".into(),
             history: Vec::new(),
             summary: None,
             inputs: vec![UserInput {

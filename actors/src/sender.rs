@@ -44,8 +44,9 @@ pub enum SenderMsg {
     Kick,
     /// Periodic pump: retries whose time has come, sends the pacing held back.
     Tick,
-    /// Mark an inbound message read and show the typing indicator (best effort).
-    Typing { wamid: String },
+    /// Mark an inbound message read and, with `typing`, show the typing indicator (best
+    /// effort).
+    Typing { wamid: String, typing: bool },
     /// A send task finished.
     Done {
         id: u64,
@@ -125,7 +126,7 @@ pub struct SenderState {
     per_recipient: HashMap<String, VecDeque<Instant>>,
     in_flight: HashSet<u64>,
     busy_recipients: HashSet<String>,
-    typing: VecDeque<String>,
+    typing: VecDeque<(String, bool)>,
     typing_in_flight: usize,
     /// Pending outbox records, oldest first: reloaded from the store on `Kick` and at most once
     /// a second on `Tick`, so a busy sender does not re-read the outbox after every send.
@@ -176,12 +177,12 @@ impl Actor for Sender {
                 pump(&myself, state, stale);
             }
             // Playground messages get no read receipt and no typing indicator.
-            SenderMsg::Typing { wamid } if crate::playground::is_local_id(&wamid) => {}
-            SenderMsg::Typing { wamid } => {
+            SenderMsg::Typing { wamid, .. } if crate::playground::is_local_id(&wamid) => {}
+            SenderMsg::Typing { wamid, typing } => {
                 if state.typing.len() >= 256 {
                     state.typing.pop_front();
                 }
-                state.typing.push_back(wamid);
+                state.typing.push_back((wamid, typing));
                 pump(&myself, state, false);
             }
             SenderMsg::TypingDone(result) => {
@@ -310,12 +311,12 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
     let now = Instant::now();
     // Typing indicators first: they are cheap and time-sensitive, and share the budget.
     while state.typing_in_flight < 8 && !state.typing.is_empty() && take_slot(state, now) {
-        let wamid = state.typing.pop_front().expect("checked non-empty");
+        let (wamid, typing) = state.typing.pop_front().expect("checked non-empty");
         state.typing_in_flight += 1;
         let graph = state.args.graph.clone();
         let me = myself.clone();
         tokio::spawn(async move {
-            let r = graph.mark_read(&wamid, true).await;
+            let r = graph.mark_read(&wamid, typing).await;
             let _ = me.cast(SenderMsg::TypingDone(r));
         });
     }

@@ -249,6 +249,10 @@ pub struct InboxRecord {
     /// whole process count too).
     #[serde(default)]
     pub attempts: u32,
+    /// A "got it, answering in a moment" notice for this message is in the outbox: a replayed
+    /// turn does not send another.
+    #[serde(default)]
+    pub noticed: bool,
 }
 
 /// What a reply says.
@@ -786,6 +790,7 @@ impl Store {
                             message: m.clone(),
                             received_at_ms,
                             attempts: 0,
+                            noticed: false,
                         };
                         inbox.insert(&be(seq), self.codec.enc(INBOX, &be(seq), &rec))?;
                         by_key.insert(index_key(&rec.key, seq), &[])?;
@@ -995,6 +1000,48 @@ impl Store {
                     }
                     Ok(out)
                 })?)
+        })
+    }
+
+    /// Queues `notice` (a "got it" while the answer is being composed) for the messages
+    /// `seqs` and marks them noticed, in one transaction: once for those messages, ever, even
+    /// across crashes and replays. Returns `false`, queueing nothing, when any of them was
+    /// already noticed or is no longer unanswered.
+    pub fn commit_notice(
+        &self,
+        key: &ConversationKey,
+        seqs: &[u64],
+        notice: &NewOutbound,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        self.write(|| {
+            Ok((&self.inbox, &self.outbox, &self.outbox_queue).transaction(
+                |(inbox, outbox, queue)| {
+                    let mut recs = Vec::with_capacity(seqs.len());
+                    for &seq in seqs {
+                        let Some(raw) = inbox.get(be(seq))? else {
+                            return Ok(false);
+                        };
+                        let Ok(rec) = self.codec.dec::<InboxRecord>(INBOX, &be(seq), &raw) else {
+                            return Ok(false);
+                        };
+                        if rec.noticed {
+                            return Ok(false);
+                        }
+                        recs.push(rec);
+                    }
+                    for mut rec in recs {
+                        rec.noticed = true;
+                        let seq = rec.seq;
+                        inbox.insert(&be(seq), self.codec.enc(INBOX, &be(seq), &rec))?;
+                    }
+                    let id = outbox.generate_id()?;
+                    let r = new_outbox_record(id, key, notice, now);
+                    outbox.insert(&be(id), self.codec.enc(OUTBOX, &be(id), &r))?;
+                    queue.insert(&be(id), &[])?;
+                    Ok(true)
+                },
+            )?)
         })
     }
 
@@ -1925,6 +1972,38 @@ mod tests {
         assert_eq!((convs[0].turns, convs[0].last_inbound_at), (3, Some(100)));
         let id = store.enqueue(&rec.key, &reply("test")).unwrap();
         assert_eq!(store.outbox_pending(10).unwrap()[0].id, id);
+    }
+
+    /// The "got it" notice is queued once per message, ever: a replayed turn (same records,
+    /// read back from the inbox) cannot queue a second one, and an answered message none.
+    #[test]
+    fn a_wait_notice_is_queued_once_per_message() {
+        let (_d, store) = open();
+        let a = accept_one(&store, "wamid.n1", "15550004");
+        let b = accept_one(&store, "wamid.n2", "15550004");
+        let notice = reply("got it");
+        assert!(
+            store
+                .commit_notice(&a.key, &[a.seq, b.seq], &notice)
+                .unwrap()
+        );
+        assert_eq!(store.outbox_pending(10).unwrap().len(), 1);
+        // What a replay reads back: the records remember the notice.
+        let back = store.unfinished_for(&a.key).unwrap();
+        assert!(back.iter().all(|r| r.noticed), "{back:?}");
+        assert!(!store.commit_notice(&a.key, &[a.seq], &notice).unwrap());
+        assert!(!store.commit_notice(&a.key, &[b.seq], &notice).unwrap());
+        // Answered: nothing to notice any more.
+        let c = accept_one(&store, "wamid.n3", "15550004");
+        store
+            .commit_turn(
+                &SessionState::new(c.key.clone(), notice.target.clone()),
+                &[c.seq],
+                &[],
+            )
+            .unwrap();
+        assert!(!store.commit_notice(&c.key, &[c.seq], &notice).unwrap());
+        assert_eq!(store.outbox_pending(10).unwrap().len(), 1);
     }
 
     fn accept_one(store: &Store, wamid: &str, from: &str) -> InboxRecord {

@@ -119,13 +119,15 @@ pub fn reset_done(l: Lang) -> String {
     .to_string()
 }
 
-pub fn busy(l: Lang) -> String {
+/// Sent once when a reply takes longer than `conversation.wait_notice_after`: the message
+/// arrived and the answer is on its way (nothing to send again).
+pub fn wait_notice(l: Lang) -> String {
     by_lang!(l,
-        en: "I'm a bit overloaded right now. Please send that again in a minute.",
-        es: "Ahora mismo estoy un poco saturada. Vuelve a enviarlo en un minuto, por favor.",
-        pt: "Estou um pouco sobrecarregada agora. Envie isso de novo daqui a um minuto, por favor.",
-        fr: "Je suis un peu débordée en ce moment. Renvoyez-le dans une minute, s'il vous plaît.",
-        de: "Ich bin gerade etwas überlastet. Bitte schick das in einer Minute noch einmal.",
+        en: "Got it, answering in a moment.",
+        es: "Recibido, te respondo en un momento.",
+        pt: "Recebido, respondo já a seguir.",
+        fr: "Bien reçu, je vous réponds dans un instant.",
+        de: "Angekommen, ich antworte gleich.",
     )
     .to_string()
 }
@@ -250,8 +252,6 @@ pub enum VoiceProblem {
     Undecodable,
     Transcription,
     Silent,
-    /// The transcription actor is at capacity.
-    Busy,
 }
 
 pub fn voice_problem(l: Lang, p: VoiceProblem) -> String {
@@ -306,13 +306,6 @@ pub fn voice_problem(l: Lang, p: VoiceProblem) -> String {
             fr: "Je n'ai rien entendu dans votre message vocal. Pouvez-vous réessayer ?",
             de: "In deiner Sprachnachricht habe ich nichts gehört. Versuchst du es noch einmal?",
         ),
-        Busy => by_lang!(l,
-            en: "I have too many voice notes to listen to right now. Could you send yours again in a minute?",
-            es: "Ahora mismo tengo demasiadas notas de voz por escuchar. ¿Puedes enviar la tuya de nuevo en un minuto?",
-            pt: "Tenho demasiadas mensagens de voz para ouvir agora. Pode enviar a sua de novo daqui a um minuto?",
-            fr: "J'ai trop de messages vocaux à écouter en ce moment. Pouvez-vous renvoyer le vôtre dans une minute ?",
-            de: "Ich habe gerade zu viele Sprachnachrichten vor mir. Schickst du deine in einer Minute noch einmal?",
-        ),
     }
     .to_string()
 }
@@ -331,8 +324,6 @@ pub enum SightProblem {
     Unsupported,
     /// A password-protected PDF.
     Encrypted,
-    /// The vision actor is at capacity.
-    Busy,
     /// The models failed, or took too long.
     Failed,
 }
@@ -382,13 +373,6 @@ pub fn sight_problem(l: Lang, p: &SightProblem, what: MediaWord) -> String {
             pt: "Este documento está protegido por palavra-passe, por isso não o consigo ler. Pode enviar uma cópia sem palavra-passe?".to_string(),
             fr: "Ce document est protégé par un mot de passe, je ne peux donc pas le lire. Pouvez-vous envoyer une copie sans mot de passe ?".to_string(),
             de: "Dieses Dokument ist passwortgeschützt, deshalb kann ich es nicht lesen. Kannst du eine Kopie ohne Passwort schicken?".to_string(),
-        ),
-        Busy => by_lang!(l,
-            en: format!("I have too many photos and documents to look at right now. Could you send your {one} again in a minute?"),
-            es: format!("Ahora mismo tengo demasiadas fotos y documentos por revisar. ¿Puedes enviar tu {one} de nuevo en un minuto?"),
-            pt: "Tenho demasiadas fotos e documentos para ver agora. Pode enviar o seu ficheiro de novo daqui a um minuto?".to_string(),
-            fr: format!("J'ai trop de photos et de documents à regarder en ce moment. Pouvez-vous renvoyer votre {one} dans une minute ?"),
-            de: "Ich habe gerade zu viele Fotos und Dokumente vor mir. Schickst du deine Datei in einer Minute noch einmal?".to_string(),
         ),
         Failed => by_lang!(l,
             en: format!("Sorry, I couldn't read your {one}. Could you try again?"),
@@ -774,7 +758,7 @@ mod tests {
                 help(l),
                 unknown_command(l, "x"),
                 reset_done(l),
-                busy(l),
+                wait_notice(l),
                 brain_failed(l),
                 poison_apology(l),
                 rate_notice(l),
@@ -793,7 +777,6 @@ mod tests {
                 SightProblem::Undecodable,
                 SightProblem::Unsupported,
                 SightProblem::Encrypted,
-                SightProblem::Busy,
                 SightProblem::Failed,
             ] {
                 let t = sight_problem(l, &p, MediaWord::Photo);

@@ -6,8 +6,10 @@
 //!   with its own timeout), [`TranscriptionMsg::JobPanicked`] from its own job tasks.
 //! - Supervised by: the root supervisor, which re-creates it from its arguments when it fails.
 //! - Never: blocks (each job runs as a task: download → decode on the blocking pool → Whisper
-//!   thread), writes audio anywhere (bytes and samples live in memory only), or takes more than
-//!   `max_jobs` at once: a conversation over the cap gets [`Unheard::Busy`] at once.
+//!   thread), writes audio anywhere (bytes and samples live in memory only), or runs more than
+//!   `max_jobs` at once: a note over the cap waits for a free slot (first come, first served)
+//!   instead of being refused, since its message is safe in the inbox and the user must never
+//!   be asked to send it again. Its turn's patience bounds the wait.
 //!
 //! A job whose caller stopped waiting (its turn timed out) is dropped at its next step, and with
 //! it the Whisper job's caller, so the model skips or stops it (see `ModelWorker`).
@@ -15,12 +17,12 @@
 //! answered on a oneshot, a cap on jobs, and a slot in the root supervisor.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use sandra_models::whisper::Transcriber;
+use sandra_models::whisper::{Transcriber, WhisperError};
+use sandra_models::worker::WorkerError;
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::media::{MediaClient, MediaError};
@@ -62,7 +64,7 @@ pub struct TranscriptionArgs {
     pub media: MediaClient,
     /// Longest stretch of a voice note decoded and transcribed (`transcription.max_audio_seconds`).
     pub max_audio_seconds: f32,
-    /// Jobs (download, decode, transcription) in progress at once; more are refused as busy.
+    /// Jobs (download, decode, transcription) in progress at once; more wait for a slot.
     pub max_jobs: usize,
     pub metrics: Arc<Metrics>,
 }
@@ -72,8 +74,8 @@ pub struct Transcription;
 
 pub struct TranscriptionState {
     args: TranscriptionArgs,
-    /// Jobs in progress, shared with the job tasks (each decrements when it ends).
-    running: Arc<AtomicUsize>,
+    /// `max_jobs` permits: a job holds one from its start to its end; the rest wait in order.
+    job_slots: Arc<Semaphore>,
     /// Decodes running at once: one per core, so a burst of voice notes cannot take every
     /// blocking thread or multiply the decode buffers by the burst's size.
     decode_slots: Arc<Semaphore>,
@@ -91,8 +93,8 @@ impl Actor for Transcription {
     ) -> Result<TranscriptionState, ActorProcessingErr> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(TranscriptionState {
+            job_slots: Arc::new(Semaphore::new(args.max_jobs.max(1))),
             args,
-            running: Arc::default(),
             decode_slots: Arc::new(Semaphore::new(cores)),
         })
     }
@@ -105,25 +107,18 @@ impl Actor for Transcription {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             TranscriptionMsg::Transcribe { media, reply } => {
-                if state.running.load(Ordering::SeqCst) >= state.args.max_jobs.max(1) {
+                if state.job_slots.available_permits() == 0 {
                     Metrics::inc(&state.args.metrics.transcriptions_busy);
-                    tracing::warn!(media = %media.id, "transcription busy; voice note refused");
-                    let _ = reply.send(Err(VoiceProblem::Busy));
-                    return Ok(());
+                    tracing::info!(media = %media.id, "transcription busy; voice note waits for a slot");
                 }
-                state.running.fetch_add(1, Ordering::SeqCst);
-                state.args.metrics.transcription_jobs.increment(1.0);
-                let running = state.running.clone();
-                let metrics = state.args.metrics.clone();
                 let job = Job {
                     args: state.args.clone(),
                     decode_slots: state.decode_slots.clone(),
+                    job_slots: state.job_slots.clone(),
                 };
                 tokio::spawn(async move {
                     let work = std::panic::AssertUnwindSafe(job.run(media, reply)).catch_unwind();
                     let result = work.await;
-                    running.fetch_sub(1, Ordering::SeqCst);
-                    metrics.transcription_jobs.decrement(1.0);
                     if let Err(panic) = result {
                         let why = sandra_models::worker::panic_message(&panic);
                         let _ = myself.cast(TranscriptionMsg::JobPanicked(why));
@@ -142,13 +137,30 @@ impl Actor for Transcription {
 struct Job {
     args: TranscriptionArgs,
     decode_slots: Arc<Semaphore>,
+    job_slots: Arc<Semaphore>,
+}
+
+/// Counts a job in `transcription_jobs` while it holds its slot.
+struct InProgress(Arc<Metrics>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.transcription_jobs.decrement(1.0);
+    }
 }
 
 impl Job {
-    /// Answers `reply`, or gives up as soon as nobody waits for the answer anymore.
+    /// Answers `reply`, or gives up as soon as nobody waits for the answer anymore (while
+    /// waiting for a slot, too).
     async fn run(self, media: MediaRef, mut reply: oneshot::Sender<Outcome>) {
         let outcome = tokio::select! {
-            outcome = self.hear(&media) => outcome,
+            outcome = async {
+                // Never closed, so this cannot fail; held until the job ends.
+                let _slot = self.job_slots.clone().acquire_owned().await.ok();
+                self.args.metrics.transcription_jobs.increment(1.0);
+                let _counted = InProgress(self.args.metrics.clone());
+                self.hear(&media).await
+            } => outcome,
             () = reply.closed() => {
                 tracing::debug!(media = %media.id, "voice note abandoned by its turn");
                 return;
@@ -191,10 +203,7 @@ impl Job {
         }
         let audio_seconds = pcm.samples.len() as f64 / 16_000.0;
         let started = Instant::now();
-        let t = self
-            .args
-            .transcriber
-            .transcribe(pcm.samples)
+        let t = when_admitted(|| self.args.transcriber.transcribe(pcm.samples.clone()))
             .await
             .map_err(|e| {
                 tracing::warn!(media = %media.id, error = %e, "transcription failed");
@@ -215,5 +224,24 @@ impl Job {
             language: t.language,
             truncated: pcm.truncated,
         })
+    }
+}
+
+/// Calls `call` until the model's queue takes the job: a full queue means "wait", not "refuse"
+/// (the caller's patience bounds the wait).
+async fn when_admitted<T, F, Fut>(mut call: F) -> Result<T, WhisperError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, WhisperError>>,
+{
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Err(WhisperError::Worker(WorkerError::Busy(_))) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
     }
 }

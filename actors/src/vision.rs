@@ -8,16 +8,16 @@
 //! - Supervised by: the root supervisor, which re-creates it from its arguments when it fails.
 //! - Never: blocks (each job runs as a task: download → decode or read on the blocking pool →
 //!   the vision thread), writes a file anywhere (bytes, pixels and text live in memory only), or
-//!   takes more than `max_jobs` at once: a conversation over the cap gets
-//!   [`SightProblem::Busy`] at once.
+//!   runs more than `max_jobs` at once: a file over the cap waits for a free slot (first come,
+//!   first served), never refused for load; its turn's patience bounds the wait.
 //!
 //! The same pattern as the transcription actor: a job whose caller stopped waiting (its turn
 //! timed out) is dropped at its next step, and with it the model job's caller, so the vision
 //! thread skips it or stops between pages.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -74,7 +74,7 @@ pub struct VisionArgs {
     pub image: ImageLimits,
     /// Page, OCR-page and character caps on documents (`vision.max_pages`, ...).
     pub document: DocLimits,
-    /// Jobs (download, decode, OCR) in progress at once; more are refused as busy.
+    /// Jobs (download, decode, OCR) in progress at once; more wait for a slot.
     pub max_jobs: usize,
     pub metrics: Arc<Metrics>,
 }
@@ -84,8 +84,8 @@ pub struct VisionActor;
 
 pub struct VisionState {
     args: VisionArgs,
-    /// Jobs in progress, shared with the job tasks (each decrements when it ends).
-    running: Arc<AtomicUsize>,
+    /// `max_jobs` permits: a job holds one from its start to its end; the rest wait in order.
+    job_slots: Arc<Semaphore>,
     /// Decodes running at once: one per core, so a burst of photos cannot take every blocking
     /// thread or multiply the pixel buffers by the burst's size.
     decode_slots: Arc<Semaphore>,
@@ -103,8 +103,8 @@ impl Actor for VisionActor {
     ) -> Result<VisionState, ActorProcessingErr> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(VisionState {
+            job_slots: Arc::new(Semaphore::new(args.max_jobs.max(1))),
             args,
-            running: Arc::default(),
             decode_slots: Arc::new(Semaphore::new(cores)),
         })
     }
@@ -121,26 +121,19 @@ impl Actor for VisionActor {
                 question,
                 reply,
             } => {
-                if state.running.load(Ordering::SeqCst) >= state.args.max_jobs.max(1) {
+                if state.job_slots.available_permits() == 0 {
                     Metrics::inc(&state.args.metrics.vision_busy);
-                    tracing::warn!(media = %media.id, "vision busy; file refused");
-                    let _ = reply.send(Err(SightProblem::Busy));
-                    return Ok(());
+                    tracing::info!(media = %media.id, "vision busy; file waits for a slot");
                 }
-                state.running.fetch_add(1, Ordering::SeqCst);
-                state.args.metrics.vision_jobs.increment(1.0);
-                let running = state.running.clone();
-                let metrics = state.args.metrics.clone();
                 let job = Job {
                     args: state.args.clone(),
                     decode_slots: state.decode_slots.clone(),
+                    job_slots: state.job_slots.clone(),
                 };
                 tokio::spawn(async move {
                     let work = std::panic::AssertUnwindSafe(job.run(media, question, reply))
                         .catch_unwind();
                     let result = work.await;
-                    running.fetch_sub(1, Ordering::SeqCst);
-                    metrics.vision_jobs.decrement(1.0);
                     if let Err(panic) = result {
                         let why = sandra_models::worker::panic_message(&panic);
                         let _ = myself.cast(VisionMsg::JobPanicked(why));
@@ -159,6 +152,35 @@ impl Actor for VisionActor {
 struct Job {
     args: VisionArgs,
     decode_slots: Arc<Semaphore>,
+    job_slots: Arc<Semaphore>,
+}
+
+/// Counts a job in `vision_jobs` while it holds its slot.
+struct InProgress(Arc<Metrics>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.vision_jobs.decrement(1.0);
+    }
+}
+
+/// Calls `call` until the vision thread's queue takes the job: a full queue means "wait", not
+/// "refuse" (the caller's patience bounds the wait).
+async fn when_admitted<T, F, Fut>(mut call: F) -> Result<T, VisionError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, VisionError>>,
+{
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Err(VisionError::Busy) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Keeps at most `max` characters (whole characters, never a split code point).
@@ -171,10 +193,7 @@ fn cap_chars(text: String, max: usize) -> (String, bool) {
 
 fn model_problem(media: &MediaRef, e: VisionError) -> SightProblem {
     tracing::warn!(media = %media.id, error = %e, "vision models failed");
-    match e {
-        VisionError::Busy => SightProblem::Busy,
-        _ => SightProblem::Failed,
-    }
+    SightProblem::Failed
 }
 
 impl Job {
@@ -186,7 +205,13 @@ impl Job {
         mut reply: oneshot::Sender<Outcome>,
     ) {
         let outcome = tokio::select! {
-            outcome = self.look(&media, question) => outcome,
+            outcome = async {
+                // Never closed, so this cannot fail; held until the job ends.
+                let _slot = self.job_slots.clone().acquire_owned().await.ok();
+                self.args.metrics.vision_jobs.increment(1.0);
+                let _counted = InProgress(self.args.metrics.clone());
+                self.look(&media, question).await
+            } => outcome,
             () = reply.closed() => {
                 tracing::debug!(media = %media.id, "file abandoned by its turn");
                 return;
@@ -264,7 +289,12 @@ impl Job {
                 }
             })?;
         let sight = self
-            .timed(media, self.args.vision.look(image, question))
+            .timed(
+                media,
+                // A clone per call, so that a full queue can be retried: bounded by the pixel
+                // cap, and cheap beside the OCR it feeds.
+                when_admitted(|| self.args.vision.look(image.clone(), question.clone())),
+            )
             .await?;
         if let SceneOutcome::Failed(why) = &sight.scene {
             tracing::warn!(media = %media.id, error = %why, "scene model failed; the text read still stands");
@@ -310,9 +340,12 @@ impl Job {
                 truncated = true;
             }
             let numbers: Vec<usize> = scanned.iter().map(|(n, _)| *n).collect();
-            let images = scanned.into_iter().map(|(_, img)| img).collect();
+            let images: Vec<_> = scanned.into_iter().map(|(_, img)| img).collect();
             let texts = self
-                .timed(media, self.args.vision.read_pages(images))
+                .timed(
+                    media,
+                    when_admitted(|| self.args.vision.read_pages(images.clone())),
+                )
                 .await?;
             for (n, t) in numbers.into_iter().zip(texts) {
                 // A scanned page's number may coincide with an empty text-layer page: replace.

@@ -22,5 +22,6 @@ mod portal_browser;
 mod sender;
 mod systemd;
 mod voice;
+mod waiting;
 mod webhook;
 mod window;

@@ -145,14 +145,28 @@ async fn invalid_token_pauses_until_replaced() {
     )
     .await;
     one_turn(&app, "wamid.t1", "15550006060").await;
-    assert!(eventually(Duration::from_secs(5), || !app.graph.sends().is_empty()).await);
+    // The first Graph call to meet the 190 is the read receipt or the reply, whichever the
+    // sender runs first: either pauses sending.
+    let graph = &app.graph;
+    assert!(
+        eventually(Duration::from_secs(5), || !graph.sends().is_empty()
+            || !graph.reads().is_empty())
+        .await
+    );
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = app.status_of("/readyz").await;
+        if ready == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ready, 503);
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 503);
     assert!(ready.text().await.unwrap().contains("190"));
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        app.graph.sends().len(),
-        1,
+    assert!(
+        app.graph.sends().len() <= 1,
         "no retries while the token is invalid"
     );
     assert_eq!(only_record(&app).state, OutboxState::Pending);

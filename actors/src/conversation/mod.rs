@@ -64,8 +64,14 @@ pub struct ConversationPolicy {
     pub max_history_turns: usize,
     /// Show the typing indicator while the brain works (1:1 chats only; groups cannot).
     pub typing_indicator: bool,
-    /// Give up on a turn (voice notes and brain) that takes longer than this.
+    /// Give up on a turn (voice notes, files and brain) when no model work finished anywhere
+    /// for this long: the models are stuck (see [`run::Patience`]).
     pub brain_timeout: Duration,
+    /// And give up on a turn that waited this long in all, however busy the models are.
+    pub max_wait: Duration,
+    /// 1:1 chats: a turn not answered after this long gets one "got it" notice first (zero:
+    /// never).
+    pub wait_notice_after: Duration,
     /// Groups: at most this many turns of history are kept and shown to the brain.
     pub group_context_messages: usize,
     /// Groups: and at most this many characters in all (the oldest turns go first).
@@ -113,6 +119,9 @@ pub enum ConversationMsg {
     Mailed(Result<(), bool>),
     /// The turn task finished (or panicked: `None`).
     TurnDone(Option<Result<BrainReply, BrainError>>),
+    /// The turn numbered so ([`ConversationState::turns_started`]) was started
+    /// `wait_notice_after` ago: if it is still in flight, tell the user it is coming.
+    WaitNotice(u64),
     /// Retry committing after a storage error, or start the next turn (what waited behind the
     /// batch cap, or an attempt that could not be recorded).
     RetryCommit,
@@ -126,6 +135,9 @@ pub struct Conversation;
 struct InFlight {
     base: SessionState,
     plan: Plan,
+    /// Which turn this is, so a late [`ConversationMsg::WaitNotice`] for an earlier one is
+    /// ignored.
+    number: u64,
 }
 
 pub struct ConversationState {
@@ -136,6 +148,8 @@ pub struct ConversationState {
     in_flight: Option<InFlight>,
     /// A finished turn whose commit failed, waiting for `RetryCommit`.
     uncommitted: Option<(InFlight, Option<BrainReply>)>,
+    /// Turns started by this incarnation: numbers them for [`ConversationMsg::WaitNotice`].
+    turns_started: u64,
 }
 
 impl ConversationState {
@@ -167,6 +181,7 @@ impl ractor::Actor for Conversation {
             pending,
             in_flight: None,
             uncommitted: None,
+            turns_started: 0,
         })
     }
 
@@ -246,7 +261,6 @@ impl ractor::Actor for Conversation {
                     tracing::warn!(key = %state.args.key, error = %e, "brain failed; apologising");
                     Metrics::inc(&state.deps().metrics.turns_brain_errors);
                     BrainReply::from(match e {
-                        BrainError::Busy => texts::busy(lang),
                         BrainError::Failed(_) => texts::brain_failed(lang),
                     })
                 });
@@ -259,6 +273,12 @@ impl ractor::Actor for Conversation {
                 return Err(
                     format!("brain task panicked in conversation {}", state.args.key).into(),
                 );
+            }
+            ConversationMsg::WaitNotice(number) => {
+                let due = state.in_flight.as_ref().is_some_and(|f| f.number == number);
+                if due {
+                    send_wait_notice(state).await;
+                }
             }
             ConversationMsg::RetryCommit => {
                 if let Some((flight, reply)) = state.uncommitted.take() {
@@ -351,9 +371,11 @@ async fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut Conversation
     let plan = plan::plan(&base, records, &verdicts, &ctx);
     record_events(state, &plan.events);
 
+    state.turns_started += 1;
+    let number = state.turns_started;
     if !plan.needs_brain() {
         // Committed by the handler, like every turn (and without recursing into it from here).
-        state.in_flight = Some(InFlight { base, plan });
+        state.in_flight = Some(InFlight { base, plan, number });
         let _ = myself.cast(ConversationMsg::TurnDone(Some(Ok(BrainReply::default()))));
         return;
     }
@@ -361,13 +383,63 @@ async fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut Conversation
         input: plan.brain_input(&base, jiff::Timestamp::now()),
         voice: plan.voice.clone(),
         look: plan.look.clone(),
-        typing_for: plan.typing_for(&base, &deps.policy),
+        read_for: plan.read_for(&base),
+        typing: plan.typing_for(&base, &deps.policy).is_some(),
         lang: plan.lang,
-        timeout: deps.policy.brain_timeout,
+        patience: run::Patience {
+            stall: deps.policy.brain_timeout,
+            max_wait: deps.policy.max_wait,
+        },
         mail: plan.mail.clone(),
     };
-    state.in_flight = Some(InFlight { base, plan });
+    // The notice is timed from the turn's start. 1:1 only: in a group it would be one more
+    // message for every member, and a replayed turn whose messages were already told gets none.
+    let after = deps.policy.wait_notice_after;
+    if !after.is_zero() && !base.is_group && !plan.records.iter().any(|r| r.noticed) {
+        myself.send_after(after, move || ConversationMsg::WaitNotice(number));
+    }
+    state.in_flight = Some(InFlight { base, plan, number });
     run::spawn(myself.clone(), job, deps.run.clone());
+}
+
+/// Queues the "got it, answering in a moment" for the turn in flight: through the outbox like
+/// any reply, and marked on its messages in the same transaction, so a crash and replay never
+/// sends a second one. It is queued before the answer is committed, so it never follows it.
+async fn send_wait_notice(state: &mut ConversationState) {
+    let deps = state.args.deps.clone();
+    let Some(flight) = state.in_flight.as_mut() else {
+        return;
+    };
+    let plan = &flight.plan;
+    let newest = plan.records.iter().map(|r| r.message.timestamp).max();
+    let last_inbound = flight.base.last_inbound_at.max(newest);
+    let notice = NewOutbound {
+        target: plan.target.clone(),
+        body: OutboundBody::Text {
+            body: texts::wait_notice(plan.lang),
+        },
+        context_message_id: None,
+        window_expires_at: last_inbound.map(|t| t + 24 * 3600),
+    };
+    let seqs: Vec<u64> = plan.records.iter().map(|r| r.seq).collect();
+    let queued = match deps.store.commit_notice(&state.args.key, &seqs, &notice) {
+        Ok(true) => deps.store.sync().await.map(|()| true),
+        other => other,
+    };
+    match queued {
+        Ok(true) => {
+            for r in &mut flight.plan.records {
+                r.noticed = true;
+            }
+            Metrics::inc(&deps.metrics.wait_notices);
+            kick_sender(&deps);
+        }
+        Ok(false) => {}
+        // Best effort: the answer still comes.
+        Err(e) => {
+            tracing::warn!(key = %state.args.key, error = %e, "queueing the wait notice failed")
+        }
+    }
 }
 
 /// Counts this attempt durably before any work, so a message that kills the whole process is

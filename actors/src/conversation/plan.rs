@@ -152,6 +152,7 @@ impl Plan {
             super::commit::bound_context(&mut history, turns, chars);
         }
         TurnInput {
+            conversation: session.key.to_string(),
             history,
             summary: if self.reset {
                 None
@@ -166,6 +167,14 @@ impl Plan {
             asker_number: self.asker_number.clone(),
             profile: self.profile.clone().filter(|p| !p.is_empty()),
         }
+    }
+
+    /// The message marked read when the turn starts (the newest: that marks the earlier ones
+    /// read too). 1:1 chats only: Meta's groups support no read receipts.
+    pub fn read_for(&self, session: &SessionState) -> Option<String> {
+        (!session.is_group)
+            .then(|| self.inputs.last().map(|i| i.wamid.clone()))
+            .flatten()
     }
 
     /// The message whose typing indicator is shown while the brain works (1:1 chats only;
@@ -602,6 +611,8 @@ pub(crate) mod tests {
             max_history_turns: 40,
             typing_indicator: true,
             brain_timeout: std::time::Duration::from_secs(300),
+            max_wait: std::time::Duration::from_secs(1200),
+            wait_notice_after: std::time::Duration::from_secs(10),
             group_context_messages: 40,
             group_context_chars: 100_000,
             offer_linking: true,
@@ -639,6 +650,7 @@ pub(crate) mod tests {
             message: m,
             received_at_ms: 0,
             attempts: 0,
+            noticed: false,
         }
     }
 
@@ -716,6 +728,18 @@ pub(crate) mod tests {
         assert_eq!(p.records.len(), 2);
         assert!(p.direct.is_empty() && p.quiet.is_empty() && !p.reset);
         assert_eq!(p.typing_for(&s, &policy()), Some("w2".into()));
+        // Read receipts do not depend on the typing indicator.
+        let quiet = ConversationPolicy {
+            typing_indicator: false,
+            ..policy()
+        };
+        assert_eq!(p.typing_for(&s, &quiet), None);
+        assert_eq!(p.read_for(&s), Some("w2".into()));
+        // The brain is told whose conversation this is, so a local model can keep its cache.
+        assert_eq!(
+            p.brain_input(&s, jiff::Timestamp::UNIX_EPOCH).conversation,
+            s.key.to_string()
+        );
         // Long texts are capped.
         let long = text("w3", 3, &"x".repeat(500));
         assert_eq!(run(&s, vec![long], &[]).inputs[0].text.len(), 50);
@@ -788,6 +812,7 @@ pub(crate) mod tests {
             None,
             "groups cannot show typing"
         );
+        assert_eq!(p.read_for(&s), None, "Meta's groups have no read receipts");
     }
 
     /// The three ways to address Sandra in a group (name, `@number`, a reply to one of her

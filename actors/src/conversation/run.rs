@@ -16,7 +16,9 @@
 //! turn is caught and reported as `TurnDone(None)`, which fails the conversation so the router
 //! restarts it from the store.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -53,6 +55,76 @@ pub struct RunDeps {
     pub max_audio_seconds: f32,
     /// Sends verification codes; `None` when `[email] smtp_url` is not set.
     pub mailer: Option<Arc<Mailer>>,
+    /// When model work last finished, for every conversation: a turn waiting in a long queue
+    /// is not stuck while others are being answered (see [`Patience`]).
+    pub progress: Arc<ModelProgress>,
+}
+
+/// When any model work (a reply, a voice note heard, a file read) last finished, shared by
+/// every conversation. A turn waiting its turn behind others sees progress; a stuck model
+/// shows none.
+#[derive(Debug)]
+pub struct ModelProgress {
+    epoch: tokio::time::Instant,
+    /// Milliseconds from `epoch` to the last finished piece of work.
+    last_ms: AtomicU64,
+}
+
+impl Default for ModelProgress {
+    fn default() -> Self {
+        Self {
+            epoch: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ModelProgress {
+    /// Some model work just finished.
+    pub fn bump(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// How long a turn may wait for the models. Turns wait their turn in fair queues instead of
+/// being refused, so a turn's own age says little: twenty people writing at once make the last
+/// one wait twenty replies long, and nothing is wrong. What says the model is stuck is that
+/// nothing finished anywhere for `stall` (`conversation.brain_timeout`); `max_wait`
+/// (`conversation.max_wait`) still bounds a turn in all, against a queue that never drains.
+#[derive(Debug, Clone, Copy)]
+pub struct Patience {
+    pub stall: Duration,
+    pub max_wait: Duration,
+}
+
+/// The turn (or one of its model calls) ran out of [`Patience`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfPatience;
+
+/// Runs `work` until it finishes, or until no model work finished anywhere for
+/// `patience.stall` since it started, or `patience.max_wait` passed; then drops it.
+pub async fn patiently<F: Future>(
+    progress: &ModelProgress,
+    patience: Patience,
+    work: F,
+) -> Result<F::Output, OutOfPatience> {
+    let start = tokio::time::Instant::now();
+    let give_up_at =
+        || (progress.last().max(start) + patience.stall).min(start + patience.max_wait);
+    let mut work = std::pin::pin!(work);
+    loop {
+        match tokio::time::timeout_at(give_up_at(), &mut work).await {
+            Ok(out) => return Ok(out),
+            // Something finished meanwhile: the deadline moved on.
+            Err(_) if give_up_at() > tokio::time::Instant::now() => {}
+            Err(_) => return Err(OutOfPatience),
+        }
+    }
 }
 
 /// One turn to run.
@@ -62,10 +134,13 @@ pub struct TurnJob {
     pub voice: Vec<(usize, MediaRef)>,
     /// Photos, stickers and documents to look at first: (index into `input.inputs`, media).
     pub look: Vec<(usize, MediaRef)>,
-    /// Refresh the typing indicator on this message while the turn runs.
-    pub typing_for: Option<String>,
+    /// Mark this message read as soon as the turn starts (1:1 chats: groups have no read
+    /// receipts).
+    pub read_for: Option<String>,
+    /// And show the typing indicator on it, refreshed while the turn waits and runs.
+    pub typing: bool,
     pub lang: Lang,
-    pub timeout: Duration,
+    pub patience: Patience,
     /// A verification code to mail first.
     pub mail: Option<MailJob>,
 }
@@ -76,24 +151,35 @@ const TYPING_REFRESH: Duration = Duration::from_secs(20);
 /// Runs `job` in a task that reports to `me`.
 pub fn spawn(me: ActorRef<ConversationMsg>, job: TurnJob, deps: RunDeps) {
     tokio::spawn(async move {
-        let typing_for = job.typing_for.clone();
-        let timeout = job.timeout;
+        let read_for = job.read_for.clone();
+        let typing = job.typing;
+        let patience = job.patience;
         let sender = deps.sender.clone();
+        let progress = deps.progress.clone();
+        let mark = |typing: bool| {
+            if let Some(w) = &read_for
+                && let Some(s) = sender.try_get()
+            {
+                let _ = s.cast(SenderMsg::Typing {
+                    wamid: w.clone(),
+                    typing,
+                });
+            }
+        };
+        // Read (and typing) at once, before the turn is first polled. This used to be the
+        // refresh timer's first tick, raced in `select!` against the turn: `select!` polls its
+        // branches in random order, so a turn ready at its first poll (a fast reply) won half
+        // the time and the user's message was never marked read.
+        mark(typing);
         let outcome = {
             let turn = std::panic::AssertUnwindSafe(turn(job, deps, me.clone())).catch_unwind();
-            let mut work = std::pin::pin!(tokio::time::timeout(timeout, turn));
-            // The first tick is immediate: the user sees "typing" as soon as the turn starts.
-            let mut refresh = tokio::time::interval(TYPING_REFRESH);
+            let mut work = std::pin::pin!(patiently(&progress, patience, turn));
+            let first = tokio::time::Instant::now() + TYPING_REFRESH;
+            let mut refresh = tokio::time::interval_at(first, TYPING_REFRESH);
             loop {
                 tokio::select! {
                     res = &mut work => break res,
-                    _ = refresh.tick() => {
-                        if let Some(w) = &typing_for
-                            && let Some(s) = sender.try_get()
-                        {
-                            let _ = s.cast(SenderMsg::Typing { wamid: w.clone() });
-                        }
-                    }
+                    _ = refresh.tick(), if typing => mark(true),
                 }
             }
             // `work` is dropped here, before the actor hears of the outcome: a timed-out turn
@@ -105,7 +191,7 @@ pub fn spawn(me: ActorRef<ConversationMsg>, job: TurnJob, deps: RunDeps) {
                 tracing::error!("turn task panicked");
                 None
             }
-            Err(_elapsed) => Some(Err(BrainError::Failed("timed out".into()))),
+            Err(OutOfPatience) => Some(Err(BrainError::Failed("timed out".into()))),
         };
         let _ = me.cast(ConversationMsg::TurnDone(done));
     });
@@ -121,7 +207,7 @@ async fn turn(
         voice,
         look,
         lang,
-        timeout,
+        patience,
         mail,
         ..
     } = job;
@@ -140,7 +226,7 @@ async fn turn(
     let mut notes = Vec::new();
     if !voice.is_empty() {
         for (idx, media) in &voice {
-            match hear(&deps, media, timeout).await {
+            match hear(&deps, media, patience).await {
                 Ok(h) => {
                     // Notes about a voice note are in the language it was spoken in.
                     let l = h
@@ -164,7 +250,7 @@ async fn turn(
     for (idx, media) in &look {
         let what = media_word(media);
         let question = media.caption.clone().filter(|c| !c.trim().is_empty());
-        match see(&deps, media, question, timeout).await {
+        match see(&deps, media, question, patience).await {
             Ok(seen) => match seen_text(media, &seen) {
                 Some(text) => input.inputs[*idx].text = text,
                 None => {
@@ -204,7 +290,9 @@ async fn turn(
         return Ok(BrainReply::default());
     }
     input.inputs = inputs;
-    let mut reply = deps.brain.reply(input).await?;
+    let reply = deps.brain.reply(input).await;
+    deps.progress.bump();
+    let mut reply = reply?;
     if deps.echo_transcript && !heard.is_empty() {
         let quoted: Vec<String> = heard.iter().map(|h| format!("🎙️ _\"{h}\"_")).collect();
         reply.text = format!("{}\n\n{}", quoted.join("\n"), reply.text);
@@ -212,8 +300,8 @@ async fn turn(
     Ok(reply)
 }
 
-/// Asks the transcription actor to hear one voice note, waiting at most `timeout`.
-async fn hear(deps: &RunDeps, media: &MediaRef, timeout: Duration) -> Outcome {
+/// Asks the transcription actor to hear one voice note, waiting as `patience` allows.
+async fn hear(deps: &RunDeps, media: &MediaRef, patience: Patience) -> Outcome {
     let Some(actor) = deps.transcription.as_ref().and_then(ActorSlot::try_get) else {
         return Err(VoiceProblem::Transcription);
     };
@@ -228,19 +316,21 @@ async fn hear(deps: &RunDeps, media: &MediaRef, timeout: Duration) -> Outcome {
         tracing::warn!(media = %media.id, "transcription actor not running");
         return Err(VoiceProblem::Transcription);
     }
-    match tokio::time::timeout(timeout, answer).await {
+    let outcome = patiently(&deps.progress, patience, answer).await;
+    deps.progress.bump();
+    match outcome {
         Ok(Ok(outcome)) => outcome,
         // The actor failed with the job (the root re-creates it), or took too long.
         Ok(Err(_)) | Err(_) => Err(VoiceProblem::Transcription),
     }
 }
 
-/// Asks the vision actor to look at one file, waiting at most `timeout`.
+/// Asks the vision actor to look at one file, waiting as `patience` allows.
 async fn see(
     deps: &RunDeps,
     media: &MediaRef,
     question: Option<String>,
-    timeout: Duration,
+    patience: Patience,
 ) -> Result<Seen, SightProblem> {
     let Some(actor) = deps.vision.as_ref().and_then(ActorSlot::try_get) else {
         return Err(SightProblem::Failed);
@@ -257,7 +347,9 @@ async fn see(
         tracing::warn!(media = %media.id, "vision actor not running");
         return Err(SightProblem::Failed);
     }
-    match tokio::time::timeout(timeout, answer).await {
+    let outcome = patiently(&deps.progress, patience, answer).await;
+    deps.progress.bump();
+    match outcome {
         Ok(Ok(outcome)) => outcome,
         // The actor failed with the job (the root re-creates it), or took too long.
         Ok(Err(_)) | Err(_) => Err(SightProblem::Failed),
@@ -359,6 +451,61 @@ mod tests {
     use super::*;
 
     use super::super::test_media as media;
+
+    // Real time, short bounds: these tests check what is given up and what is not, never how
+    // fast anything runs (tokio's paused clock needs its test-util feature, not built here).
+    const PATIENCE: Patience = Patience {
+        stall: Duration::from_millis(300),
+        max_wait: Duration::from_secs(2),
+    };
+
+    /// A turn far back in a queue that keeps moving is waited for, however long it takes in
+    /// all (up to `max_wait`): its own age does not make it a stuck model.
+    #[tokio::test]
+    async fn a_turn_waits_as_long_as_the_models_make_progress() {
+        let progress = Arc::new(ModelProgress::default());
+        let others = progress.clone();
+        // Others' replies finish every 50 ms while this turn waits 1 s, over three stalls.
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                others.bump();
+            }
+        });
+        let late = tokio::time::sleep(Duration::from_secs(1));
+        assert_eq!(patiently(&progress, PATIENCE, late).await, Ok(()));
+        // But not past `max_wait`, however busy the models are.
+        let never = std::future::pending::<()>();
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            patiently(&progress, PATIENCE, never).await,
+            Err(OutOfPatience)
+        );
+        assert!(
+            started.elapsed() >= PATIENCE.max_wait,
+            "not before max_wait"
+        );
+        ticker.abort();
+    }
+
+    /// A model that finishes nothing for `stall` is stuck: the turn gives up then, counting
+    /// from its own start when the last progress was earlier.
+    #[tokio::test]
+    async fn a_turn_gives_up_when_nothing_finishes_for_the_stall_bound() {
+        let progress = ModelProgress::default();
+        progress.bump();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = tokio::time::Instant::now();
+        let stuck = std::future::pending::<()>();
+        assert_eq!(
+            patiently(&progress, PATIENCE, stuck).await,
+            Err(OutOfPatience)
+        );
+        assert!(
+            started.elapsed() >= PATIENCE.stall,
+            "a whole stall from its start"
+        );
+    }
 
     #[test]
     fn a_photo_read_without_a_scene_model_gives_the_text_and_forbids_describing_more() {

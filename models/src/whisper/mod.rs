@@ -3,7 +3,8 @@
 //! - [`Transcriber`]: the cloneable async handle the application holds. It owns a
 //!   [`crate::worker::ModelWorker`] thread that loads a [`WhisperModel`] and serves one
 //!   transcription at a time; the thread runs candle inside its own rayon pool sized by
-//!   [`WhisperOptions::threads`].
+//!   [`WhisperOptions::threads`]. Or it sends the audio to an OpenAI-compatible server
+//!   ([`remote`]).
 //! - [`model`]: the encoder/decoder with a self-attention KV cache and cached cross-attention
 //!   keys/values (the speed-up over candle-transformers' stock decoder).
 //! - [`decode`]: greedy decoding, timestamps suppressed, `suppress_tokens` / begin suppression,
@@ -20,6 +21,7 @@ mod fastops;
 pub mod gguf;
 pub mod mel;
 pub mod model;
+pub mod remote;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,6 +50,10 @@ pub enum WhisperError {
     Convert(String),
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    /// The remote transcription server failed (unreachable, timed out, refused, or answered
+    /// something that is not a transcription).
+    #[error("remote transcription: {0}")]
+    Remote(String),
 }
 
 pub use crate::device::DeviceChoice;
@@ -120,11 +126,20 @@ struct Loaded {
 
 type Outcome = Result<Transcript, WhisperError>;
 
-/// Cloneable, `Send + Sync` handle to a Whisper model on its own thread.
+/// Cloneable, `Send + Sync` handle to a Whisper model on its own thread, or to a remote
+/// OpenAI-compatible transcription server ([`remote`]).
 #[derive(Clone)]
 pub struct Transcriber {
-    worker: ModelWorker<Loaded, Outcome>,
-    info: Arc<ModelInfo>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Local {
+        worker: ModelWorker<Loaded, Outcome>,
+        info: Arc<ModelInfo>,
+    },
+    Remote(Arc<remote::RemoteWhisper>),
 }
 
 /// What was loaded, for logs and health output.
@@ -170,32 +185,57 @@ impl Transcriber {
         })?;
         tracing::info!(dir = %info.dir.display(), weights = %info.weights.display(), threads, "whisper loaded");
         Ok(Self {
-            worker,
-            info: Arc::new(info),
+            backend: Backend::Local {
+                worker,
+                info: Arc::new(info),
+            },
+        })
+    }
+
+    /// A transcriber that sends voice notes to an OpenAI-compatible server.
+    pub fn remote(cfg: remote::RemoteWhisperConfig) -> Result<Self, WhisperError> {
+        let client = remote::RemoteWhisper::new(cfg)?;
+        tracing::info!(server = %client.describe(), "remote transcription");
+        Ok(Self {
+            backend: Backend::Remote(Arc::new(client)),
         })
     }
 
     /// Transcribes 16 kHz mono PCM (see [`crate::audio::decode_to_pcm16k`]).
     pub async fn transcribe(&self, pcm: Vec<f32>) -> Result<Transcript, WhisperError> {
-        self.worker
-            .run(move |m: &mut Loaded| {
-                let Loaded { model, pool } = m;
-                pool.install(|| model.transcribe(&pcm))
-            })
-            .await?
+        match &self.backend {
+            Backend::Local { worker, .. } => {
+                worker
+                    .run(move |m: &mut Loaded| {
+                        let Loaded { model, pool } = m;
+                        pool.install(|| model.transcribe(&pcm))
+                    })
+                    .await?
+            }
+            Backend::Remote(client) => client.transcribe(&pcm).await,
+        }
     }
 
-    pub fn info(&self) -> &ModelInfo {
-        &self.info
+    /// The local model loaded; `None` for a remote server.
+    pub fn info(&self) -> Option<&ModelInfo> {
+        match &self.backend {
+            Backend::Local { info, .. } => Some(info),
+            Backend::Remote(_) => None,
+        }
     }
 
-    /// Free slots in the queue.
-    pub fn free_slots(&self) -> usize {
-        self.worker.free_slots()
+    /// Free slots in the local model's queue; a remote server has no queue here.
+    pub fn free_slots(&self) -> Option<usize> {
+        match &self.backend {
+            Backend::Local { worker, .. } => Some(worker.free_slots()),
+            Backend::Remote(_) => None,
+        }
     }
 
-    /// Records each job's wait in the model's queue into `histogram` (seconds).
+    /// Records each job's wait in the local model's queue into `histogram` (seconds).
     pub fn observe_queue_wait(&self, histogram: metrics::Histogram) {
-        self.worker.observe_queue_wait(histogram);
+        if let Backend::Local { worker, .. } = &self.backend {
+            worker.observe_queue_wait(histogram);
+        }
     }
 }

@@ -68,7 +68,7 @@ async fn whisper_base_transcribes_a_spoken_sentence() {
     let w = wer(text, &out.text);
     println!(
         "{} ({:?}): {:?} in {:.2} s for {:.1} s of audio, WER {w:.2}",
-        t.info().weights.display(),
+        t.info().expect("a local model").weights.display(),
         out.language,
         out.text,
         started.elapsed().as_secs_f32(),

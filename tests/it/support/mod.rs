@@ -116,6 +116,8 @@ pub fn test_config(data_dir: PathBuf, graph_url: String) -> Config {
     c.sender.recipient_burst = 100;
     c.sender.recipient_window = Duration::from_secs(1);
     c.conversation.typing_indicator = false;
+    // Tests that want the "got it" notice turn it on; others count their sends exactly.
+    c.conversation.wait_notice_after = Duration::ZERO;
     // Tests that want a model configure one; by default no model is looked for.
     c.llm.backend = sandra::config::LlmBackend::None;
     c
