@@ -89,7 +89,7 @@ fn round(
     }
 }
 
-fn load(model: &PathBuf, parallel: usize) -> ChatEngine {
+fn load(model: &std::path::Path, parallel: usize) -> ChatEngine {
     let opts = LocalOptions {
         device: DeviceChoice::Auto,
         parallel,
