@@ -392,7 +392,8 @@ pub async fn build_brain(cfg: &Config, metrics: &Metrics) -> anyhow::Result<Arc<
             };
             let opts = sandra_models::chat::LocalOptions {
                 device: l.device,
-                queue: l.queue,
+                parallel: l.parallel,
+                kv_cache_mb: l.kv_cache_mb,
                 cpu_prefill: l.cpu_prefill,
             };
             let params = l.sampling.params();

@@ -292,8 +292,15 @@ pub struct LlmConfig {
     pub cpu_prefill: sandra_models::chat::CpuPrefill,
     /// Upper bound on the prompt + reply tokens (the model's own window may be smaller).
     pub context_tokens: usize,
-    /// Requests waiting for the local model before new ones are refused ("busy").
+    /// No longer used: the local model queues every turn fairly (round-robin by conversation)
+    /// and refuses none. Still accepted so that older config files load.
     pub queue: usize,
+    /// Replies the local model decodes together, one token each per batched step.
+    pub parallel: usize,
+    /// Memory for the local model's keys and values kept between turns, in MiB (one cache per
+    /// conversation, least recently used evicted first; 0 keeps none but the shared system
+    /// prompt).
+    pub kv_cache_mb: usize,
     pub system_prompt: String,
     pub sampling: SamplingConfig,
     pub openai: OpenAiConfig,
@@ -352,6 +359,8 @@ impl Default for LlmConfig {
             cpu_prefill: Default::default(),
             context_tokens: 4096,
             queue: 16,
+            parallel: sandra_models::chat::LocalOptions::default().parallel,
+            kv_cache_mb: sandra_models::chat::LocalOptions::default().kv_cache_mb,
             system_prompt: sandra_actors::llm_brain::DEFAULT_SYSTEM_PROMPT.into(),
             sampling: Default::default(),
             openai: OpenAiConfig::default(),
@@ -1175,8 +1184,14 @@ impl Config {
         if l.context_tokens < 256 {
             return Err(key_err("llm.context_tokens", "must be at least 256"));
         }
-        if l.queue == 0 {
-            return Err(key_err("llm.queue", "must be at least 1"));
+        if !(1..=64).contains(&l.parallel) {
+            return Err(key_err("llm.parallel", "must be between 1 and 64"));
+        }
+        if l.kv_cache_mb > 1 << 20 {
+            return Err(key_err(
+                "llm.kv_cache_mb",
+                "must be at most 1048576 (1 TiB)",
+            ));
         }
         if l.sampling.max_new_tokens == 0 || l.sampling.max_new_tokens >= l.context_tokens {
             return Err(key_err(
@@ -1372,6 +1387,29 @@ mod tests {
                 .to_string()
                 .contains("sender.rate_per_second")
         );
+    }
+
+    /// The batching and cache keys load, default sensibly, and are named when wrong; the old
+    /// `llm.queue` still loads (ignored) so older config files keep working.
+    #[test]
+    fn llm_parallel_and_kv_cache_keys_are_read_and_validated() {
+        let c =
+            Config::from_toml("[llm]\nparallel = 6\nkv_cache_mb = 256\nqueue = 3\n", "c").unwrap();
+        assert_eq!((c.llm.parallel, c.llm.kv_cache_mb), (6, 256));
+        c.validate().unwrap();
+        let d = Config::default();
+        assert!(d.llm.parallel >= 1 && d.llm.kv_cache_mb >= 64);
+        for (toml, key) in [
+            ("[llm]\nparallel = 0\n", "llm.parallel"),
+            ("[llm]\nparallel = 1000\n", "llm.parallel"),
+            ("[llm]\nkv_cache_mb = 99999999\n", "llm.kv_cache_mb"),
+        ] {
+            let e = Config::from_toml(toml, "c")
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(e.to_string().contains(key), "{toml}: {e}");
+        }
     }
 
     #[test]

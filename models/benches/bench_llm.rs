@@ -58,7 +58,8 @@ fn main() {
     let t = Instant::now();
     let opts = LocalOptions {
         device: DeviceChoice::Auto,
-        queue: 1,
+        parallel: 1,
+        kv_cache_mb: 512,
         cpu_prefill,
     };
     let engine =

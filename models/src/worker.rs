@@ -69,8 +69,13 @@ pub fn cancelled() -> bool {
     })
 }
 
+/// Counts a job skipped because its caller had gone (the chat scheduler skips its own).
+pub(crate) fn count_skipped() {
+    SKIPPED.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Lives in the caller's future: dropping it before the reply arrived raises the job's flag.
-struct CancelOnDrop(Option<Arc<AtomicBool>>);
+pub(crate) struct CancelOnDrop(pub(crate) Option<Arc<AtomicBool>>);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {

@@ -1,4 +1,5 @@
-//! The local chat model: a quantized GGUF model that lives on a [`ModelWorker`] thread.
+//! The local chat model: loading a quantized GGUF model, its tokenizer, template and end tokens,
+//! for the model thread (`scheduler`), which generates.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -7,17 +8,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::quantized::gguf_file::{self, Content, Value};
-use candle_core::{DType, Device, Tensor};
-use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::generation::Sampling;
 use tokenizers::Tokenizer;
 
 use super::qdecoder::{CpuPrefill, Family, QDecoder};
 use super::template::{ChatTemplate, PromptFormat};
-use super::{ChatError, SamplingParams, tokenizer};
+use super::{SamplingParams, tokenizer};
 use crate::device::{DeviceChoice, device_name, select_device};
-
-/// Prompt tokens fed to the model per forward pass (bounds attention memory on long prompts).
-const PREFILL_CHUNK: usize = 512;
 
 /// The longest context Sandra uses, whatever the model allows.
 const MAX_CONTEXT: usize = 32_768;
@@ -34,24 +31,12 @@ pub(crate) struct ModelInfo {
     pub tokenizer_source: &'static str,
 }
 
-/// The model on its thread.
+/// The model on its thread: weights and what ends a reply (keys and values live in the
+/// scheduler's caches).
 pub(crate) struct LocalModel {
-    weights: QDecoder,
-    device: Device,
-    stop_ids: Vec<u32>,
-    context_length: usize,
-    /// The tokens whose keys and values the cache holds, in order. A prompt that starts with
-    /// them (the same conversation's next turn: same system prompt, history, last reply) only
-    /// feeds the rest.
-    cached: Vec<u32>,
-}
-
-/// The result of one generation, in tokens.
-pub(crate) struct Generated {
-    pub tokens: Vec<u32>,
-    pub prompt_tokens: usize,
-    /// Prompt tokens whose keys and values came from the previous generation.
-    pub reused_tokens: usize,
+    pub weights: QDecoder,
+    pub stop_ids: Vec<u32>,
+    pub context_length: usize,
 }
 
 /// Everything `load` produces: the model for the thread and what the async side keeps.
@@ -158,10 +143,8 @@ pub(crate) fn load(
     Ok(Loaded {
         model: LocalModel {
             weights,
-            device,
             stop_ids,
             context_length,
-            cached: Vec::new(),
         },
         tokenizer: Arc::new(tok),
         info,
@@ -211,119 +194,8 @@ fn quantization_label(ct: &Content) -> String {
         .unwrap_or_default()
 }
 
-impl LocalModel {
-    /// Generates up to `params.max_new_tokens` tokens after `prompt`, stopping at an end token.
-    pub fn generate(
-        &mut self,
-        prompt: &[u32],
-        params: &SamplingParams,
-    ) -> Result<Generated, ChatError> {
-        let inf = |e: candle_core::Error| ChatError::Inference(e.to_string());
-        if prompt.is_empty() {
-            return Err(ChatError::Inference("empty prompt".into()));
-        }
-        let room = self.context_length.saturating_sub(prompt.len());
-        if room == 0 {
-            return Err(ChatError::ContextOverflow {
-                prompt_tokens: prompt.len(),
-                context_window: self.context_length,
-            });
-        }
-        let max_new = params.max_new_tokens.min(room);
-        let mut sampler = LogitsProcessor::from_sampling(params.seed_or_random(), sampling(params));
-        // Reuse the cached prefix; at least the last prompt token is fed again for its logits.
-        let reused = self
-            .cached
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(prompt.len() - 1);
-        self.weights.truncate_kv(reused);
-        self.cached.truncate(reused);
-
-        let started = Instant::now();
-        let mut logits = None;
-        for (i, chunk) in prompt[reused..].chunks(PREFILL_CHUNK).enumerate() {
-            let input = Tensor::new(chunk, &self.device)
-                .and_then(|t| t.unsqueeze(0))
-                .map_err(inf)?;
-            let fed = self
-                .weights
-                .forward(&input, reused + i * PREFILL_CHUNK)
-                .map_err(|e| {
-                    // What the cache holds past `reused` is unknown now.
-                    self.cached.clear();
-                    inf(e)
-                })?;
-            self.cached.extend_from_slice(chunk);
-            logits = Some(fed);
-        }
-        let prefill = started.elapsed();
-        let mut logits = logits.expect("non-empty prompt");
-        let mut all: Vec<u32> = prompt.to_vec();
-        let mut out = Vec::new();
-        let started = Instant::now();
-        while out.len() < max_new {
-            // Nobody waits for this reply anymore (the turn timed out): stop computing it. The
-            // KV cache still matches `cached`, so the next turn reuses it as usual.
-            if crate::worker::cancelled() {
-                return Err(ChatError::Inference(
-                    "cancelled: the caller has gone".into(),
-                ));
-            }
-            let mut l = logits
-                .squeeze(0)
-                .and_then(|l| l.to_dtype(DType::F32))
-                .map_err(inf)?;
-            if params.repeat_penalty != 1.0 && params.repeat_last_n > 0 {
-                let start = all.len().saturating_sub(params.repeat_last_n);
-                l = candle_transformers::utils::apply_repeat_penalty(
-                    &l,
-                    params.repeat_penalty,
-                    &all[start..],
-                )
-                .map_err(inf)?;
-            }
-            let next = sampler.sample(&l).map_err(inf)?;
-            if self.stop_ids.contains(&next) {
-                break;
-            }
-            out.push(next);
-            all.push(next);
-            if out.len() == max_new {
-                break;
-            }
-            let input = Tensor::new(&[next], &self.device)
-                .and_then(|t| t.unsqueeze(0))
-                .map_err(inf)?;
-            logits = match self.weights.forward(&input, all.len() - 1) {
-                Ok(l) => l,
-                Err(e) => {
-                    self.cached.clear();
-                    return Err(inf(e));
-                }
-            };
-            self.cached.push(next);
-        }
-        let decode = started.elapsed();
-        tracing::debug!(
-            prompt_tokens = prompt.len(),
-            reused_tokens = reused,
-            completion_tokens = out.len(),
-            prefill_tok_s = (prompt.len() - reused) as f64 / prefill.as_secs_f64().max(1e-9),
-            decode_tok_s = out.len() as f64 / decode.as_secs_f64().max(1e-9),
-            "generated"
-        );
-        Ok(Generated {
-            tokens: out,
-            prompt_tokens: prompt.len(),
-            reused_tokens: reused,
-        })
-    }
-}
-
-fn sampling(p: &SamplingParams) -> Sampling {
+/// How `p` chooses tokens.
+pub(crate) fn sampling(p: &SamplingParams) -> Sampling {
     if p.temperature <= 0.0 {
         Sampling::ArgMax
     } else if p.top_p > 0.0 && p.top_p < 1.0 {

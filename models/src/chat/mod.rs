@@ -1,13 +1,17 @@
 //! The chat LLM: a local quantized GGUF model (candle) or a remote OpenAI-compatible server,
 //! behind one cloneable [`ChatEngine`].
 //!
-//! Local models run on a dedicated [`ModelWorker`](crate::worker::ModelWorker) thread; the
-//! tokenizer and chat template are also kept on the async side so [`ChatEngine::count_tokens`]
-//! never waits for the model. Replies are whole messages (no streaming).
+//! A local model runs on its own thread (`scheduler`): a fair queue over conversations, a KV
+//! cache per conversation in a memory budget (`kvpool`), and several replies decoded together
+//! in one batched step. The tokenizer and chat template are also kept on the async side so
+//! [`ChatEngine::count_tokens`] never waits for the model. Replies are whole messages (no
+//! streaming).
 
 mod jinja;
+mod kvpool;
 mod local;
 mod qdecoder;
+mod scheduler;
 pub use qdecoder::CpuPrefill;
 mod remote;
 pub mod template;
@@ -20,7 +24,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use crate::device::{DeviceChoice, select_device};
-use crate::worker::{ModelWorker, WorkerError};
+use crate::worker::WorkerError;
 pub use jinja::JinjaTemplate;
 pub use local::read_gguf_metadata;
 pub use remote::{RemoteConfig, RemoteError};
@@ -128,8 +132,13 @@ impl SamplingParams {
 #[derive(Debug, Clone, Copy)]
 pub struct LocalOptions {
     pub device: DeviceChoice,
-    /// Requests that may wait for the model thread before new ones get [`ChatError::Busy`].
-    pub queue: usize,
+    /// Replies decoded together, one token each per batched step (at least 1). Requests beyond
+    /// it wait in a fair queue (round-robin by conversation); none is refused.
+    pub parallel: usize,
+    /// Memory for keys and values kept between turns (MiB), conversations' caches evicted least
+    /// recently used first. One token costs layers × 2 × kv_heads × head_dim × 4 bytes (56 KiB
+    /// for Qwen2.5-1.5B, so 512 MiB hold about 9,000 tokens).
+    pub kv_cache_mb: usize,
     pub cpu_prefill: CpuPrefill,
 }
 
@@ -137,7 +146,8 @@ impl Default for LocalOptions {
     fn default() -> Self {
         Self {
             device: DeviceChoice::Auto,
-            queue: 16,
+            parallel: 4,
+            kv_cache_mb: 512,
             cpu_prefill: CpuPrefill::default(),
         }
     }
@@ -160,7 +170,8 @@ pub enum ChatError {
     /// The local model could not be loaded (bad path, not GGUF, unsupported architecture...).
     #[error("cannot load chat model {}: {reason}", path.display())]
     Load { path: PathBuf, reason: String },
-    /// The model's queue is full: shed load or retry later.
+    /// The model cannot take the request now: shed load or retry later. The local model
+    /// queues every request instead, so only other backends may return it.
     #[error("chat model is busy (queue full)")]
     Busy,
     /// The model thread has stopped.
@@ -193,11 +204,9 @@ impl From<WorkerError> for ChatError {
     }
 }
 
-type LocalWorker = ModelWorker<local::LocalModel, Result<ChatReply, ChatError>>;
-
 enum Backend {
     Local {
-        worker: LocalWorker,
+        handle: scheduler::Handle,
         tokenizer: Arc<tokenizers::Tokenizer>,
         info: local::ModelInfo,
     },
@@ -223,19 +232,19 @@ impl fmt::Debug for ChatEngine {
 }
 
 impl ChatEngine {
-    /// Loads a GGUF chat model on its own thread (`queue` bounds waiting requests). Fails with the
-    /// path and the reason.
+    /// Loads a GGUF chat model on its own thread (`parallel` replies decoded together; see
+    /// [`LocalOptions`] for the rest). Fails with the path and the reason.
     pub fn load_local(
         path: &Path,
         device: DeviceChoice,
         params: SamplingParams,
-        queue: usize,
+        parallel: usize,
     ) -> Result<Self, ChatError> {
         Self::load_local_with(
             path,
             LocalOptions {
                 device,
-                queue,
+                parallel,
                 ..Default::default()
             },
             params,
@@ -250,28 +259,32 @@ impl ChatEngine {
     ) -> Result<Self, ChatError> {
         let LocalOptions {
             device,
-            queue,
+            parallel,
+            kv_cache_mb,
             cpu_prefill,
         } = opts;
         let (info_tx, info_rx) = std::sync::mpsc::sync_channel(1);
         let owned = path.to_path_buf();
-        let worker = ModelWorker::spawn("chat", queue, move || {
+        let sched = scheduler::SchedulerOptions {
+            parallel: parallel.max(1),
+            kv_cache_bytes: kv_cache_mb.saturating_mul(1 << 20),
+        };
+        let handle = scheduler::Handle::spawn(sched, move || {
             // A panic inside candle while reading a malformed file is a load error too.
             let loaded = std::panic::catch_unwind(|| local::load(&owned, device, cpu_prefill))
                 .unwrap_or_else(|p| {
-                    let msg = p
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    Err(format!("panicked while loading: {msg}"))
+                    Err(format!(
+                        "panicked while loading: {}",
+                        crate::worker::panic_message(&p)
+                    ))
                 })
                 .map_err(|reason| ChatError::Load {
                     path: owned.clone(),
                     reason,
                 })?;
-            let _ = info_tx.send((loaded.tokenizer, loaded.info));
-            Ok::<_, ChatError>(loaded.model)
+            let template = loaded.info.template.clone();
+            let _ = info_tx.send((loaded.tokenizer.clone(), loaded.info));
+            Ok((loaded.model, loaded.tokenizer, template))
         })?;
         let (tokenizer, info) = info_rx.recv().map_err(|_| ChatError::Load {
             path: path.to_path_buf(),
@@ -280,7 +293,7 @@ impl ChatEngine {
         Ok(Self {
             inner: Arc::new(Inner {
                 backend: Backend::Local {
-                    worker,
+                    handle,
                     tokenizer,
                     info,
                 },
@@ -319,55 +332,39 @@ impl ChatEngine {
 
     /// Replies within one conversation. `conversation` (an opaque, stable key such as the
     /// conversation's id) lets a local model keep that conversation's keys and values between
-    /// its turns and queue its turns fairly beside other conversations'.
+    /// its turns (its next turn reads only what is new) and queue its turns fairly beside other
+    /// conversations' (round-robin; one turn of a conversation at a time).
     pub async fn chat_in(
         &self,
         conversation: &str,
         messages: Vec<ChatMessage>,
         params: SamplingParams,
     ) -> Result<ChatReply, ChatError> {
-        let _ = conversation;
-        self.chat_with(messages, params).await
+        self.reply(Some(conversation.to_string()), messages, params)
+            .await
     }
 
-    /// Replies with explicit sampling parameters.
+    /// Replies with explicit sampling parameters, outside any conversation (summaries, tests):
+    /// a local model runs it on a scratch cache that such requests share.
     pub async fn chat_with(
         &self,
         messages: Vec<ChatMessage>,
         params: SamplingParams,
     ) -> Result<ChatReply, ChatError> {
+        self.reply(None, messages, params).await
+    }
+
+    async fn reply(
+        &self,
+        conversation: Option<String>,
+        messages: Vec<ChatMessage>,
+        params: SamplingParams,
+    ) -> Result<ChatReply, ChatError> {
         match &self.inner.backend {
-            Backend::Local {
-                worker,
-                tokenizer,
-                info,
-            } => {
-                let tokenizer = tokenizer.clone();
-                let template = info.template.clone();
-                let window = self.context_window();
-                worker
-                    .run(move |model| {
-                        let ids = encode_chat(&tokenizer, &template, &messages)?;
-                        if ids.len() >= window {
-                            return Err(ChatError::ContextOverflow {
-                                prompt_tokens: ids.len(),
-                                context_window: window,
-                            });
-                        }
-                        let mut params = params;
-                        params.max_new_tokens = params.max_new_tokens.min(window - ids.len());
-                        let g = model.generate(&ids, &params)?;
-                        let text = tokenizer
-                            .decode(&g.tokens, true)
-                            .map_err(|e| ChatError::Inference(format!("decoding: {e}")))?;
-                        Ok(ChatReply {
-                            text: template::strip_think(&text).to_string(),
-                            prompt_tokens: g.prompt_tokens,
-                            completion_tokens: g.tokens.len(),
-                            reused_prompt_tokens: g.reused_tokens,
-                        })
-                    })
-                    .await?
+            Backend::Local { handle, .. } => {
+                handle
+                    .chat(conversation, messages, params, self.context_window())
+                    .await
             }
             Backend::Remote(client) => client.chat(&messages, &params).await,
         }
@@ -410,10 +407,20 @@ impl ChatEngine {
         }
     }
 
-    /// Free slots in the local model's queue (`None` for remote).
-    pub fn free_slots(&self) -> Option<usize> {
+    /// Requests the local model has queued or is answering (`None` for remote). Its queue has
+    /// no capacity to run out of: this is load, not room.
+    pub fn pending(&self) -> Option<usize> {
         match &self.inner.backend {
-            Backend::Local { worker, .. } => Some(worker.free_slots()),
+            Backend::Local { handle, .. } => Some(handle.pending()),
+            Backend::Remote(_) => None,
+        }
+    }
+
+    /// The most replies the local model decoded together in one step so far (`None` for
+    /// remote): diagnostics and benchmarks.
+    pub fn largest_batch(&self) -> Option<usize> {
+        match &self.inner.backend {
+            Backend::Local { handle, .. } => Some(handle.largest_batch()),
             Backend::Remote(_) => None,
         }
     }
@@ -421,8 +428,8 @@ impl ChatEngine {
     /// Local model: records each job's wait in the model's queue into `histogram` (seconds).
     /// A remote server queues on its own side; nothing is recorded.
     pub fn observe_queue_wait(&self, histogram: metrics::Histogram) {
-        if let Backend::Local { worker, .. } = &self.inner.backend {
-            worker.observe_queue_wait(histogram);
+        if let Backend::Local { handle, .. } = &self.inner.backend {
+            handle.observe_queue_wait(histogram);
         }
     }
 

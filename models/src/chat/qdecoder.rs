@@ -5,10 +5,12 @@
 //! for a 150k-token vocabulary), grow the KV cache by concatenation (a full copy per token) and
 //! multiply through candle's repacked kernels, which keep a wider copy of every Q4_K matrix
 //! beside the file's blocks. Here the embedding stays quantized and, when the model ties it to
-//! the output projection, one copy serves both; the KV cache is a buffer written in place,
-//! which can also be rewound so the next turn of a conversation reuses its prompt; grouped-query
-//! attention reshapes the queries instead of repeating keys and values. One-token steps always
-//! run ggml-style block dot products straight on the GGUF blocks (`k_quants::matmul`); prompts
+//! the output projection, one copy serves both; keys and values live outside the model, in one
+//! [`SeqCache`] per sequence, buffers written in place that can be rewound (a conversation's
+//! next turn reuses its prompt) or copied (a shared system prompt); several sequences step
+//! together through [`QDecoder::forward_batch`]. Grouped-query attention reshapes the queries
+//! instead of repeating keys and values. One-token steps always run ggml-style block dot
+//! products straight on the GGUF blocks (`k_quants::matmul`); prompts
 //! do too with [`CpuPrefill::Compact`], or take candle's faster repacked kernels with
 //! [`CpuPrefill::Repacked`] at the cost of the second copy.
 
@@ -80,10 +82,21 @@ impl QLinear {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.elem_count() / x.dim(D::Minus1)?.max(1);
-        let direct = if rows > 1 && self.prefill == CpuPrefill::Repacked {
-            None
-        } else {
+        self.apply(x, rows == 1 || self.prefill == CpuPrefill::Compact)
+    }
+
+    /// Rows that are single tokens of different sequences (a batched decode step): always the
+    /// block dot products where they exist, which give every row exactly what a one-row
+    /// product gives, and read each weight quad once for all rows.
+    fn forward_rows(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, true)
+    }
+
+    fn apply(&self, x: &Tensor, direct: bool) -> Result<Tensor> {
+        let direct = if direct {
             cpu_matmul(&self.weight, x)?
+        } else {
+            None
         };
         let y = match direct {
             Some(y) => y,
@@ -165,7 +178,8 @@ fn run<T: GgmlType>(
     Ok(true)
 }
 
-/// Keys and values of one layer, in a buffer that grows by whole chunks and is written in place.
+/// Keys and values of one layer of one sequence, in a buffer that grows by whole chunks and is
+/// written in place.
 struct KvCache {
     k: Option<Tensor>,
     v: Option<Tensor>,
@@ -173,8 +187,10 @@ struct KvCache {
     cap: usize,
 }
 
-/// Positions added to the KV buffer each time it fills.
-const KV_CHUNK: usize = 512;
+/// Positions added to a KV buffer each time it fills. Smaller than a long prompt so that a short
+/// conversation does not hold much more memory than it uses (the cache budget counts capacity);
+/// large enough that growing (a copy of the buffer) is rare.
+const KV_CHUNK: usize = 256;
 
 impl KvCache {
     fn new() -> Self {
@@ -186,38 +202,117 @@ impl KvCache {
         }
     }
 
-    /// Forgets everything after the first `len` positions (the buffer is kept for reuse).
-    fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+    /// Grows the buffers (same layout as `like`: `[1, kv_heads, _, head_dim]`) to hold `need`
+    /// positions, keeping the first `len`.
+    fn reserve(&mut self, need: usize, like: &Tensor) -> Result<()> {
+        if need <= self.cap && self.k.is_some() {
+            return Ok(());
+        }
+        let cap = need.div_ceil(KV_CHUNK) * KV_CHUNK;
+        let (b, h, _, d) = like.dims4()?;
+        let grow = |old: &Option<Tensor>| -> Result<Tensor> {
+            let t = Tensor::zeros((b, h, cap, d), like.dtype(), like.device())?;
+            if let Some(old) = old
+                && self.len > 0
+            {
+                t.slice_set(&old.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+            }
+            Ok(t)
+        };
+        self.k = Some(grow(&self.k)?);
+        self.v = Some(grow(&self.v)?);
+        self.cap = cap;
+        Ok(())
     }
 
-    /// Appends `k`, `v` (`[b, kv_heads, l, head_dim]`) and returns views of everything cached.
+    /// Appends `k`, `v` (`[1, kv_heads, l, head_dim]`) and returns views of everything cached.
     fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let l = k.dim(2)?;
-        if self.len + l > self.cap || self.k.is_none() {
-            let cap = (self.len + l).div_ceil(KV_CHUNK) * KV_CHUNK;
-            let (b, h, _, d) = k.dims4()?;
-            let grow = |old: &Option<Tensor>| -> Result<Tensor> {
-                let t = Tensor::zeros((b, h, cap, d), k.dtype(), k.device())?;
-                if let Some(old) = old
-                    && self.len > 0
-                {
-                    t.slice_set(&old.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
-                }
-                Ok(t)
-            };
-            self.k = Some(grow(&self.k)?);
-            self.v = Some(grow(&self.v)?);
-            self.cap = cap;
-        }
+        self.reserve(self.len + l, k)?;
         let (kc, vc) = (
-            self.k.as_ref().expect("grown"),
-            self.v.as_ref().expect("grown"),
+            self.k.as_ref().expect("reserved"),
+            self.v.as_ref().expect("reserved"),
         );
         kc.slice_set(&k.contiguous()?, 2, self.len)?;
         vc.slice_set(&v.contiguous()?, 2, self.len)?;
         self.len += l;
         Ok((kc.narrow(2, 0, self.len)?, vc.narrow(2, 0, self.len)?))
+    }
+
+    /// Bytes held by the buffers (capacity, not length).
+    fn bytes(&self) -> usize {
+        [&self.k, &self.v]
+            .into_iter()
+            .flatten()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
+    }
+}
+
+/// One sequence's keys and values in every layer, and the tokens they were computed from. The
+/// model holds no per-sequence state, so any number of these can live side by side (one per
+/// conversation) and several can be fed in one batched step ([`QDecoder::forward_batch`]).
+pub(crate) struct SeqCache {
+    layers: Vec<KvCache>,
+    tokens: Vec<u32>,
+}
+
+impl SeqCache {
+    /// An empty cache for `model`.
+    pub(crate) fn new(model: &QDecoder) -> Self {
+        Self {
+            layers: (0..model.layers.len()).map(|_| KvCache::new()).collect(),
+            tokens: Vec::new(),
+        }
+    }
+
+    /// The tokens whose keys and values are cached, in order.
+    pub(crate) fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Keeps the keys and values of the first `len` positions only (the buffers are kept).
+    pub(crate) fn truncate(&mut self, len: usize) {
+        let len = len.min(self.tokens.len());
+        self.tokens.truncate(len);
+        for l in &mut self.layers {
+            l.len = len;
+        }
+    }
+
+    /// Forgets everything (after a failed step, when what the buffers hold is unknown).
+    pub(crate) fn clear(&mut self) {
+        self.truncate(0);
+    }
+
+    /// Replaces this cache's content by the first `len` positions of `src`: a copy of their rows,
+    /// nothing recomputed.
+    pub(crate) fn copy_prefix(&mut self, src: &SeqCache, len: usize) -> Result<()> {
+        let len = len.min(src.tokens.len());
+        self.clear();
+        if len == 0 {
+            return Ok(());
+        }
+        for (dst, s) in self.layers.iter_mut().zip(&src.layers) {
+            let (Some(sk), Some(sv)) = (&s.k, &s.v) else {
+                bail!("copying the prefix of an empty cache");
+            };
+            dst.reserve(len, sk)?;
+            let (dk, dv) = (
+                dst.k.as_ref().expect("reserved"),
+                dst.v.as_ref().expect("reserved"),
+            );
+            dk.slice_set(&sk.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+            dv.slice_set(&sv.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+            dst.len = len;
+        }
+        self.tokens.extend_from_slice(&src.tokens[..len]);
+        Ok(())
+    }
+
+    /// Bytes its buffers hold (what the cache budget counts).
+    pub(crate) fn bytes(&self) -> usize {
+        self.layers.iter().map(KvCache::bytes).sum()
     }
 }
 
@@ -233,10 +328,9 @@ struct Layer {
     gate: QLinear,
     up: QLinear,
     down: QLinear,
-    kv: KvCache,
 }
 
-/// The model: weights, RoPE tables and KV caches.
+/// The model: weights and RoPE tables. Keys and values live in each sequence's [`SeqCache`].
 pub(crate) struct QDecoder {
     embed: Arc<QTensor>,
     layers: Vec<Layer>,
@@ -340,7 +434,6 @@ impl QDecoder {
                 down: lin("ffn_down")?,
                 q_norm,
                 k_norm,
-                kv: KvCache::new(),
             });
         }
         let (cos, sin) = rope_tables(head_dim, theta, max_positions, device)?;
@@ -361,17 +454,14 @@ impl QDecoder {
         })
     }
 
-    /// Keeps the keys and values of the first `len` positions only.
-    pub(crate) fn truncate_kv(&mut self, len: usize) {
-        for l in &mut self.layers {
-            l.kv.truncate(len);
-        }
+    /// Bytes of keys and values one cached position takes: layers × 2 (keys and values) ×
+    /// key/value heads × head size × 4 (f32). 56 KiB for Qwen2.5-1.5B (28 × 2 × 2 × 128 × 4).
+    pub(crate) fn kv_bytes_per_token(&self) -> usize {
+        self.layers.len() * 2 * self.n_kv_head * self.head_dim * 4
     }
 
-    /// Feeds `ids` (`[1, l]`) at position `pos` and returns the logits of the last position
-    /// (`[1, vocab]`).
-    pub(crate) fn forward(&mut self, ids: &Tensor, pos: usize) -> Result<Tensor> {
-        let (b, l) = ids.dims2()?;
+    fn check_room(&self, cache: &SeqCache, l: usize) -> Result<usize> {
+        let pos = cache.tokens.len();
         if pos + l > self.max_positions {
             bail!(
                 "position {} is past the context of {}",
@@ -379,64 +469,166 @@ impl QDecoder {
                 self.max_positions
             );
         }
-        let mut x = self.embed.embedding(ids)?;
+        Ok(pos)
+    }
+
+    /// Feeds `ids` to one sequence after what `cache` holds, appends their keys and values to
+    /// it, and returns the logits of the last position (`[1, vocab]`). On error the cache's
+    /// content is unknown: the caller clears it.
+    pub(crate) fn forward(&self, ids: &[u32], cache: &mut SeqCache) -> Result<Tensor> {
+        let l = ids.len();
+        if l == 0 {
+            bail!("nothing to feed");
+        }
+        let pos = self.check_room(cache, l)?;
+        let input = Tensor::new(ids, self.cos.device())?.unsqueeze(0)?;
+        let mut x = self.embed.embedding(&input)?;
         let mask = if l > 1 {
             Some(crate::attention::causal_mask(l, pos, x.device())?)
         } else {
             None
         };
-        let cos = self.cos.narrow(0, pos, l)?;
-        let sin = self.sin.narrow(0, pos, l)?;
-        let (nh, nkv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
-        let group = nh / nkv;
-        let scale = 1.0 / (hd as f64).sqrt();
-        for layer in &mut self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.eps)?;
-            let mut q = layer.q.forward(&h)?.reshape((b, l, nh, hd))?;
-            let mut k = layer.k.forward(&h)?.reshape((b, l, nkv, hd))?;
-            let v = layer.v.forward(&h)?.reshape((b, l, nkv, hd))?;
-            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-                q = candle_nn::ops::rms_norm(&q, qn, self.eps)?;
-                k = candle_nn::ops::rms_norm(&k, kn, self.eps)?;
-            }
-            let rope = |t: Tensor| -> Result<Tensor> {
-                let t = t.transpose(1, 2)?.contiguous()?;
-                if self.neox {
-                    candle_nn::rotary_emb::rope(&t, &cos, &sin)
-                } else {
-                    candle_nn::rotary_emb::rope_i(&t, &cos, &sin)
-                }
-            };
-            let q = rope(q)?; // [b, nh, l, hd]
-            let k = rope(k)?; // [b, nkv, l, hd]
-            let v = v.transpose(1, 2)?;
-            let (k, v) = layer.kv.append(&k, &v)?; // [b, nkv, t, hd]
-            let t = k.dim(2)?;
-            // Query heads that share a key/value head become rows of one product.
-            let q = q.reshape((b, nkv, group * l, hd))?;
-            let mut att = (q.matmul(&k.t()?)? * scale)?;
-            if let Some(mask) = &mask {
-                att = att
-                    .reshape((b, nkv, group, l, t))?
-                    .broadcast_add(mask)?
-                    .reshape((b, nkv, group * l, t))?;
-            }
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
-            let y = att
-                .matmul(&v)?
-                .reshape((b, nh, l, hd))?
-                .transpose(1, 2)?
-                .reshape((b, l, nh * hd))?;
-            x = (layer.o.forward(&y)? + x)?;
-
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.eps)?;
-            let g = layer.gate.forward(&h)?.silu()?;
-            let u = layer.up.forward(&h)?;
-            x = (layer.down.forward(&(g * u)?)? + x)?;
+            let (q, k, v) = (
+                layer.q.forward(&h)?,
+                layer.k.forward(&h)?,
+                layer.v.forward(&h)?,
+            );
+            let y = self.attend(layer, &q, &k, &v, &mut cache.layers[i], pos, mask.as_ref())?;
+            x = self.feed_forward(layer, &y, x, false)?;
         }
+        cache.tokens.extend_from_slice(ids);
         let last = x.i((.., l - 1, ..))?.contiguous()?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, self.eps)?;
         self.output.forward(&last)
+    }
+
+    /// One decode step for several sequences at once: `steps[i]` feeds one token to its own
+    /// cache. Returns the logits `[n, vocab]`, row `i` for `steps[i]`.
+    ///
+    /// The linear layers see all the new tokens as one `[n, hidden]` product, so each weight
+    /// block is read from memory once per step for every sequence (`k_quants::matmul` walks a
+    /// tile of up to 16 lhs rows per weight quad); attention runs per sequence on its own
+    /// cache. Each row's logits are those [`forward`](Self::forward) gives for that token alone:
+    /// the same block dot products, the same attention.
+    pub(crate) fn forward_batch(&self, steps: &mut [(u32, &mut SeqCache)]) -> Result<Tensor> {
+        let n = steps.len();
+        if n == 0 {
+            bail!("nothing to feed");
+        }
+        let mut pos = Vec::with_capacity(n);
+        for (_, cache) in steps.iter() {
+            pos.push(self.check_room(cache, 1)?);
+        }
+        let ids: Vec<u32> = steps.iter().map(|(t, _)| *t).collect();
+        let input = Tensor::new(ids.as_slice(), self.cos.device())?.unsqueeze(1)?; // [n, 1]
+        let mut x = self.embed.embedding(&input)?; // [n, 1, hidden]
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.eps)?;
+            let (q, k, v) = (
+                layer.q.forward_rows(&h)?,
+                layer.k.forward_rows(&h)?,
+                layer.v.forward_rows(&h)?,
+            );
+            let y = if n == 1 {
+                self.attend(layer, &q, &k, &v, &mut steps[0].1.layers[li], pos[0], None)?
+            } else {
+                let mut ys = Vec::with_capacity(n);
+                for (i, (_, cache)) in steps.iter_mut().enumerate() {
+                    ys.push(self.attend(
+                        layer,
+                        &q.narrow(0, i, 1)?,
+                        &k.narrow(0, i, 1)?,
+                        &v.narrow(0, i, 1)?,
+                        &mut cache.layers[li],
+                        pos[i],
+                        None,
+                    )?);
+                }
+                Tensor::cat(&ys, 0)?
+            };
+            x = self.feed_forward(layer, &y, x, true)?;
+        }
+        for (t, cache) in steps.iter_mut() {
+            cache.tokens.push(*t);
+        }
+        let last = x.squeeze(1)?.contiguous()?; // [n, hidden]
+        let last = candle_nn::ops::rms_norm(&last, &self.norm, self.eps)?;
+        self.output.forward_rows(&last)
+    }
+
+    /// Self-attention of one sequence: `q`, `k`, `v` are the projections `[1, l, _]` of its `l`
+    /// new positions starting at `pos`; their keys and values join `kv`. Returns `[1, l, nh*hd]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        layer: &Layer,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        kv: &mut KvCache,
+        pos: usize,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (nh, nkv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
+        let (b, l, _) = q.dims3()?;
+        let group = nh / nkv;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut q = q.reshape((b, l, nh, hd))?;
+        let mut k = k.reshape((b, l, nkv, hd))?;
+        let v = v.reshape((b, l, nkv, hd))?;
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = candle_nn::ops::rms_norm(&q, qn, self.eps)?;
+            k = candle_nn::ops::rms_norm(&k, kn, self.eps)?;
+        }
+        let cos = self.cos.narrow(0, pos, l)?;
+        let sin = self.sin.narrow(0, pos, l)?;
+        let rope = |t: Tensor| -> Result<Tensor> {
+            let t = t.transpose(1, 2)?.contiguous()?;
+            if self.neox {
+                candle_nn::rotary_emb::rope(&t, &cos, &sin)
+            } else {
+                candle_nn::rotary_emb::rope_i(&t, &cos, &sin)
+            }
+        };
+        let q = rope(q)?; // [b, nh, l, hd]
+        let k = rope(k)?; // [b, nkv, l, hd]
+        let v = v.transpose(1, 2)?;
+        let (k, v) = kv.append(&k, &v)?; // [b, nkv, t, hd]
+        let t = k.dim(2)?;
+        // Query heads that share a key/value head become rows of one product.
+        let q = q.reshape((b, nkv, group * l, hd))?;
+        let mut att = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(mask) = mask {
+            att = att
+                .reshape((b, nkv, group, l, t))?
+                .broadcast_add(mask)?
+                .reshape((b, nkv, group * l, t))?;
+        }
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        att.matmul(&v)?
+            .reshape((b, nh, l, hd))?
+            .transpose(1, 2)?
+            .reshape((b, l, nh * hd))
+    }
+
+    /// The attention output projection, the residual, and the MLP block. `rows`: the input is
+    /// one token of each of several sequences (take the block dot products, see
+    /// [`QLinear::forward_rows`]) rather than positions of one prompt.
+    fn feed_forward(&self, layer: &Layer, y: &Tensor, x: Tensor, rows: bool) -> Result<Tensor> {
+        let lin = |w: &QLinear, t: &Tensor| {
+            if rows {
+                w.forward_rows(t)
+            } else {
+                w.forward(t)
+            }
+        };
+        let x = (lin(&layer.o, y)? + x)?;
+        let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.eps)?;
+        let g = lin(&layer.gate, &h)?.silu()?;
+        let u = lin(&layer.up, &h)?;
+        lin(&layer.down, &(g * u)?)? + x
     }
 }
 
@@ -556,27 +748,96 @@ mod tests {
                     }
                 };
                 let (ct, mut r) = read();
-                let mut ours = QDecoder::from_gguf(family, &ct, &mut r, &dev, 64, prefill)?;
+                let ours = QDecoder::from_gguf(family, &ct, &mut r, &dev, 64, prefill)?;
+                let mut cache = SeqCache::new(&ours);
                 // A 7-token prompt, then three single tokens through the KV cache.
-                let prompt = Tensor::new(&[[3u32, 17, 42, 5, 99, 8, 61]], &dev)?;
-                let a = ours.forward(&prompt, 0)?;
+                let ids = [3u32, 17, 42, 5, 99, 8, 61];
+                let prompt = Tensor::new(&[ids], &dev)?;
+                let a = ours.forward(&ids, &mut cache)?;
                 let b = stock.forward(&prompt, 0)?;
                 let d = max_rel_diff(&a, &b);
                 assert!(d < 1e-3, "{tiny:?} {prefill:?} prompt logits off by {d}");
                 for (i, t) in [11u32, 23, 7].into_iter().enumerate() {
                     let x = Tensor::new(&[[t]], &dev)?;
-                    let a = ours.forward(&x, 7 + i)?;
+                    let a = ours.forward(&[t], &mut cache)?;
                     let b = stock.forward(&x, 7 + i)?;
                     let d = max_rel_diff(&a, &b);
                     assert!(d < 1e-3, "{tiny:?} {prefill:?} step {i} logits off by {d}");
                 }
+                assert_eq!(cache.tokens(), &[3, 17, 42, 5, 99, 8, 61, 11, 23, 7]);
                 // Rewinding the cache to the prompt reproduces the first step exactly.
-                ours.truncate_kv(7);
-                let x = Tensor::new(&[[11u32]], &dev)?;
-                let again = ours.forward(&x, 7)?;
-                ours.truncate_kv(7);
-                let once_more = ours.forward(&x, 7)?;
+                cache.truncate(7);
+                let again = ours.forward(&[11], &mut cache)?;
+                cache.truncate(7);
+                let once_more = ours.forward(&[11], &mut cache)?;
                 assert_eq!(max_rel_diff(&again, &once_more), 0.0);
+                // So does a copy of the prompt's rows in another sequence's cache.
+                let mut copy = SeqCache::new(&ours);
+                copy.copy_prefix(&cache, 7)?;
+                assert_eq!(copy.tokens(), &ids);
+                let copied = ours.forward(&[11], &mut copy)?;
+                assert_eq!(max_rel_diff(&copied, &again), 0.0);
+            }
+        }
+        Ok(())
+    }
+
+    /// A batched decode step gives every sequence exactly the logits it gets alone, whatever
+    /// its neighbours' lengths; and a sequence's cache is independent of the others.
+    #[test]
+    fn a_batched_step_gives_each_sequence_its_own_logits_exactly() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        for tiny in ALL {
+            let (path, _) = write_model(dir.path(), tiny, Behaviour::Random, 11);
+            let mut r = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+            let ct = Content::read(&mut r).unwrap();
+            let family = match tiny {
+                TinyFamily::Qwen2 => Family::Qwen2,
+                TinyFamily::Qwen3 => Family::Qwen3,
+                TinyFamily::SmolLm | TinyFamily::Llama3 => Family::Llama,
+            };
+            let model = QDecoder::from_gguf(family, &ct, &mut r, &dev, 64, CpuPrefill::Repacked)?;
+            let prompts: [&[u32]; 3] =
+                [&[3, 17, 42, 5, 99], &[8, 61], &[12, 13, 14, 15, 16, 17, 18]];
+            let next = [11u32, 23, 7];
+            // Alone: prompt, then two single steps.
+            let mut alone = Vec::new();
+            for (p, t) in prompts.iter().zip(next) {
+                let mut c = SeqCache::new(&model);
+                model.forward(p, &mut c)?;
+                let l1 = model.forward(&[t], &mut c)?;
+                let l2 = model.forward(&[t + 1], &mut c)?;
+                alone.push((l1, l2));
+            }
+            // Together: the same prompts, then the same steps in two batched calls.
+            let mut caches: Vec<SeqCache> = prompts
+                .iter()
+                .map(|p| {
+                    let mut c = SeqCache::new(&model);
+                    model.forward(p, &mut c).map(|_| c)
+                })
+                .collect::<Result<_>>()?;
+            for step in 0..2u32 {
+                let mut steps: Vec<(u32, &mut SeqCache)> = caches
+                    .iter_mut()
+                    .zip(next)
+                    .map(|(c, t)| (t + step, c))
+                    .collect();
+                let logits = model.forward_batch(&mut steps)?;
+                assert_eq!(logits.dims(), &[3, alone[0].0.dim(1)?]);
+                for (i, (l1, l2)) in alone.iter().enumerate() {
+                    let want = if step == 0 { l1 } else { l2 };
+                    let got = logits.narrow(0, i, 1)?;
+                    assert_eq!(
+                        max_rel_diff(&got, want),
+                        0.0,
+                        "{tiny:?} seq {i} step {step}"
+                    );
+                }
+            }
+            for (c, (p, t)) in caches.iter().zip(prompts.iter().zip(next)) {
+                assert_eq!(c.tokens(), [p.to_vec(), vec![t, t + 1]].concat());
             }
         }
         Ok(())

@@ -3,6 +3,7 @@
 
 mod audio;
 mod chat;
+mod chat_batch;
 mod chat_install;
 mod chat_real;
 mod chat_remote;
