@@ -172,6 +172,8 @@ struct Args {
     max_tokens: usize,
     ack_rate: usize,
     ack_secs: u64,
+    /// Sequences the local model decodes together (`llm.parallel`).
+    parallel: usize,
 }
 
 fn args() -> Args {
@@ -183,6 +185,7 @@ fn args() -> Args {
         max_tokens: 96,
         ack_rate: 500,
         ack_secs: 10,
+        parallel: 8,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -201,6 +204,7 @@ fn args() -> Args {
             "--max-tokens" => a.max_tokens = it.next().and_then(|n| n.parse().ok()).unwrap(),
             "--ack-rate" => a.ack_rate = it.next().and_then(|n| n.parse().ok()).unwrap(),
             "--ack-secs" => a.ack_secs = it.next().and_then(|n| n.parse().ok()).unwrap(),
+            "--parallel" => a.parallel = it.next().and_then(|n| n.parse().ok()).unwrap(),
             _ => {} // cargo's own flags
         }
     }
@@ -400,7 +404,7 @@ fn main() {
         cfg.sender.rate_per_second = 1000;
         cfg.conversation.brain_timeout = Duration::from_secs(1800);
         cfg.conversation.offer_linking = false;
-        cfg.llm.queue = 256;
+        cfg.llm.parallel = a.parallel;
         cfg.llm.sampling.temperature = 0.0;
         cfg.llm.sampling.repeat_penalty = 1.0;
         cfg.llm.sampling.max_new_tokens = a.max_tokens;
@@ -445,7 +449,10 @@ fn main() {
             sent,
             tokens,
         };
-        println!("concurrency benchmark: {engine}, greedy, at most {} new tokens", a.max_tokens);
+        println!(
+            "concurrency benchmark: {engine}, greedy, at most {} new tokens, llm.parallel = {}",
+            a.max_tokens, a.parallel
+        );
         // Warm-up: one throwaway conversation (page the weights in, build kernels' tables).
         let warm = bench.round(&["15550000000".to_string()], &[QUESTIONS[0]], "W").await;
         println!("warm-up: {:.2} s", warm.wall);
