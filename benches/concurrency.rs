@@ -403,6 +403,7 @@ fn main() {
         cfg.whatsapp.graph_base_url = format!("http://{graph}");
         cfg.sender.rate_per_second = 1000;
         cfg.conversation.brain_timeout = Duration::from_secs(1800);
+        cfg.conversation.max_wait = Duration::from_secs(3600);
         cfg.conversation.offer_linking = false;
         cfg.llm.parallel = a.parallel;
         cfg.llm.sampling.temperature = 0.0;
