@@ -2,7 +2,8 @@
 //! `chromium-driver`) driven through chromedriver by fantoccini. Logs in (a wrong password
 //! first), replaces an access token Meta refuses, sees the status turn green, talks to Sandra
 //! in the chat box, and logs out. Every page is saved as a PNG at phone size (390×844) and
-//! desktop size under `target/portal-screenshots/` (CI keeps them as artifacts).
+//! desktop size under `target/portal-screenshots/` (CI can keep that folder as artifacts;
+//! copies of the phone-sized ones are in `docs/portal/`).
 //!
 //! Skips, saying why, only when chromium or chromedriver is not installed.
 
