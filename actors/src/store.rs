@@ -541,14 +541,34 @@ impl Store {
             path: dir.display().to_string(),
             reason: e.to_string(),
         })?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir.join("sandra.sled"))
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|e| StoreError::Open {
-                path: dir.display().to_string(),
-                reason: e.to_string(),
-            })?;
+            .flush_every_ms(Some(500));
+        // sled's file lock outlives a dropped `Db` for a moment (its background threads let go
+        // of the file after the handle), so a store closed and at once reopened in the same
+        // process (a key rotation, a restart) can find it still held: wait for it briefly. A
+        // lock held by another process is still refused, after this second.
+        let mut tries = 0;
+        let db = loop {
+            match config.open() {
+                // sled reports it as an `Other` I/O error with this text (sled 0.34, config.rs).
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && tries < 20 =>
+                {
+                    tries += 1;
+                    // Opening is start-up work (the app's build, the CLI) that blocks on file
+                    // I/O anyway (sled's recovery, the migration); no actor handler opens a store.
+                    #[allow(clippy::disallowed_methods)]
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => {
+                    break other.map_err(|e| StoreError::Open {
+                        path: dir.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+                }
+            }
+        };
         let store = Self {
             dedup: db.open_tree("dedup")?,
             inbox: db.open_tree("inbox")?,
