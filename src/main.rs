@@ -487,7 +487,7 @@ async fn shutdown_signal() {
 }
 
 fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
-    use sandra_models::catalog::{self, Manifest, ModelRole};
+    use sandra_models::catalog::{self, Manifest};
     use sandra_models::install;
     match cmd {
         ModelsCommand::Fetch {
@@ -531,40 +531,10 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
         ModelsCommand::List { config, available } => {
             let cfg = Config::load(config.as_deref())?;
             let dir = catalog::models_dir(&cfg.storage.data_dir);
-            let manifest = Manifest::load(&dir).unwrap_or_default();
             println!("models directory: {}", dir.display());
-            for role in [
-                ModelRole::Chat,
-                ModelRole::Transcription,
-                ModelRole::Ocr,
-                ModelRole::Vision,
-            ] {
-                let configured = match (role, cfg.llm.backend) {
-                    (ModelRole::Chat, sandra::config::LlmBackend::Openai) => Some(format!(
-                        "remote {} at {}",
-                        cfg.llm.openai.model, cfg.llm.openai.base_url
-                    )),
-                    (ModelRole::Chat, sandra::config::LlmBackend::None) => {
-                        Some("none (placeholder)".into())
-                    }
-                    (ModelRole::Chat, _) if !cfg.llm.model.as_os_str().is_empty() => {
-                        Some(format!("{} (llm.model)", cfg.llm.model.display()))
-                    }
-                    _ => None,
-                };
-                let installed = manifest.get(role).map(|m| {
-                    let ok = manifest
-                        .verify(role, &dir)
-                        .map(|_| "verified")
-                        .unwrap_or("FILES MISSING OR CHANGED");
-                    let size: u64 = m.files.iter().map(|f| f.size).sum();
-                    format!("{} [{}], {:.0} MB, {ok}", m.id, m.format, size as f64 / 1e6)
-                });
-                let uses = configured
-                    .or(installed.clone())
-                    .unwrap_or_else(|| "nothing installed".into());
-                println!("{:<14} uses: {uses}", role.to_string());
-                if let Some(i) = installed {
+            for row in sandra::admin::model_rows(&cfg) {
+                println!("{:<14} uses: {}", row.role, row.uses);
+                if let Some(i) = row.installed {
                     println!("{:<14} installed: {i}", "");
                 }
             }

@@ -545,7 +545,7 @@ impl Admin {
             },
             fix: None,
         });
-        let models = self.model_rows();
+        let models = model_rows(&self.0.cfg);
         let chat = models.first().map(|m| m.uses.clone()).unwrap_or_default();
         rows.push(Row {
             name: "Models".into(),
@@ -576,52 +576,6 @@ impl Admin {
                 fix: c.fix,
             })
             .collect()
-    }
-
-    /// What `sandra models list` shows: per role, what is in use and what is installed.
-    fn model_rows(&self) -> Vec<pages::ModelView> {
-        use sandra_models::catalog::{self, Manifest, ModelRole};
-        let cfg = &self.0.cfg;
-        let dir = catalog::models_dir(&cfg.storage.data_dir);
-        let manifest = Manifest::load(&dir).unwrap_or_default();
-        [
-            ModelRole::Chat,
-            ModelRole::Transcription,
-            ModelRole::Ocr,
-            ModelRole::Vision,
-        ]
-        .into_iter()
-        .map(|role| {
-            let configured = match (role, cfg.llm.backend) {
-                (ModelRole::Chat, crate::config::LlmBackend::Openai) => Some(format!(
-                    "remote {} at {}",
-                    cfg.llm.openai.model, cfg.llm.openai.base_url
-                )),
-                (ModelRole::Chat, crate::config::LlmBackend::None) => {
-                    Some("none (placeholder)".into())
-                }
-                (ModelRole::Chat, _) if !cfg.llm.model.as_os_str().is_empty() => {
-                    Some(format!("{} (llm.model)", cfg.llm.model.display()))
-                }
-                _ => None,
-            };
-            let installed = manifest.get(role).map(|m| {
-                let ok = manifest
-                    .verify(role, &dir)
-                    .map(|_| "verified")
-                    .unwrap_or("FILES MISSING OR CHANGED");
-                let size: u64 = m.files.iter().map(|f| f.size).sum();
-                format!("{} [{}], {:.0} MB, {ok}", m.id, m.format, size as f64 / 1e6)
-            });
-            pages::ModelView {
-                role: role.to_string(),
-                uses: configured
-                    .or(installed.clone())
-                    .unwrap_or_else(|| "nothing installed".into()),
-                installed,
-            }
-        })
-        .collect()
     }
 }
 
@@ -900,7 +854,7 @@ async fn unlink(
 
 async fn models(State(admin): State<Admin>, Extension(s): Extension<SessionInfo>) -> Response {
     let dir = sandra_models::catalog::models_dir(&admin.0.cfg.storage.data_dir);
-    let rows = admin.model_rows();
+    let rows = model_rows(&admin.0.cfg);
     admin.page(
         &s,
         Page::Models,
@@ -1107,6 +1061,49 @@ impl Admin {
         let excess = mine.len().saturating_sub(MAX_TRANSCRIPT);
         mine.drain(..excess);
     }
+}
+
+/// What `sandra models list` shows: per role, what is in use and what is installed.
+pub fn model_rows(cfg: &crate::config::Config) -> Vec<pages::ModelView> {
+    use sandra_models::catalog::{self, Manifest, ModelRole};
+    let dir = catalog::models_dir(&cfg.storage.data_dir);
+    let manifest = Manifest::load(&dir).unwrap_or_default();
+    [
+        ModelRole::Chat,
+        ModelRole::Transcription,
+        ModelRole::Ocr,
+        ModelRole::Vision,
+    ]
+    .into_iter()
+    .map(|role| {
+        let configured = match (role, cfg.llm.backend) {
+            (ModelRole::Chat, crate::config::LlmBackend::Openai) => Some(format!(
+                "remote {} at {}",
+                cfg.llm.openai.model, cfg.llm.openai.base_url
+            )),
+            (ModelRole::Chat, crate::config::LlmBackend::None) => Some("none (placeholder)".into()),
+            (ModelRole::Chat, _) if !cfg.llm.model.as_os_str().is_empty() => {
+                Some(format!("{} (llm.model)", cfg.llm.model.display()))
+            }
+            _ => None,
+        };
+        let installed = manifest.get(role).map(|m| {
+            let ok = manifest
+                .verify(role, &dir)
+                .map(|_| "verified")
+                .unwrap_or("FILES MISSING OR CHANGED");
+            let size: u64 = m.files.iter().map(|f| f.size).sum();
+            format!("{} [{}], {:.0} MB, {ok}", m.id, m.format, size as f64 / 1e6)
+        });
+        pages::ModelView {
+            role: role.to_string(),
+            uses: configured
+                .or(installed.clone())
+                .unwrap_or_else(|| "nothing installed".into()),
+            installed,
+        }
+    })
+    .collect()
 }
 
 #[cfg(test)]
