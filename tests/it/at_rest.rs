@@ -5,7 +5,7 @@
 //! And `sandra secrets` through the real binary.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -192,26 +192,14 @@ async fn no_file_under_the_data_dir_holds_a_secret_or_what_was_said() {
 }
 
 fn sandra(args: &[&str], stdin: &str, home: &Path) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sandra"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandra"));
+    cmd.args(args)
         .current_dir(home)
         .env_remove("SANDRA_MASTER_KEY")
         .env_remove("CREDENTIALS_DIRECTORY")
         .env_remove("WHATSAPP_ACCESS_TOKEN")
-        .env_remove("SANDRA_DATA_DIR")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+        .env_remove("SANDRA_DATA_DIR");
+    crate::support::run_with_stdin(cmd, stdin.as_bytes())
 }
 
 #[test]

@@ -1,8 +1,7 @@
 //! The playground: the same conversation actors, memory and photo pipeline without WhatsApp,
 //! through `Playground::say` and through the real `sandra chat` binary.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use sandra_actors::brain::{Brain, BrainFuture, TurnInput};
@@ -182,26 +181,17 @@ async fn a_captioned_photo_is_read_by_ocr_without_the_graph_api() {
 #[tokio::test]
 async fn sandra_chat_talks_in_the_terminal() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sandra"))
-        .arg("chat")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandra"));
+    cmd.arg("chat")
         .env("SANDRA_DATA_DIR", dir.path().join("data"))
         .env_remove("WHATSAPP_ACCESS_TOKEN")
         .env_remove("WHATSAPP_PHONE_NUMBER_ID")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"hello there\nand again\n/quit\nnever read\n")
-        .unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+        .env("RUST_LOG", "warn");
+    let out = tokio::task::spawn_blocking(move || {
+        crate::support::run_with_stdin(cmd, b"hello there\nand again\n/quit\nnever read\n")
+    })
+    .await
+    .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -571,8 +571,7 @@ async fn logout_ends_the_session() {
 /// `sandra admin set-password` with `input` on stdin, in a fresh directory whose config puts
 /// the data directory at `data`.
 fn set_password_cli(extra: &[&str], input: &str) -> (std::process::Output, tempfile::TempDir) {
-    use std::io::Write as _;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let home = tempfile::tempdir().unwrap();
     let config = home.path().join("config.toml");
     std::fs::write(&config, "[storage]\ndata_dir = \"data\"\n").unwrap();
@@ -583,22 +582,11 @@ fn set_password_cli(extra: &[&str], input: &str) -> (std::process::Output, tempf
         config.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sandra"))
-        .args(&args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandra"));
+    cmd.args(&args)
         .current_dir(home.path())
-        .env_remove("SANDRA_DATA_DIR")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    (child.wait_with_output().unwrap(), home)
+        .env_remove("SANDRA_DATA_DIR");
+    (crate::support::run_with_stdin(cmd, input.as_bytes()), home)
 }
 
 #[test]

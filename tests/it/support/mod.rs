@@ -350,3 +350,18 @@ impl Brain for PanickyBrain {
         "panicky".into()
     }
 }
+
+/// Runs `cmd` (the real binary, arguments and environment already set) with `input` on its
+/// stdin, capturing stdout and stderr, and waits for it to exit.
+pub fn run_with_stdin(mut cmd: std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
