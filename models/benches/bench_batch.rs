@@ -7,7 +7,7 @@
 //! key), so each reads its own prompt; the system prompt's keys and values are shared, as in
 //! production (a warm-up turn caches them on both engines first). `BENCH_CONC` (default
 //! "1,4,8") sets the concurrency levels, `BENCH_PARALLEL` (default 8) the batched engine's
-//! `parallel`. Under `cargo test` (no `--bench` argument) it does nothing.
+//! `parallel`, `BENCH_REPEAT` (default 3) how many times the rounds alternate. Under `cargo test` (no `--bench` argument) it does nothing.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -145,22 +145,38 @@ fn main() {
         rate
     };
 
-    // Baseline: one reply at a time (`parallel = 1`), one conversation.
+    // Baseline: one reply at a time (`parallel = 1`), one conversation. Both engines stay loaded
+    // and the rounds alternate (baseline, then each level, `BENCH_REPEAT` times), so a burst
+    // of other work on the machine weighs on both sides of a ratio alike; the median ratio is
+    // the figure.
     let single = load(&model, 1);
     eprintln!("loaded: {}", single.describe());
     round(&rt, &single, 1, "warm", 4);
-    let base = round(&rt, &single, 1, "base", new_tokens);
-    let base_rate = report("parallel=1", &base, &single);
-    drop(single);
-
     let engine = load(&model, parallel);
     round(&rt, &engine, 1, "warm", 4);
-    for &n in &levels {
-        let r = round(&rt, &engine, n, &format!("c{n}"), new_tokens);
-        let rate = report(&format!("parallel={parallel}"), &r, &engine);
+    let repeat: usize = std::env::var("BENCH_REPEAT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); levels.len()];
+    for rep in 0..repeat {
+        let base = round(&rt, &single, 1, &format!("base{rep}"), new_tokens);
+        let base_rate = report("parallel=1", &base, &single);
+        for (li, &n) in levels.iter().enumerate() {
+            let r = round(&rt, &engine, n, &format!("r{rep}c{n}"), new_tokens);
+            let rate = report(&format!("parallel={parallel}"), &r, &engine);
+            ratios[li].push(rate / base_rate);
+        }
+    }
+    for (li, &n) in levels.iter().enumerate() {
+        let mut r = ratios[li].clone();
+        r.sort_by(|a, b| a.partial_cmp(b).unwrap());
         println!(
-            "ratio\tconversations={n}\taggregate_vs_single={:.2}",
-            rate / base_rate
+            "ratio\tconversations={n}\taggregate_vs_single_median={:.2}\teach={:?}",
+            r[r.len() / 2],
+            r.iter()
+                .map(|v| (v * 100.0).round() / 100.0)
+                .collect::<Vec<_>>()
         );
     }
     println!(

@@ -135,6 +135,32 @@ pub fn write_model(
     behaviour: Behaviour,
     seed: u64,
 ) -> (PathBuf, Vocab) {
+    write_model_as(dir, family, behaviour, seed, Quant::Q8)
+}
+
+/// Block types of a tiny model's matrices.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Quant {
+    /// Q8_0 everywhere, hidden size [`hidden`].
+    Q8,
+    /// Laid out like a real Q4_K_M file: Q4_K matrices, Q6_K for the output and every other
+    /// layer's `ffn_down`; hidden size 256 (K-quant blocks hold 256 values).
+    KQuants,
+}
+
+/// [`write_model`] with the given block types.
+pub fn write_model_as(
+    dir: &Path,
+    family: Family,
+    behaviour: Behaviour,
+    seed: u64,
+    quant: Quant,
+) -> (PathBuf, Vocab) {
+    let (hidden, ff) = match quant {
+        Quant::Q8 => (HIDDEN, FF),
+        Quant::KQuants => (256, 512),
+    };
+    let head_dim = hidden / HEADS;
     let dev = Device::Cpu;
     let rng = std::cell::Cell::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let v = vocab(family);
@@ -173,17 +199,22 @@ pub fn write_model(
         Tensor::from_vec(data, shape, &dev).unwrap()
     };
     let zero_layers = matches!(behaviour, Behaviour::AlwaysEmit(_));
-    let w = |shape: (usize, usize)| {
+    let quantize = |t: Tensor, k: GgmlDType| match quant {
+        Quant::Q8 => q8(t),
+        Quant::KQuants => QTensor::quantize(&t, k).unwrap(),
+    };
+    let wq = |shape: (usize, usize), k: GgmlDType| {
         if zero_layers {
-            q8(Tensor::zeros(shape, DType::F32, &dev).unwrap())
+            quantize(Tensor::zeros(shape, DType::F32, &dev).unwrap(), k)
         } else {
-            q8(randn(shape, 0.5))
+            quantize(randn(shape, 0.5), k)
         }
     };
+    let w = |shape: (usize, usize)| wq(shape, GgmlDType::Q4K);
     let ones = |n: usize| f32q(Tensor::ones(n, DType::F32, &dev).unwrap());
 
-    let mut embd = randn((n_vocab, HIDDEN), 1.0);
-    let mut out = randn((n_vocab, HIDDEN), 0.5);
+    let mut embd = randn((n_vocab, hidden), 1.0);
+    let mut out = randn((n_vocab, hidden), 0.5);
     if let Behaviour::AlwaysEmit(tok) = behaviour {
         // Every embedding has a large first coordinate; only `tok`'s output row reads it.
         let mut e = embd.to_vec2::<f32>().unwrap();
@@ -198,25 +229,30 @@ pub fn write_model(
         out = Tensor::new(o, &dev).unwrap();
     }
     let mut tensors: Vec<(String, QTensor)> = vec![
-        ("token_embd.weight".into(), q8(embd)),
-        ("output.weight".into(), q8(out)),
-        ("output_norm.weight".into(), ones(HIDDEN)),
+        ("token_embd.weight".into(), quantize(embd, GgmlDType::Q4K)),
+        ("output.weight".into(), quantize(out, GgmlDType::Q6K)),
+        ("output_norm.weight".into(), ones(hidden)),
     ];
-    let kv = KV_HEADS * HEAD_DIM;
+    let kv = KV_HEADS * head_dim;
     for l in 0..LAYERS {
         let p = format!("blk.{l}");
-        tensors.push((format!("{p}.attn_norm.weight"), ones(HIDDEN)));
-        tensors.push((format!("{p}.ffn_norm.weight"), ones(HIDDEN)));
-        tensors.push((format!("{p}.attn_q.weight"), w((HIDDEN, HIDDEN))));
-        tensors.push((format!("{p}.attn_k.weight"), w((kv, HIDDEN))));
-        tensors.push((format!("{p}.attn_v.weight"), w((kv, HIDDEN))));
-        tensors.push((format!("{p}.attn_output.weight"), w((HIDDEN, HIDDEN))));
-        tensors.push((format!("{p}.ffn_gate.weight"), w((FF, HIDDEN))));
-        tensors.push((format!("{p}.ffn_up.weight"), w((FF, HIDDEN))));
-        tensors.push((format!("{p}.ffn_down.weight"), w((HIDDEN, FF))));
+        tensors.push((format!("{p}.attn_norm.weight"), ones(hidden)));
+        tensors.push((format!("{p}.ffn_norm.weight"), ones(hidden)));
+        tensors.push((format!("{p}.attn_q.weight"), w((hidden, hidden))));
+        tensors.push((format!("{p}.attn_k.weight"), w((kv, hidden))));
+        tensors.push((format!("{p}.attn_v.weight"), w((kv, hidden))));
+        tensors.push((format!("{p}.attn_output.weight"), w((hidden, hidden))));
+        tensors.push((format!("{p}.ffn_gate.weight"), w((ff, hidden))));
+        tensors.push((format!("{p}.ffn_up.weight"), w((ff, hidden))));
+        let down = if l % 2 == 0 {
+            GgmlDType::Q6K
+        } else {
+            GgmlDType::Q4K
+        };
+        tensors.push((format!("{p}.ffn_down.weight"), wq((hidden, ff), down)));
         match family {
             Family::Qwen2 => {
-                for (n, len) in [("q", HIDDEN), ("k", kv), ("v", kv)] {
+                for (n, len) in [("q", hidden), ("k", kv), ("v", kv)] {
                     let b = if zero_layers {
                         Tensor::zeros(len, DType::F32, &dev).unwrap()
                     } else {
@@ -226,8 +262,8 @@ pub fn write_model(
                 }
             }
             Family::Qwen3 => {
-                tensors.push((format!("{p}.attn_q_norm.weight"), ones(HEAD_DIM)));
-                tensors.push((format!("{p}.attn_k_norm.weight"), ones(HEAD_DIM)));
+                tensors.push((format!("{p}.attn_q_norm.weight"), ones(head_dim)));
+                tensors.push((format!("{p}.attn_k_norm.weight"), ones(head_dim)));
             }
             _ => {}
         }
@@ -241,9 +277,9 @@ pub fn write_model(
         ("general.file_type".into(), Value::U32(7)),
         ("general.dtype".into(), Value::U32(0)),
         (format!("{arch}.context_length"), Value::U32(CONTEXT)),
-        (format!("{arch}.embedding_length"), u(HIDDEN)),
+        (format!("{arch}.embedding_length"), u(hidden)),
         (format!("{arch}.block_count"), u(LAYERS)),
-        (format!("{arch}.feed_forward_length"), u(FF)),
+        (format!("{arch}.feed_forward_length"), u(ff)),
         (format!("{arch}.attention.head_count"), u(HEADS)),
         (format!("{arch}.attention.head_count_kv"), u(KV_HEADS)),
         (
@@ -251,9 +287,9 @@ pub fn write_model(
             Value::F32(1e-6),
         ),
         (format!("{arch}.rope.freq_base"), Value::F32(10000.0)),
-        (format!("{arch}.rope.dimension_count"), u(HEAD_DIM)),
-        (format!("{arch}.attention.key_length"), u(HEAD_DIM)),
-        (format!("{arch}.attention.value_length"), u(HEAD_DIM)),
+        (format!("{arch}.rope.dimension_count"), u(head_dim)),
+        (format!("{arch}.attention.key_length"), u(head_dim)),
+        (format!("{arch}.attention.value_length"), u(head_dim)),
         ("tokenizer.ggml.model".into(), s("gpt2")),
         ("tokenizer.ggml.pre".into(), s(pre)),
         (
@@ -271,7 +307,11 @@ pub fn write_model(
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(bos)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(eos)),
     ];
-    let path = dir.join(format!("tiny-{family:?}-{seed}.gguf").to_lowercase());
+    let name = match quant {
+        Quant::Q8 => format!("tiny-{family:?}-{seed}.gguf"),
+        Quant::KQuants => format!("tiny-{family:?}-kquants-{seed}.gguf"),
+    };
+    let path = dir.join(name.to_lowercase());
     let mut file = std::fs::File::create(&path).unwrap();
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -310,4 +350,16 @@ pub fn installed_chat_models() -> (PathBuf, Vec<PathBuf>) {
         .collect();
     found.sort();
     (dir, found.into_iter().map(|(_, p)| p).collect())
+}
+
+/// The decode kernels of `chat::qgemv` (for `benches/bench_qgemv.rs`): false when the block type
+/// or the CPU is not theirs.
+pub fn decode_matmul(
+    dtype: GgmlDType,
+    blocks: &[u8],
+    mkn: (usize, usize, usize),
+    lhs: &[f32],
+    dst: &mut [f32],
+) -> bool {
+    crate::chat::qgemv::matmul(dtype, blocks, mkn, lhs, dst)
 }

@@ -11,6 +11,7 @@ mod jinja;
 mod kvpool;
 mod local;
 mod qdecoder;
+pub(crate) mod qgemv;
 mod scheduler;
 pub use qdecoder::CpuPrefill;
 mod remote;

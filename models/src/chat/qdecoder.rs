@@ -9,9 +9,11 @@
 //! [`SeqCache`] per sequence, buffers written in place that can be rewound (a conversation's
 //! next turn reuses its prompt) or copied (a shared system prompt); several sequences step
 //! together through [`QDecoder::forward_batch`]. Grouped-query attention reshapes the queries
-//! instead of repeating keys and values. One-token steps always run ggml-style block dot
-//! products straight on the GGUF blocks (`k_quants::matmul`); prompts
-//! do too with [`CpuPrefill::Compact`], or take candle's faster repacked kernels with
+//! instead of repeating keys and values. Decode steps (one token of each of one or more
+//! sequences) always run block dot products straight on the GGUF blocks: Sandra's AVX-512 VNNI
+//! kernels for Q4_K/Q6_K ([`super::qgemv`]), which unpack each weight block once for all the
+//! rows of a batched step, and candle's `k_quants::matmul` for other block types or CPUs;
+//! prompts do too with [`CpuPrefill::Compact`], or take candle's repacked kernels with
 //! [`CpuPrefill::Repacked`] at the cost of the second copy.
 
 use std::io::{Read, Seek};
@@ -24,6 +26,8 @@ use candle_core::quantized::k_quants::{
 };
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, IndexOp, Module, Result, Storage, Tensor, bail};
+
+use super::qgemv;
 
 /// Which layout of the llama family a GGUF file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,7 +91,8 @@ impl QLinear {
 
     /// Rows that are single tokens of different sequences (a batched decode step): always the
     /// block dot products where they exist, which give every row exactly what a one-row
-    /// product gives, and read each weight quad once for all rows.
+    /// product gives (so a sequence's logits never depend on its neighbours) and read each
+    /// weight block once for all rows.
     fn forward_rows(&self, x: &Tensor) -> Result<Tensor> {
         self.apply(x, true)
     }
@@ -109,8 +114,9 @@ impl QLinear {
     }
 }
 
-/// `x @ w.T` on the CPU with ggml's block dot products, reading the weight blocks where they
-/// lie. None when the tensor is not on the CPU or its block type has no dot product here.
+/// `x @ w.T` on the CPU with block dot products, reading the weight blocks where they lie:
+/// [`qgemv`] where it handles the block type and CPU, else candle's ggml-style ones. None when
+/// the tensor is not on the CPU or its block type has no dot product here.
 fn cpu_matmul(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
     if !x.device().is_cpu() || x.dtype() != DType::F32 {
         return Ok(None);
@@ -131,21 +137,22 @@ fn cpu_matmul(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
     let lhs = &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * k];
     let mut dst = vec![0f32; m * n];
     let mkn = (m, k, n);
-    let done = match w.dtype() {
-        GgmlDType::Q4_0 => run::<BlockQ4_0>(mkn, lhs, &data, &mut dst)?,
-        GgmlDType::Q4_1 => run::<BlockQ4_1>(mkn, lhs, &data, &mut dst)?,
-        GgmlDType::Q5_0 => run::<BlockQ5_0>(mkn, lhs, &data, &mut dst)?,
-        GgmlDType::Q5_1 => run::<BlockQ5_1>(mkn, lhs, &data, &mut dst)?,
-        GgmlDType::Q8_0 => run::<BlockQ8_0>(mkn, lhs, &data, &mut dst)?,
-        GgmlDType::Q2K => run::<BlockQ2K>(mkn, lhs, &data, &mut dst)?,
-        GgmlDType::Q3K => run::<BlockQ3K>(mkn, lhs, &data, &mut dst)?,
-        GgmlDType::Q4K => run::<BlockQ4K>(mkn, lhs, &data, &mut dst)?,
-        GgmlDType::Q5K => run::<BlockQ5K>(mkn, lhs, &data, &mut dst)?,
-        GgmlDType::Q6K => run::<BlockQ6K>(mkn, lhs, &data, &mut dst)?,
-        GgmlDType::Q8K => run::<BlockQ8K>(mkn, lhs, &data, &mut dst)?,
-        GgmlDType::F32 => run::<f32>(mkn, lhs, &data, &mut dst)?,
-        _ => false,
-    };
+    let done = qgemv::matmul(w.dtype(), &data, mkn, lhs, &mut dst)
+        || match w.dtype() {
+            GgmlDType::Q4_0 => run::<BlockQ4_0>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q4_1 => run::<BlockQ4_1>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q5_0 => run::<BlockQ5_0>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q5_1 => run::<BlockQ5_1>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q8_0 => run::<BlockQ8_0>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q2K => run::<BlockQ2K>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q3K => run::<BlockQ3K>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q4K => run::<BlockQ4K>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q5K => run::<BlockQ5K>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q6K => run::<BlockQ6K>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q8K => run::<BlockQ8K>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::F32 => run::<f32>(mkn, lhs, &data, &mut dst)?,
+            _ => false,
+        };
     drop(guard);
     if !done {
         return Ok(None);
@@ -508,9 +515,8 @@ impl QDecoder {
     /// cache. Returns the logits `[n, vocab]`, row `i` for `steps[i]`.
     ///
     /// The linear layers see all the new tokens as one `[n, hidden]` product, so each weight
-    /// block is read from memory once per step for every sequence (`k_quants::matmul` walks a
-    /// tile of up to 16 lhs rows per weight quad); attention runs per sequence on its own
-    /// cache. Each row's logits are those [`forward`](Self::forward) gives for that token alone:
+    /// block is read from memory (and, with [`qgemv`], unpacked) once per step for every
+    /// sequence; attention runs per sequence on its own cache. Each row's logits are those [`forward`](Self::forward) gives for that token alone:
     /// the same block dot products, the same attention.
     pub(crate) fn forward_batch(&self, steps: &mut [(u32, &mut SeqCache)]) -> Result<Tensor> {
         let n = steps.len();
@@ -654,7 +660,11 @@ fn rope_tables(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{ALL, Behaviour, Family as TinyFamily, write_model};
+    use crate::testing::{ALL, Behaviour, Family as TinyFamily, Quant, write_model_as};
+
+    /// Q8_0 tiny models take candle's block dot products; the K-quant ones (laid out like a
+    /// real Q4_K_M file) take `qgemv`'s kernels where the CPU has them.
+    const QUANTS: [Quant; 2] = [Quant::Q8, Quant::KQuants];
     use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
 
     fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -722,8 +732,8 @@ mod tests {
     fn every_family_matches_candle_transformers_step_by_step() -> Result<()> {
         let dir = tempfile::tempdir().unwrap();
         let dev = Device::Cpu;
-        for tiny in ALL {
-            let (path, _) = write_model(dir.path(), tiny, Behaviour::Random, 7);
+        for (tiny, quant) in ALL.into_iter().flat_map(|t| QUANTS.map(|q| (t, q))) {
+            let (path, _) = write_model_as(dir.path(), tiny, Behaviour::Random, 7, quant);
             let read = || {
                 let mut r = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
                 let ct = Content::read(&mut r).unwrap();
@@ -756,13 +766,19 @@ mod tests {
                 let a = ours.forward(&ids, &mut cache)?;
                 let b = stock.forward(&prompt, 0)?;
                 let d = max_rel_diff(&a, &b);
-                assert!(d < 1e-3, "{tiny:?} {prefill:?} prompt logits off by {d}");
+                assert!(
+                    d < 1e-3,
+                    "{tiny:?} {quant:?} {prefill:?} prompt logits off by {d}"
+                );
                 for (i, t) in [11u32, 23, 7].into_iter().enumerate() {
                     let x = Tensor::new(&[[t]], &dev)?;
                     let a = ours.forward(&[t], &mut cache)?;
                     let b = stock.forward(&x, 7 + i)?;
                     let d = max_rel_diff(&a, &b);
-                    assert!(d < 1e-3, "{tiny:?} {prefill:?} step {i} logits off by {d}");
+                    assert!(
+                        d < 1e-3,
+                        "{tiny:?} {quant:?} {prefill:?} step {i} logits off by {d}"
+                    );
                 }
                 assert_eq!(cache.tokens(), &[3, 17, 42, 5, 99, 8, 61, 11, 23, 7]);
                 // Rewinding the cache to the prompt reproduces the first step exactly.
@@ -788,8 +804,8 @@ mod tests {
     fn a_batched_step_gives_each_sequence_its_own_logits_exactly() -> Result<()> {
         let dir = tempfile::tempdir().unwrap();
         let dev = Device::Cpu;
-        for tiny in ALL {
-            let (path, _) = write_model(dir.path(), tiny, Behaviour::Random, 11);
+        for (tiny, quant) in ALL.into_iter().flat_map(|t| QUANTS.map(|q| (t, q))) {
+            let (path, _) = write_model_as(dir.path(), tiny, Behaviour::Random, 11, quant);
             let mut r = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
             let ct = Content::read(&mut r).unwrap();
             let family = match tiny {
@@ -832,7 +848,7 @@ mod tests {
                     assert_eq!(
                         max_rel_diff(&got, want),
                         0.0,
-                        "{tiny:?} seq {i} step {step}"
+                        "{tiny:?} {quant:?} seq {i} step {step}"
                     );
                 }
             }

@@ -1,0 +1,124 @@
+//! The decode-step matrix products on the default model's real tensors: what a step costs for
+//! one row (one conversation) and for eight (a batched step), with candle's block dot products,
+//! candle's repacked tiles, and Sandra's kernels (`chat/qgemv.rs`), all in the same run.
+//!
+//!   cargo bench -p sandra-models --bench bench_qgemv -- MODEL.gguf
+//!
+//! Under `cargo test` (no `--bench` argument) it does nothing.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ6K, GgmlType};
+use candle_core::quantized::{GgmlDType, QMatMul};
+use candle_core::{Device, Module, Tensor};
+
+/// Rows of a typical new message's prompt chunk (a short question after the shared system
+/// prompt).
+const PROMPT: usize = 40;
+
+fn blocks_as<T: GgmlType>(bytes: &[u8]) -> Vec<T> {
+    let size = std::mem::size_of::<T>();
+    (0..bytes.len() / size)
+        // SAFETY: the bytes are a QTensor's blocks of type T; read_unaligned copes with any
+        // alignment.
+        .map(|i| unsafe { std::ptr::read_unaligned(bytes.as_ptr().add(i * size).cast::<T>()) })
+        .collect()
+}
+
+/// Median milliseconds of `reps` calls.
+fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t[reps / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!(
+            "bench_qgemv: run with `cargo bench -p sandra-models --bench bench_qgemv -- MODEL`"
+        );
+        return;
+    }
+    let Some(model) = args.iter().find(|a| !a.starts_with("--")) else {
+        eprintln!("usage: cargo bench -p sandra-models --bench bench_qgemv -- MODEL.gguf");
+        std::process::exit(2);
+    };
+    let dev = Device::Cpu;
+    let mut file = std::fs::File::open(model).expect("model file");
+    let ct = Content::read(&mut file).expect("GGUF");
+    println!("threads\t{}", candle_core::utils::get_num_threads());
+    for name in [
+        "blk.0.ffn_gate.weight",
+        "blk.0.ffn_down.weight",
+        "blk.1.ffn_down.weight",
+        "output.weight",
+    ] {
+        let Ok(q) = ct.tensor(&mut file, name, &dev) else {
+            continue;
+        };
+        let dtype = q.dtype();
+        let (n, k) = q.shape().dims2().unwrap();
+        let bytes = q.data().unwrap().to_vec();
+        let reps = if n > 100_000 { 7 } else { 31 };
+        let x8 = Tensor::randn(0f32, 1.0, (PROMPT, k), &dev).unwrap();
+        let x8v: Vec<f32> = x8.flatten_all().unwrap().to_vec1().unwrap();
+        let mut dst = vec![0f32; PROMPT * n];
+        // The block conversion is outside the timed region: convert once.
+        let q4: Vec<BlockQ4K> = if dtype == GgmlDType::Q4K {
+            blocks_as(&bytes)
+        } else {
+            vec![]
+        };
+        let q6: Vec<BlockQ6K> = if dtype == GgmlDType::Q6K {
+            blocks_as(&bytes)
+        } else {
+            vec![]
+        };
+        let dots = |m: usize, dst: &mut [f32]| {
+            if dtype == GgmlDType::Q4K {
+                k_quants::matmul((m, k, n), &x8v[..m * k], &q4, dst).unwrap()
+            } else {
+                k_quants::matmul((m, k, n), &x8v[..m * k], &q6, dst).unwrap()
+            }
+        };
+        let ours = |m: usize, dst: &mut [f32]| {
+            assert!(sandra_models::testing::decode_matmul(
+                dtype,
+                &bytes,
+                (m, k, n),
+                &x8v[..m * k],
+                dst
+            ))
+        };
+        let tiles = QMatMul::from_arc(Arc::new(q)).unwrap();
+        let x1 = x8.narrow(0, 0, 1).unwrap();
+        let dots1 = time(reps, || dots(1, &mut dst));
+        let ours1 = time(reps, || ours(1, &mut dst));
+        let tiles1 = time(reps, || drop(tiles.forward(&x1).unwrap()));
+        let dots8 = time(reps, || dots(8, &mut dst));
+        let ours8 = time(reps, || ours(8, &mut dst));
+        let tiles8 = time(reps, || {
+            drop(tiles.forward(&x8.narrow(0, 0, 8).unwrap()).unwrap())
+        });
+        let oursp = time(reps, || ours(PROMPT, &mut dst));
+        let tilesp = time(reps, || drop(tiles.forward(&x8).unwrap()));
+        println!(
+            "qgemv\t{name}\t{dtype:?}\t[{n}x{k}]\tone row ms: candle_dots={dots1:.2} candle_tiles={tiles1:.2} sandra={ours1:.2}\t\
+             eight rows ms: candle_dots={dots8:.2} candle_tiles={tiles8:.2} sandra={ours8:.2}\t\
+             {PROMPT} rows (a prompt chunk) ms: candle_tiles={tilesp:.2} sandra={oursp:.2}\t\
+             sandra_8_vs_1={:.2} sandra_1_vs_candle_dots_1={:.2}",
+            ours8 / ours1,
+            ours1 / dots1
+        );
+    }
+}

@@ -1,0 +1,496 @@
+//! Decode-step products `x @ w.T` straight on GGUF's Q4_K and Q6_K blocks for a few rows at a
+//! time (one new token of each of up to [`GROUP`] conversations), with AVX-512 VNNI.
+//!
+//! Why our own kernel: candle's block dot products (`k_quants::matmul`) unpack a weight block
+//! again for every row and use AVX2's two-step `maddubs`/`madd`, so a step for 8 sequences cost
+//! about what 8 single steps cost (measured with `scripts/bench-batch.sh`: 1.05× the
+//! single-stream rate at 8 conversations); candle's repacked tiles do better for several rows
+//! but keep a second, wider copy of every matrix (+33% for Q4_K, +52% for Q6_K) and are
+//! memory-bound on it. Here each weight block is read and unpacked once per step and then
+//! multiplied against every row with one `vpdpbusd` per 64 values, on the file's own bytes.
+//!
+//! Arithmetic: both formats are integers times per-block scales, and the activation is
+//! quantized to Q8_K exactly as candle does it (`BlockQ8K::from_float`), so each block's sum is
+//! an exact integer; only the final per-block scaling is floating point. Every row is computed
+//! by the same instruction sequence whatever the number of rows beside it, so a sequence's
+//! logits do not depend on which other conversations share its step (the scheduler's batching
+//! relies on this; `qdecoder::a_batched_step_gives_each_sequence_its_own_logits_exactly`).
+//!
+//! Block layouts (ggml's, `repr(C)`): Q4_K = d f16, dmin f16, 12 bytes of 6-bit scales and
+//! mins, 128 bytes of nibbles (value `i` of the 64-value group `g` is the low nibble of byte
+//! `32g + i` for `i < 32`, the high one of `32g + i - 32` after); Q6_K = 128 bytes of low
+//! nibbles, 64 bytes of high 2-bit pairs, 16 signed 8-bit scales (one per 16 values), d f16;
+//! Q8_K = d f32, 256 signed bytes, 16 sums of 16 values each.
+
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::k_quants::{BlockQ8K, GgmlType, QK_K};
+
+/// Rows computed together against one weight row: all accumulators fit in registers.
+pub(crate) const GROUP: usize = 8;
+
+const Q4K_BYTES: usize = 144;
+const Q6K_BYTES: usize = 210;
+const Q8K_BYTES: usize = 292;
+const _: () = assert!(std::mem::size_of::<BlockQ8K>() == Q8K_BYTES);
+
+/// One row's Q8_K block in the order a kernel reads it (for Q4_K, the 32-value sub-blocks
+/// interleaved to match the nibble halves of each 64-byte load).
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Act {
+    qs: [i8; QK_K],
+    bsums: [i16; 16],
+    d: f32,
+}
+
+/// True when this CPU runs the kernels (checked once).
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vl")
+                && std::is_x86_feature_detected!("avx512vnni")
+                && std::is_x86_feature_detected!("avx512vbmi")
+                && std::is_x86_feature_detected!("f16c")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `dst[r * n + j] = lhs[r] · w[j]` for the `m` rows of `lhs` (`[m, k]`) and the `n` weight rows
+/// held in `blocks` (`n * k / 256` blocks of `dtype`). False (nothing written) when the block
+/// type or the CPU is not one this module handles.
+pub(crate) fn matmul(
+    dtype: GgmlDType,
+    blocks: &[u8],
+    (m, k, n): (usize, usize, usize),
+    lhs: &[f32],
+    dst: &mut [f32],
+) -> bool {
+    let size = match dtype {
+        GgmlDType::Q4K => Q4K_BYTES,
+        GgmlDType::Q6K => Q6K_BYTES,
+        _ => return false,
+    };
+    if !available()
+        || m == 0
+        || !k.is_multiple_of(QK_K)
+        || blocks.len() != n * (k / QK_K) * size
+        || lhs.len() != m * k
+        || dst.len() < m * n
+    {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let kb = k / QK_K;
+        let acts = quantize(lhs, m, k, dtype == GgmlDType::Q4K);
+        let dst_addr = dst.as_mut_ptr() as usize;
+        // Weight rows are split across candle's worker pool (the one its own kernels use, so
+        // the model never runs more threads than it was given); chunks of 16 rows keep the
+        // scheduling overhead small against a row's ~kb blocks of work.
+        const CHUNK: usize = 16;
+        candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(CHUNK), |range| {
+            for c in range {
+                for j in c * CHUNK..n.min((c + 1) * CHUNK) {
+                    let w = &blocks[j * kb * size..(j + 1) * kb * size];
+                    for (g, group) in acts.chunks(GROUP * kb).enumerate() {
+                        let rows = group.len() / kb;
+                        let mut out = [0f32; GROUP];
+                        // SAFETY: `available()` checked the CPU features the kernels enable;
+                        // `w` holds `kb` blocks of `dtype` and `group` `rows * kb` activations
+                        // (checked above).
+                        unsafe {
+                            if dtype == GgmlDType::Q4K {
+                                x86::q4k_rows(w, group, kb, rows, &mut out)
+                            } else {
+                                x86::q6k_rows(w, group, kb, rows, &mut out)
+                            }
+                        }
+                        for (i, v) in out[..rows].iter().enumerate() {
+                            let r = g * GROUP + i;
+                            // SAFETY: `dst` has `m * n` elements (checked above) and each
+                            // (row, column) is written by exactly one work item.
+                            unsafe { *(dst_addr as *mut f32).add(r * n + j) = *v };
+                        }
+                    }
+                }
+            }
+        });
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Each row of `lhs` as Q8_K blocks (candle's quantization, so the integers are the ones its
+/// kernels see), laid out for the kernel.
+fn quantize(lhs: &[f32], m: usize, k: usize, interleave: bool) -> Vec<Act> {
+    let kb = k / QK_K;
+    let mut q8 = vec![BlockQ8K::zeros(); kb];
+    let mut acts = Vec::with_capacity(m * kb);
+    for row in lhs.chunks(k).take(m) {
+        BlockQ8K::from_float(row, &mut q8);
+        for b in &q8 {
+            // SAFETY: BlockQ8K is `repr(C)` plain data of exactly Q8K_BYTES bytes (asserted
+            // above): d f32, then 256 i8, then 16 i16.
+            let bytes: &[u8; Q8K_BYTES] = unsafe { &*(b as *const BlockQ8K).cast() };
+            let mut a = Act {
+                qs: [0; QK_K],
+                bsums: [0; 16],
+                d: f32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")),
+            };
+            let qs = &bytes[4..4 + QK_K];
+            if interleave {
+                // Sub-blocks in the order 0,2,1,3,4,6,5,7: the low nibbles of a 64-byte load
+                // of Q4_K are sub-blocks 2g and 2g+2, the high ones 2g+1 and 2g+3.
+                for (slot, sub) in [0, 2, 1, 3, 4, 6, 5, 7].into_iter().enumerate() {
+                    for i in 0..32 {
+                        a.qs[slot * 32 + i] = qs[sub * 32 + i] as i8;
+                    }
+                }
+            } else {
+                for (d, s) in a.qs.iter_mut().zip(qs) {
+                    *d = *s as i8;
+                }
+            }
+            for (i, s) in a.bsums.iter_mut().enumerate() {
+                let o = 4 + QK_K + 2 * i;
+                *s = i16::from_le_bytes([bytes[o], bytes[o + 1]]);
+            }
+            acts.push(a);
+        }
+    }
+    acts
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Act, GROUP, Q4K_BYTES, Q6K_BYTES};
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "f16c")]
+    fn f16_at(b: &[u8], at: usize) -> f32 {
+        let bits = u16::from_le_bytes([b[at], b[at + 1]]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    /// Index bytes for `vpermb`: byte `2j` of the result takes byte `f(j)` of the source (odd
+    /// bytes are zeroed by the caller's mask, making 16-bit lanes).
+    fn words_from(f: impl Fn(usize) -> u8) -> [u8; 64] {
+        let mut idx = [0u8; 64];
+        for j in 0..32 {
+            idx[2 * j] = f(j);
+        }
+        idx
+    }
+
+    /// Q4_K: `out[r] = w · acts[r]` for `rows` (≤ GROUP) rows, `kb` blocks each.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+    pub(super) unsafe fn q4k_rows(
+        w: &[u8],
+        acts: &[Act],
+        kb: usize,
+        rows: usize,
+        out: &mut [f32; GROUP],
+    ) {
+        let nib = _mm512_set1_epi8(0x0F);
+        // 16-bit lane j of a packed pair of dot products covers sub-block A (j % 8 < 4) or B
+        // of the 128-bit lane j / 8; lanes 0–1 hold the first 64-value group, 2–3 the second.
+        let (lo, hi, mi) = (
+            words_from(|j| ((j / 16) * 2 + (j % 8) / 4) as u8),
+            words_from(|j| (4 + (j / 16) * 2 + (j % 8) / 4) as u8),
+            words_from(|j| (8 + j / 2) as u8),
+        );
+        // SAFETY: 64 readable bytes each (32 for the last).
+        let (sc_lo, sc_hi, mins_idx) = unsafe {
+            (
+                _mm512_loadu_si512(lo.as_ptr().cast()),
+                _mm512_loadu_si512(hi.as_ptr().cast()),
+                _mm256_loadu_si256(mi.as_ptr().cast()),
+            )
+        };
+        let mut acc = [_mm512_setzero_ps(); GROUP];
+        let mut accm = [_mm256_setzero_ps(); GROUP];
+        for b in 0..kb {
+            let blk = &w[b * Q4K_BYTES..(b + 1) * Q4K_BYTES];
+            let d = f16_at(blk, 0);
+            let dmin = f16_at(blk, 2);
+            // ggml's 6-bit scale/min unpacking: bytes 0..8 scales, 8..16 mins.
+            let u = |i: usize| u32::from_le_bytes(blk[4 + 4 * i..8 + 4 * i].try_into().unwrap());
+            let (u0, u1, u2) = (u(0), u(1), u(2));
+            let s0 = u0 & 0x3f3f_3f3f;
+            let s1 = (u2 & 0x0f0f_0f0f) | (((u0 >> 6) & 0x0303_0303) << 4);
+            let m0 = u1 & 0x3f3f_3f3f;
+            let m1 = ((u2 >> 4) & 0x0f0f_0f0f) | (((u1 >> 6) & 0x0303_0303) << 4);
+            let packed =
+                _mm512_castsi128_si512(_mm_set_epi32(m1 as i32, m0 as i32, s1 as i32, s0 as i32));
+            let even = 0x5555_5555_5555_5555;
+            let sc01 = _mm512_maskz_permutexvar_epi8(even, sc_lo, packed);
+            let sc23 = _mm512_maskz_permutexvar_epi8(even, sc_hi, packed);
+            let mins = _mm256_maskz_permutexvar_epi8(
+                0x5555_5555,
+                mins_idx,
+                _mm512_castsi512_si256(packed),
+            );
+            // SAFETY: the block has 128 bytes of nibbles at 16.
+            let (wa, wb) = unsafe {
+                (
+                    _mm512_loadu_si512(blk.as_ptr().add(16).cast()),
+                    _mm512_loadu_si512(blk.as_ptr().add(80).cast()),
+                )
+            };
+            let lo0 = _mm512_and_si512(wa, nib);
+            let hi0 = _mm512_and_si512(_mm512_srli_epi16::<4>(wa), nib);
+            let lo1 = _mm512_and_si512(wb, nib);
+            let hi1 = _mm512_and_si512(_mm512_srli_epi16::<4>(wb), nib);
+            for r in 0..rows {
+                let a = &acts[r * kb + b];
+                let q = a.qs.as_ptr();
+                // SAFETY: 256 bytes of quants and 16 sums in `a`.
+                let (x0, x1, x2, x3, bs) = unsafe {
+                    (
+                        _mm512_loadu_si512(q.cast()),
+                        _mm512_loadu_si512(q.add(64).cast()),
+                        _mm512_loadu_si512(q.add(128).cast()),
+                        _mm512_loadu_si512(q.add(192).cast()),
+                        _mm256_loadu_si256(a.bsums.as_ptr().cast()),
+                    )
+                };
+                let z = _mm512_setzero_si512();
+                let p0 = _mm512_dpbusd_epi32(z, lo0, x0);
+                let p1 = _mm512_dpbusd_epi32(z, hi0, x1);
+                let p2 = _mm512_dpbusd_epi32(z, lo1, x2);
+                let p3 = _mm512_dpbusd_epi32(z, hi1, x3);
+                // Each lane is a sum of 4 products (|·| ≤ 4·15·128), so 16 bits hold it.
+                let s = _mm512_add_epi32(
+                    _mm512_madd_epi16(_mm512_packs_epi32(p0, p1), sc01),
+                    _mm512_madd_epi16(_mm512_packs_epi32(p2, p3), sc23),
+                );
+                let mn = _mm256_madd_epi16(bs, mins);
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(d * a.d), acc[r]);
+                accm[r] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(mn), _mm256_set1_ps(dmin * a.d), accm[r]);
+            }
+        }
+        for r in 0..rows {
+            out[r] = _mm512_reduce_add_ps(acc[r]) - hsum256(accm[r]);
+        }
+    }
+
+    /// Q6_K: `out[r] = w · acts[r]` for `rows` (≤ GROUP) rows, `kb` blocks each.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+    pub(super) unsafe fn q6k_rows(
+        w: &[u8],
+        acts: &[Act],
+        kb: usize,
+        rows: usize,
+        out: &mut [f32; GROUP],
+    ) {
+        let nib = _mm512_set1_epi8(0x0F);
+        let top = _mm512_set1_epi8(0x30);
+        // Byte j of half h's scale vector: the 128-bit lane L = j / 8 holds sub-blocks 8h + L
+        // (values of the first dot product) and 8h + 4 + L (the second).
+        let mut idx = [[0u8; 32]; 2];
+        for (h, idx) in idx.iter_mut().enumerate() {
+            for (j, v) in idx.iter_mut().enumerate() {
+                *v = (8 * h + j / 8 + if j % 8 < 4 { 0 } else { 4 }) as u8;
+            }
+        }
+        // SAFETY: 32 readable bytes each.
+        let (idx0, idx1) = unsafe {
+            (
+                _mm256_loadu_si256(idx[0].as_ptr().cast()),
+                _mm256_loadu_si256(idx[1].as_ptr().cast()),
+            )
+        };
+        let mut acc = [_mm512_setzero_ps(); GROUP];
+        for b in 0..kb {
+            let blk = &w[b * Q6K_BYTES..(b + 1) * Q6K_BYTES];
+            let d = f16_at(blk, 208);
+            // SAFETY: 16 scale bytes at 192.
+            let sc = unsafe { _mm_loadu_si128(blk.as_ptr().add(192).cast()) };
+            let sc_all = _mm256_cvtepi8_epi16(sc);
+            let sc256 = _mm256_castsi128_si256(sc);
+            let scs = [
+                _mm512_cvtepi8_epi16(_mm256_permutexvar_epi8(idx0, sc256)),
+                _mm512_cvtepi8_epi16(_mm256_permutexvar_epi8(idx1, sc256)),
+            ];
+            // The 6-bit values (0..63, the real value minus 32) of each half, as two vectors of
+            // 64 values in order.
+            let mut ws = [[_mm512_setzero_si512(); 2]; 2];
+            for (h, wh) in ws.iter_mut().enumerate() {
+                // SAFETY: 64 bytes of low nibbles at 64h, 32 bytes of high pairs at 128 + 32h.
+                let (ql, qh) = unsafe {
+                    (
+                        _mm512_loadu_si512(blk.as_ptr().add(64 * h).cast()),
+                        _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                            blk.as_ptr().add(128 + 32 * h).cast(),
+                        )),
+                    )
+                };
+                // Values 0..64 take bits 0–1 (first 32) and 2–3 (next 32) of qh as bits 4–5;
+                // values 64..128 take bits 4–5 and 6–7.
+                let ha = _mm512_mask_blend_epi64(
+                    0xF0,
+                    _mm512_slli_epi16::<4>(qh),
+                    _mm512_slli_epi16::<2>(qh),
+                );
+                let hb = _mm512_mask_blend_epi64(0xF0, qh, _mm512_srli_epi16::<2>(qh));
+                wh[0] = _mm512_or_si512(_mm512_and_si512(ql, nib), _mm512_and_si512(ha, top));
+                wh[1] = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(ql), nib),
+                    _mm512_and_si512(hb, top),
+                );
+            }
+            for r in 0..rows {
+                let a = &acts[r * kb + b];
+                let q = a.qs.as_ptr();
+                let z = _mm512_setzero_si512();
+                let mut s = z;
+                for h in 0..2 {
+                    // SAFETY: 256 bytes of quants in `a`.
+                    let (x0, x1) = unsafe {
+                        (
+                            _mm512_loadu_si512(q.add(128 * h).cast()),
+                            _mm512_loadu_si512(q.add(128 * h + 64).cast()),
+                        )
+                    };
+                    // |lane| ≤ 4·63·128 = 32256: 16 bits hold it.
+                    let p = _mm512_packs_epi32(
+                        _mm512_dpbusd_epi32(z, ws[h][0], x0),
+                        _mm512_dpbusd_epi32(z, ws[h][1], x1),
+                    );
+                    s = _mm512_add_epi32(s, _mm512_madd_epi16(p, scs[h]));
+                }
+                // The values were stored plus 32: take 32 · scale · (sum of the 16 values).
+                // SAFETY: 16 sums in `a`.
+                let bs = unsafe { _mm256_loadu_si256(a.bsums.as_ptr().cast()) };
+                let corr = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, sc_all));
+                let s = _mm512_sub_epi32(s, _mm512_zextsi256_si512(corr));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(d * a.d), acc[r]);
+            }
+        }
+        for r in 0..rows {
+            out[r] = _mm512_reduce_add_ps(acc[r]);
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512vl")]
+    fn hsum256(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{QTensor, k_quants};
+    use candle_core::{Device, Tensor};
+
+    fn bytes_of(q: &QTensor) -> Vec<u8> {
+        q.data().unwrap().to_vec()
+    }
+
+    /// The kernels give what candle's block dot products give (same integers, the per-block
+    /// scaling in another order), for every group size, and a row's result does not depend on
+    /// the rows beside it.
+    #[test]
+    fn matches_candles_block_dot_products_and_rows_are_independent() {
+        if !available() {
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI/VBMI");
+            return;
+        }
+        let dev = Device::Cpu;
+        let (n, k) = (40, 1024);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let blocks = bytes_of(&q);
+            for m in [1, 2, 7, 8, 9, 20] {
+                let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let mut ours = vec![0f32; m * n];
+                assert!(matmul(dtype, &blocks, (m, k, n), &x, &mut ours));
+                let mut want = vec![0f32; m * n];
+                match dtype {
+                    GgmlDType::Q4K => {
+                        let b: Vec<k_quants::BlockQ4K> = blocks_as(&blocks);
+                        k_quants::matmul((m, k, n), &x, &b, &mut want).unwrap();
+                    }
+                    _ => {
+                        let b: Vec<k_quants::BlockQ6K> = blocks_as(&blocks);
+                        k_quants::matmul((m, k, n), &x, &b, &mut want).unwrap();
+                    }
+                }
+                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                for (o, w) in ours.iter().zip(&want) {
+                    assert!(
+                        (o - w).abs() <= 1e-5 * scale,
+                        "{dtype:?} m={m}: {o} against candle's {w}"
+                    );
+                }
+                // Row by row alone: bit for bit what the group gave.
+                for r in 0..m {
+                    let mut alone = vec![0f32; n];
+                    assert!(matmul(
+                        dtype,
+                        &blocks,
+                        (1, k, n),
+                        &x[r * k..(r + 1) * k],
+                        &mut alone
+                    ));
+                    assert_eq!(alone, ours[r * n..(r + 1) * n], "{dtype:?} m={m} row {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn other_block_types_and_shapes_are_declined() {
+        let x = vec![0f32; 256];
+        let mut dst = vec![0f32; 1];
+        assert!(!matmul(
+            GgmlDType::Q8_0,
+            &[0; 34 * 8],
+            (1, 256, 1),
+            &x,
+            &mut dst
+        ));
+        // A length that is not whole blocks for the shape.
+        assert!(!matmul(
+            GgmlDType::Q4K,
+            &[0; 100],
+            (1, 256, 1),
+            &x,
+            &mut dst
+        ));
+    }
+
+    fn blocks_as<T: Clone>(bytes: &[u8]) -> Vec<T> {
+        let size = std::mem::size_of::<T>();
+        assert_eq!(bytes.len() % size, 0);
+        (0..bytes.len() / size)
+            // SAFETY: the bytes came from a QTensor of block type T; read_unaligned copes with
+            // the Vec<u8>'s alignment.
+            .map(|i| unsafe { std::ptr::read_unaligned(bytes.as_ptr().add(i * size).cast::<T>()) })
+            .collect()
+    }
+}
