@@ -4,6 +4,7 @@
 
 mod attention;
 pub mod audio;
+mod busy;
 pub mod catalog;
 pub mod chat;
 pub mod device;

@@ -549,11 +549,22 @@ async fn fake_transcription_server(
             }
         }
         let authorised = got.auth.as_deref() == Some(&format!("Bearer {key}"));
-        seen.lock().unwrap().push(got);
+        let first = {
+            let mut seen = seen.lock().unwrap();
+            seen.push(got);
+            seen.len() == 1
+        };
         if !authorised {
             return (
                 StatusCode::UNAUTHORIZED,
                 r#"{"error":{"message":"bad key"}}"#.into(),
+            );
+        }
+        if first {
+            // Full at first, as a pool of servers is at busy times.
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"error":{"code":503,"message":"no slot available"}}"#.into(),
             );
         }
         (
@@ -573,7 +584,8 @@ async fn fake_transcription_server(
 
 /// `[transcription] backend = "openai"`: the voice note is decoded here and sent, as a WAV built
 /// in memory, to the server's `/v1/audio/transcriptions` with the model, the language and the
-/// bearer key; what the server heard is what the brain answers.
+/// bearer key; a server that is full at first (503) is asked again; what the server heard is
+/// what the brain answers.
 #[tokio::test]
 async fn voice_notes_can_be_heard_by_a_remote_server() {
     let Some(clip) = spoken_voice_note("Hello Sandra, this goes to a server.", "en") else {
@@ -604,8 +616,10 @@ async fn voice_notes_can_be_heard_by_a_remote_server() {
     let reply = sent[0].body["text"]["body"].as_str().unwrap();
     assert!(reply.contains("The server heard this note."), "{reply}");
     let got = seen.lock().unwrap().clone();
-    assert_eq!(got.len(), 1);
-    let got = &got[0];
+    // The server was full the first time: the same note was sent again, not given up on.
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].file, got[1].file);
+    let got = &got[1];
     assert_eq!(got.auth.as_deref(), Some("Bearer sk-whisper-test"));
     let field = |n: &str| {
         got.fields

@@ -191,11 +191,14 @@ impl RemoteClient {
                 }
             }
         };
-        let mut req = self.http.post(url).json(&body);
-        if let Some(key) = &self.cfg.api_key {
-            req = req.bearer_auth(key);
-        }
-        let resp = req.send().await.map_err(transport)?;
+        let make = || {
+            let req = self.http.post(url).json(&body);
+            match &self.cfg.api_key {
+                Some(key) => req.bearer_auth(key),
+                None => req,
+            }
+        };
+        let resp = crate::busy::send("chat", make).await.map_err(transport)?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(transport)?;
         if !status.is_success() {

@@ -106,18 +106,23 @@ impl RemoteWhisper {
                 WhisperError::Remote(format!("{url}: {}", error_chain(&e)))
             }
         };
-        let mut req = self
-            .http
-            .post(url)
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                format!("multipart/form-data; boundary={boundary}"),
-            )
-            .body(body);
-        if let Some(key) = &self.cfg.api_key {
-            req = req.bearer_auth(key);
-        }
-        let resp = req.send().await.map_err(failed)?;
+        let make = || {
+            let req = self
+                .http
+                .post(url)
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .body(body.clone());
+            match &self.cfg.api_key {
+                Some(key) => req.bearer_auth(key),
+                None => req,
+            }
+        };
+        let resp = crate::busy::send("transcription", make)
+            .await
+            .map_err(failed)?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(failed)?;
         if !status.is_success() {

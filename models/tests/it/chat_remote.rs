@@ -32,7 +32,39 @@ async fn completions(
             .get("authorization")
             .map(|h| h.to_str().unwrap().to_string()),
     );
+    let asked = seen
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|b| b["model"] == v["model"])
+        .count();
     match v["model"].as_str().unwrap() {
+        // Full for the first two requests: llama-server's 503 when no slot is free, then a
+        // 429 with OpenAI's error envelope (vLLM, hosted gateways), then an answer.
+        "busy" if asked == 1 => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "0")],
+            axum::Json(
+                json!({"error": {"code": 503, "message": "no slot available",
+                                        "type": "unavailable_error"}}),
+            ),
+        )
+            .into_response(),
+        "busy" if asked == 2 => (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(
+                json!({"error": {"message": "Rate limit reached", "type": "requests",
+                                        "code": "rate_limit_exceeded"}}),
+            ),
+        )
+            .into_response(),
+        "busy" => axum::Json(json!({
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Lyon."},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 21, "completion_tokens": 3, "total_tokens": 24}
+        }))
+        .into_response(),
         "ok" => axum::Json(json!({
             "id": "x", "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."},
@@ -227,4 +259,21 @@ async fn errors_are_clear() {
         matches!(err, ChatError::Remote(RemoteError::Transport { .. })),
         "{err}"
     );
+}
+
+/// A server that is full says so with 503 or 429: Sandra asks again (after `Retry-After`, else
+/// a short growing pause) instead of failing the turn, and the reply is the one the server
+/// finally gives.
+#[tokio::test]
+async fn a_busy_server_is_asked_again_until_it_answers() {
+    let (base, seen) = server().await;
+    let reply = engine(&base, "busy", None, 10)
+        .chat(question())
+        .await
+        .expect("answered once the server had room");
+    assert_eq!(reply.text, "Lyon.");
+    let bodies = seen.bodies.lock().unwrap();
+    assert_eq!(bodies.len(), 3, "two busy answers, then the reply");
+    // The same request each time.
+    assert!(bodies.iter().all(|b| *b == bodies[0]));
 }
