@@ -481,34 +481,95 @@ impl QDecoder {
 
     /// Feeds `ids` to one sequence after what `cache` holds, appends their keys and values to
     /// it, and returns the logits of the last position (`[1, vocab]`). On error the cache's
-    /// content is unknown: the caller clears it.
+    /// content is unknown: the caller clears it. (The scheduler reads prompts together through
+    /// [`forward_many`](Self::forward_many); this is its one-sequence case.)
+    #[cfg(test)]
     pub(crate) fn forward(&self, ids: &[u32], cache: &mut SeqCache) -> Result<Tensor> {
-        let l = ids.len();
-        if l == 0 {
+        let mut one = [(ids, cache)];
+        self.forward_many(&mut one)
+    }
+
+    /// Feeds several sequences' new tokens at once (prompts being read): `seqs[i]` appends its
+    /// ids to its own cache. Returns the logits of each sequence's last position (`[n, vocab]`,
+    /// row `i` for `seqs[i]`).
+    ///
+    /// The linear layers see every new position of every sequence as one product, so several
+    /// short prompts arriving together cost about what one long one does (candle's AMX kernel,
+    /// for instance, splits its work by 32-row blocks: one 45-token prompt keeps one of two
+    /// cores busy); attention runs per sequence with its own causal mask. The last positions'
+    /// logits take the decode kernels ([`QLinear::forward_rows`]), so a sequence's first token
+    /// comes from the same numbers whether its prompt was read alone or with others. On error
+    /// every cache's content is unknown: the caller clears them.
+    pub(crate) fn forward_many(&self, seqs: &mut [(&[u32], &mut SeqCache)]) -> Result<Tensor> {
+        if seqs.is_empty() || seqs.iter().any(|(ids, _)| ids.is_empty()) {
             bail!("nothing to feed");
         }
-        let pos = self.check_room(cache, l)?;
-        let input = Tensor::new(ids, self.cos.device())?.unsqueeze(0)?;
-        let mut x = self.embed.embedding(&input)?;
-        let mask = if l > 1 {
-            Some(crate::attention::causal_mask(l, pos, x.device())?)
-        } else {
-            None
-        };
-        for (i, layer) in self.layers.iter().enumerate() {
+        let mut spans = Vec::with_capacity(seqs.len()); // (offset, len, pos)
+        let mut off = 0;
+        for (ids, cache) in seqs.iter() {
+            let l = ids.len();
+            spans.push((off, l, self.check_room(cache, l)?));
+            off += l;
+        }
+        let ids: Vec<u32> = seqs
+            .iter()
+            .flat_map(|(ids, _)| ids.iter().copied())
+            .collect();
+        let input = Tensor::new(ids.as_slice(), self.cos.device())?.unsqueeze(0)?;
+        let mut x = self.embed.embedding(&input)?; // [1, N, hidden]
+        let masks = spans
+            .iter()
+            .map(|&(_, l, pos)| {
+                (l > 1)
+                    .then(|| crate::attention::causal_mask(l, pos, x.device()))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.eps)?;
             let (q, k, v) = (
                 layer.q.forward(&h)?,
                 layer.k.forward(&h)?,
                 layer.v.forward(&h)?,
             );
-            let y = self.attend(layer, &q, &k, &v, &mut cache.layers[i], pos, mask.as_ref())?;
+            let y = if let [(_, cache)] = seqs {
+                self.attend(
+                    layer,
+                    &q,
+                    &k,
+                    &v,
+                    &mut cache.layers[li],
+                    spans[0].2,
+                    masks[0].as_ref(),
+                )?
+            } else {
+                let mut ys = Vec::with_capacity(seqs.len());
+                for (i, (_, cache)) in seqs.iter_mut().enumerate() {
+                    let (o, l, pos) = spans[i];
+                    ys.push(self.attend(
+                        layer,
+                        &q.narrow(1, o, l)?,
+                        &k.narrow(1, o, l)?,
+                        &v.narrow(1, o, l)?,
+                        &mut cache.layers[li],
+                        pos,
+                        masks[i].as_ref(),
+                    )?);
+                }
+                Tensor::cat(&ys, 1)?
+            };
             x = self.feed_forward(layer, &y, x, false)?;
         }
-        cache.tokens.extend_from_slice(ids);
-        let last = x.i((.., l - 1, ..))?.contiguous()?;
+        for (ids, cache) in seqs.iter_mut() {
+            cache.tokens.extend_from_slice(ids);
+        }
+        let last: Vec<Tensor> = spans
+            .iter()
+            .map(|&(o, l, _)| x.i((.., o + l - 1, ..)))
+            .collect::<Result<_>>()?;
+        let last = Tensor::cat(&last, 0)?.contiguous()?; // [n, hidden]
         let last = candle_nn::ops::rms_norm(&last, &self.norm, self.eps)?;
-        self.output.forward(&last)
+        self.output.forward_rows(&last)
     }
 
     /// One decode step for several sequences at once: `steps[i]` feeds one token to its own
@@ -793,6 +854,51 @@ mod tests {
                 assert_eq!(copy.tokens(), &ids);
                 let copied = ours.forward(&[11], &mut copy)?;
                 assert_eq!(max_rel_diff(&copied, &again), 0.0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Prompts read together give each sequence exactly what reading it alone gives when the
+    /// kernels compute rows independently (`CpuPrefill::Compact`; candle's repacked prompt
+    /// kernels differ by row count, so there the match is only close), and each cache holds
+    /// its own prompt, so the next steps go on from there.
+    #[test]
+    fn prompts_read_together_match_prompts_read_alone() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        for (tiny, quant) in ALL.into_iter().flat_map(|t| QUANTS.map(|q| (t, q))) {
+            let (path, _) = write_model_as(dir.path(), tiny, Behaviour::Random, 5, quant);
+            let mut r = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+            let ct = Content::read(&mut r).unwrap();
+            let family = match tiny {
+                TinyFamily::Qwen2 => Family::Qwen2,
+                TinyFamily::Qwen3 => Family::Qwen3,
+                TinyFamily::SmolLm | TinyFamily::Llama3 => Family::Llama,
+            };
+            let model = QDecoder::from_gguf(family, &ct, &mut r, &dev, 64, CpuPrefill::Compact)?;
+            let prompts: [&[u32]; 3] = [&[3, 17, 42, 5, 99], &[8], &[12, 13, 14, 15, 16, 17, 18]];
+            let mut alone = Vec::new();
+            for p in prompts {
+                let mut c = SeqCache::new(&model);
+                let first = model.forward(p, &mut c)?;
+                let next = model.forward(&[7], &mut c)?;
+                alone.push((first, next));
+            }
+            let mut caches: Vec<SeqCache> = prompts.iter().map(|_| SeqCache::new(&model)).collect();
+            let mut seqs: Vec<(&[u32], &mut SeqCache)> =
+                prompts.iter().copied().zip(caches.iter_mut()).collect();
+            let logits = model.forward_many(&mut seqs)?;
+            assert_eq!(logits.dims(), &[3, alone[0].0.dim(1)?]);
+            for (i, (c, p)) in caches.iter_mut().zip(prompts).enumerate() {
+                let d = max_rel_diff(&logits.narrow(0, i, 1)?, &alone[i].0);
+                assert_eq!(d, 0.0, "{tiny:?} {quant:?} prompt {i}");
+                assert_eq!(c.tokens(), p);
+                let d = max_rel_diff(&model.forward(&[7], c)?, &alone[i].1);
+                assert!(
+                    d < 1e-4,
+                    "{tiny:?} {quant:?} step after prompt {i}: off by {d}"
+                );
             }
         }
         Ok(())

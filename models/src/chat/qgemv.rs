@@ -40,6 +40,8 @@ const _: () = assert!(std::mem::size_of::<BlockQ8K>() == Q8K_BYTES);
 struct Act {
     qs: [i8; QK_K],
     bsums: [i16; 16],
+    /// For Q4_K: `d` times the sum of each 32-value sub-block, for the mins term.
+    dsums: [f32; 8],
     d: f32,
 }
 
@@ -147,6 +149,7 @@ fn quantize(lhs: &[f32], m: usize, k: usize, interleave: bool) -> Vec<Act> {
             let mut a = Act {
                 qs: [0; QK_K],
                 bsums: [0; 16],
+                dsums: [0.0; 8],
                 d: f32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")),
             };
             let qs = &bytes[4..4 + QK_K];
@@ -166,6 +169,9 @@ fn quantize(lhs: &[f32], m: usize, k: usize, interleave: bool) -> Vec<Act> {
             for (i, s) in a.bsums.iter_mut().enumerate() {
                 let o = 4 + QK_K + 2 * i;
                 *s = i16::from_le_bytes([bytes[o], bytes[o + 1]]);
+            }
+            for (j, v) in a.dsums.iter_mut().enumerate() {
+                *v = a.d * f32::from(a.bsums[2 * j] + a.bsums[2 * j + 1]);
             }
             acts.push(a);
         }
@@ -207,17 +213,15 @@ mod x86 {
         let nib = _mm512_set1_epi8(0x0F);
         // 16-bit lane j of a packed pair of dot products covers sub-block A (j % 8 < 4) or B
         // of the 128-bit lane j / 8; lanes 0–1 hold the first 64-value group, 2–3 the second.
-        let (lo, hi, mi) = (
+        let (lo, hi) = (
             words_from(|j| ((j / 16) * 2 + (j % 8) / 4) as u8),
             words_from(|j| (4 + (j / 16) * 2 + (j % 8) / 4) as u8),
-            words_from(|j| (8 + j / 2) as u8),
         );
-        // SAFETY: 64 readable bytes each (32 for the last).
-        let (sc_lo, sc_hi, mins_idx) = unsafe {
+        // SAFETY: 64 readable bytes each.
+        let (sc_lo, sc_hi) = unsafe {
             (
                 _mm512_loadu_si512(lo.as_ptr().cast()),
                 _mm512_loadu_si512(hi.as_ptr().cast()),
-                _mm256_loadu_si256(mi.as_ptr().cast()),
             )
         };
         let mut acc = [_mm512_setzero_ps(); GROUP];
@@ -238,10 +242,12 @@ mod x86 {
             let even = 0x5555_5555_5555_5555;
             let sc01 = _mm512_maskz_permutexvar_epi8(even, sc_lo, packed);
             let sc23 = _mm512_maskz_permutexvar_epi8(even, sc_hi, packed);
-            let mins = _mm256_maskz_permutexvar_epi8(
-                0x5555_5555,
-                mins_idx,
-                _mm512_castsi512_si256(packed),
+            // The 8 mins times dmin, once for every row.
+            let mins = _mm256_mul_ps(
+                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(
+                    0, 0, m1 as i32, m0 as i32,
+                ))),
+                _mm256_set1_ps(dmin),
             );
             // SAFETY: the block has 128 bytes of nibbles at 16.
             let (wa, wb) = unsafe {
@@ -257,14 +263,14 @@ mod x86 {
             for r in 0..rows {
                 let a = &acts[r * kb + b];
                 let q = a.qs.as_ptr();
-                // SAFETY: 256 bytes of quants and 16 sums in `a`.
-                let (x0, x1, x2, x3, bs) = unsafe {
+                // SAFETY: 256 bytes of quants and 8 sub-block sums in `a`.
+                let (x0, x1, x2, x3, sums) = unsafe {
                     (
                         _mm512_loadu_si512(q.cast()),
                         _mm512_loadu_si512(q.add(64).cast()),
                         _mm512_loadu_si512(q.add(128).cast()),
                         _mm512_loadu_si512(q.add(192).cast()),
-                        _mm256_loadu_si256(a.bsums.as_ptr().cast()),
+                        _mm256_loadu_ps(a.dsums.as_ptr()),
                     )
                 };
                 let z = _mm512_setzero_si512();
@@ -277,10 +283,8 @@ mod x86 {
                     _mm512_madd_epi16(_mm512_packs_epi32(p0, p1), sc01),
                     _mm512_madd_epi16(_mm512_packs_epi32(p2, p3), sc23),
                 );
-                let mn = _mm256_madd_epi16(bs, mins);
                 acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(d * a.d), acc[r]);
-                accm[r] =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(mn), _mm256_set1_ps(dmin * a.d), accm[r]);
+                accm[r] = _mm256_fmadd_ps(mins, sums, accm[r]);
             }
         }
         for r in 0..rows {

@@ -5,12 +5,13 @@
 //! because others wait: the queue holds at most one entry per pending turn, and the actor layer
 //! bounds the conversations. Up to `parallel` requests are active at once, at most one per
 //! conversation (its next turn reuses the cache the previous one leaves). Each iteration of the
-//! loop (1) admits requests from the queue, (2) feeds one chunk of at most [`PREFILL_CHUNK`]
-//! prompt tokens of one request still reading its prompt, so a long prompt delays the others
-//! by one chunk at a time, (3) samples the next token of every request that has fresh logits,
-//! with its own sampler, and answers those that reached an end token or their limit, and
-//! (4) feeds every new token in one batched step ([`QDecoder::forward_batch`]), which reads the
-//! weights once for all of them.
+//! loop (1) admits requests from the queue, (2) feeds at most [`PREFILL_CHUNK`] prompt tokens
+//! of the requests still reading their prompts, all in one product
+//! ([`QDecoder::forward_many`]), so a long prompt delays the others by one chunk at a time,
+//! (3) samples the next token of every request that has fresh logits, with its own sampler,
+//! and answers those that reached an end token or their limit, and (4) feeds every new token
+//! in one batched step ([`QDecoder::forward_batch`]), which reads the weights once for all of
+//! them.
 //!
 //! Caches come from and return to a [`KvPool`]. A caller that stops waiting (its future
 //! dropped) is skipped while queued and dropped between steps while active (its cache, still
@@ -33,9 +34,11 @@ use super::local::LocalModel;
 use super::qdecoder::SeqCache;
 use super::{ChatError, ChatMessage, ChatReply, SamplingParams, encode_chat, template};
 
-/// Prompt tokens fed per step. The same whether or not others are decoding, so a reply never
-/// depends on its neighbours; small enough that decoding requests wait one chunk (about a
-/// second for a 1.5B model on 2 cores), large enough for the prompt kernels to run at speed.
+/// Prompt tokens fed per step, over all the prompts being read: small enough that decoding
+/// requests wait one chunk (about a second for a 1.5B model on 2 cores), large enough for the
+/// prompt kernels to run at speed. Decode steps give a sequence exactly its own numbers
+/// whatever runs beside it; prompt reading may differ in the last bits with the company (candle
+/// picks its prompt kernels by row count), which greedy replies almost never show.
 pub(crate) const PREFILL_CHUNK: usize = 256;
 
 /// A request's place in the fair queue: its conversation, or itself alone.
@@ -268,11 +271,11 @@ impl Scheduler {
         tracing::debug!("chat model thread exits");
     }
 
-    /// One iteration: drop the abandoned, admit, one prefill chunk, sample, one decode step.
+    /// One iteration: drop the abandoned, admit, one prefill pass, sample, one decode step.
     pub(crate) fn step(&mut self) {
         self.drop_abandoned();
         self.admit();
-        self.prefill_one();
+        self.prefill_waiting();
         self.sample_all();
         self.decode_all();
     }
@@ -391,27 +394,60 @@ impl Scheduler {
         })
     }
 
-    /// Feeds one chunk of the prompt of the earliest admitted request still reading its own.
-    fn prefill_one(&mut self) {
-        let Some(i) = self.active.iter().position(Active::prefilling) else {
-            return;
-        };
+    /// Feeds the prompts of the requests still reading theirs, earliest admitted first, at most
+    /// [`PREFILL_CHUNK`] tokens in all, as one product ([`QDecoder::forward_many`]): eight
+    /// short questions arriving together are read in one pass over the weights, not eight.
+    fn prefill_waiting(&mut self) {
         let weights = &self.model.weights;
-        let a = &mut self.active[i];
-        let fed = a.cache.tokens().len();
-        let end = (fed + PREFILL_CHUNK).min(a.prompt.len());
-        let chunk = &a.prompt[fed..end];
-        let cache = &mut a.cache;
-        match caught(|| weights.forward(chunk, cache).map_err(inf)) {
-            Ok(logits) => {
-                if end == a.prompt.len() {
-                    a.logits = Some(logits);
-                    a.prefilled = Some(Instant::now());
+        let mut budget = PREFILL_CHUNK;
+        let mut idx = Vec::new();
+        let mut ends = Vec::new();
+        let mut seqs: Vec<(&[u32], &mut SeqCache)> = Vec::new();
+        for (i, a) in self.active.iter_mut().enumerate() {
+            if budget == 0 {
+                break;
+            }
+            if !a.prefilling() {
+                continue;
+            }
+            let fed = a.cache.tokens().len();
+            let end = (fed + budget).min(a.prompt.len());
+            budget -= end - fed;
+            idx.push(i);
+            ends.push(end == a.prompt.len());
+            seqs.push((&a.prompt[fed..end], &mut a.cache));
+        }
+        if seqs.is_empty() {
+            return;
+        }
+        let r = caught(|| weights.forward_many(&mut seqs).map_err(inf));
+        drop(seqs);
+        let rows = r.and_then(|logits| {
+            (0..idx.len())
+                .map(|r| logits.get(r).map_err(inf))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        match rows {
+            Ok(rows) => {
+                for ((row, &i), done) in rows.into_iter().zip(&idx).zip(ends) {
+                    if done {
+                        let a = &mut self.active[i];
+                        a.logits = Some(row);
+                        a.prefilled = Some(Instant::now());
+                    }
                 }
             }
             Err(e) => {
-                let a = self.active.swap_remove(i);
-                self.fail(a, e);
+                // Every cache in the pass is now in an unknown state. Highest index first, so
+                // the indices left stay valid for swap_remove.
+                let why = match e {
+                    ChatError::Inference(why) => why,
+                    other => other.to_string(),
+                };
+                for &i in idx.iter().rev() {
+                    let a = self.active.swap_remove(i);
+                    self.fail(a, ChatError::Inference(why.clone()));
+                }
             }
         }
     }
