@@ -124,6 +124,9 @@ fn status_webhook(i: usize) -> Vec<u8> {
 #[derive(Default)]
 struct Sent {
     texts: HashMap<String, Vec<(Instant, String)>>,
+    /// "Got it, answering in a moment" notices (`conversation.wait_notice_after`): counted
+    /// apart, never taken for the reply.
+    notices: usize,
 }
 
 type SentLog = Arc<Mutex<Sent>>;
@@ -139,16 +142,32 @@ async fn graph_messages(
         && let (Some(to), Some(body)) = (v["to"].as_str(), v["text"]["body"].as_str())
     {
         let mut log = log.lock().unwrap();
+        if is_wait_notice(body) {
+            log.notices += 1;
+            return axum::Json(accepted(&v));
+        }
         log.texts
             .entry(to.to_string())
             .or_default()
             .push((Instant::now(), body.to_string()));
     }
-    axum::Json(serde_json::json!({
+    axum::Json(accepted(&v))
+}
+
+/// Graph API's answer to an accepted send.
+fn accepted(v: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
         "messaging_product": "whatsapp",
         "contacts": [{"input": v["to"], "wa_id": v["to"]}],
         "messages": [{"id": format!("wamid.OUT{}", rand_id())}]
-    }))
+    })
+}
+
+fn is_wait_notice(body: &str) -> bool {
+    use sandra_actors::texts::{Lang, wait_notice};
+    [Lang::En, Lang::Es, Lang::Pt, Lang::Fr, Lang::De]
+        .into_iter()
+        .any(|l| wait_notice(l) == body)
 }
 
 fn rand_id() -> u64 {
@@ -495,6 +514,10 @@ fn main() {
                 );
             }
         }
+        println!(
+            "  \"answering in a moment\" notices so far (not counted as replies): {}",
+            bench.sent.lock().unwrap().notices
+        );
         if let Some(u) = returning_user {
             let r = bench.round(&[u], &[FOLLOW_UP], "R").await;
             println!(

@@ -11,8 +11,8 @@
 #
 #   scripts/bench-concurrency.sh [MODEL.gguf] [-- extra bench args, e.g. --conversations 1,8]
 #
-# env: PROFILE=release|dev (default release), SKIP_LLAMA=1 (only Sandra), LLAMA_PARALLEL (8),
-#      THREADS (2).
+# env: PROFILE=release|dev (default release), SKIP_LLAMA=1 (only Sandra), SKIP_SANDRA=1 (only
+#      llama-server), LLAMA_PARALLEL (8), THREADS (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-}
@@ -34,8 +34,10 @@ bench() {
   fi
 }
 
-echo "== Sandra, local candle engine ($model)"
-bench --model "$model" "${extra[@]}"
+if [[ ${SKIP_SANDRA:-0} != 1 ]]; then
+  echo "== Sandra, local candle engine ($model)"
+  bench --model "$model" "${extra[@]}"
+fi
 
 [[ ${SKIP_LLAMA:-0} == 1 ]] && exit 0
 
@@ -45,6 +47,13 @@ LCP_SHA=$(curl -fsS -H 'Accept: application/vnd.pypi.simple.v1+json' https://pyp
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/sandra-bench
 src=$cache/llama_cpp_python-$LCP/vendor/llama.cpp
 server=$src/build/bin/llama-server
+# A binary built with GGML_NATIVE on another CPU (a cache carried to a new machine) starts, then
+# dies with SIGILL in its first matmul: rebuild when the CPU's flags differ from the build's.
+cpu=$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-16)
+if [[ -x $server && $(cat "$src/build/.cpu" 2>/dev/null) != "$cpu" ]]; then
+  echo "llama-server in $src/build was built for another CPU: rebuilding" >&2
+  rm -rf "$src/build"
+fi
 if [[ ! -x $server ]]; then
   command -v cmake >/dev/null || apt-get install -y -q cmake
   mkdir -p "$cache"
@@ -61,6 +70,7 @@ if [[ ! -x $server ]]; then
   cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
     -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON
   cmake --build "$src/build" --target llama-server -j"$(nproc)"
+  echo "$cpu" >"$src/build/.cpu"
 fi
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -69,10 +79,17 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
   --parallel "$PARALLEL" --cont-batching -c $((4096 * PARALLEL)) --no-webui >/tmp/bench-llama-server.log 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
+healthy=0
 for _ in $(seq 1 120); do
-  curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+  curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && { healthy=1; break; }
+  kill -0 $pid 2>/dev/null || break
   sleep 1
 done
+if [[ $healthy != 1 ]]; then
+  echo "llama-server did not come up; its log:" >&2
+  tail -20 /tmp/bench-llama-server.log >&2
+  exit 1
+fi
 echo
 echo "== Sandra in front of llama-server --parallel $PARALLEL (llama.cpp from llama-cpp-python $LCP)"
 bench --model "$model" --openai "http://127.0.0.1:$port" "${extra[@]}"

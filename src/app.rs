@@ -350,6 +350,7 @@ pub(crate) fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 /// The brain `[llm]` asks for. A configured model that fails to load stops start-up with the
 /// path and the reason; no model configured or installed falls back to the placeholder, loudly.
 pub async fn build_brain(cfg: &Config, metrics: &Metrics) -> anyhow::Result<Arc<dyn Brain>> {
+    sandra_models::priority::set_model_threads(cfg.server.model_threads);
     use sandra_actors::llm_brain::LlmBrain;
     use sandra_models::catalog::{Manifest, ModelRole, models_dir};
     use sandra_models::chat::{ChatEngine, RemoteConfig};
@@ -421,6 +422,7 @@ pub async fn build_brain(cfg: &Config, metrics: &Metrics) -> anyhow::Result<Arc<
 pub async fn build_transcriber(
     cfg: &Config,
 ) -> anyhow::Result<Option<sandra_models::whisper::Transcriber>> {
+    sandra_models::priority::set_model_threads(cfg.server.model_threads);
     use sandra_models::catalog::{Manifest, ModelRole, models_dir};
     use sandra_models::whisper::{Transcriber, WhisperOptions};
     let t = &cfg.transcription;
@@ -484,6 +486,7 @@ pub async fn build_transcriber(
 /// fail to load stop start-up with the path and the reason; no OCR model turns vision off,
 /// with one log line.
 pub async fn build_vision(cfg: &Config) -> anyhow::Result<Option<sandra_models::vision::Vision>> {
+    sandra_models::priority::set_model_threads(cfg.server.model_threads);
     use sandra_models::catalog::{Manifest, ModelRole, models_dir};
     use sandra_models::vision::{Vision, VisionOptions};
 

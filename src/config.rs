@@ -419,6 +419,9 @@ pub struct ServerConfig {
     /// limit) and `X-Forwarded-Proto` (its `Secure` cookie). Only when a proxy that sets them is
     /// the only way in: otherwise any client could claim any address.
     pub trust_proxy: bool,
+    /// How model threads give way to the webhook runtime: `"idle"` (`SCHED_IDLE`, default)
+    /// or `"nice"` (nice +10 only). See [`sandra_models::priority::ModelThreads`].
+    pub model_threads: sandra_models::priority::ModelThreads,
 }
 
 impl Default for ServerConfig {
@@ -432,6 +435,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             public_url: String::new(),
             trust_proxy: false,
+            model_threads: sandra_models::priority::ModelThreads::Idle,
         }
     }
 }
