@@ -67,7 +67,16 @@ if [[ ! -x $server ]]; then
   fi
   echo "$LCP_SHA  $tarball" | sha256sum -c --quiet
   tar xzf "$tarball" -C "$cache"
-  cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+  # -march=native on a CPU that lists AMX turns on ggml's AMX kernels, which die with SIGILL
+  # in VMs that do not hand out the AMX tile state (seen on this project's 2-core VM): there,
+  # the AVX-512 (VNNI, VBMI, BF16) kernels are named instead.
+  isa=(-DGGML_NATIVE=ON)
+  if grep -qw amx_int8 /proc/cpuinfo && grep -qw avx512_vnni /proc/cpuinfo; then
+    isa=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+      -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON
+      -DGGML_AVX_VNNI=ON)
+  fi
+  cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release "${isa[@]}" -DLLAMA_CURL=OFF \
     -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON
   cmake --build "$src/build" --target llama-server -j"$(nproc)"
   echo "$cpu" >"$src/build/.cpu"
