@@ -120,3 +120,70 @@ async fn the_speaker_answers_in_languages_it_has_a_voice_for_only() {
     let e = speaker.speak("🙂🙂".into(), "en").await.unwrap_err();
     assert!(matches!(e, SpeechError::Nothing), "{e}");
 }
+
+/// Ten replies of the kind Sandra sends.
+const ROUND_TRIP: [&str; 10] = [
+    "Good morning, the weather today is sunny and warm.",
+    "Your meeting with the dentist has been moved to Friday afternoon.",
+    "I found three recipes that use chicken, rice and green peppers.",
+    "Please remember to take your umbrella because it may rain later.",
+    "The train to the airport leaves every twenty minutes from the main station.",
+    "Thank you for your message, I will answer your question in a moment.",
+    "Drinking enough water is important, especially when you exercise.",
+    "The library closes at eight o'clock on weekdays and at noon on Saturday.",
+    "Could you tell me which color you prefer for the new kitchen?",
+    "Your package was delivered to the front door this afternoon.",
+];
+
+/// The round trip: Sandra's voice speaks ten replies (voice notes as sent), Sandra's own Whisper
+/// (whisper-base, as `scripts/fetch-whisper.sh` installs it) hears them back through Sandra's
+/// Ogg/Opus decoder. The word error rate says whether the voice is understandable; the goal is
+/// at most 10%.
+#[tokio::test(flavor = "multi_thread")]
+async fn whisper_understands_sandras_voice() {
+    let path = voice_or_skip!("whisper_understands_sandras_voice");
+    let Some(whisper) = crate::whisper_real::model_dir() else {
+        println!(
+            "skipped: whisper_understands_sandras_voice: no Whisper weights (run scripts/fetch-whisper.sh)"
+        );
+        return;
+    };
+    let speaker = Speaker::load(
+        SpeechOptions {
+            voices: vec![path],
+            threads: 2,
+        },
+        1,
+    )
+    .unwrap();
+    let t = sandra_models::whisper::Transcriber::load(
+        &whisper,
+        sandra_models::whisper::WhisperOptions {
+            language: Some("en".into()),
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
+    let (mut errors, mut words) = (0.0f32, 0usize);
+    for sentence in ROUND_TRIP {
+        let note = speaker.speak(sentence.into(), "en").await.unwrap();
+        let pcm = decode_to_pcm16k(&note.ogg, VoiceNote::MIME, 60.0).unwrap();
+        let heard = t.transcribe(pcm.samples).await.unwrap().text;
+        let n = crate::whisper_real::words(sentence).len();
+        let w = crate::whisper_real::wer(sentence, &heard);
+        println!(
+            "WER {w:.2} ({:.1} s): {sentence:?} -> {heard:?}",
+            note.seconds
+        );
+        errors += w * n as f32;
+        words += n;
+    }
+    let wer = errors / words as f32;
+    println!(
+        "round trip: WER {:.1}% over {words} words ({})",
+        wer * 100.0,
+        whisper.display()
+    );
+    assert!(wer <= 0.10, "round-trip WER {wer}");
+}
