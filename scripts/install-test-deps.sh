@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Debian packages Sandra links against: libespeak-ng-dev (phonemes for voice replies; its data is
+# espeak-ng-data) and libopus-dev (encoding voice notes); a build without them fails to link.
 # Debian packages the sandra-models tests use to make their inputs:
 # espeak-ng (speech), opus-tools (opusenc/opusdec: encoder and libopus reference decode), sox;
 # imagemagick with fonts-dejavu-core and fonts-liberation2 (the OCR tests render their images);
@@ -7,7 +9,7 @@
 # the OCR tests fail without ImageMagick. chromium + chromium-driver: the Admin Portal browser test
 # (tests/it/portal_browser.rs; it skips, saying so, without them).
 set -euo pipefail
-pkgs=(espeak-ng opus-tools sox imagemagick fonts-dejavu-core fonts-liberation2 systemd chromium chromium-driver)
+pkgs=(libespeak-ng-dev espeak-ng-data libopus-dev espeak-ng opus-tools sox imagemagick fonts-dejavu-core fonts-liberation2 systemd chromium chromium-driver)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

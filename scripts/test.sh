@@ -2,8 +2,9 @@
 # Runs Sandra's whole test suite: what README.md calls "run the tests", and what CI runs.
 # First the checks that need no test run, so a red CI says why at once: formatting (`cargo fmt`)
 # and clippy with every warning an error (the workspace lints in Cargo.toml, clippy.toml). Then
-# it installs the Debian tools the audio tests use to make voice notes (espeak-ng, opus-tools,
-# sox) when they are missing, and runs every test of every crate.
+# it installs the Debian packages the build links (libespeak-ng-dev, libopus-dev) and the tools
+# the audio tests use to make voice notes (espeak-ng, opus-tools, sox) when they are missing,
+# and runs every test of every crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never

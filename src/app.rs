@@ -2,12 +2,14 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use sandra_actors::System;
 use sandra_actors::brain::{Brain, PlaceholderBrain};
+use sandra_actors::conversation::commit::{VoicePolicy, VoiceReply};
 use sandra_actors::conversation::{ConversationDeps, ConversationPolicy, RunDeps};
 use sandra_actors::graph::{GraphClient, GraphConfig};
 use sandra_actors::ingest::IngestConfig;
@@ -16,13 +18,14 @@ use sandra_actors::router::RouterArgs;
 use sandra_actors::secret::{Credentials, ExposeSecret, Live, SecretString};
 use sandra_actors::sender::{SenderArgs, SenderHealth};
 use sandra_actors::slot::ActorSlot;
+use sandra_actors::speech::SpeechArgs;
 use sandra_actors::store::Store;
 use sandra_actors::transcription::TranscriptionArgs;
 use sandra_actors::vision::VisionArgs;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::config::Config;
+use crate::config::{Config, VoiceReplyMode};
 use crate::http::{self, HttpState};
 use crate::vault::Vault;
 
@@ -168,6 +171,27 @@ impl Application {
                 metrics: metrics.clone(),
             }
         });
+        let speaker = build_speaker(&cfg).await?;
+        if let Some(s) = &speaker {
+            s.observe_queue_wait(metrics.model_queue_wait_seconds.clone());
+        }
+        let voice_policy = VoicePolicy {
+            reply: match cfg.voice.reply {
+                VoiceReplyMode::Mirror => VoiceReply::Mirror,
+                VoiceReplyMode::Always => VoiceReply::Always,
+                VoiceReplyMode::Never => VoiceReply::Never,
+            },
+            languages: speaker
+                .as_ref()
+                .map(|s| s.languages().to_vec())
+                .unwrap_or_default(),
+            note_chars: cfg.voice.note_chars,
+        };
+        let speech = speaker.map(|s| SpeechArgs {
+            speaker: s,
+            max_jobs: cfg.voice.max_jobs,
+            metrics: metrics.clone(),
+        });
         let mailer = if cfg.email.enabled() {
             let e = &cfg.email;
             let m = sandra_actors::mailer::Mailer::new(sandra_actors::mailer::MailerConfig {
@@ -210,6 +234,7 @@ impl Application {
             },
             limits: Arc::new(sandra_actors::limits::Limits::new(cfg.limits.policy())),
             max_attempts: 3,
+            voice: voice_policy,
         };
         let router_args = RouterArgs {
             deps: Arc::new(deps),
@@ -229,15 +254,24 @@ impl Application {
                     language: w.reopen_template.language.clone(),
                 }
             }),
+            speech: speech.as_ref().map(|_| ActorSlot::default()),
+            speech_timeout: cfg.voice.timeout,
         };
         let ingest = IngestConfig {
             app_secret: live.app_secret.clone(),
             phone_number_id: live.phone_number_id.clone(),
             max_body_bytes: cfg.server.max_body_bytes,
         };
-        let system = System::start(router_args, sender_args, transcription, vision, ingest)
-            .await
-            .context("starting the actor system")?;
+        let system = System::start(
+            router_args,
+            sender_args,
+            transcription,
+            vision,
+            speech,
+            ingest,
+        )
+        .await
+        .context("starting the actor system")?;
         tracing::info!(brain = %brain.describe(), "actors started");
 
         let state = HttpState {
@@ -415,6 +449,55 @@ pub async fn build_brain(cfg: &Config, metrics: &Metrics) -> anyhow::Result<Arc<
         LlmBrain::new(engine, cfg.system_prompt().to_string())
             .with_tokens_per_second(metrics.llm_tokens_per_second.clone()),
     ))
+}
+
+/// The voices `[voice]` asks for: `voice.voices`, else every voice installed under
+/// `<data_dir>/models/piper/`. None (or `voice.reply = "never"`): replies are text only. A
+/// voice that fails to load stops start-up with the path and the reason.
+pub async fn build_speaker(cfg: &Config) -> anyhow::Result<Option<sandra_models::speech::Speaker>> {
+    use sandra_models::speech::{Speaker, SpeechOptions};
+    let v = &cfg.voice;
+    if v.reply == VoiceReplyMode::Never {
+        return Ok(None);
+    }
+    let voices = if v.voices.is_empty() {
+        let dir = sandra_models::catalog::models_dir(&cfg.storage.data_dir).join("piper");
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.extension().is_some_and(|e| e == "onnx")
+                            && p.with_extension("onnx.json").is_file()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort();
+        found
+    } else {
+        v.voices.clone()
+    };
+    if voices.is_empty() {
+        tracing::info!(
+            "no voice installed: replies are text only (`scripts/fetch-models.sh voice` installs one; see [voice])"
+        );
+        return Ok(None);
+    }
+    let opts = SpeechOptions {
+        voices: voices.clone(),
+        threads: if v.threads > 0 {
+            v.threads
+        } else {
+            sandra_models::whisper::default_threads()
+        },
+    };
+    let queue = v.queue;
+    let speaker = tokio::task::spawn_blocking(move || Speaker::load(opts, queue))
+        .await
+        .context("loading the voices")?
+        .with_context(|| format!("loading the voices (config key voice.voices): {voices:?}"))?;
+    tracing::info!(languages = ?speaker.languages(), "voice replies on");
+    Ok(Some(speaker))
 }
 
 /// The Whisper model `[transcription]` asks for, if any. A configured directory that fails to

@@ -44,6 +44,8 @@ pub struct Config {
     pub transcription: TranscriptionConfig,
     /// `[vision]`: photos, stickers and documents.
     pub vision: VisionConfig,
+    /// `[voice]`: replies spoken as voice notes.
+    pub voice: VoiceConfig,
     /// `[limits]`: who may talk to Sandra, how fast, and how much one turn takes in.
     pub limits: LimitsConfig,
     /// `[email]`: the SMTP server that mails verification codes for linking.
@@ -138,6 +140,55 @@ impl Default for TranscriptionConfig {
             base_url: String::new(),
             model: String::new(),
             api_key: SecretString::default(),
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// `[voice]`: voice replies, spoken with a local Piper voice and sent as a voice note with the
+/// text.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoiceConfig {
+    /// "mirror" (a voice reply when the user sent a voice note), "always" or "never".
+    pub reply: VoiceReplyMode,
+    /// Piper voices (`.onnx`, each with its `.onnx.json` beside it), one per language. Empty:
+    /// every voice in `<data_dir>/models/piper/`. No voice: replies are text only.
+    pub voices: Vec<PathBuf>,
+    /// CPU threads for speech; 0 = all cores.
+    pub threads: usize,
+    /// Replies waiting for the voice's thread; more wait their turn in Sandra. At least 1.
+    pub queue: usize,
+    /// Replies being spoken at once; more wait for a slot. At least 1.
+    pub max_jobs: usize,
+    /// After the first sentence (its own note, sent as soon as it is spoken), the rest of a
+    /// reply goes in notes of at most this many characters. In [100, 4000].
+    pub note_chars: usize,
+    /// How long one voice note may take to be spoken (queue included) before the try counts as
+    /// failed and is retried later. More than 0.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// When replies are spoken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VoiceReplyMode {
+    #[default]
+    Mirror,
+    Always,
+    Never,
+}
+
+impl Default for VoiceConfig {
+    fn default() -> Self {
+        Self {
+            reply: VoiceReplyMode::Mirror,
+            voices: Vec::new(),
+            threads: 0,
+            queue: 4,
+            max_jobs: 4,
+            note_chars: 600,
             timeout: Duration::from_secs(120),
         }
     }
@@ -1277,6 +1328,29 @@ impl Config {
                 return Err(key_err("transcription.timeout", "must be more than 0s"));
             }
         }
+        let voice = &self.voice;
+        if voice.queue == 0 {
+            return Err(key_err("voice.queue", "must be at least 1"));
+        }
+        if voice.max_jobs == 0 {
+            return Err(key_err("voice.max_jobs", "must be at least 1"));
+        }
+        if !(100..=4000).contains(&voice.note_chars) {
+            return Err(key_err("voice.note_chars", "must be between 100 and 4000"));
+        }
+        if voice.timeout.is_zero() {
+            return Err(key_err("voice.timeout", "must be more than 0s"));
+        }
+        if let Some(p) = voice
+            .voices
+            .iter()
+            .find(|p| p.extension().is_none_or(|e| e != "onnx"))
+        {
+            return Err(key_err(
+                "voice.voices",
+                format!("{} is not a Piper voice's .onnx file", p.display()),
+            ));
+        }
         let max_audio = self.transcription.max_audio_seconds;
         // Written so that NaN fails too.
         if !(max_audio > 0.0 && max_audio <= 3600.0) {
@@ -1675,6 +1749,37 @@ mod tests {
     }
 
     #[test]
+    fn voice_settings_are_read_and_each_bad_one_is_named() {
+        let c = Config::from_toml(
+            "[voice]\nreply = \"always\"\nvoices = [\"/v/en_US-joe-medium.onnx\"]\nnote_chars = 300\ntimeout = \"30s\"\n",
+            "c",
+        )
+        .unwrap();
+        assert_eq!(c.voice.reply, VoiceReplyMode::Always);
+        assert_eq!(
+            c.voice.voices,
+            vec![PathBuf::from("/v/en_US-joe-medium.onnx")]
+        );
+        assert_eq!(c.voice.note_chars, 300);
+        assert_eq!(c.voice.timeout, Duration::from_secs(30));
+        c.validate().unwrap();
+        assert_eq!(Config::default().voice.reply, VoiceReplyMode::Mirror);
+        for (toml, key) in [
+            ("reply = \"sometimes\"", "voice.reply"),
+            ("queue = 0", "voice.queue"),
+            ("max_jobs = 0", "voice.max_jobs"),
+            ("note_chars = 10", "voice.note_chars"),
+            ("timeout = \"0s\"", "voice.timeout"),
+            ("voices = [\"/v/joe.wav\"]", "voice.voices"),
+        ] {
+            let e = Config::from_toml(&format!("[voice]\n{toml}\n"), "c")
+                .and_then(|c| c.validate())
+                .unwrap_err();
+            assert!(e.to_string().contains(key), "{toml}: {e}");
+        }
+    }
+
+    #[test]
     fn transcription_max_jobs_must_be_positive() {
         let e = Config::from_toml("[transcription]\nmax_jobs = 0\n", "c")
             .unwrap()
@@ -1835,6 +1940,7 @@ mod tests {
             format!("{:?}", c.transcription),
             format!("{:?}", d.transcription)
         );
+        assert_eq!(format!("{:?}", c.voice), format!("{:?}", d.voice));
         let _ = Config::load_with_env(None, no_env).unwrap();
     }
 

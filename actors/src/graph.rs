@@ -72,6 +72,14 @@ impl GraphError {
         }
     }
 
+    /// A message that could not be made on Sandra's side, so no Graph call was made (a voice
+    /// note that could not be spoken): transient when `retry` (retried with backoff like a
+    /// network error), else permanent. The permanent form carries HTTP 422 ("unprocessable"),
+    /// which nothing from Meta is classified by, to land in [`ErrorClass::Permanent`].
+    pub fn not_sent(message: &str, retry: bool) -> Self {
+        Self::local((!retry).then_some(422), message.to_string())
+    }
+
     /// The media download was cut off at the caller's size limit.
     pub fn is_over_limit(&self) -> bool {
         self.http_status == Some(413) && self.code.is_none()
@@ -199,8 +207,22 @@ impl GraphClient {
         )
     }
 
-    /// The JSON body Meta expects for an outbox record.
+    fn media_upload_url(&self) -> String {
+        format!(
+            "{}/{}/{}/media",
+            self.cfg.base_url.trim_end_matches('/'),
+            self.cfg.api_version.get(),
+            self.cfg.phone_number_id.get()
+        )
+    }
+
+    /// The JSON body Meta expects for an outbox record. A voice record needs the id of its
+    /// uploaded note ([`Self::send_voice`]); without one it has no body Meta would take.
     pub fn message_body(rec: &OutboxRecord) -> Value {
+        Self::message_body_with_media(rec, None)
+    }
+
+    fn message_body_with_media(rec: &OutboxRecord, media_id: Option<&str>) -> Value {
         let mut body = json!({ "messaging_product": "whatsapp" });
         let t = &rec.target;
         if let Some(g) = &t.group_id {
@@ -223,6 +245,10 @@ impl GraphClient {
                 body["type"] = json!("template");
                 body["template"] = json!({ "name": name, "language": { "code": language } });
             }
+            OutboundBody::Voice { .. } => {
+                body["type"] = json!("audio");
+                body["audio"] = json!({ "id": media_id.unwrap_or_default() });
+            }
         }
         if let Some(ctx) = &rec.context_message_id {
             body["context"] = json!({ "message_id": ctx });
@@ -242,6 +268,70 @@ impl GraphClient {
             .ok_or_else(|| {
                 GraphError::local(Some(200), "send response without messages[0].id".into())
             })
+    }
+
+    /// Sends a voice record as one step: uploads `ogg` (`POST /{phone-number-id}/media`,
+    /// multipart), then sends the audio message that points at it; returns its wamid. A failed
+    /// upload is never "outcome unknown": nobody receives an uploaded file until a message
+    /// names it, so uploading again is harmless (an orphan upload expires after 30 days).
+    pub async fn send_voice(&self, rec: &OutboxRecord, ogg: Vec<u8>) -> Result<String, GraphError> {
+        let media_id = self
+            .upload_media(ogg, VOICE_MIME, "voice.ogg")
+            .await
+            .map_err(|e| GraphError {
+                outcome_unknown: false,
+                ..e
+            })?;
+        let v = self
+            .post_json(
+                &self.messages_url(),
+                &Self::message_body_with_media(rec, Some(&media_id)),
+            )
+            .await?;
+        v.pointer("/messages/0/id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                GraphError::local(Some(200), "send response without messages[0].id".into())
+            })
+    }
+
+    /// Uploads a file to Meta's media store (`messaging_product`, `type` and `file` as
+    /// multipart form fields, the bearer token); returns the media id.
+    pub async fn upload_media(
+        &self,
+        bytes: Vec<u8>,
+        mime: &str,
+        filename: &str,
+    ) -> Result<String, GraphError> {
+        let boundary = multipart_boundary();
+        // `type` is the bare MIME type; the file part keeps its codec parameter.
+        let bare = mime.split(';').next().unwrap_or(mime).trim();
+        let body = multipart(
+            &boundary,
+            &[("messaging_product", "whatsapp"), ("type", bare)],
+            filename,
+            mime,
+            &bytes,
+        );
+        let resp = self
+            .http
+            .post(self.media_upload_url())
+            .bearer_auth(self.cfg.credentials.current().expose_secret())
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let v = read_json(resp).await?;
+        v.get("id")
+            .and_then(Value::as_str)
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| GraphError::local(Some(200), "upload response without an id".into()))
     }
 
     /// Marks an inbound message read and, with `typing`, shows the typing indicator (~25 s).
@@ -320,6 +410,48 @@ impl GraphClient {
             .map_err(transport_error)?;
         read_json(resp).await
     }
+}
+
+/// The MIME type voice notes are uploaded as (Ogg with Opus inside, as Meta requires).
+pub const VOICE_MIME: &str = "audio/ogg; codecs=opus";
+
+/// A `multipart/form-data` body: text fields, then one file part.
+fn multipart(
+    boundary: &str,
+    fields: &[(&str, &str)],
+    filename: &str,
+    mime: &str,
+    file: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(file.len() + 512);
+    for (name, value) in fields {
+        out.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    out.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: {mime}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(file);
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// A boundary no Ogg file will contain in practice: 32 random alphanumerics (an Ogg page
+/// could hold any bytes, but a collision needs those exact 32 after a CRLF and two dashes).
+fn multipart_boundary() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let tail: String = (0..32)
+        .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
+        .collect();
+    format!("sandra-{tail}")
 }
 
 async fn read_json(resp: reqwest::Response) -> Result<Value, GraphError> {
@@ -414,6 +546,27 @@ mod tests {
         assert!(fake.media_url_trusted("http://127.0.0.1:4000/lookaside/m1"));
         assert!(!fake.media_url_trusted("http://127.0.0.1:4001/lookaside/m1"));
         assert!(!fake.media_url_trusted("http://evil.example:4000/lookaside/m1"));
+    }
+
+    #[test]
+    fn upload_body_is_multipart_with_metas_three_fields() {
+        let body = multipart(
+            "B",
+            &[("messaging_product", "whatsapp"), ("type", "audio/ogg")],
+            "voice.ogg",
+            VOICE_MIME,
+            b"OggS\x00\x01",
+        );
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.starts_with("--B\r\nContent-Disposition: form-data; name=\"messaging_product\"\r\n\r\nwhatsapp\r\n"), "{text}");
+        assert!(
+            text.contains("name=\"type\"\r\n\r\naudio/ogg\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("name=\"file\"; filename=\"voice.ogg\"\r\nContent-Type: audio/ogg; codecs=opus\r\n\r\nOggS\x00\x01\r\n--B--\r\n"), "{text}");
+        let b = multipart_boundary();
+        assert_eq!(b.len(), "sandra-".len() + 32);
+        assert_ne!(b, multipart_boundary());
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod secret;
 pub mod sender;
 pub mod session;
 pub mod slot;
+pub mod speech;
 pub mod store;
 pub mod supervisor;
 pub mod texts;
@@ -67,25 +68,43 @@ pub struct System {
 }
 
 impl System {
-    /// Starts the tree: root, sender, transcription and vision (when configured), router (which
-    /// replays unanswered messages), and the ingestion service in front of the router. The
-    /// model actors are published in the slots the conversations read
-    /// (`router.deps.run.transcription`, `router.deps.run.vision`).
+    /// Starts the tree: root, sender, transcription, vision and speech (when configured),
+    /// router (which replays unanswered messages), and the ingestion service in front of the
+    /// router. The model actors are published in the slots the conversations read
+    /// (`router.deps.run.transcription`, `router.deps.run.vision`) and the sender reads
+    /// (`sender.speech`). Speech starts before the sender, which may find voice records to send
+    /// at once.
     pub async fn start(
         router: router::RouterArgs,
         sender: sender::SenderArgs,
         transcription: Option<transcription::TranscriptionArgs>,
         vision: Option<vision::VisionArgs>,
+        speech: Option<speech::SpeechArgs>,
         ingest: ingest::IngestConfig,
     ) -> Result<Self, SpawnErr> {
         let router_slot = slot::ActorSlot::default();
         let sender_slot = router.deps.run.sender.clone();
-        let mut children = vec![supervisor::Singleton::new(
+        let mut children = Vec::new();
+        match (speech, &sender.speech) {
+            (Some(args), Some(slot)) => children.push(supervisor::Singleton::new(
+                "speech",
+                speech::Speech,
+                args,
+                slot.clone(),
+            )),
+            (None, None) => {}
+            _ => {
+                return Err(SpawnErr::StartupFailed(
+                    "speech arguments and slot must be given together".into(),
+                ));
+            }
+        }
+        children.push(supervisor::Singleton::new(
             "sender",
             sender::Sender,
             sender.clone(),
             sender_slot.clone(),
-        )];
+        ));
         match (transcription, &router.deps.run.transcription) {
             (Some(args), Some(slot)) => children.push(supervisor::Singleton::new(
                 "transcription",

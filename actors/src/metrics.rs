@@ -78,6 +78,8 @@ metrics_struct! {
         sends_retried: "send attempts that failed transiently and will be retried",
         sends_failed: "messages that failed permanently",
         sends_held: "messages not attempted because the 24 h window is closed",
+        voice_notes_sent: "voice replies spoken, uploaded and sent as audio messages (their text went as its own message)",
+        voice_notes_failed: "voice replies given up (no voice, speech or upload failed); their text went anyway",
         typing_sent: "read receipts / typing indicators sent",
         wait_notices: "\"got it, answering in a moment\" notices queued for turns that waited longer than conversation.wait_notice_after",
         webhooks_other_number: "webhook POSTs carrying items for a business number other than whatsapp.phone_number_id (answered 200, those items ignored)",
@@ -115,6 +117,10 @@ metrics_struct! {
         /// Recorded once per transcribed voice note: seconds Whisper took (queue wait included,
         /// decoding not) divided by the seconds of audio heard (below 1 is faster than real time).
         transcription_rtf: "transcription real-time factor: processing seconds per second of audio",
+            Unit::Count, &[0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0];
+        /// Recorded once per spoken voice reply: seconds from asking the voice's thread (queue
+        /// wait included) to the encoded note, divided by the seconds of speech.
+        speech_rtf: "speech real-time factor: seconds of compute per second of voice reply",
             Unit::Count, &[0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0];
         /// Recorded once per photo or scanned document read: seconds from asking the vision
         /// model thread to its answer (queue wait, OCR and a local scene model included; the

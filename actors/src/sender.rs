@@ -32,7 +32,9 @@ use rand::Rng;
 
 use crate::graph::{ErrorClass, GraphClient, GraphError};
 use crate::metrics::Metrics;
-use crate::store::{OutboxRecord, OutboxState, Store, now_ms};
+use crate::slot::ActorSlot;
+use crate::speech::SpeechMsg;
+use crate::store::{OutboundBody, OutboxRecord, OutboxState, Store, now_ms};
 
 pub type SenderRef = ActorRef<SenderMsg>;
 
@@ -100,6 +102,12 @@ pub struct SenderArgs {
     pub health: Arc<SenderHealth>,
     /// Sent once per closed window when a reply is held; `None`: held replies just wait.
     pub reopen_template: Option<ReopenTemplate>,
+    /// Where voice records are spoken (`None`: no voice installed, so a voice record that
+    /// somehow exists fails at once; its text went as its own record).
+    pub speech: Option<ActorSlot<SpeechMsg>>,
+    /// How long one voice record may wait for its note to be spoken before the attempt counts
+    /// as a transient failure (`voice.timeout`).
+    pub speech_timeout: Duration,
 }
 
 /// An approved template without parameters that invites the user to write again.
@@ -410,10 +418,25 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
         let graph = state.args.graph.clone();
         let store = state.args.store.clone();
         let me = myself.clone();
+        let speech = state.args.speech.clone();
+        let speech_timeout = state.args.speech_timeout;
         tokio::spawn(async move {
             // The marker must be on disk before Meta can have the message.
             let result = match store.sync().await {
-                Ok(()) => graph.send(&rec).await,
+                Ok(()) => match &rec.body {
+                    OutboundBody::Voice { text, language } => {
+                        send_voice(
+                            &graph,
+                            speech.as_ref(),
+                            speech_timeout,
+                            &rec,
+                            text,
+                            language,
+                        )
+                        .await
+                    }
+                    _ => graph.send(&rec).await,
+                },
                 Err(e) => Err(GraphError {
                     http_status: None,
                     code: None,
@@ -434,6 +457,61 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
     if !settled.is_empty() {
         state.cache.retain(|r| !settled.contains(&r.id));
     }
+}
+
+/// A voice record's one step: speak its text (the speech actor), upload the note, send the
+/// audio message. A note that cannot be made is a permanent failure (no voice for the language,
+/// nothing speakable) or a transient one (the speech actor restarting, a timeout); the reply's
+/// text is its own record either way, so the user never misses the answer.
+async fn send_voice(
+    graph: &GraphClient,
+    speech: Option<&ActorSlot<SpeechMsg>>,
+    timeout: Duration,
+    rec: &OutboxRecord,
+    text: &str,
+    language: &str,
+) -> Result<String, GraphError> {
+    let Some(slot) = speech else {
+        return Err(GraphError::not_sent("no voice is installed", false));
+    };
+    let Some(actor) = slot.try_get() else {
+        return Err(GraphError::not_sent(
+            "the speech actor is not running",
+            true,
+        ));
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if actor
+        .cast(SpeechMsg::Speak {
+            text: text.to_string(),
+            language: language.to_string(),
+            reply: tx,
+        })
+        .is_err()
+    {
+        return Err(GraphError::not_sent(
+            "the speech actor is not running",
+            true,
+        ));
+    }
+    let note = match tokio::time::timeout(timeout, rx).await {
+        Err(_) => return Err(GraphError::not_sent("speaking the reply timed out", true)),
+        Ok(Err(_)) => return Err(GraphError::not_sent("the speech job was dropped", true)),
+        Ok(Ok(Err(unspoken))) => {
+            return Err(GraphError::not_sent(
+                &format!("voice note not made: {}", unspoken.reason),
+                unspoken.retry,
+            ));
+        }
+        Ok(Ok(Ok(note))) => note,
+    };
+    tracing::debug!(
+        id = rec.id,
+        seconds = note.seconds,
+        bytes = note.ogg.len(),
+        "voice note spoken; uploading"
+    );
+    graph.send_voice(rec, note.ogg).await
 }
 
 /// While sending to Meta is paused: playground replies still go out.
@@ -466,8 +544,10 @@ fn pump_local_only(state: &mut SenderState, reload: bool) {
 /// between loses one local reply rather than showing it twice).
 fn deliver_local(state: &SenderState, rec: &mut OutboxRecord) {
     let text = match &rec.body {
-        crate::store::OutboundBody::Text { body } => body.clone(),
-        crate::store::OutboundBody::Template { name, .. } => format!("[template {name}]"),
+        OutboundBody::Text { body } => Some(body.clone()),
+        OutboundBody::Template { name, .. } => Some(format!("[template {name}]")),
+        // The playground shows text; the reply's text is its own record.
+        OutboundBody::Voice { .. } => None,
     };
     rec.state = OutboxState::Sent;
     rec.attempts += 1;
@@ -478,7 +558,9 @@ fn deliver_local(state: &SenderState, rec: &mut OutboxRecord) {
     }
     Metrics::inc(&state.args.metrics.sends_ok);
     let recipient = rec.target.phone.clone().unwrap_or_default();
-    state.args.graph.local().deliver(&recipient, text);
+    if let Some(text) = text {
+        state.args.graph.local().deliver(&recipient, text);
+    }
 }
 
 /// Holds a reply the closed window keeps from being sent (until the user writes again), and
@@ -624,6 +706,18 @@ fn finish_send(
                     }
                 }
             }
+        }
+    }
+    if matches!(rec.body, OutboundBody::Voice { .. }) {
+        let m = &state.args.metrics;
+        match &rec.state {
+            OutboxState::Sent => Metrics::inc(&m.voice_notes_sent),
+            OutboxState::Failed { reason, .. } => {
+                // Its text went as its own record: only the voice is lost.
+                tracing::warn!(id, %reason, "voice reply given up; its text was sent on its own");
+                Metrics::inc(&m.voice_notes_failed);
+            }
+            _ => {}
         }
     }
     state.args.store.update_outbox(&rec)?;

@@ -268,6 +268,14 @@ pub enum OutboundBody {
         name: String,
         language: String,
     },
+    /// A voice note saying `text` (one part of a reply whose text goes as its own record), in
+    /// `language` (ISO 639-1). Only the words are stored: the audio is spoken when the record
+    /// is sent and lives in memory until it is uploaded, so sending is one step (speak, upload,
+    /// send the audio message), done again whole if it must be retried.
+    Voice {
+        text: String,
+        language: String,
+    },
 }
 
 /// Where an outbound message stands.
@@ -1731,6 +1739,8 @@ impl Store {
         let rec: OutboxRecord = self.codec.dec(OUTBOX, &id, &v)?;
         Ok(match rec.body {
             OutboundBody::Text { body } => Some(body),
+            // What a voice note said, for a user who quotes it.
+            OutboundBody::Voice { text, .. } => Some(text),
             OutboundBody::Template { .. } => None,
         })
     }

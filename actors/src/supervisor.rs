@@ -4,6 +4,7 @@
 //! Root ─┬─ Sender          (one per business number; paces and retries Graph calls)
 //!       ├─ Transcription   (when a Whisper model is configured; hears voice notes)
 //!       ├─ Vision          (when the OCR model is installed; looks at photos and documents)
+//!       ├─ Speech          (when a voice is installed; speaks voice replies for the sender)
 //!       └─ Router ── Conversation × N   (one per chat, spawned on demand, passivated when idle)
 //! ```
 //!
@@ -16,7 +17,8 @@
 //!   keep their loaded models (the model thread survives a failed job; see `ModelWorker`).
 //!
 //! Children start in order: the sender and the model actors before the router, because the
-//! router replays unanswered messages at once and their conversations need both.
+//! router replays unanswered messages at once and their conversations need both; speech before
+//! the sender, which may find voice replies in the outbox at once.
 
 use std::pin::Pin;
 use std::sync::Arc;

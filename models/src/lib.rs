@@ -11,6 +11,7 @@ pub mod device;
 #[cfg(feature = "install")]
 pub mod install;
 pub mod priority;
+pub mod speech;
 // Tiny random-weight models that tests build; the runtime never needs them, so they compile only
 // for this crate's unit tests and for dependents that enable the `testing` feature.
 #[cfg(any(test, feature = "testing"))]

@@ -22,6 +22,7 @@ mod portal_browser;
 mod sender;
 mod systemd;
 mod voice;
+mod voice_reply;
 mod waiting;
 mod webhook;
 mod window;

@@ -20,6 +20,8 @@ async fn metrics_declare_their_types() {
         "# TYPE sandra_llm_tokens_per_second histogram",
         "# TYPE sandra_time_to_reply_seconds histogram",
         "# TYPE sandra_transcription_rtf histogram",
+        "# TYPE sandra_speech_rtf histogram",
+        "# TYPE sandra_voice_notes_sent counter",
         "# HELP sandra_webhooks_accepted webhook POSTs answered 200",
     ] {
         assert!(

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::support::*;
 
-fn voice_webhook(wamid: &str, from: &str, media_id: &str, sha256_b64: &str) -> Vec<u8> {
+pub(crate) fn voice_webhook(wamid: &str, from: &str, media_id: &str, sha256_b64: &str) -> Vec<u8> {
     serde_json::json!({
         "object": "whatsapp_business_account",
         "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
@@ -509,7 +509,7 @@ async fn voice_notes_over_the_transcription_cap_wait_their_turn() {
 
 /// What the fake transcription server received.
 #[derive(Default, Debug, Clone)]
-struct HeardByServer {
+pub(crate) struct HeardByServer {
     auth: Option<String>,
     fields: Vec<(String, String)>,
     file_name: Option<String>,
@@ -519,7 +519,7 @@ struct HeardByServer {
 
 /// An OpenAI-compatible `/v1/audio/transcriptions` on loopback: checks the bearer key, reads
 /// the multipart form with axum's own parser, and answers `{"text": ...}`.
-async fn fake_transcription_server(
+pub(crate) async fn fake_transcription_server(
     key: &'static str,
 ) -> (String, Arc<std::sync::Mutex<Vec<HeardByServer>>>) {
     use axum::extract::{Multipart, State};

@@ -8,6 +8,7 @@ use crate::llm_brain::author_line;
 use crate::sender::{MAX_TEXT_CHARS, split_message};
 use crate::session::{SessionState, Speaker, Turn};
 use crate::store::{NewOutbound, OutboundBody};
+use crate::texts::Lang;
 use crate::whatsapp::Content;
 
 use super::mention::mentions_name;
@@ -119,6 +120,87 @@ pub fn commit(
     }
 }
 
+/// When a reply is also spoken (`voice.reply`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VoiceReply {
+    /// When the user spoke: a turn with a voice note gets a voice reply.
+    #[default]
+    Mirror,
+    /// Every brain reply in a 1:1 chat.
+    Always,
+    /// Text only.
+    Never,
+}
+
+/// What conversations know about speaking replies (from `[voice]`).
+#[derive(Debug, Clone, Default)]
+pub struct VoicePolicy {
+    pub reply: VoiceReply,
+    /// ISO 639-1 codes of the installed voices; empty: no voice, text only.
+    pub languages: Vec<String>,
+    /// After the first sentence (a note of its own, sent as soon as it is spoken), the rest of
+    /// a reply is cut into notes of at most this many characters (`voice.note_chars`).
+    pub note_chars: usize,
+}
+
+/// The voice records of a turn: the brain's reply spoken, after its text (which `commit`
+/// already queued, so the answer reaches the user even if no voice note ever does). Only 1:1
+/// chats: in a group a voice note would be played to everyone for one person's question.
+/// The language is what Whisper heard in the turn's voice note, else the reply's own language
+/// when it can be told, else the turn's; a language with no installed voice gets text only.
+/// The first sentence is a note of its own so it goes out while the rest is still spoken.
+pub fn voice_replies(
+    committed: &Committed,
+    plan: &Plan,
+    reply: Option<&BrainReply>,
+    heard_language: Option<&str>,
+    policy: &VoicePolicy,
+) -> Vec<NewOutbound> {
+    let wanted = match policy.reply {
+        VoiceReply::Never => false,
+        VoiceReply::Always => true,
+        VoiceReply::Mirror => !plan.voice.is_empty(),
+    };
+    let Some(text) = reply
+        .map(|r| super::run::without_transcript_echo(&r.text).trim())
+        .filter(|t| !t.is_empty())
+    else {
+        return Vec::new();
+    };
+    if !wanted || committed.session.is_group || policy.languages.is_empty() {
+        return Vec::new();
+    }
+    let language = heard_language
+        .map(str::to_string)
+        .or_else(|| Lang::detect(text).map(|l| lang_code(l).to_string()))
+        .unwrap_or_else(|| lang_code(plan.lang).to_string());
+    if !policy.languages.contains(&language) {
+        return Vec::new();
+    }
+    sandra_models::speech::chunks(text, policy.note_chars.max(1))
+        .into_iter()
+        .map(|text| NewOutbound {
+            target: committed.session.target.clone(),
+            body: OutboundBody::Voice {
+                text,
+                language: language.clone(),
+            },
+            context_message_id: None,
+            window_expires_at: committed.session.window_expires_at(),
+        })
+        .collect()
+}
+
+fn lang_code(l: Lang) -> &'static str {
+    match l {
+        Lang::En => "en",
+        Lang::Es => "es",
+        Lang::Pt => "pt",
+        Lang::Fr => "fr",
+        Lang::De => "de",
+    }
+}
+
 /// Drops the oldest turns until at most `max_turns` remain and their texts hold at most
 /// `max_chars` characters together. The newest turn always stays (a turn is already capped by
 /// `limits.max_message_chars`), so an addressed message is never lost to the bound. A group's
@@ -227,7 +309,9 @@ mod tests {
             .iter()
             .map(|r| match &r.body {
                 OutboundBody::Text { body } => body.clone(),
-                OutboundBody::Template { .. } => unreachable!("turns reply in text"),
+                OutboundBody::Template { .. } | OutboundBody::Voice { .. } => {
+                    unreachable!("turns reply in text")
+                }
             })
             .collect();
         assert_eq!(bodies[1], "answer");
@@ -372,6 +456,163 @@ mod tests {
             c.session.history.len(),
             2,
             "one assistant turn however many parts"
+        );
+    }
+
+    fn voice_note_from(wamid: &str, ts: i64) -> InboundMessage {
+        crate::conversation::plan::tests::msg(
+            wamid,
+            ts,
+            Content::Media(crate::whatsapp::MediaRef {
+                voice: true,
+                mime_type: Some("audio/ogg; codecs=opus".into()),
+                ..crate::conversation::test_media(crate::whatsapp::MediaKind::Audio, None)
+            }),
+        )
+    }
+
+    fn english(reply: VoiceReply) -> VoicePolicy {
+        VoicePolicy {
+            reply,
+            languages: vec!["en".into()],
+            note_chars: 600,
+        }
+    }
+
+    fn voices(c: &Committed) -> Vec<(String, String)> {
+        c.replies
+            .iter()
+            .filter_map(|r| match &r.body {
+                OutboundBody::Voice { text, language } => Some((text.clone(), language.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Mirror: a voice note is answered with the text and then a voice note of it; a typed
+    /// message only with text.
+    #[test]
+    fn mirror_speaks_only_to_those_who_spoke() {
+        let v = voice_note_from("w1", 100);
+        let s = session_for(&v);
+        let p = planned(&s, vec![v]);
+        let r = reply("It is sunny today. Take a hat.");
+        let mut c = commit(&s, &p, Some(&r), 105, 40);
+        let spoken = voice_replies(&c, &p, Some(&r), Some("en"), &english(VoiceReply::Mirror));
+        assert_eq!(
+            spoken.iter().map(|n| n.target.clone()).collect::<Vec<_>>(),
+            vec![c.session.target.clone(); 2]
+        );
+        c.replies.extend(spoken);
+        // The text first, whole; then the first sentence alone, then the rest.
+        assert!(
+            matches!(&c.replies[0].body, OutboundBody::Text { body } if body == "It is sunny today. Take a hat.")
+        );
+        assert_eq!(
+            voices(&c),
+            vec![
+                ("It is sunny today.".to_string(), "en".to_string()),
+                ("Take a hat.".to_string(), "en".to_string())
+            ]
+        );
+
+        let t = text("w2", 200, "What's the weather?");
+        let p = planned(&s, vec![t]);
+        let c = commit(&s, &p, Some(&r), 205, 40);
+        assert!(voice_replies(&c, &p, Some(&r), None, &english(VoiceReply::Mirror)).is_empty());
+        assert_eq!(
+            voice_replies(&c, &p, Some(&r), None, &english(VoiceReply::Always)).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn never_means_text_only() {
+        let v = voice_note_from("w1", 100);
+        let s = session_for(&v);
+        let p = planned(&s, vec![v]);
+        let r = reply("Hello there.");
+        let c = commit(&s, &p, Some(&r), 105, 40);
+        assert!(
+            voice_replies(&c, &p, Some(&r), Some("en"), &english(VoiceReply::Never)).is_empty()
+        );
+    }
+
+    /// Spanish was heard but only an English voice is installed: the answer is text only.
+    #[test]
+    fn a_language_without_a_voice_gets_text_only() {
+        let v = voice_note_from("w1", 100);
+        let s = session_for(&v);
+        let p = planned(&s, vec![v]);
+        let r = reply("Hace sol hoy, lleva un sombrero.");
+        let c = commit(&s, &p, Some(&r), 105, 40);
+        assert!(
+            voice_replies(&c, &p, Some(&r), Some("es"), &english(VoiceReply::Mirror)).is_empty()
+        );
+        // With a Spanish voice too, it is spoken in Spanish.
+        let both = VoicePolicy {
+            languages: vec!["en".into(), "es".into()],
+            ..english(VoiceReply::Mirror)
+        };
+        let spoken = voice_replies(&c, &p, Some(&r), Some("es"), &both);
+        assert!(
+            matches!(&spoken[0].body, OutboundBody::Voice { language, .. } if language == "es")
+        );
+        // No voices installed at all: nothing to speak with.
+        let none = VoicePolicy {
+            languages: vec![],
+            ..english(VoiceReply::Always)
+        };
+        assert!(voice_replies(&c, &p, Some(&r), Some("en"), &none).is_empty());
+    }
+
+    #[test]
+    fn groups_and_empty_replies_are_not_spoken() {
+        let v = in_group(voice_note_from("w1", 100));
+        let s = session_for(&v);
+        let p = planned(&s, vec![v]);
+        let r = reply("Sure.");
+        let c = commit(&s, &p, Some(&r), 105, 40);
+        assert!(
+            voice_replies(&c, &p, Some(&r), Some("en"), &english(VoiceReply::Always)).is_empty()
+        );
+        let v = voice_note_from("w2", 100);
+        let s = session_for(&v);
+        let p = planned(&s, vec![v]);
+        let c = commit(&s, &p, None, 105, 40);
+        assert!(voice_replies(&c, &p, None, Some("en"), &english(VoiceReply::Always)).is_empty());
+    }
+
+    /// A typed message in Always mode: the reply's own language decides.
+    #[test]
+    fn without_a_heard_language_the_replys_language_decides() {
+        let t = text("w1", 100, "hola");
+        let s = session_for(&t);
+        let p = planned(&s, vec![t]);
+        let r = reply("Claro que sí, mañana por la mañana tenemos tiempo para hablar.");
+        let c = commit(&s, &p, Some(&r), 105, 40);
+        let both = VoicePolicy {
+            languages: vec!["en".into(), "es".into()],
+            ..english(VoiceReply::Always)
+        };
+        let spoken = voice_replies(&c, &p, Some(&r), None, &both);
+        assert!(
+            matches!(&spoken[0].body, OutboundBody::Voice { language, .. } if language == "es")
+        );
+    }
+
+    /// The transcript echo heads the text reply, but the voice says only the answer.
+    #[test]
+    fn the_transcript_echo_is_not_spoken() {
+        let v = voice_note_from("w1", 100);
+        let s = session_for(&v);
+        let p = planned(&s, vec![v]);
+        let r = reply("🎙️ _\"Is it sunny?\"_\n🎙️ _\"And warm?\"_\n\nYes, it is sunny.");
+        let c = commit(&s, &p, Some(&r), 105, 40);
+        let spoken = voice_replies(&c, &p, Some(&r), Some("en"), &english(VoiceReply::Mirror));
+        assert_eq!(spoken.len(), 1);
+        assert!(
+            matches!(&spoken[0].body, OutboundBody::Voice { text, .. } if text == "Yes, it is sunny.")
         );
     }
 }

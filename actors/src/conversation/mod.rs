@@ -90,6 +90,8 @@ pub struct ConversationDeps {
     pub limits: Arc<Limits>,
     /// Turns a message may start (crashes included) before it is dead-lettered with an apology.
     pub max_attempts: u32,
+    /// When and in which languages replies are also spoken (`[voice]`).
+    pub voice: commit::VoicePolicy,
 }
 
 /// What a conversation tells its supervisor.
@@ -113,6 +115,8 @@ pub enum ConversationMsg {
     Heard {
         inputs: Vec<UserInput>,
         notes: Vec<String>,
+        /// What Whisper heard the voice notes in (ISO 639-1), when it says.
+        language: Option<String>,
     },
     /// The turn's code mail was sent (or not: `Err(refused)` says whether the server refused it
     /// for good or could not be reached).
@@ -138,6 +142,8 @@ struct InFlight {
     /// Which turn this is, so a late [`ConversationMsg::WaitNotice`] for an earlier one is
     /// ignored.
     number: u64,
+    /// The language Whisper heard this turn's voice notes in (a voice reply speaks it).
+    heard_language: Option<String>,
 }
 
 pub struct ConversationState {
@@ -221,10 +227,15 @@ impl ractor::Actor for Conversation {
                     start_turn(&myself, state).await;
                 }
             }
-            ConversationMsg::Heard { inputs, notes } => {
+            ConversationMsg::Heard {
+                inputs,
+                notes,
+                language,
+            } => {
                 if let Some(flight) = state.in_flight.as_mut() {
                     flight.plan.inputs = inputs;
                     flight.plan.direct.extend(notes);
+                    flight.heard_language = language;
                 }
             }
             ConversationMsg::Mailed(outcome) => {
@@ -375,7 +386,12 @@ async fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut Conversation
     let number = state.turns_started;
     if !plan.needs_brain() {
         // Committed by the handler, like every turn (and without recursing into it from here).
-        state.in_flight = Some(InFlight { base, plan, number });
+        state.in_flight = Some(InFlight {
+            base,
+            plan,
+            number,
+            heard_language: None,
+        });
         let _ = myself.cast(ConversationMsg::TurnDone(Some(Ok(BrainReply::default()))));
         return;
     }
@@ -398,7 +414,12 @@ async fn start_turn(myself: &ActorRef<ConversationMsg>, state: &mut Conversation
     if !after.is_zero() && !base.is_group && !plan.records.iter().any(|r| r.noticed) {
         myself.send_after(after, move || ConversationMsg::WaitNotice(number));
     }
-    state.in_flight = Some(InFlight { base, plan, number });
+    state.in_flight = Some(InFlight {
+        base,
+        plan,
+        number,
+        heard_language: None,
+    });
     run::spawn(myself.clone(), job, deps.run.clone());
 }
 
@@ -578,13 +599,23 @@ async fn finish_turn(
 ) {
     let deps = state.args.deps.clone();
     let now = now_ms();
-    let c = commit::commit(
+    let mut c = commit::commit(
         &flight.base,
         &flight.plan,
         reply.as_ref(),
         now / 1000,
         deps.policy.max_history_turns,
     );
+    // Queued after the text, in the same transaction: the text goes first and on its own, so a
+    // voice note that cannot be made or uploaded never costs the user the answer.
+    let spoken = commit::voice_replies(
+        &c,
+        &flight.plan,
+        reply.as_ref(),
+        flight.heard_language.as_deref(),
+        &deps.voice,
+    );
+    c.replies.extend(spoken);
     let committed = match deps.store.commit_turn_with(
         &c.session,
         &c.seqs,

@@ -222,12 +222,17 @@ async fn turn(
         let _ = me.cast(ConversationMsg::Mailed(outcome));
     }
     let mut heard = Vec::new();
+    // The language Whisper heard in the turn's first note that had one: a voice reply speaks it.
+    let mut heard_language: Option<String> = None;
     let mut failed = Vec::new();
     let mut notes = Vec::new();
     if !voice.is_empty() {
         for (idx, media) in &voice {
             match hear(&deps, media, patience).await {
                 Ok(h) => {
+                    if heard_language.is_none() {
+                        heard_language.clone_from(&h.language);
+                    }
                     // Notes about a voice note are in the language it was spoken in.
                     let l = h
                         .language
@@ -275,6 +280,7 @@ async fn turn(
         let _ = me.cast(ConversationMsg::Heard {
             inputs: input.inputs.clone(),
             notes,
+            language: heard_language,
         });
     }
     // History keeps every input (an unheard voice note as its marker); the brain gets only
@@ -294,10 +300,26 @@ async fn turn(
     deps.progress.bump();
     let mut reply = reply?;
     if deps.echo_transcript && !heard.is_empty() {
-        let quoted: Vec<String> = heard.iter().map(|h| format!("🎙️ _\"{h}\"_")).collect();
+        let quoted: Vec<String> = heard
+            .iter()
+            .map(|h| format!("{TRANSCRIPT_ECHO}_\"{h}\"_"))
+            .collect();
         reply.text = format!("{}\n\n{}", quoted.join("\n"), reply.text);
     }
     Ok(reply)
+}
+
+/// How each line of the transcript echo (`transcription.echo_transcript`) starts.
+const TRANSCRIPT_ECHO: &str = "🎙️ ";
+
+/// A reply without the transcript echo at its head: what a voice reply says (reading the user's
+/// own words back to them would only delay the answer).
+pub fn without_transcript_echo(reply: &str) -> &str {
+    let mut rest = reply;
+    while let Some(after) = rest.strip_prefix(TRANSCRIPT_ECHO) {
+        rest = after.split_once('\n').map_or("", |(_, r)| r);
+    }
+    rest.trim_start()
 }
 
 /// Asks the transcription actor to hear one voice note, waiting as `patience` allows.

@@ -9,6 +9,7 @@ mod chat_real;
 mod chat_remote;
 mod ocr;
 mod scene;
+mod speech_real;
 mod support;
 mod vision_input;
 mod whisper;

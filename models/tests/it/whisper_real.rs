@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use sandra_models::audio::decode_to_pcm16k;
 use sandra_models::whisper::{Transcriber, WhisperOptions};
 
-fn model_dir() -> Option<PathBuf> {
+pub(crate) fn model_dir() -> Option<PathBuf> {
     let mut candidates = Vec::new();
     if let Some(d) = std::env::var_os("SANDRA_MODELS_DIR") {
         let d = PathBuf::from(d);
@@ -21,7 +21,7 @@ fn model_dir() -> Option<PathBuf> {
         .find(|d| d.join("config.json").is_file() && d.join("tokenizer.json").is_file())
 }
 
-fn words(s: &str) -> Vec<String> {
+pub(crate) fn words(s: &str) -> Vec<String> {
     s.to_lowercase()
         .split(|c: char| !c.is_alphanumeric() && c != '\'')
         .filter(|w| !w.is_empty())
@@ -30,7 +30,7 @@ fn words(s: &str) -> Vec<String> {
 }
 
 /// Word error rate (Levenshtein over words / reference length).
-fn wer(reference: &str, hyp: &str) -> f32 {
+pub(crate) fn wer(reference: &str, hyp: &str) -> f32 {
     let (r, h) = (words(reference), words(hyp));
     let mut prev: Vec<usize> = (0..=h.len()).collect();
     for (i, rw) in r.iter().enumerate() {

@@ -2,7 +2,10 @@
 //! error envelopes, bearer-token checks (190 on a wrong token), `Retry-After`, two-hop media
 //! downloads that need the bearer token on both hops, `400 / code 100 / subcode 33` for unknown
 //! media ids, and scripted faults (error codes with either HTTP status, hangs for timeouts,
-//! connections closed without an answer), in order or for sends whose text matches.
+//! connections closed without an answer), in order or for sends whose text matches. Media
+//! upload (`POST /{phone-number-id}/media`) takes multipart forms as Meta does (the
+//! `messaging_product`, `type` and `file` fields, bearer token, Meta's error envelope, audio
+//! only as Ogg with Opus inside, 16 MB at most), and an audio message must name an uploaded id.
 //!
 //! Like Meta, it can also POST a signed `statuses: sent` webhook (echoing
 //! `biz_opaque_callback_data`) back to Sandra for every send it accepted, a little later, and
@@ -76,6 +79,22 @@ struct Inner {
     subscribed_apps: HashMap<String, Vec<String>>,
     /// Approved templates (name, language code); any other template send gets 132001.
     templates: Vec<(String, String)>,
+    /// Files uploaded through `POST /{phone-number-id}/media`, in order.
+    uploads: Vec<Upload>,
+    /// Faults answered to the next uploads, in order.
+    upload_faults: VecDeque<Fault>,
+}
+
+/// A file uploaded to the fake's media store.
+#[derive(Clone, Debug)]
+pub struct Upload {
+    pub id: String,
+    /// The form's `type` field.
+    pub kind: String,
+    /// The file part's own `Content-Type`.
+    pub content_type: String,
+    pub filename: String,
+    pub bytes: Vec<u8>,
 }
 
 /// A hop-1 answer that does not match the bytes: each `Some` replaces the true value.
@@ -136,6 +155,7 @@ impl FakeGraph {
         );
         let app = Router::new()
             .route("/{version}/{pnid}/messages", post(messages))
+            .route("/{version}/{pnid}/media", post(upload_media))
             .route("/{version}/{pnid}/subscribed_apps", get(subscribed_apps))
             .route("/{version}/{media_id}", get(media_info))
             .route("/lookaside/{media_id}", get(media_bytes))
@@ -271,6 +291,17 @@ impl FakeGraph {
         )
     }
 
+    /// Queues faults answered to the next media uploads, in order (`Fault::Error` and
+    /// `Fault::Pass` only).
+    pub fn inject_upload(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.inner.lock().unwrap().upload_faults.extend(faults);
+    }
+
+    /// Files uploaded and accepted, in order.
+    pub fn uploads(&self) -> Vec<Upload> {
+        self.inner.lock().unwrap().uploads.clone()
+    }
+
     /// Every message send received (accepted or not).
     pub fn sends(&self) -> Vec<Received> {
         self.inner.lock().unwrap().sends.clone()
@@ -401,6 +432,21 @@ async fn messages(
                     .into_response();
             }
         }
+        if body["type"] == "audio" {
+            let id = body["audio"]["id"].as_str().unwrap_or_default();
+            if !g.uploads.iter().any(|u| u.id == id) {
+                g.sends.push(Received {
+                    at,
+                    body,
+                    accepted: false,
+                });
+                return (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(envelope(131053, "Media upload error", None)),
+                )
+                    .into_response();
+            }
+        }
         let text = body["text"]["body"].as_str().unwrap_or_default();
         let rule = g
             .rules
@@ -480,6 +526,100 @@ async fn messages(
             .into_response()
         }
     }
+}
+
+/// Meta's limit for audio files.
+const MAX_AUDIO_BYTES: usize = 16 * 1024 * 1024;
+
+fn bad_request(code: i64, message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(envelope(code, message, None)),
+    )
+        .into_response()
+}
+
+/// `POST /{phone-number-id}/media`: a multipart form with `messaging_product=whatsapp`, `type`
+/// (the MIME type) and `file`; answers `{"id": ...}`.
+async fn upload_media(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: HeaderMap,
+    multipart: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    {
+        let g = inner.lock().unwrap();
+        if !bearer_ok(&g, &headers) {
+            return token_error();
+        }
+    }
+    let Ok(mut form) = multipart else {
+        return bad_request(100, "(#100) The request must be multipart/form-data");
+    };
+    let (mut product, mut kind, mut file) = (None, None, None);
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(_) => return bad_request(100, "(#100) Malformed multipart body"),
+        };
+        let name = field.name().unwrap_or_default().to_string();
+        let filename = field.file_name().unwrap_or_default().to_string();
+        let content_type = field.content_type().unwrap_or_default().to_string();
+        let Ok(data) = field.bytes().await else {
+            return bad_request(100, "(#100) Malformed multipart body");
+        };
+        match name.as_str() {
+            "messaging_product" => product = Some(String::from_utf8_lossy(&data).into_owned()),
+            "type" => kind = Some(String::from_utf8_lossy(&data).into_owned()),
+            "file" => file = Some((filename, content_type, data.to_vec())),
+            _ => {}
+        }
+    }
+    if product.as_deref() != Some("whatsapp") {
+        return bad_request(100, "(#100) The parameter messaging_product is required.");
+    }
+    let Some(kind) = kind else {
+        return bad_request(100, "(#100) The parameter type is required.");
+    };
+    let Some((filename, content_type, bytes)) = file else {
+        return bad_request(100, "(#100) The parameter file is required.");
+    };
+    if kind.starts_with("audio/") {
+        // "audio/ogg (OPUS codecs only)": an Ogg stream whose first packet is an OpusHead.
+        let opus = bytes.starts_with(b"OggS") && bytes.get(28..36) == Some(b"OpusHead".as_slice());
+        if kind != "audio/ogg" || !opus || bytes.len() > MAX_AUDIO_BYTES {
+            return bad_request(131053, "Media upload error");
+        }
+    }
+    let fault = inner.lock().unwrap().upload_faults.pop_front();
+    if let Some(Fault::Error {
+        http,
+        code,
+        retry_after,
+    }) = fault
+    {
+        let mut resp = (
+            StatusCode::from_u16(http).unwrap(),
+            axum::Json(envelope(code, "Injected upload failure", None)),
+        )
+            .into_response();
+        if let Some(s) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, s.to_string().parse().unwrap());
+        }
+        return resp;
+    }
+    let mut g = inner.lock().unwrap();
+    g.next_id += 1;
+    let id = format!("{}", 900_000_000 + g.next_id);
+    g.uploads.push(Upload {
+        id: id.clone(),
+        kind,
+        content_type,
+        filename,
+        bytes,
+    });
+    axum::Json(json!({ "id": id })).into_response()
 }
 
 /// Meta answers an unknown or inaccessible object id with 400, code 100, subcode 33.
