@@ -4,10 +4,12 @@
 //! Why our own kernel: candle's block dot products (`k_quants::matmul`) unpack a weight block
 //! again for every row and use AVX2's two-step `maddubs`/`madd`, so a step for 8 sequences cost
 //! about what 8 single steps cost (measured with `scripts/bench-batch.sh`: 1.05× the
-//! single-stream rate at 8 conversations); candle's repacked tiles do better for several rows
-//! but keep a second, wider copy of every matrix (+33% for Q4_K, +52% for Q6_K) and are
-//! memory-bound on it. Here each weight block is read and unpacked once per step and then
-//! multiplied against every row with one `vpdpbusd` per 64 values, on the file's own bytes.
+//! single-stream rate at 8 conversations); candle's repacked tiles do about as well as this
+//! kernel for 8 rows but keep a second, wider copy of every matrix (+33% for Q4_K, +52% for
+//! Q6_K), and are slower than it on Q6_K matrices, the large output one included
+//! (`benches/bench_qgemv.rs` measures all three side by side). Here each weight block is read
+//! and unpacked once per step and then multiplied against every row with one `vpdpbusd` per 64
+//! values, on the file's own bytes.
 //!
 //! Arithmetic: both formats are integers times per-block scales, and the activation is
 //! quantized to Q8_K exactly as candle does it (`BlockQ8K::from_float`), so each block's sum is
