@@ -728,6 +728,28 @@ mod tests {
     const QUANTS: [Quant; 2] = [Quant::Q8, Quant::KQuants];
     use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
 
+    fn family_of(tiny: TinyFamily) -> Family {
+        match tiny {
+            TinyFamily::Qwen2 => Family::Qwen2,
+            TinyFamily::Qwen3 => Family::Qwen3,
+            TinyFamily::SmolLm | TinyFamily::Llama3 => Family::Llama,
+        }
+    }
+
+    /// A tiny random model of `tiny` with `quant` blocks, loaded as Sandra's decoder.
+    fn tiny_decoder(
+        dir: &std::path::Path,
+        tiny: TinyFamily,
+        quant: Quant,
+        seed: u64,
+        prefill: CpuPrefill,
+    ) -> Result<QDecoder> {
+        let (path, _) = write_model_as(dir, tiny, Behaviour::Random, seed, quant);
+        let mut r = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+        let ct = Content::read(&mut r).unwrap();
+        QDecoder::from_gguf(family_of(tiny), &ct, &mut r, &Device::Cpu, 64, prefill)
+    }
+
     fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
         let scale = b
             .abs()
@@ -800,11 +822,7 @@ mod tests {
                 let ct = Content::read(&mut r).unwrap();
                 (ct, r)
             };
-            let family = match tiny {
-                TinyFamily::Qwen2 => Family::Qwen2,
-                TinyFamily::Qwen3 => Family::Qwen3,
-                TinyFamily::SmolLm | TinyFamily::Llama3 => Family::Llama,
-            };
+            let family = family_of(tiny);
             for prefill in [CpuPrefill::Compact, CpuPrefill::Repacked] {
                 let (ct, mut r) = read();
                 let mut stock = match family {
@@ -866,17 +884,8 @@ mod tests {
     #[test]
     fn prompts_read_together_match_prompts_read_alone() -> Result<()> {
         let dir = tempfile::tempdir().unwrap();
-        let dev = Device::Cpu;
         for (tiny, quant) in ALL.into_iter().flat_map(|t| QUANTS.map(|q| (t, q))) {
-            let (path, _) = write_model_as(dir.path(), tiny, Behaviour::Random, 5, quant);
-            let mut r = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
-            let ct = Content::read(&mut r).unwrap();
-            let family = match tiny {
-                TinyFamily::Qwen2 => Family::Qwen2,
-                TinyFamily::Qwen3 => Family::Qwen3,
-                TinyFamily::SmolLm | TinyFamily::Llama3 => Family::Llama,
-            };
-            let model = QDecoder::from_gguf(family, &ct, &mut r, &dev, 64, CpuPrefill::Compact)?;
+            let model = tiny_decoder(dir.path(), tiny, quant, 5, CpuPrefill::Compact)?;
             let prompts: [&[u32]; 3] = [&[3, 17, 42, 5, 99], &[8], &[12, 13, 14, 15, 16, 17, 18]];
             let mut alone = Vec::new();
             for p in prompts {
@@ -895,10 +904,7 @@ mod tests {
                 assert_eq!(d, 0.0, "{tiny:?} {quant:?} prompt {i}");
                 assert_eq!(c.tokens(), p);
                 let d = max_rel_diff(&model.forward(&[7], c)?, &alone[i].1);
-                assert!(
-                    d < 1e-4,
-                    "{tiny:?} {quant:?} step after prompt {i}: off by {d}"
-                );
+                assert_eq!(d, 0.0, "{tiny:?} {quant:?} step after prompt {i}");
             }
         }
         Ok(())
@@ -909,17 +915,8 @@ mod tests {
     #[test]
     fn a_batched_step_gives_each_sequence_its_own_logits_exactly() -> Result<()> {
         let dir = tempfile::tempdir().unwrap();
-        let dev = Device::Cpu;
         for (tiny, quant) in ALL.into_iter().flat_map(|t| QUANTS.map(|q| (t, q))) {
-            let (path, _) = write_model_as(dir.path(), tiny, Behaviour::Random, 11, quant);
-            let mut r = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
-            let ct = Content::read(&mut r).unwrap();
-            let family = match tiny {
-                TinyFamily::Qwen2 => Family::Qwen2,
-                TinyFamily::Qwen3 => Family::Qwen3,
-                TinyFamily::SmolLm | TinyFamily::Llama3 => Family::Llama,
-            };
-            let model = QDecoder::from_gguf(family, &ct, &mut r, &dev, 64, CpuPrefill::Repacked)?;
+            let model = tiny_decoder(dir.path(), tiny, quant, 11, CpuPrefill::Repacked)?;
             let prompts: [&[u32]; 3] =
                 [&[3, 17, 42, 5, 99], &[8, 61], &[12, 13, 14, 15, 16, 17, 18]];
             let next = [11u32, 23, 7];
