@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds Sandra, installs the default models if they are missing (a 1.5B chat model and
-# multilingual Whisper base; about 1.3 GB, downloaded once, sha256-verified), and runs Sandra
+# Builds Sandra, installs the default models if they are missing (a 1.5B chat model,
+# multilingual Whisper base, the PP-OCR text reader and the English voice; about 1.4 GB,
+# downloaded once, sha256-verified), and runs Sandra
 # with the embedded defaults: sled storage under ./data, settings from config.toml.
 # WhatsApp credentials come from the environment (see README.md); without them Sandra still
 # starts, serves /healthz, and refuses webhooks until they are set.

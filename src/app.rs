@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -452,7 +451,7 @@ pub async fn build_brain(cfg: &Config, metrics: &Metrics) -> anyhow::Result<Arc<
 }
 
 /// The voices `[voice]` asks for: `voice.voices`, else every voice installed under
-/// `<data_dir>/models/piper/`. None (or `voice.reply = "never"`): replies are text only. A
+/// `<data_dir>/models/piper/` (the most recently fetched first: it speaks its language). None (or `voice.reply = "never"`): replies are text only. A
 /// voice that fails to load stops start-up with the path and the reason.
 pub async fn build_speaker(cfg: &Config) -> anyhow::Result<Option<sandra_models::speech::Speaker>> {
     use sandra_models::speech::{Speaker, SpeechOptions};
@@ -461,25 +460,15 @@ pub async fn build_speaker(cfg: &Config) -> anyhow::Result<Option<sandra_models:
         return Ok(None);
     }
     let voices = if v.voices.is_empty() {
-        let dir = sandra_models::catalog::models_dir(&cfg.storage.data_dir).join("piper");
-        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        p.extension().is_some_and(|e| e == "onnx")
-                            && p.with_extension("onnx.json").is_file()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        found.sort();
-        found
+        sandra_models::catalog::installed_voice_files(&sandra_models::catalog::models_dir(
+            &cfg.storage.data_dir,
+        ))
     } else {
         v.voices.clone()
     };
     if voices.is_empty() {
         tracing::info!(
-            "no voice installed: replies are text only (`scripts/fetch-models.sh voice` installs one; see [voice])"
+            "no voice installed: replies are text only (`sandra models fetch --model piper-en_US-joe-medium` installs one; `sandra models list --available` lists the others)"
         );
         return Ok(None);
     }

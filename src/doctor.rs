@@ -639,10 +639,82 @@ async fn model_checks(cfg: &Config, load: bool) -> Vec<Check> {
             )),
         }
     }
+    out.push(voice_check(cfg, &dir, &manifest).await);
     if load && out.iter().all(|c| c.ok) {
         out.push(load_check(cfg).await);
     }
     out
+}
+
+/// The voices replies would be spoken with: each file present, the fetched ones re-hashed. No
+/// voice is not a failure (replies are text only), but the detail says how to get one.
+async fn voice_check(cfg: &Config, dir: &Path, manifest: &Manifest) -> Check {
+    const NAME: &str = "model: voice";
+    if cfg.voice.reply == crate::config::VoiceReplyMode::Never {
+        return Check::pass(NAME, "voice.reply = \"never\": replies are text only");
+    }
+    let configured = !cfg.voice.voices.is_empty();
+    let files = if configured {
+        cfg.voice.voices.clone()
+    } else {
+        catalog::installed_voice_files(dir)
+    };
+    if files.is_empty() {
+        return Check::pass(
+            NAME,
+            format!(
+                "none installed: replies are text only (`sandra models fetch --model {}`; `sandra models list --available` lists other languages)",
+                catalog::JOE_VOICE
+            ),
+        );
+    }
+    let (dir2, man, files2) = (dir.to_path_buf(), manifest.clone(), files.clone());
+    // Hashing 63 MB a voice: off the runtime.
+    let (problems, changed) = tokio::task::spawn_blocking(move || {
+        let (mut problems, mut changed) = (Vec::new(), Vec::new());
+        for f in &files2 {
+            let json = std::path::PathBuf::from(format!("{}.json", f.display()));
+            if !f.is_file() || !json.is_file() {
+                problems.push(format!("{} or its .onnx.json does not exist", f.display()));
+            } else if let Some(m) = man
+                .voices
+                .values()
+                .find(|m| m.main_path(&dir2).as_deref() == Some(f.as_path()))
+                && let Err(e) = m.verify(&dir2)
+            {
+                problems.push(format!("{}: {e}", m.id));
+                changed.push(m.id.clone());
+            }
+        }
+        (problems, changed)
+    })
+    .await
+    .unwrap_or_else(|e| (vec![format!("verifying failed: {e}")], Vec::new()));
+    if !problems.is_empty() {
+        return Check::fail(
+            NAME,
+            problems.join("; "),
+            match changed.first() {
+                Some(id) => format!("reinstall it: `sandra models fetch --model {id}`"),
+                None if configured => {
+                    "fix the paths in voice.voices, or empty it to use the installed voices".into()
+                }
+                None => "put each voice's .onnx.json beside its .onnx".into(),
+            },
+        );
+    }
+    let mut langs: Vec<String> = Vec::new();
+    for f in &files {
+        let stem = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let lang = catalog::voice_language(&stem).unwrap_or("?");
+        if !langs.iter().any(|l| l.starts_with(&format!("{lang} "))) {
+            langs.push(format!("{lang} ({stem})"));
+        }
+    }
+    Check::pass(NAME, format!("replies spoken in {}", langs.join(", ")))
 }
 
 /// Loads the configured models the way `serve` does.
@@ -654,11 +726,15 @@ async fn load_check(cfg: &Config) -> Check {
         let brain = crate::app::build_brain(cfg, &metrics).await?;
         let t = crate::app::build_transcriber(cfg).await?;
         let v = crate::app::build_vision(cfg).await?;
+        // Loading a voice also asks libespeak-ng for its language.
+        let s = crate::app::build_speaker(cfg).await?;
         anyhow::Ok(format!(
-            "brain: {}; transcription: {}; vision: {}",
+            "brain: {}; transcription: {}; vision: {}; voices: {}",
             brain.describe(),
             if t.is_some() { "loaded" } else { "off" },
-            if v.is_some() { "loaded" } else { "off" }
+            if v.is_some() { "loaded" } else { "off" },
+            s.map(|s| s.languages().join(", "))
+                .unwrap_or_else(|| "off".into())
         ))
     }
     .await;

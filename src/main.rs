@@ -118,7 +118,8 @@ enum ModelsCommand {
         /// Catalog id (see `sandra models list --available`); defaults to the default chat model.
         #[arg(long)]
         model: Option<String>,
-        /// Do nothing when the model's role already has a verified installation.
+        /// Do nothing when the model's role (for a voice: that voice) already has a verified
+        /// installation.
         #[arg(long)]
         if_missing: bool,
     },
@@ -152,7 +153,9 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
-        Command::Models { command } => models(command),
+        // The installer blocks (pip, downloads through a blocking HTTP client, which may not
+        // run on the runtime's workers): a blocking thread of its own.
+        Command::Models { command } => tokio::task::spawn_blocking(move || models(command)).await?,
         Command::Chat { config, name } => chat(config, name).await,
         Command::Doctor { config, load } => {
             let cfg = match Config::load(config.as_deref()) {
@@ -510,10 +513,13 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
                 let entry = catalog::find(&id).ok_or_else(|| {
                     anyhow::anyhow!("unknown model `{id}`; see `sandra models list --available`")
                 })?;
-                if if_missing
-                    && manifest.get(entry.role).is_some()
-                    && manifest.verify(entry.role, &dir).is_ok()
-                {
+                // A role holds one model (a voice: one per id), so "missing" asks about the
+                // role; for voices, about that voice.
+                let installed = match entry.role {
+                    catalog::ModelRole::Voice => manifest.installed(entry.role, entry.id),
+                    role => manifest.get(role),
+                };
+                if if_missing && installed.is_some_and(|m| m.verify(&dir).is_ok()) {
                     println!("{} model already installed; nothing to do", entry.role);
                     continue;
                 }
@@ -525,6 +531,11 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
                 );
                 let m = install::fetch(entry, &dir, &install::FetchOptions::default())?;
                 println!("installed {} for role {}", m.id, entry.role);
+                if let Some(lang) = catalog::voice_language(entry.id) {
+                    println!(
+                        "replies in language {lang:?} can now be spoken (from Sandra's next start)"
+                    );
+                }
             }
             Ok(())
         }

@@ -1087,14 +1087,7 @@ pub fn model_rows(cfg: &crate::config::Config) -> Vec<pages::ModelView> {
             }
             _ => None,
         };
-        let installed = manifest.get(role).map(|m| {
-            let ok = manifest
-                .verify(role, &dir)
-                .map(|_| "verified")
-                .unwrap_or("FILES MISSING OR CHANGED");
-            let size: u64 = m.files.iter().map(|f| f.size).sum();
-            format!("{} [{}], {:.0} MB, {ok}", m.id, m.format, size as f64 / 1e6)
-        });
+        let installed = manifest.get(role).map(|m| describe_installed(m, &dir));
         pages::ModelView {
             role: role.to_string(),
             uses: configured
@@ -1103,7 +1096,76 @@ pub fn model_rows(cfg: &crate::config::Config) -> Vec<pages::ModelView> {
             installed,
         }
     })
+    .chain(voice_rows(cfg, &manifest, &dir))
     .collect()
+}
+
+/// `id [format], size, verified` of an installed model (its files re-hashed).
+fn describe_installed(m: &sandra_models::catalog::InstalledModel, dir: &std::path::Path) -> String {
+    let ok = m
+        .verify(dir)
+        .map(|_| "verified")
+        .unwrap_or("FILES MISSING OR CHANGED");
+    let size: u64 = m.files.iter().map(|f| f.size).sum();
+    format!("{} [{}], {:.0} MB, {ok}", m.id, m.format, size as f64 / 1e6)
+}
+
+/// One row per voice the speaker would load (the first of each language speaks it).
+fn voice_rows(
+    cfg: &crate::config::Config,
+    manifest: &sandra_models::catalog::Manifest,
+    dir: &std::path::Path,
+) -> Vec<pages::ModelView> {
+    use sandra_models::catalog;
+    if cfg.voice.reply == crate::config::VoiceReplyMode::Never {
+        return vec![pages::ModelView {
+            role: "voice".into(),
+            uses: "off (voice.reply = \"never\")".into(),
+            installed: None,
+        }];
+    }
+    let (files, origin) = if cfg.voice.voices.is_empty() {
+        (catalog::installed_voice_files(dir), "")
+    } else {
+        (cfg.voice.voices.clone(), " (voice.voices)")
+    };
+    if files.is_empty() {
+        return vec![pages::ModelView {
+            role: "voice".into(),
+            uses: format!(
+                "nothing installed: replies are text only (`sandra models fetch --model {}`)",
+                catalog::JOE_VOICE
+            ),
+            installed: None,
+        }];
+    }
+    let mut speaking: Vec<String> = Vec::new();
+    files
+        .iter()
+        .map(|path| {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let lang = catalog::voice_language(&stem).unwrap_or("?").to_string();
+            let uses = if speaking.contains(&lang) {
+                format!("{stem}: not used, another {lang} voice comes first")
+            } else {
+                speaking.push(lang.clone());
+                format!("{stem}{origin}")
+            };
+            let installed = manifest
+                .voices
+                .values()
+                .find(|m| m.main_path(dir).as_deref() == Some(path.as_path()))
+                .map(|m| describe_installed(m, dir));
+            pages::ModelView {
+                role: format!("voice ({lang})"),
+                uses,
+                installed,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -307,6 +307,7 @@ pub fn accounts(csrf: &str, rows: &[AccountView]) -> Markup {
     }
 }
 
+#[derive(Debug)]
 pub struct ModelView {
     pub role: String,
     pub uses: String,

@@ -188,3 +188,92 @@ async fn sandra_doctor_exits_non_zero_on_a_failure() {
     );
     assert!(!stdout.contains("EAAG-wrong-token"), "{stdout}");
 }
+
+/// Voices: the doctor names the language each installed voice speaks (a fetched one re-hashed,
+/// one dropped in by hand taken as is), fails with the fix when a fetched voice changed on
+/// disk, and says how to get one when there is none; the portal's Models page lists each.
+#[tokio::test]
+async fn voices_are_listed_by_language_and_a_changed_one_fails() {
+    use sandra_models::catalog::{
+        InstalledFile, InstalledModel, Manifest, ModelRole, ModelSource, hash_file, models_dir,
+    };
+    let app = TestApp::spawn().await;
+    let cfg = doctor_config(&app);
+    let none = run_checks(&cfg).await;
+    let c = find(&none, "model: voice");
+    assert!(c.ok && c.detail.contains("none installed"), "{c:?}");
+    assert!(c.detail.contains("piper-en_US-joe-medium"), "{c:?}");
+
+    let models = models_dir(&cfg.storage.data_dir);
+    let piper = models.join("piper");
+    std::fs::create_dir_all(&piper).unwrap();
+    for (stem, bytes) in [
+        ("es_ES-davefx-medium", b"spanish".as_slice()),
+        ("en_US-joe-medium", b"english"),
+    ] {
+        std::fs::write(piper.join(format!("{stem}.onnx")), bytes).unwrap();
+        std::fs::write(piper.join(format!("{stem}.onnx.json")), b"{}").unwrap();
+    }
+    let mut files = Vec::new();
+    for f in [
+        "piper/es_ES-davefx-medium.onnx",
+        "piper/es_ES-davefx-medium.onnx.json",
+    ] {
+        let (sha256, size) = hash_file(&models.join(f)).unwrap();
+        files.push(InstalledFile {
+            path: f.into(),
+            sha256,
+            size,
+        });
+    }
+    let mut manifest = Manifest::default();
+    manifest.set(
+        ModelRole::Voice,
+        InstalledModel {
+            id: "piper-es_ES-davefx-medium".into(),
+            format: "piper".into(),
+            files,
+            source: ModelSource::Local {
+                origin: "test".into(),
+            },
+            licence: None,
+            installed_at: 1,
+        },
+    );
+    manifest.save(&models).unwrap();
+
+    let checks = run_checks(&cfg).await;
+    let c = find(&checks, "model: voice");
+    assert!(c.ok, "{c:?}");
+    assert!(
+        c.detail.contains("es (es_ES-davefx-medium)") && c.detail.contains("en (en_US-joe-medium)"),
+        "{c:?}"
+    );
+    let rows = sandra::admin::model_rows(&cfg);
+    let es = rows
+        .iter()
+        .find(|r| r.role == "voice (es)")
+        .expect("a Spanish row");
+    assert!(
+        es.installed
+            .as_deref()
+            .unwrap()
+            .contains("piper-es_ES-davefx-medium [piper]")
+            && es.installed.as_deref().unwrap().contains("verified"),
+        "{rows:?}"
+    );
+    assert!(rows.iter().any(|r| r.role == "voice (en)"), "{rows:?}");
+
+    std::fs::write(piper.join("es_ES-davefx-medium.onnx"), b"spanisH").unwrap();
+    let checks = run_checks(&cfg).await;
+    let c = find(&checks, "model: voice");
+    assert!(
+        !c.ok && c.detail.contains("piper-es_ES-davefx-medium"),
+        "{c:?}"
+    );
+    assert!(
+        c.fix.as_deref().unwrap().contains("sandra models fetch"),
+        "{c:?}"
+    );
+    app.stop().await;
+}

@@ -1,5 +1,5 @@
-//! `manifest.json`: what is installed in `<data_dir>/models`, one model per [`ModelRole`], with
-//! each file's sha256 and size. The installer writes it; the runtime loaders read it to find the
+//! `manifest.json`: what is installed in `<data_dir>/models`, one model per [`ModelRole`] (and
+//! any number of voices, by id), with each file's sha256 and size. The installer writes it; the runtime loaders read it to find the
 //! chat and transcription models when the config names none.
 
 use std::collections::BTreeMap;
@@ -26,6 +26,9 @@ pub struct Manifest {
     pub version: u32,
     #[serde(default)]
     pub models: BTreeMap<ModelRole, InstalledModel>,
+    /// Piper voices by catalog id: several live side by side, one speaking each language.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub voices: BTreeMap<String, InstalledModel>,
 }
 
 impl Default for Manifest {
@@ -33,6 +36,7 @@ impl Default for Manifest {
         Self {
             version: 1,
             models: BTreeMap::new(),
+            voices: BTreeMap::new(),
         }
     }
 }
@@ -153,12 +157,34 @@ impl Manifest {
         fs::rename(&tmp, &path).map_err(io_err(&path))
     }
 
+    /// The model installed for `role` (never a voice: see [`Self::installed`]).
     pub fn get(&self, role: ModelRole) -> Option<&InstalledModel> {
         self.models.get(&role)
     }
 
+    /// Records `model` for `role`, replacing the previous one; a voice joins the others.
     pub fn set(&mut self, role: ModelRole, model: InstalledModel) {
-        self.models.insert(role, model);
+        if role == ModelRole::Voice {
+            self.voices.insert(model.id.clone(), model);
+        } else {
+            self.models.insert(role, model);
+        }
+    }
+
+    /// The installed model that catalog entry `id` of `role` became, if that one is installed.
+    pub fn installed(&self, role: ModelRole, id: &str) -> Option<&InstalledModel> {
+        match role {
+            ModelRole::Voice => self.voices.get(id),
+            _ => self.get(role).filter(|m| m.id == id),
+        }
+    }
+
+    /// Installed voices, the most recently installed first (the one that speaks a language
+    /// when two could).
+    pub fn voices_newest_first(&self) -> Vec<&InstalledModel> {
+        let mut v: Vec<_> = self.voices.values().collect();
+        v.sort_by(|a, b| b.installed_at.cmp(&a.installed_at).then(a.id.cmp(&b.id)));
+        v
     }
 
     /// Re-hashes the files of `role`'s model and compares with the manifest.
@@ -166,7 +192,14 @@ impl Manifest {
         let m = self
             .get(role)
             .ok_or_else(|| InstallError::UnknownModel(role.to_string()))?;
-        for f in &m.files {
+        m.verify(models_dir)
+    }
+}
+
+impl InstalledModel {
+    /// Re-hashes the model's files and compares them with what was recorded at install.
+    pub fn verify(&self, models_dir: &Path) -> Result<(), InstallError> {
+        for f in &self.files {
             let (sha, size) = hash_file(&models_dir.join(&f.path))?;
             if size != f.size {
                 return Err(InstallError::SizeMismatch {
@@ -245,5 +278,49 @@ mod tests {
         ));
         let json = fs::read_to_string(Manifest::path(dir.path())).unwrap();
         assert!(json.contains("\"chat\""), "{json}");
+    }
+
+    /// Voices live side by side by id; the newest speaks its language first.
+    #[test]
+    fn voices_are_kept_by_id_newest_first() {
+        let voice = |id: &str, at: u64| InstalledModel {
+            id: id.into(),
+            format: "piper".into(),
+            files: vec![],
+            source: ModelSource::Local {
+                origin: "test".into(),
+            },
+            licence: None,
+            installed_at: at,
+        };
+        let mut m = Manifest::default();
+        m.set(ModelRole::Voice, voice("piper-es_MX-ald-medium", 5));
+        m.set(ModelRole::Voice, voice("piper-es_ES-davefx-medium", 9));
+        m.set(ModelRole::Voice, voice("piper-en_US-joe-medium", 1));
+        assert!(m.get(ModelRole::Voice).is_none());
+        let order: Vec<&str> = m
+            .voices_newest_first()
+            .iter()
+            .map(|v| v.id.as_str())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "piper-es_ES-davefx-medium",
+                "piper-es_MX-ald-medium",
+                "piper-en_US-joe-medium"
+            ]
+        );
+        assert!(
+            m.installed(ModelRole::Voice, "piper-es_MX-ald-medium")
+                .is_some()
+        );
+        assert!(
+            m.installed(ModelRole::Chat, "piper-es_MX-ald-medium")
+                .is_none()
+        );
+        // A manifest written before voices existed still reads.
+        let old: Manifest = serde_json::from_str(r#"{"version":1,"models":{}}"#).unwrap();
+        assert!(old.voices.is_empty());
     }
 }

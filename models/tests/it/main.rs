@@ -12,5 +12,6 @@ mod scene;
 mod speech_real;
 mod support;
 mod vision_input;
+mod voice_install;
 mod whisper;
 mod whisper_real;
