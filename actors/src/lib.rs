@@ -57,6 +57,8 @@ pub struct System {
     root: ActorRef<()>,
     pub router: slot::ActorSlot<router::RouterMsg>,
     pub sender: slot::ActorSlot<sender::SenderMsg>,
+    /// Where the sender finds the speech actor (`None`: no voice installed).
+    pub speech: Option<slot::ActorSlot<speech::SpeechMsg>>,
     pub store: Arc<store::Store>,
     metrics: Arc<metrics::Metrics>,
     pub sender_health: Arc<sender::SenderHealth>,
@@ -162,6 +164,7 @@ impl System {
             root,
             router: router_slot,
             sender: sender_slot,
+            speech: sender.speech.clone(),
             store: router.deps.store.clone(),
             metrics: router.deps.metrics.clone(),
             sender_health: sender.health.clone(),

@@ -5,7 +5,8 @@
 //!   best-effort queue of typing indicators.
 //! - Takes: [`SenderMsg::Kick`] (new replies are in the outbox), [`SenderMsg::Typing`],
 //!   [`SenderMsg::Tick`] (its own interval: retries and paced sends), [`SenderMsg::Done`] (a send
-//!   task finished), [`SenderMsg::TokenReplaced`].
+//!   task finished), [`SenderMsg::Spoken`] (a voice record's note is ready, or cannot be made),
+//!   [`SenderMsg::TokenReplaced`].
 //! - Supervised by: the root supervisor; on a crash it is re-created and resumes from the outbox.
 //! - Never: awaits the network in a handler (each send is a spawned task reporting back with
 //!   `Done`), sends a record twice concurrently, sends out of order to one recipient, or retries
@@ -21,6 +22,10 @@
 //! since that time, so the status webhook of a send Meta took can settle it first. After a call
 //! whose outcome is unknown (a timeout, a connection lost after the request was written: see
 //! `GraphError::outcome_unknown`) the retry waits `reconcile_wait` for the same reason.
+//!
+//! Voice records are spoken before they take a Graph-call slot: speaking a reply takes seconds,
+//! and a slot held that long would slow every other send (the pacing counts calls in flight).
+//! The note waits in memory for its slot; it is never stored.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -35,6 +40,7 @@ use crate::metrics::Metrics;
 use crate::slot::ActorSlot;
 use crate::speech::SpeechMsg;
 use crate::store::{OutboundBody, OutboxRecord, OutboxState, Store, now_ms};
+use sandra_models::speech::VoiceNote;
 
 pub type SenderRef = ActorRef<SenderMsg>;
 
@@ -54,6 +60,13 @@ pub enum SenderMsg {
         id: u64,
         recipient: String,
         result: Result<String, GraphError>,
+    },
+    /// A voice record's note was spoken (it waits for a slot), or could not be made (the
+    /// attempt's outcome, as a send's).
+    Spoken {
+        id: u64,
+        recipient: String,
+        result: Result<VoiceNote, GraphError>,
     },
     /// A typing call finished.
     TypingDone(Result<(), GraphError>),
@@ -139,6 +152,10 @@ pub struct SenderState {
     /// Pending outbox records, oldest first: reloaded from the store on `Kick` and at most once
     /// a second on `Tick`, so a busy sender does not re-read the outbox after every send.
     cache: Vec<OutboxRecord>,
+    /// Voice records being spoken (no slot held; their recipient counts as busy).
+    speaking: HashSet<u64>,
+    /// Voice notes spoken and waiting for a slot to be uploaded and sent (memory only).
+    spoken: HashMap<u64, VoiceNote>,
     last_reload: Option<Instant>,
 }
 
@@ -164,6 +181,8 @@ impl Actor for Sender {
             typing_in_flight: 0,
             cache: Vec::new(),
             last_reload: None,
+            speaking: HashSet::new(),
+            spoken: HashMap::new(),
         })
     }
 
@@ -219,14 +238,22 @@ impl Actor for Sender {
                     .entry(recipient.clone())
                     .or_default()
                     .push_back(Instant::now());
-                match finish_send(state, id, &recipient, result) {
-                    Ok(Some(rec)) if rec.state == OutboxState::Pending => {
-                        if let Some(slot) = state.cache.iter_mut().find(|r| r.id == id) {
-                            *slot = rec;
-                        }
+                settle(state, id, &recipient, result);
+                pump(&myself, state, false);
+            }
+            SenderMsg::Spoken {
+                id,
+                recipient,
+                result,
+            } => {
+                state.speaking.remove(&id);
+                state.busy_recipients.remove(&recipient);
+                match result {
+                    Ok(note) => {
+                        state.spoken.insert(id, note);
                     }
-                    Ok(_) => state.cache.retain(|r| r.id != id),
-                    Err(e) => tracing::error!(id, error = %e, "recording a send outcome failed"),
+                    // Nothing reached Meta: the attempt ends here, as a send that failed would.
+                    Err(e) => settle(state, id, &recipient, Err(e)),
                 }
                 pump(&myself, state, false);
             }
@@ -245,6 +272,19 @@ impl Actor for Sender {
             }
         }
         Ok(())
+    }
+}
+
+/// Records an attempt's outcome and keeps the cache in step with it.
+fn settle(state: &mut SenderState, id: u64, recipient: &str, result: Result<String, GraphError>) {
+    match finish_send(state, id, recipient, result) {
+        Ok(Some(rec)) if rec.state == OutboxState::Pending => {
+            if let Some(slot) = state.cache.iter_mut().find(|r| r.id == id) {
+                *slot = rec;
+            }
+        }
+        Ok(_) => state.cache.retain(|r| r.id != id),
+        Err(e) => tracing::error!(id, error = %e, "recording a send outcome failed"),
     }
 }
 
@@ -336,6 +376,11 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
             Ok(p) => {
                 state.cache = p;
                 state.last_reload = Some(now);
+                // Notes of records settled meanwhile (a status webhook) are not needed.
+                let cache = &state.cache;
+                state
+                    .spoken
+                    .retain(|id, _| cache.iter().any(|r| r.id == *id));
             }
             Err(e) => {
                 tracing::error!(error = %e, "reading the outbox failed");
@@ -393,6 +438,26 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
             blocked.insert(recipient);
             continue;
         }
+        if let OutboundBody::Voice { text, language } = &state.cache[i - 1].body
+            && !state.spoken.contains_key(&id)
+        {
+            // Spoken first, without a slot (see the module's doc); the recipient waits.
+            state.speaking.insert(id);
+            state.busy_recipients.insert(recipient.clone());
+            blocked.insert(recipient.clone());
+            let (speech, timeout) = (state.args.speech.clone(), state.args.speech_timeout);
+            let (text, language) = (text.clone(), language.clone());
+            let me = myself.clone();
+            tokio::spawn(async move {
+                let result = speak(speech.as_ref(), timeout, &text, &language).await;
+                let _ = me.cast(SenderMsg::Spoken {
+                    id,
+                    recipient,
+                    result,
+                });
+            });
+            continue;
+        }
         if !take_slot(state, now) {
             break;
         }
@@ -418,22 +483,23 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
         let graph = state.args.graph.clone();
         let store = state.args.store.clone();
         let me = myself.clone();
-        let speech = state.args.speech.clone();
-        let speech_timeout = state.args.speech_timeout;
+        // A voice record reaches this point only with its note spoken.
+        let note = state.spoken.remove(&id);
         tokio::spawn(async move {
             // The marker must be on disk before Meta can have the message.
             let result = match store.sync().await {
-                Ok(()) => match &rec.body {
-                    OutboundBody::Voice { text, language } => {
-                        send_voice(
-                            &graph,
-                            speech.as_ref(),
-                            speech_timeout,
-                            &rec,
-                            text,
-                            language,
-                        )
-                        .await
+                Ok(()) => match (&rec.body, note) {
+                    (OutboundBody::Voice { .. }, Some(note)) => {
+                        tracing::debug!(
+                            id = rec.id,
+                            seconds = note.seconds,
+                            bytes = note.ogg.len(),
+                            "uploading a spoken voice note"
+                        );
+                        graph.send_voice(&rec, note.ogg).await
+                    }
+                    (OutboundBody::Voice { .. }, None) => {
+                        Err(GraphError::not_sent("the voice note was not spoken", true))
                     }
                     _ => graph.send(&rec).await,
                 },
@@ -459,18 +525,16 @@ fn pump(myself: &ActorRef<SenderMsg>, state: &mut SenderState, reload: bool) {
     }
 }
 
-/// A voice record's one step: speak its text (the speech actor), upload the note, send the
-/// audio message. A note that cannot be made is a permanent failure (no voice for the language,
-/// nothing speakable) or a transient one (the speech actor restarting, a timeout); the reply's
-/// text is its own record either way, so the user never misses the answer.
-async fn send_voice(
-    graph: &GraphClient,
+/// Speaks a voice record's text (the speech actor). A note that cannot be made is a permanent
+/// failure (no voice for the language, nothing speakable) or a transient one (the speech actor
+/// restarting, a timeout); the reply's text is its own record either way, so the user never
+/// misses the answer.
+async fn speak(
     speech: Option<&ActorSlot<SpeechMsg>>,
     timeout: Duration,
-    rec: &OutboxRecord,
     text: &str,
     language: &str,
-) -> Result<String, GraphError> {
+) -> Result<VoiceNote, GraphError> {
     let Some(slot) = speech else {
         return Err(GraphError::not_sent("no voice is installed", false));
     };
@@ -494,24 +558,15 @@ async fn send_voice(
             true,
         ));
     }
-    let note = match tokio::time::timeout(timeout, rx).await {
-        Err(_) => return Err(GraphError::not_sent("speaking the reply timed out", true)),
-        Ok(Err(_)) => return Err(GraphError::not_sent("the speech job was dropped", true)),
-        Ok(Ok(Err(unspoken))) => {
-            return Err(GraphError::not_sent(
-                &format!("voice note not made: {}", unspoken.reason),
-                unspoken.retry,
-            ));
-        }
-        Ok(Ok(Ok(note))) => note,
-    };
-    tracing::debug!(
-        id = rec.id,
-        seconds = note.seconds,
-        bytes = note.ogg.len(),
-        "voice note spoken; uploading"
-    );
-    graph.send_voice(rec, note.ogg).await
+    match tokio::time::timeout(timeout, rx).await {
+        Err(_) => Err(GraphError::not_sent("speaking the reply timed out", true)),
+        Ok(Err(_)) => Err(GraphError::not_sent("the speech job was dropped", true)),
+        Ok(Ok(Err(unspoken))) => Err(GraphError::not_sent(
+            &format!("voice note not made: {}", unspoken.reason),
+            unspoken.retry,
+        )),
+        Ok(Ok(Ok(note))) => Ok(note),
+    }
 }
 
 /// While sending to Meta is paused: playground replies still go out.

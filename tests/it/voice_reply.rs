@@ -11,9 +11,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
+use sandra_actors::speech::{Outcome, SpeechMsg};
 use sandra_actors::store::{OutboundBody, OutboxState};
 use sandra_models::testing_whisper::spoken_voice_note;
 use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
 
 use crate::support::*;
 use crate::voice::{fake_transcription_server, voice_webhook};
@@ -34,6 +36,13 @@ fn joe_voice() -> Option<PathBuf> {
 /// The app with the joe voice and a transcription server that hears "The server heard this
 /// note." in English, and the voice note that user sends (already registered as media).
 async fn app_with_voice(name: &str) -> Option<(TestApp, Vec<u8>)> {
+    app_with_voice_and(name, |_| {}).await
+}
+
+async fn app_with_voice_and(
+    name: &str,
+    tweak: impl FnOnce(&mut sandra::config::Config),
+) -> Option<(TestApp, Vec<u8>)> {
     let Some(voice) = joe_voice() else {
         println!("skipped: {name}: no Piper voice (run scripts/fetch-models.sh voice)");
         return None;
@@ -52,6 +61,7 @@ async fn app_with_voice(name: &str) -> Option<(TestApp, Vec<u8>)> {
         c.transcription.echo_transcript = false;
         c.voice.voices = vec![voice];
         c.voice.threads = 2;
+        tweak(c);
     })
     .await;
     app.graph
@@ -230,6 +240,136 @@ async fn a_failed_upload_is_retried_and_the_text_is_not_repeated() {
     assert_eq!(records[2].attempts, 1, "{:?}", records[2]);
     assert_eq!(texts(&app).len(), 1);
     assert_eq!(app.graph.uploads().len(), 2);
+    app.stop().await;
+}
+
+/// A speech actor that hands each job to the test, which answers when it chooses.
+struct GatedSpeech;
+
+impl sandra_actors::ractor::Actor for GatedSpeech {
+    type Msg = SpeechMsg;
+    type State = tokio::sync::mpsc::UnboundedSender<oneshot::Sender<Outcome>>;
+    type Arguments = tokio::sync::mpsc::UnboundedSender<oneshot::Sender<Outcome>>;
+
+    async fn pre_start(
+        &self,
+        _: sandra_actors::ractor::ActorRef<SpeechMsg>,
+        jobs: Self::Arguments,
+    ) -> Result<Self::State, sandra_actors::ractor::ActorProcessingErr> {
+        Ok(jobs)
+    }
+
+    async fn handle(
+        &self,
+        _: sandra_actors::ractor::ActorRef<SpeechMsg>,
+        msg: SpeechMsg,
+        jobs: &mut Self::State,
+    ) -> Result<(), sandra_actors::ractor::ActorProcessingErr> {
+        if let SpeechMsg::Speak { reply, .. } = msg {
+            let _ = jobs.send(reply);
+        }
+        Ok(())
+    }
+}
+
+/// Speaking takes seconds; a voice note being spoken holds no Graph-call slot. At one call a
+/// second, another user's reply goes out while the note is still being spoken (before, the
+/// voice record took the only slot and held it until its note was spoken and uploaded).
+#[tokio::test(flavor = "multi_thread")]
+async fn another_users_reply_is_not_held_back_while_a_voice_note_is_spoken() {
+    let Some((app, clip)) = app_with_voice_and(
+        "another_users_reply_is_not_held_back_while_a_voice_note_is_spoken",
+        |c| c.sender.rate_per_second = 1,
+    )
+    .await
+    else {
+        return;
+    };
+    let (jobs_tx, mut jobs) = tokio::sync::mpsc::unbounded_channel();
+    let (gated, _) = sandra_actors::ractor::Actor::spawn(None, GatedSpeech, jobs_tx)
+        .await
+        .unwrap();
+    app.system.speech.as_ref().unwrap().set(gated.clone());
+
+    send_voice_note(&app, &clip).await;
+    let first_job = tokio::time::timeout(Duration::from_secs(120), jobs.recv())
+        .await
+        .expect("the voice record is being spoken")
+        .unwrap();
+
+    // Another user's reply lands in the outbox while the note is being spoken.
+    let other = "15550009999";
+    let target = sandra_actors::whatsapp::ReplyTarget {
+        phone: Some(other.into()),
+        ..Default::default()
+    };
+    let key = sandra_actors::whatsapp::ConversationKey::new(
+        PHONE_NUMBER_ID,
+        &sandra_actors::whatsapp::ChatId::Phone(other.into()),
+    );
+    let mut session = sandra_actors::session::SessionState::new(key, target.clone());
+    session.last_inbound_at = Some(base_ts() + 3000);
+    let reply = sandra_actors::store::NewOutbound {
+        target,
+        body: OutboundBody::Text {
+            body: "Your table is booked.".into(),
+        },
+        context_message_id: None,
+        window_expires_at: session.window_expires_at(),
+    };
+    app.system
+        .store
+        .commit_turn(&session, &[], &[reply])
+        .unwrap();
+    app.system
+        .sender
+        .get()
+        .cast(sandra_actors::sender::SenderMsg::Kick)
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !texts(&app).iter().any(|t| t == "Your table is booked.") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other user's reply waited for the voice note: {:?}",
+            texts(&app)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        app.graph.uploads().is_empty(),
+        "the note is still being spoken"
+    );
+
+    // Now the notes are spoken: each is uploaded and sent, after the text, once.
+    let note = |ogg: &[u8]| {
+        Ok(sandra_models::speech::VoiceNote {
+            ogg: ogg.to_vec(),
+            seconds: 2.0,
+        })
+    };
+    let _ = first_job.send(note(&clip));
+    let rest = clip.clone();
+    let answer = tokio::spawn(async move {
+        while let Some(job) = jobs.recv().await {
+            let _ = job.send(note(&rest));
+        }
+    });
+    let records = settled(&app, Duration::from_secs(60)).await;
+    assert!(
+        records.iter().all(|r| r.state == OutboxState::Sent),
+        "{records:?}"
+    );
+    let audio: Vec<_> = app
+        .graph
+        .accepted()
+        .into_iter()
+        .filter(|r| r.body["type"] == "audio")
+        .collect();
+    assert_eq!(audio.len(), 2, "{audio:?}");
+    assert_eq!(texts(&app).len(), 2, "{:?}", texts(&app));
+    assert_eq!(app.graph.uploads()[0].bytes, clip);
+    answer.abort();
+    gated.stop(None);
     app.stop().await;
 }
 
