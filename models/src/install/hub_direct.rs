@@ -132,7 +132,16 @@ impl HubClient {
         url: &str,
         to: &Path,
     ) -> Result<(String, u64, Option<String>), InstallError> {
-        let hub_err = |e: reqwest::Error| InstallError::Hub(format!("{url}: {e}"));
+        // reqwest's own message ("error sending request") hides the cause (DNS, refused, TLS).
+        let hub_err = |e: reqwest::Error| {
+            let mut msg = format!("{url}: {e}");
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                msg.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            InstallError::Hub(msg)
+        };
         let mut req = self.hub.get(url);
         if let Some(t) = &self.token {
             req = req.header(AUTHORIZATION, format!("Bearer {t}"));
