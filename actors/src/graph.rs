@@ -304,25 +304,21 @@ impl GraphClient {
         mime: &str,
         filename: &str,
     ) -> Result<String, GraphError> {
-        let boundary = multipart_boundary();
         // `type` is the bare MIME type; the file part keeps its codec parameter.
-        let bare = mime.split(';').next().unwrap_or(mime).trim();
-        let body = multipart(
-            &boundary,
-            &[("messaging_product", "whatsapp"), ("type", bare)],
-            filename,
-            mime,
-            &bytes,
-        );
+        let bare = mime.split(';').next().unwrap_or(mime).trim().to_string();
+        let file = reqwest::multipart::Part::bytes(bytes)
+            .file_name(filename.to_string())
+            .mime_str(mime)
+            .map_err(|e| GraphError::local(None, format!("MIME type {mime:?}: {e}")))?;
+        let form = reqwest::multipart::Form::new()
+            .text("messaging_product", "whatsapp")
+            .text("type", bare)
+            .part("file", file);
         let resp = self
             .http
             .post(self.media_upload_url())
             .bearer_auth(self.cfg.credentials.current().expose_secret())
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                format!("multipart/form-data; boundary={boundary}"),
-            )
-            .body(body)
+            .multipart(form)
             .send()
             .await
             .map_err(transport_error)?;
@@ -414,45 +410,6 @@ impl GraphClient {
 
 /// The MIME type voice notes are uploaded as (Ogg with Opus inside, as Meta requires).
 pub const VOICE_MIME: &str = "audio/ogg; codecs=opus";
-
-/// A `multipart/form-data` body: text fields, then one file part.
-fn multipart(
-    boundary: &str,
-    fields: &[(&str, &str)],
-    filename: &str,
-    mime: &str,
-    file: &[u8],
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(file.len() + 512);
-    for (name, value) in fields {
-        out.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
-            )
-            .as_bytes(),
-        );
-    }
-    out.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: {mime}\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    out.extend_from_slice(file);
-    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    out
-}
-
-/// A boundary no Ogg file will contain in practice: 32 random alphanumerics (an Ogg page
-/// could hold any bytes, but a collision needs those exact 32 after a CRLF and two dashes).
-fn multipart_boundary() -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    let tail: String = (0..32)
-        .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
-        .collect();
-    format!("sandra-{tail}")
-}
 
 async fn read_json(resp: reqwest::Response) -> Result<Value, GraphError> {
     if !resp.status().is_success() {
@@ -546,27 +503,6 @@ mod tests {
         assert!(fake.media_url_trusted("http://127.0.0.1:4000/lookaside/m1"));
         assert!(!fake.media_url_trusted("http://127.0.0.1:4001/lookaside/m1"));
         assert!(!fake.media_url_trusted("http://evil.example:4000/lookaside/m1"));
-    }
-
-    #[test]
-    fn upload_body_is_multipart_with_metas_three_fields() {
-        let body = multipart(
-            "B",
-            &[("messaging_product", "whatsapp"), ("type", "audio/ogg")],
-            "voice.ogg",
-            VOICE_MIME,
-            b"OggS\x00\x01",
-        );
-        let text = String::from_utf8_lossy(&body);
-        assert!(text.starts_with("--B\r\nContent-Disposition: form-data; name=\"messaging_product\"\r\n\r\nwhatsapp\r\n"), "{text}");
-        assert!(
-            text.contains("name=\"type\"\r\n\r\naudio/ogg\r\n"),
-            "{text}"
-        );
-        assert!(text.contains("name=\"file\"; filename=\"voice.ogg\"\r\nContent-Type: audio/ogg; codecs=opus\r\n\r\nOggS\x00\x01\r\n--B--\r\n"), "{text}");
-        let b = multipart_boundary();
-        assert_eq!(b.len(), "sandra-".len() + 32);
-        assert_ne!(b, multipart_boundary());
     }
 
     #[test]

@@ -23,6 +23,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, LOCATION};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{InstallError, InstalledFile, io_err};
+use crate::chat::error_chain;
 
 /// What one file's download brought.
 pub(super) struct Fetched {
@@ -133,15 +134,7 @@ impl HubClient {
         to: &Path,
     ) -> Result<(String, u64, Option<String>), InstallError> {
         // reqwest's own message ("error sending request") hides the cause (DNS, refused, TLS).
-        let hub_err = |e: reqwest::Error| {
-            let mut msg = format!("{url}: {e}");
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                msg.push_str(&format!(": {c}"));
-                cause = c.source();
-            }
-            InstallError::Hub(msg)
-        };
+        let hub_err = |e: reqwest::Error| InstallError::Hub(format!("{url}: {}", error_chain(&e)));
         let mut req = self.hub.get(url);
         if let Some(t) = &self.token {
             req = req.header(AUTHORIZATION, format!("Bearer {t}"));

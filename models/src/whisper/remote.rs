@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{Transcript, WhisperError};
+use crate::chat::error_chain;
 
 /// Where and how to reach the server.
 #[derive(Clone)]
@@ -88,13 +89,7 @@ impl RemoteWhisper {
     /// Sends 16 kHz mono PCM as a WAV and returns what the server heard.
     pub async fn transcribe(&self, pcm: &[f32]) -> Result<Transcript, WhisperError> {
         let audio_seconds = pcm.len() as f32 / 16_000.0;
-        let boundary = boundary();
-        let mut fields: Vec<(&str, &str)> =
-            vec![("model", &self.cfg.model), ("response_format", "json")];
-        if let Some(l) = &self.cfg.language {
-            fields.push(("language", l));
-        }
-        let body = multipart(&boundary, &fields, "voice.wav", "audio/wav", &wav16(pcm));
+        let wav = wav16(pcm);
         let url = &self.url;
         let failed = |e: reqwest::Error| {
             if e.is_timeout() {
@@ -106,15 +101,20 @@ impl RemoteWhisper {
                 WhisperError::Remote(format!("{url}: {}", error_chain(&e)))
             }
         };
+        // A form is consumed by its request: each try (a busy server is asked again) builds
+        // its own.
         let make = || {
-            let req = self
-                .http
-                .post(url)
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    format!("multipart/form-data; boundary={boundary}"),
-                )
-                .body(body.clone());
+            let mut form = reqwest::multipart::Form::new()
+                .text("model", self.cfg.model.clone())
+                .text("response_format", "json");
+            if let Some(l) = &self.cfg.language {
+                form = form.text("language", l.clone());
+            }
+            let file = reqwest::multipart::Part::bytes(wav.clone())
+                .file_name("voice.wav")
+                .mime_str("audio/wav")
+                .expect("a valid MIME type");
+            let req = self.http.post(url).multipart(form.part("file", file));
             match &self.cfg.api_key {
                 Some(key) => req.bearer_auth(key),
                 None => req,
@@ -148,61 +148,6 @@ impl RemoteWhisper {
             audio_seconds,
         })
     }
-}
-
-/// The error and its causes on one line (reqwest's top-level message alone says little).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
-}
-
-/// A boundary that no WAV or field value will contain in practice: a hash of the time and a
-/// counter, different for every request.
-fn boundary() -> String {
-    use sha2::Digest;
-    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let h = sha2::Sha256::digest(format!("{t}:{n}:{}", std::process::id()));
-    format!("sandra-{}", hex::encode(&h[..16]))
-}
-
-/// A `multipart/form-data` body: the text fields, then the file.
-fn multipart(
-    boundary: &str,
-    fields: &[(&str, &str)],
-    filename: &str,
-    mime: &str,
-    file: &[u8],
-) -> Vec<u8> {
-    let mut body = Vec::with_capacity(file.len() + 512);
-    for (name, value) in fields {
-        body.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
-            )
-            .as_bytes(),
-        );
-    }
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; \
-             filename=\"{filename}\"\r\nContent-Type: {mime}\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(file);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    body
 }
 
 /// 16 kHz mono PCM as a 16-bit WAV file, in memory.
