@@ -450,6 +450,18 @@ pub async fn build_brain(cfg: &Config, metrics: &Metrics) -> anyhow::Result<Arc<
     ))
 }
 
+/// The voice files `[voice]` names (`voice.voices`), else every voice installed under
+/// `<data_dir>/models/piper/`, the most recently fetched first (it speaks its language).
+pub fn voice_files(cfg: &Config) -> Vec<std::path::PathBuf> {
+    if cfg.voice.voices.is_empty() {
+        sandra_models::catalog::installed_voice_files(&sandra_models::catalog::models_dir(
+            &cfg.storage.data_dir,
+        ))
+    } else {
+        cfg.voice.voices.clone()
+    }
+}
+
 /// The voices `[voice]` asks for: `voice.voices`, else every voice installed under
 /// `<data_dir>/models/piper/` (the most recently fetched first: it speaks its language). None (or `voice.reply = "never"`): replies are text only. A
 /// voice that fails to load stops start-up with the path and the reason.
@@ -459,13 +471,7 @@ pub async fn build_speaker(cfg: &Config) -> anyhow::Result<Option<sandra_models:
     if v.reply == VoiceReplyMode::Never {
         return Ok(None);
     }
-    let voices = if v.voices.is_empty() {
-        sandra_models::catalog::installed_voice_files(&sandra_models::catalog::models_dir(
-            &cfg.storage.data_dir,
-        ))
-    } else {
-        v.voices.clone()
-    };
+    let voices = voice_files(cfg);
     if voices.is_empty() {
         tracing::info!(
             "no voice installed: replies are text only (`sandra models fetch --model piper-en_US-joe-medium` installs one; `sandra models list --available` lists the others)"

@@ -654,11 +654,7 @@ async fn voice_check(cfg: &Config, dir: &Path, manifest: &Manifest) -> Check {
         return Check::pass(NAME, "voice.reply = \"never\": replies are text only");
     }
     let configured = !cfg.voice.voices.is_empty();
-    let files = if configured {
-        cfg.voice.voices.clone()
-    } else {
-        catalog::installed_voice_files(dir)
-    };
+    let files = crate::app::voice_files(cfg);
     if files.is_empty() {
         return Check::pass(
             NAME,
@@ -676,10 +672,7 @@ async fn voice_check(cfg: &Config, dir: &Path, manifest: &Manifest) -> Check {
             let json = std::path::PathBuf::from(format!("{}.json", f.display()));
             if !f.is_file() || !json.is_file() {
                 problems.push(format!("{} or its .onnx.json does not exist", f.display()));
-            } else if let Some(m) = man
-                .voices
-                .values()
-                .find(|m| m.main_path(&dir2).as_deref() == Some(f.as_path()))
+            } else if let Some(m) = man.voice_with_file(&dir2, f)
                 && let Err(e) = m.verify(&dir2)
             {
                 problems.push(format!("{}: {e}", m.id));
@@ -705,13 +698,9 @@ async fn voice_check(cfg: &Config, dir: &Path, manifest: &Manifest) -> Check {
     }
     let mut langs: Vec<String> = Vec::new();
     for f in &files {
-        let stem = f
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let lang = catalog::voice_language(&stem).unwrap_or("?");
+        let (name, lang) = catalog::voice_name_and_language(f);
         if !langs.iter().any(|l| l.starts_with(&format!("{lang} "))) {
-            langs.push(format!("{lang} ({stem})"));
+            langs.push(format!("{lang} ({name})"));
         }
     }
     Check::pass(NAME, format!("replies spoken in {}", langs.join(", ")))

@@ -1124,10 +1124,11 @@ fn voice_rows(
             installed: None,
         }];
     }
-    let (files, origin) = if cfg.voice.voices.is_empty() {
-        (catalog::installed_voice_files(dir), "")
+    let files = crate::app::voice_files(cfg);
+    let origin = if cfg.voice.voices.is_empty() {
+        ""
     } else {
-        (cfg.voice.voices.clone(), " (voice.voices)")
+        " (voice.voices)"
     };
     if files.is_empty() {
         return vec![pages::ModelView {
@@ -1143,21 +1144,15 @@ fn voice_rows(
     files
         .iter()
         .map(|path| {
-            let stem = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let lang = catalog::voice_language(&stem).unwrap_or("?").to_string();
+            let (name, lang) = catalog::voice_name_and_language(path);
             let uses = if speaking.contains(&lang) {
-                format!("{stem}: not used, another {lang} voice comes first")
+                format!("{name}: not used, another {lang} voice comes first")
             } else {
                 speaking.push(lang.clone());
-                format!("{stem}{origin}")
+                format!("{name}{origin}")
             };
             let installed = manifest
-                .voices
-                .values()
-                .find(|m| m.main_path(dir).as_deref() == Some(path.as_path()))
+                .voice_with_file(dir, path)
                 .map(|m| describe_installed(m, dir));
             pages::ModelView {
                 role: format!("voice ({lang})"),

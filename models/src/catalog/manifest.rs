@@ -187,6 +187,13 @@ impl Manifest {
         v
     }
 
+    /// The fetched voice whose main file is `file` (None: a voice dropped in by hand).
+    pub fn voice_with_file(&self, models_dir: &Path, file: &Path) -> Option<&InstalledModel> {
+        self.voices
+            .values()
+            .find(|m| m.main_path(models_dir).as_deref() == Some(file))
+    }
+
     /// Re-hashes the files of `role`'s model and compares with the manifest.
     pub fn verify(&self, role: ModelRole, models_dir: &Path) -> Result<(), InstallError> {
         let m = self

@@ -204,6 +204,17 @@ pub fn installed_voice_files(models_dir: &std::path::Path) -> Vec<std::path::Pat
     ordered
 }
 
+/// A voice file's name (`es_ES-davefx-medium`) and the language it speaks (`es`; `?` when the
+/// name does not follow Piper's pattern).
+pub fn voice_name_and_language(file: &std::path::Path) -> (String, String) {
+    let name = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lang = voice_language(&name).unwrap_or("?").to_string();
+    (name, lang)
+}
+
 /// Looks a catalog entry up by id.
 pub fn find(id: &str) -> Option<&'static CatalogEntry> {
     table::CATALOG.iter().find(|e| e.id == id)

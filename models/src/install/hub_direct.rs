@@ -44,20 +44,18 @@ pub fn default_endpoint() -> String {
 
 /// Downloads `files` of `repo` at `revision` into `dir` (inside `models_dir`), each under its
 /// base name, verified, then all renamed into place at once. Returns them in `files`' order.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn fetch_files(
-    endpoint: &str,
-    token: Option<String>,
+    opts: &super::FetchOptions,
     repo: &str,
     revision: &str,
     files: &[&str],
     models_dir: &Path,
     dir: &str,
-    progress: bool,
 ) -> Result<Vec<Fetched>, InstallError> {
+    let endpoint = &opts.hub_endpoint;
     let out_dir = models_dir.join(dir);
     fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
-    let hub = HubClient::new(token)?;
+    let hub = HubClient::new(opts.hub_token.clone())?;
     let mut got = Vec::new();
     let mut partials = Vec::new();
     let result = (|| {
@@ -66,7 +64,7 @@ pub(super) fn fetch_files(
             let partial = out_dir.join(format!("{name}.partial"));
             partials.push(partial.clone());
             let url = format!("{endpoint}/{repo}/resolve/{revision}/{file}");
-            if progress {
+            if opts.progress {
                 eprintln!("downloading {url}");
             }
             let (sha256, size, commit) = hub.download(&url, &partial)?;

@@ -190,16 +190,7 @@ pub fn fetch(
             files,
             dir,
         } => {
-            let got = hub_direct::fetch_files(
-                &opts.hub_endpoint,
-                opts.hub_token.clone(),
-                repo,
-                revision,
-                files,
-                models_dir,
-                dir,
-                opts.progress,
-            )?;
+            let got = hub_direct::fetch_files(opts, repo, revision, files, models_dir, dir)?;
             let commit = got.iter().find_map(|f| f.commit.clone());
             InstalledModel {
                 id: entry.id.to_string(),
