@@ -226,13 +226,10 @@ fn a_spanish_voice_is_fetched_from_the_hub_checked_and_installed_beside_the_othe
     }
 }
 
-#[test]
-fn a_voice_that_does_not_match_the_hubs_sha256_is_refused_and_nothing_is_installed() {
-    let endpoint = start(Hub {
-        files: Arc::new(davefx_files()),
-        corrupt: true,
-        ..Hub::default()
-    });
+/// Fetches the davefx voice from `hub`, which must fail, and checks that nothing was installed:
+/// no voice file, no `.partial` left behind, nothing recorded in the manifest.
+fn fetch_fails(hub: Hub) -> InstallError {
+    let endpoint = start(hub);
     let models = tempfile::tempdir().unwrap();
     let err = install::fetch(
         catalog::find(DAVEFX).unwrap(),
@@ -240,40 +237,42 @@ fn a_voice_that_does_not_match_the_hubs_sha256_is_refused_and_nothing_is_install
         &opts(endpoint),
     )
     .unwrap_err();
+    assert_eq!(
+        piper_dir_entries(models.path()),
+        Vec::<String>::new(),
+        "no voice and no partial file after: {err}"
+    );
+    assert!(
+        Manifest::load(models.path()).unwrap().voices.is_empty(),
+        "not recorded: {err}"
+    );
+    err
+}
+
+#[test]
+fn a_voice_that_does_not_match_the_hubs_sha256_is_refused_and_nothing_is_installed() {
+    let err = fetch_fails(Hub {
+        files: Arc::new(davefx_files()),
+        corrupt: true,
+        ..Hub::default()
+    });
     assert!(matches!(err, InstallError::HashMismatch { .. }), "{err}");
     assert!(
         err.to_string().contains("es_ES-davefx-medium.onnx"),
         "{err}"
     );
-    assert_eq!(
-        piper_dir_entries(models.path()),
-        Vec::<String>::new(),
-        "no voice and no partial file"
-    );
-    assert!(
-        Manifest::load(models.path()).unwrap().voices.is_empty(),
-        "not recorded"
-    );
 }
 
 #[test]
 fn a_voice_missing_from_the_hub_is_a_clear_error() {
-    // The Hub has only the .onnx.json: the second file is missing.
+    // The Hub has the voice's .onnx.json but not its .onnx.
     let mut files = davefx_files();
     files.retain(|k, _| k.ends_with(".json"));
-    let endpoint = start(Hub {
+    let msg = fetch_fails(Hub {
         files: Arc::new(files),
         ..Hub::default()
-    });
-    let models = tempfile::tempdir().unwrap();
-    let err = install::fetch(
-        catalog::find(DAVEFX).unwrap(),
-        models.path(),
-        &opts(endpoint),
-    )
-    .unwrap_err();
-    let msg = err.to_string();
+    })
+    .to_string();
     assert!(msg.contains("404") && msg.contains("no such file"), "{msg}");
     assert!(msg.contains("es_ES-davefx-medium.onnx"), "{msg}");
-    assert_eq!(piper_dir_entries(models.path()), Vec::<String>::new());
 }
