@@ -13,6 +13,11 @@
 //! 3. **Ack latency**: signed status webhooks at a fixed rate (open loop: each sent at its
 //!    scheduled instant whatever the previous ones did) with the models idle, then while 8
 //!    conversations are generating. Reported: p50/p99 ack and how many were refused.
+//! 4. **Voice notes** (with `--whisper DIR`, local Whisper): new users ask the same short
+//!    questions as text and as voice notes (spoken by Sandra's own voice when `.models/piper`
+//!    has it, else by espeak-ng), alternating, one at a time. Reported: each pair's time to
+//!    reply, and how long Whisper alone takes on each note (the same model, timed in the bench
+//!    on the same clip), so "a voice note adds only its transcription" can be checked.
 //!
 //! The brain is the local GGUF model (`--model PATH`, default the installed one) or, with
 //! `--openai URL`, an OpenAI-compatible server such as `llama-server --parallel 8`: the same
@@ -89,6 +94,65 @@ fn now_secs() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+/// A voice note as WhatsApp delivers it: the media id to fetch and the bytes' sha256.
+fn voice_webhook(from: &str, id: &str, media_id: &str, ogg: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let sha = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(ogg));
+    serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_ID},
+            "contacts": [{"profile": {"name": "Bench"}, "wa_id": from}],
+            "messages": [{"from": from, "id": id, "timestamp": now_secs().to_string(),
+                          "type": "audio", "audio": {"mime_type": "audio/ogg; codecs=opus",
+                          "sha256": sha, "id": media_id, "voice": true}}]
+        }}]}]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The stand-in's media store: id → Ogg bytes, and its own address for the download URL.
+#[derive(Clone, Default)]
+struct Media {
+    files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    base: Arc<Mutex<String>>,
+}
+
+/// `GET /{version}/{media-id}`: where to download it (the first of Meta's two hops).
+async fn media_info(
+    State(m): State<Media>,
+    axum::extract::Path((_v, id)): axum::extract::Path<(String, String)>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let Some(len) = m.files.lock().unwrap().get(&id).map(Vec::len) else {
+        return axum::http::StatusCode::NOT_FOUND.into_response();
+    };
+    axum::Json(serde_json::json!({
+        "messaging_product": "whatsapp",
+        "url": format!("{}/media/{id}", m.base.lock().unwrap()),
+        "mime_type": "audio/ogg",
+        "file_size": len,
+        "id": id,
+    }))
+    .into_response()
+}
+
+/// `GET /media/{id}`: the bytes (the second hop).
+async fn media_bytes(
+    State(m): State<Media>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Vec<u8> {
+    m.files
+        .lock()
+        .unwrap()
+        .get(&id)
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn text_webhook(from: &str, id: &str, text: &str) -> Vec<u8> {
@@ -193,6 +257,8 @@ struct Args {
     ack_secs: u64,
     /// Sequences the local model decodes together (`llm.parallel`).
     parallel: usize,
+    /// A Whisper directory: adds the voice-note phase.
+    whisper: Option<PathBuf>,
 }
 
 fn args() -> Args {
@@ -205,6 +271,7 @@ fn args() -> Args {
         ack_rate: 500,
         ack_secs: 10,
         parallel: 8,
+        whisper: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -224,6 +291,7 @@ fn args() -> Args {
             "--ack-rate" => a.ack_rate = it.next().and_then(|n| n.parse().ok()).unwrap(),
             "--ack-secs" => a.ack_secs = it.next().and_then(|n| n.parse().ok()).unwrap(),
             "--parallel" => a.parallel = it.next().and_then(|n| n.parse().ok()).unwrap(),
+            "--whisper" => a.whisper = it.next().map(PathBuf::from),
             _ => {} // cargo's own flags
         }
     }
@@ -282,11 +350,21 @@ impl Bench {
     /// A user's reply is the last text sent to them once the phase is over (a "got it" notice,
     /// when Sandra sends one, comes before it).
     async fn round(&self, users: &[String], texts: &[&str], tag: &str) -> Round {
+        let bodies = users
+            .iter()
+            .zip(texts)
+            .enumerate()
+            .map(|(i, (u, t))| text_webhook(u, &format!("wamid.{tag}{i:05}"), t))
+            .collect();
+        self.round_of(users, bodies).await
+    }
+
+    /// [`Self::round`] for any webhook bodies, one per user.
+    async fn round_of(&self, users: &[String], bodies: Vec<Vec<u8>>) -> Round {
         let before: Vec<usize> = users.iter().map(|u| self.replies_to(u)).collect();
         let start = Instant::now();
         let mut posts = Vec::new();
-        for (i, (u, t)) in users.iter().zip(texts).enumerate() {
-            let body = text_webhook(u, &format!("wamid.{tag}{i:05}"), t);
+        for body in bodies {
             let this = self.clone_light();
             posts.push(tokio::spawn(async move { this.post(body).await }));
         }
@@ -406,12 +484,20 @@ fn main() {
         .unwrap();
     rt.block_on(async move {
         let sent: SentLog = Arc::default();
+        let media = Media::default();
         let graph = serve(
             axum::Router::new()
                 .route("/{v}/{p}/messages", post(graph_messages))
-                .with_state(sent.clone()),
+                .with_state(sent.clone())
+                .merge(
+                    axum::Router::new()
+                        .route("/{v}/{id}", axum::routing::get(media_info))
+                        .route("/media/{id}", axum::routing::get(media_bytes))
+                        .with_state(media.clone()),
+                ),
         )
         .await;
+        *media.base.lock().unwrap() = format!("http://{graph}");
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config::default();
         cfg.server.bind = "127.0.0.1:0".parse().unwrap();
@@ -447,6 +533,11 @@ fn main() {
             } else {
                 cfg.llm.backend = LlmBackend::Local;
                 engine = "local candle model".to_string();
+            }
+            if let Some(w) = &a.whisper {
+                cfg.transcription.enabled = true;
+                cfg.transcription.model_dir = w.clone();
+                cfg.transcription.echo_transcript = false;
             }
             if let Some(m) = &a.model {
                 cfg.llm.model = m.clone();
@@ -527,6 +618,10 @@ fn main() {
             );
         }
 
+        if let Some(w) = &a.whisper {
+            voice_phase(&bench, &media, w).await;
+        }
+
         // Ack latency, models idle, then with 8 conversations generating.
         let (idle, idle_refused) = bench.acks(a.ack_rate, a.ack_secs, 0).await;
         let busy_users: Vec<String> = (0..8).map(|i| format!("1557000{i:04}")).collect();
@@ -554,4 +649,80 @@ fn main() {
         }
         assert_eq!(idle_refused + busy.1, 0, "no webhook is refused at this rate");
     });
+}
+
+/// Phase 4: the same short questions as text and as voice notes, from new users, one at a time,
+/// alternating; and Whisper alone on each note (a second copy of the same model, timed here).
+async fn voice_phase(bench: &Bench, media: &Media, whisper: &std::path::Path) {
+    const ASKED: &[&str] = &[
+        "How long should I boil an egg for a runny yolk?",
+        "Give me three tips to sleep better.",
+        "Why is the sky blue?",
+    ];
+    let joe = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".models/piper/en_US-joe-medium.onnx");
+    let speaker = joe.is_file().then(|| {
+        sandra_models::speech::Speaker::load(
+            sandra_models::speech::SpeechOptions {
+                voices: vec![joe],
+                threads: 2,
+            },
+            4,
+        )
+        .expect("the joe voice loads")
+    });
+    let whisper_alone = sandra_models::whisper::Transcriber::load(
+        whisper,
+        sandra_models::whisper::WhisperOptions::default(),
+        4,
+    )
+    .expect("the Whisper model loads");
+    println!(
+        "voice notes ({}; local Whisper {}): question, text reply s, voice reply s, extra s, Whisper alone s, note s",
+        if speaker.is_some() {
+            "spoken by the joe voice"
+        } else {
+            "spoken by espeak-ng"
+        },
+        whisper.display()
+    );
+    let (mut extra, mut alone) = (Vec::new(), Vec::new());
+    for (i, q) in ASKED.iter().enumerate() {
+        let ogg = match &speaker {
+            Some(s) => s.speak(q.to_string(), "en").await.expect("spoken").ogg,
+            None => sandra_models::testing_whisper::spoken_voice_note(q, "en")
+                .expect("espeak-ng and opusenc make the note"),
+        };
+        let pcm = sandra_models::audio::decode_to_pcm16k(&ogg, "audio/ogg; codecs=opus", 120.0)
+            .expect("the note decodes");
+        let t = Instant::now();
+        let heard = whisper_alone.transcribe(pcm.samples).await.expect("heard");
+        let whisper_s = t.elapsed().as_secs_f64();
+
+        let text_user = format!("1558000{i:04}");
+        let text = bench
+            .round(std::slice::from_ref(&text_user), &[q], &format!("VT{i}"))
+            .await;
+        let voice_user = format!("1559000{i:04}");
+        let id = format!("VN{i}");
+        media.files.lock().unwrap().insert(id.clone(), ogg.clone());
+        let body = voice_webhook(&voice_user, &format!("wamid.VV{i:05}"), &id, &ogg);
+        let voice = bench.round_of(&[voice_user], vec![body]).await;
+        let (t_s, v_s) = (text.wall, voice.wall);
+        println!(
+            "  {q:?} heard as {:?}: {t_s:.2} ({} tokens), {v_s:.2} ({} tokens), {:+.2}, {whisper_s:.2}, {:.1}",
+            heard.text,
+            text.tokens,
+            voice.tokens,
+            v_s - t_s,
+            pcm.seconds
+        );
+        extra.push(v_s - t_s);
+        alone.push(whisper_s);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!(
+        "  mean extra time of a voice note {:.2} s against Whisper alone {:.2} s",
+        mean(&extra),
+        mean(&alone)
+    );
 }
