@@ -101,19 +101,12 @@ fn voice_webhook(from: &str, id: &str, media_id: &str, ogg: &[u8]) -> Vec<u8> {
     use base64::Engine as _;
     use sha2::Digest as _;
     let sha = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(ogg));
-    serde_json::json!({
-        "object": "whatsapp_business_account",
-        "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_ID},
-            "contacts": [{"profile": {"name": "Bench"}, "wa_id": from}],
-            "messages": [{"from": from, "id": id, "timestamp": now_secs().to_string(),
-                          "type": "audio", "audio": {"mime_type": "audio/ogg; codecs=opus",
-                          "sha256": sha, "id": media_id, "voice": true}}]
-        }}]}]
-    })
-    .to_string()
-    .into_bytes()
+    message_webhook(
+        from,
+        id,
+        serde_json::json!({"type": "audio", "audio": {"mime_type": "audio/ogg; codecs=opus",
+                           "sha256": sha, "id": media_id, "voice": true}}),
+    )
 }
 
 /// The stand-in's media store: id → Ogg bytes, and its own address for the download URL.
@@ -156,14 +149,29 @@ async fn media_bytes(
 }
 
 fn text_webhook(from: &str, id: &str, text: &str) -> Vec<u8> {
+    message_webhook(
+        from,
+        id,
+        serde_json::json!({"type": "text", "text": {"body": text}}),
+    )
+}
+
+/// One inbound message from `from` in Meta's webhook envelope; `content` holds its `type` and
+/// the object that type names.
+fn message_webhook(from: &str, id: &str, content: serde_json::Value) -> Vec<u8> {
+    let mut message =
+        serde_json::json!({"from": from, "id": id, "timestamp": now_secs().to_string()});
+    message
+        .as_object_mut()
+        .unwrap()
+        .extend(content.as_object().unwrap().clone());
     serde_json::json!({
         "object": "whatsapp_business_account",
         "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
             "messaging_product": "whatsapp",
             "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_ID},
             "contacts": [{"profile": {"name": "Bench"}, "wa_id": from}],
-            "messages": [{"from": from, "id": id, "timestamp": now_secs().to_string(),
-                          "type": "text", "text": {"body": text}}]
+            "messages": [message]
         }}]}]
     })
     .to_string()
