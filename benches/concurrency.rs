@@ -337,6 +337,23 @@ impl Bench {
         (t.elapsed(), status)
     }
 
+    /// The running sum of histogram `sandra_<name>` from the app's `GET /metrics`.
+    async fn histogram_sum(&self, name: &str) -> f64 {
+        let text = self
+            .client
+            .get(format!("http://{}/metrics", self.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("sandra_{name}_sum ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     fn replies_to(&self, user: &str) -> usize {
         self.sent
             .lock()
@@ -685,7 +702,7 @@ async fn voice_phase(bench: &Bench, media: &Media, whisper: &std::path::Path) {
     )
     .expect("the Whisper model loads");
     println!(
-        "voice notes ({}; local Whisper {}): question, text reply s, voice reply s, extra s, Whisper alone s, note s",
+        "voice notes ({}; local Whisper {}): question, text reply s, voice reply s, extra s, Whisper alone s, Whisper in the app s (queue included), note s",
         if speaker.is_some() {
             "spoken by the joe voice"
         } else {
@@ -714,10 +731,13 @@ async fn voice_phase(bench: &Bench, media: &Media, whisper: &std::path::Path) {
         let id = format!("VN{i}");
         media.files.lock().unwrap().insert(id.clone(), ogg.clone());
         let body = voice_webhook(&voice_user, &format!("wamid.VV{i:05}"), &id, &ogg);
+        let rtf_before = bench.histogram_sum("transcription_rtf").await;
         let voice = bench.round_of(&[voice_user], vec![body]).await;
+        let in_app =
+            (bench.histogram_sum("transcription_rtf").await - rtf_before) * f64::from(pcm.seconds);
         let (t_s, v_s) = (text.wall, voice.wall);
         println!(
-            "  {q:?} heard as {:?}: {t_s:.2} ({} tokens), {v_s:.2} ({} tokens), {:+.2}, {whisper_s:.2}, {:.1}",
+            "  {q:?} heard as {:?}: {t_s:.2} ({} tokens), {v_s:.2} ({} tokens), {:+.2}, {whisper_s:.2}, {in_app:.2}, {:.1}",
             heard.text,
             text.tokens,
             voice.tokens,
