@@ -13,6 +13,7 @@ mod local;
 mod qdecoder;
 pub(crate) mod qgemv;
 mod scheduler;
+mod step_attention;
 pub use qdecoder::CpuPrefill;
 mod remote;
 pub mod template;

@@ -4,9 +4,11 @@
 //! Why our own kernel: candle's block dot products (`k_quants::matmul`) unpack a weight block
 //! again for every row and use AVX2's two-step `maddubs`/`madd`, so a step for 8 sequences cost
 //! about what 8 single steps cost (measured with `scripts/bench-batch.sh`: 1.05× the
-//! single-stream rate at 8 conversations); candle's repacked tiles do about as well as this
-//! kernel for 8 rows but keep a second, wider copy of every matrix (+33% for Q4_K, +52% for
-//! Q6_K), and are slower than it on Q6_K matrices, the large output one included
+//! single-stream rate at 8 conversations); candle's repacked tiles keep a second, wider copy of
+//! every matrix (+33% for Q4_K, +52% for Q6_K) and are slower than this kernel on Q6_K
+//! matrices, the large output one included, but faster on Q4_K ones: where that copy is held
+//! anyway (`cpu_prefill = "repacked"`, the default), the decoder sends Q4_K decode rows to
+//! them and keeps this kernel for Q6_K, and for Q4_K with `"compact"`
 //! (`benches/bench_qgemv.rs` measures all three side by side). Here each weight block is read
 //! and unpacked once per step and then multiplied against every row with one `vpdpbusd` per 64
 //! values, on the file's own bytes.
