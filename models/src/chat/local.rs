@@ -125,6 +125,11 @@ pub(crate) fn load(
         prefill,
     )
     .map_err(|e| format!("loading {arch} weights: {e}"))?;
+    if prefill == CpuPrefill::Repacked && device.is_cpu() {
+        weights
+            .prepare()
+            .map_err(|e| format!("preparing {arch} weights: {e}"))?;
+    }
     let info = ModelInfo {
         architecture: arch,
         name,

@@ -541,6 +541,23 @@ impl QDecoder {
         self.forward_many(&mut one)
     }
 
+    /// Reads a 32-token prompt and takes one decode step on a scratch cache, so that candle
+    /// builds its repacked copies of the weights ([`CpuPrefill::Repacked`]: the prompt tiles at
+    /// 32 rows and more, the decode tiles below) now, at load, rather than during the first
+    /// user's turns (about 2 s each on the default model and 2 cores). The memory is the same:
+    /// both are built by the first conversations anyway.
+    pub(crate) fn prepare(&self) -> Result<()> {
+        let rows = 32.min(self.max_positions.saturating_sub(1));
+        if rows < 2 {
+            return Ok(());
+        }
+        let mut cache = SeqCache::new(self);
+        let prompt = vec![0u32; rows];
+        self.forward_many(&mut [(&prompt[..], &mut cache)])?;
+        self.forward_batch(&mut [(0, &mut cache)])?;
+        Ok(())
+    }
+
     /// Feeds several sequences' new tokens at once (prompts being read): `seqs[i]` appends its
     /// ids to its own cache. Returns the logits of each sequence's last position (`[n, vocab]`,
     /// row `i` for `seqs[i]`).
