@@ -107,9 +107,9 @@ impl QLinear {
     /// ([`CpuPrefill::Repacked`]), candle's tiles below 32 rows (each row by the same
     /// instructions, whatever the row count; from 32 rows candle switches to AMX, so larger
     /// steps go in slices): they read each block's pre-scaled 16-column tile once for all rows
-    /// and measured faster than [`qgemv`] on Q4_K, for one row (0.41 against 0.55 ms on the
-    /// default model's 8960×1536 FFN matrix) and more so for eight (1.00 against 1.74 ms;
-    /// `benches/bench_qgemv.rs`). Everything else: [`qgemv`]'s block dot products on the file's
+    /// and measured faster than [`qgemv`] on Q4_K, for one row (0.23–0.25 against 0.31–0.36 ms
+    /// on the default model's 8960×1536 FFN matrix, release) and for eight (0.65–0.74 against
+    /// 0.99–1.10 ms; `benches/bench_qgemv.rs`). Everything else: [`qgemv`]'s block dot products on the file's
     /// blocks (faster on Q6_K, which candle does not tile for one row), else candle's.
     fn forward_rows(&self, x: &Tensor) -> Result<Tensor> {
         if self.prefill == CpuPrefill::Repacked

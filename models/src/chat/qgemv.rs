@@ -485,12 +485,11 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        // Multiples of max/254 hit exact halves after scaling by -127/max.
-        blocks.push(
-            (0..QK_K)
-                .map(|i| (i as f32 - 128.0) / 254.0 * 3.0)
-                .collect(),
-        );
+        // With -127 the largest, the scale is exactly 1: every other value is a half to round
+        // (away from zero on both sides).
+        let mut halves: Vec<f32> = (0..QK_K).map(|i| (i % 200) as f32 - 100.0 + 0.5).collect();
+        halves[3] = -127.0;
+        blocks.push(halves);
         let mut tie: Vec<f32> = (0..QK_K).map(|i| (i % 7) as f32 * 0.1).collect();
         tie[9] = -2.5;
         tie[200] = 2.5;
