@@ -17,6 +17,9 @@ use candle_core::{Device, Module, Tensor};
 /// Rows of a typical new message's prompt chunk (a short question after the shared system
 /// prompt).
 const PROMPT: usize = 40;
+/// Eight such questions read together (`forward_many` reads every new position of every
+/// conversation as one product).
+const PROMPTS: usize = 320;
 
 fn blocks_as<T: GgmlType>(bytes: &[u8]) -> Vec<T> {
     let size = std::mem::size_of::<T>();
@@ -70,9 +73,9 @@ fn main() {
         let (n, k) = q.shape().dims2().unwrap();
         let bytes = q.data().unwrap().to_vec();
         let reps = if n > 100_000 { 7 } else { 31 };
-        let x8 = Tensor::randn(0f32, 1.0, (PROMPT, k), &dev).unwrap();
+        let x8 = Tensor::randn(0f32, 1.0, (PROMPTS, k), &dev).unwrap();
         let x8v: Vec<f32> = x8.flatten_all().unwrap().to_vec1().unwrap();
-        let mut dst = vec![0f32; PROMPT * n];
+        let mut dst = vec![0f32; PROMPTS * n];
         // The block conversion is outside the timed region: convert once.
         let q4: Vec<BlockQ4K> = if dtype == GgmlDType::Q4K {
             blocks_as(&bytes)
@@ -100,6 +103,9 @@ fn main() {
                 dst
             ))
         };
+        let amx = |m: usize, dst: &mut [f32]| {
+            sandra_models::testing::prompt_matmul(dtype, &bytes, (m, k, n), &x8v[..m * k], dst)
+        };
         let tiles = QMatMul::from_arc(Arc::new(q)).unwrap();
         let x1 = x8.narrow(0, 0, 1).unwrap();
         let dots1 = time(reps, || dots(1, &mut dst));
@@ -111,11 +117,32 @@ fn main() {
             drop(tiles.forward(&x8.narrow(0, 0, 8).unwrap()).unwrap())
         });
         let oursp = time(reps, || ours(PROMPT, &mut dst));
-        let tilesp = time(reps, || drop(tiles.forward(&x8).unwrap()));
+        let tilesp = time(reps, || {
+            drop(tiles.forward(&x8.narrow(0, 0, PROMPT).unwrap()).unwrap())
+        });
+        // The AMX prompt kernel (`chat/amx.rs`), where the CPU has it, at its smallest row
+        // count, one question and eight, against candle's kernels at the same counts.
+        let reps_big = reps.div_ceil(3);
+        let amx_ok = amx(16, &mut dst);
+        let (amx16, amxp, amx8p) = if amx_ok {
+            (
+                time(reps, || assert!(amx(16, &mut dst))),
+                time(reps, || assert!(amx(PROMPT, &mut dst))),
+                time(reps_big, || assert!(amx(PROMPTS, &mut dst))),
+            )
+        } else {
+            (f64::NAN, f64::NAN, f64::NAN)
+        };
+        let tiles16 = time(reps, || {
+            drop(tiles.forward(&x8.narrow(0, 0, 16).unwrap()).unwrap())
+        });
+        let tiles8p = time(reps_big, || drop(tiles.forward(&x8).unwrap()));
         println!(
             "qgemv\t{name}\t{dtype:?}\t[{n}x{k}]\tone row ms: candle_dots={dots1:.2} candle_tiles={tiles1:.2} sandra={ours1:.2}\t\
              eight rows ms: candle_dots={dots8:.2} candle_tiles={tiles8:.2} sandra={ours8:.2}\t\
-             {PROMPT} rows (a prompt chunk) ms: candle_tiles={tilesp:.2} sandra={oursp:.2}\t\
+             {PROMPT} rows (a prompt chunk) ms: candle_tiles={tilesp:.2} sandra={oursp:.2} amx={amxp:.2}\t\
+             16 rows ms: candle_tiles={tiles16:.2} amx={amx16:.2}\t\
+             {PROMPTS} rows ms: candle_tiles={tiles8p:.2} amx={amx8p:.2}\t\
              sandra_8_vs_1={:.2} sandra_1_vs_candle_dots_1={:.2}",
             ours8 / ours1,
             ours1 / dots1

@@ -363,3 +363,15 @@ pub fn decode_matmul(
 ) -> bool {
     crate::chat::qgemv::matmul(dtype, blocks, mkn, lhs, dst)
 }
+
+/// The AMX prompt kernels of `chat::amx` (for `benches/bench_qgemv.rs`): false when the block
+/// type, the shape or the CPU is not theirs.
+pub fn prompt_matmul(
+    dtype: GgmlDType,
+    blocks: &[u8],
+    mkn: (usize, usize, usize),
+    lhs: &[f32],
+    dst: &mut [f32],
+) -> bool {
+    crate::chat::amx::matmul(dtype, blocks, mkn, lhs, dst)
+}

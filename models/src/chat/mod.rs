@@ -7,6 +7,7 @@
 //! [`ChatEngine::count_tokens`] never waits for the model. Replies are whole messages (no
 //! streaming).
 
+pub(crate) mod amx;
 mod jinja;
 mod kvpool;
 mod local;

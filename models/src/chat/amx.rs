@@ -1,0 +1,583 @@
+//! Prompt products `x @ w.T` (many positions at once) on Intel AMX, straight from GGUF's Q4_K
+//! and Q6_K blocks, in bfloat16 with f32 accumulation.
+//!
+//! Why: reading a new message's prompt is most of what eight conversations arriving together
+//! wait for (`benches/bench_batch.rs`), and candle's prompt kernels are compute-bound at about
+//! 0.09 ms a row for a 8960×1536 Q4_K matrix from 8 rows up to 40 (its AMX int8 kernel included:
+//! it scales every 32-value sub-block of every row in f32, which costs more than the products;
+//! `benches/bench_qgemv.rs`). Here each weight row is unpacked once per call to bfloat16
+//! (scales and mins applied), so the tile unit accumulates a whole row of `k` with no per-block
+//! work left; the cost of unpacking is shared by every position of the call. No copy of the
+//! weights is kept: it reads the file's blocks, so it serves `cpu_prefill = "compact"` as well
+//! as `"repacked"` (and candle never builds its own AMX copy of the weights for prompts).
+//!
+//! Precision: bfloat16 keeps 8 significant bits, so each product carries a relative error of
+//! at most about 2⁻⁸ (both operands rounded to nearest), and the sums are f32. That is finer
+//! than the Q8_K activations of the decode kernels (8 bits for the largest value of a block of
+//! 256) and far finer than the 4- and 6-bit weights themselves; tested against an exact sum.
+//!
+//! Layout (the tile configuration is candle's, byte for byte, so that its AMX kernel and this
+//! one can share a thread in either order: `tmm0`–`tmm3` 16×16 f32 results, `tmm4`/`tmm5`
+//! 16 rows × 16 bf16, `tmm6`/`tmm7` 8 rows × 16 bf16 pairs): the weights are the left operand,
+//! 16 weight rows by 16 values of `k` loaded straight from a row-major unpacked buffer; the
+//! positions are the right one, 16 positions as bf16 pairs (`k` even, `k` odd) per row; a
+//! result tile is 16 weight rows × 16 positions, transposed into `dst` at the end.
+
+use candle_core::quantized::GgmlDType;
+
+const Q4K_BYTES: usize = 144;
+const Q6K_BYTES: usize = 210;
+const QK_K: usize = 256;
+
+/// Fewest positions worth the AMX path: below this, unpacking every weight row costs more than
+/// candle's tiles spend on the rows (16 rows of the default model's 8960×1536 Q4_K matrix:
+/// 2.1 ms against 1.3; 40 rows: 3.3 against 3.6; `benches/bench_qgemv.rs`).
+pub(crate) const MIN_ROWS: usize = 32;
+
+/// True when this CPU and OS run AMX bf16 (checked once; asks Linux for the tile state).
+pub(crate) fn available() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        use std::sync::OnceLock;
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            use std::arch::x86_64::__cpuid_count;
+            if !(std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vl")
+                && std::is_x86_feature_detected!("avx512bf16")
+                && std::is_x86_feature_detected!("f16c"))
+            {
+                return false;
+            }
+            // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+            let edx = __cpuid_count(7, 0).edx;
+            if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 {
+                return false;
+            }
+            // Linux hands out the 8 KB tile state only to processes that ask for it.
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            // SAFETY: a plain system call with integer arguments.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_arch_prctl,
+                    ARCH_REQ_XCOMP_PERM,
+                    XFEATURE_XTILEDATA,
+                )
+            };
+            r == 0
+        })
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        false
+    }
+}
+
+/// `dst[r * n + j] = lhs[r] · w[j]` for the `m` rows of `lhs` (`[m, k]`) and the `n` weight rows
+/// held in `blocks` (`n * k / 256` blocks of `dtype`). False (nothing written) when the block
+/// type, the shape or the CPU is not one this module handles.
+pub(crate) fn matmul(
+    dtype: GgmlDType,
+    blocks: &[u8],
+    (m, k, n): (usize, usize, usize),
+    lhs: &[f32],
+    dst: &mut [f32],
+) -> bool {
+    let size = match dtype {
+        GgmlDType::Q4K => Q4K_BYTES,
+        GgmlDType::Q6K => Q6K_BYTES,
+        _ => return false,
+    };
+    if m == 0
+        || k == 0
+        || !k.is_multiple_of(QK_K)
+        || !n.is_multiple_of(16)
+        || blocks.len() != n * (k / QK_K) * size
+        || lhs.len() != m * k
+        || dst.len() < m * n
+        || !available()
+    {
+        return false;
+    }
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        // SAFETY: `available()` checked the CPU features and the OS permission; the shapes
+        // were checked above.
+        unsafe { x86::matmul(dtype == GgmlDType::Q4K, blocks, (m, k, n), lhs, dst) };
+        true
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        false
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod x86 {
+    use super::{Q4K_BYTES, Q6K_BYTES, QK_K};
+    use std::arch::x86_64::*;
+
+    /// candle's tile configuration (`candle_core::quantized::repack_x86::amx::configure`):
+    /// loading the same one keeps its kernel right on a thread this one configured, and ours
+    /// right on a thread it configured.
+    #[repr(C, align(64))]
+    struct TileCfg {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        colsb: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    fn configure() {
+        thread_local! {
+            static READY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+        READY.with(|ready| {
+            if ready.get() {
+                return;
+            }
+            let mut cfg = TileCfg {
+                palette: 1,
+                start_row: 0,
+                reserved: [0; 14],
+                colsb: [0; 16],
+                rows: [0; 16],
+            };
+            for t in 0..4 {
+                cfg.colsb[t] = 64;
+                cfg.rows[t] = 16;
+            }
+            for t in 4..6 {
+                cfg.colsb[t] = 32;
+                cfg.rows[t] = 16;
+            }
+            for t in 6..8 {
+                cfg.colsb[t] = 64;
+                cfg.rows[t] = 8;
+            }
+            // SAFETY: the caller checked AMX and the tile permission; `cfg` is a valid
+            // 64-byte palette-1 configuration.
+            unsafe {
+                core::arch::asm!("ldtilecfg [{cfg}]", cfg = in(reg) &cfg, options(nostack));
+            }
+            ready.set(true);
+        });
+    }
+
+    #[inline]
+    fn f16_at(b: &[u8], at: usize) -> f32 {
+        half_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
+    }
+
+    fn half_to_f32(bits: u16) -> f32 {
+        // SAFETY: f16c was checked by `available()` before any caller runs.
+        unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits)))) }
+    }
+
+    /// ggml's 6-bit (scale, min) of sub-block `j` of a Q4_K block.
+    fn scale_min(j: usize, s: &[u8]) -> (f32, f32) {
+        let (sc, mn) = if j < 4 {
+            (s[j] & 63, s[j + 4] & 63)
+        } else {
+            (
+                (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
+                (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+            )
+        };
+        (f32::from(sc), f32::from(mn))
+    }
+
+    /// 32 floats (two vectors, `lo` first) to 32 bf16 at `out`, rounded to nearest even.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn store_bf16(out: *mut u16, lo: __m512, hi: __m512) {
+        let packed: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo)) };
+        // SAFETY: the caller passes room for 32 values.
+        unsafe { _mm512_storeu_si512(out.cast(), packed) };
+    }
+
+    /// One Q4_K block (256 values) unpacked to bf16 at `out`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16,f16c")]
+    unsafe fn q4k_block(blk: &[u8], out: *mut u16) {
+        let d = f16_at(blk, 0);
+        let dmin = f16_at(blk, 2);
+        let scales = &blk[4..16];
+        let qs = &blk[16..Q4K_BYTES];
+        let nib = _mm512_set1_epi32(0x0F);
+        for c in 0..4 {
+            // Bytes 32c..32c+32 hold values 64c.. in their low nibbles (sub-block 2c) and
+            // 64c+32.. in their high ones (sub-block 2c+1).
+            let (s0, m0) = scale_min(2 * c, scales);
+            let (s1, m1) = scale_min(2 * c + 1, scales);
+            let (d0, n0) = (_mm512_set1_ps(d * s0), _mm512_set1_ps(dmin * m0));
+            let (d1, n1) = (_mm512_set1_ps(d * s1), _mm512_set1_ps(dmin * m1));
+            let mut lo = [_mm512_setzero_ps(); 2];
+            let mut hi = [_mm512_setzero_ps(); 2];
+            for h in 0..2 {
+                // SAFETY: `qs` has 128 bytes; this reads 16 at 32c + 16h.
+                let b = unsafe { _mm_loadu_si128(qs.as_ptr().add(32 * c + 16 * h).cast()) };
+                let q = _mm512_cvtepu8_epi32(b);
+                let ql = _mm512_cvtepi32_ps(_mm512_and_si512(q, nib));
+                let qh = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(q));
+                lo[h] = _mm512_fmsub_ps(ql, d0, n0);
+                hi[h] = _mm512_fmsub_ps(qh, d1, n1);
+            }
+            // SAFETY: `out` has room for 256 values.
+            unsafe {
+                store_bf16(out.add(64 * c), lo[0], lo[1]);
+                store_bf16(out.add(64 * c + 32), hi[0], hi[1]);
+            }
+        }
+    }
+
+    /// One Q6_K block (256 values) unpacked to bf16 at `out`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16,f16c")]
+    unsafe fn q6k_block(blk: &[u8], out: *mut u16) {
+        let d = f16_at(blk, 208);
+        let scales = &blk[192..208];
+        let low = _mm512_set1_epi32(0x0F);
+        let two = _mm512_set1_epi32(3);
+        let off = _mm512_set1_epi32(32);
+        for h in 0..2 {
+            let ql = &blk[64 * h..64 * h + 64];
+            let qh = &blk[128 + 32 * h..128 + 32 * h + 32];
+            let sc = &scales[8 * h..8 * h + 8];
+            // Values 128h + 32p + l (p = 0..4, l = 0..32) with scale sc[p * 2 + l / 16].
+            let mut v = [[_mm512_setzero_ps(); 2]; 4];
+            for half in 0..2 {
+                let l0 = 16 * half;
+                // SAFETY: `ql` has 64 bytes and `qh` 32: these read 16 at l0 and l0 + 32.
+                let (a, b, hb) = unsafe {
+                    (
+                        _mm512_cvtepu8_epi32(_mm_loadu_si128(ql.as_ptr().add(l0).cast())),
+                        _mm512_cvtepu8_epi32(_mm_loadu_si128(ql.as_ptr().add(l0 + 32).cast())),
+                        _mm512_cvtepu8_epi32(_mm_loadu_si128(qh.as_ptr().add(l0).cast())),
+                    )
+                };
+                let parts = [
+                    (_mm512_and_si512(a, low), hb),
+                    (_mm512_and_si512(b, low), _mm512_srli_epi32::<2>(hb)),
+                    (_mm512_srli_epi32::<4>(a), _mm512_srli_epi32::<4>(hb)),
+                    (_mm512_srli_epi32::<4>(b), _mm512_srli_epi32::<6>(hb)),
+                ];
+                for (p, (l4, h2)) in parts.into_iter().enumerate() {
+                    let q = _mm512_sub_epi32(
+                        _mm512_or_si512(l4, _mm512_slli_epi32::<4>(_mm512_and_si512(h2, two))),
+                        off,
+                    );
+                    let s = d * f32::from(sc[2 * p + half] as i8);
+                    v[p][half] = _mm512_mul_ps(_mm512_set1_ps(s), _mm512_cvtepi32_ps(q));
+                }
+            }
+            for (p, v) in v.iter().enumerate() {
+                // SAFETY: `out` has room for 256 values.
+                unsafe { store_bf16(out.add(128 * h + 32 * p), v[0], v[1]) };
+            }
+        }
+    }
+
+    /// The positions as the right-hand tiles: for 16-position tile `t`, 16-value chunk `c` of
+    /// `k` and pair row `r` (values `16c + 2r`, `16c + 2r + 1`), the 16 positions' pairs as 32-bit
+    /// words at `((t * chunks + c) * 8 + r) * 16`. Positions past `m` are zeros.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn pack_positions(lhs: &[f32], m: usize, k: usize) -> Vec<u32> {
+        let tiles = m.div_ceil(16);
+        let chunks = k / 16;
+        // Row-major bf16 first (zero rows to a whole tile), then gather the pairs.
+        let mut rows = vec![0u16; tiles * 16 * k];
+        for (x, out) in lhs.chunks_exact(32).zip(rows.chunks_exact_mut(32)) {
+            // SAFETY: 32 floats in, room for 32 values out.
+            unsafe {
+                let lo = _mm512_loadu_ps(x.as_ptr());
+                let hi = _mm512_loadu_ps(x.as_ptr().add(16));
+                store_bf16(out.as_mut_ptr(), lo, hi);
+            }
+        }
+        let words = k / 2;
+        let mut packed = vec![0u32; tiles * chunks * 8 * 16];
+        let lanes = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(words as i32),
+        );
+        let base = rows.as_ptr().cast::<i32>();
+        for t in 0..tiles {
+            for w in 0..chunks * 8 {
+                // Word `w` (values 2w, 2w + 1) of positions 16t..16t+16.
+                let idx = _mm512_add_epi32(lanes, _mm512_set1_epi32((t * 16 * words + w) as i32));
+                // SAFETY: every index is below tiles * 16 * words, the words of `rows`.
+                unsafe {
+                    let v = _mm512_i32gather_epi32::<4>(idx, base);
+                    _mm512_storeu_si512(
+                        packed.as_mut_ptr().add((t * chunks * 8 + w) * 16).cast(),
+                        v,
+                    );
+                }
+            }
+        }
+        packed
+    }
+
+    /// See [`super::matmul`]; the caller checked the shapes and the CPU.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,f16c")]
+    pub(super) unsafe fn matmul(
+        q4k: bool,
+        blocks: &[u8],
+        (m, k, n): (usize, usize, usize),
+        lhs: &[f32],
+        dst: &mut [f32],
+    ) {
+        let size = if q4k { Q4K_BYTES } else { Q6K_BYTES };
+        let kb = k / QK_K;
+        let chunks = k / 16;
+        let m_tiles = m.div_ceil(16);
+        // SAFETY: the features were checked by the caller.
+        let packed = unsafe { pack_positions(lhs, m, k) };
+        let dst_addr = dst.as_mut_ptr() as usize;
+        // Work items: pairs of 16-row weight tiles, each unpacked once into the worker's
+        // buffer (32 rows × k bf16: 560 KB for k = 8960, within L2), then multiplied by every
+        // pair of position tiles over the whole of k.
+        let n_tiles = n / 16;
+        candle_core::utils::barrier_pool().execute_chunked(n_tiles.div_ceil(2), |range| {
+            configure();
+            let mut wbuf = vec![0u16; 32 * k];
+            let mut c = [0f32; 4 * 256];
+            for pair in range {
+                let nt0 = 2 * pair;
+                let two = nt0 + 1 < n_tiles;
+                let rows = if two { 32 } else { 16 };
+                for r in 0..rows {
+                    let row = &blocks[(nt0 * 16 + r) * kb * size..][..kb * size];
+                    for b in 0..kb {
+                        let blk = &row[b * size..(b + 1) * size];
+                        // SAFETY: `wbuf` row `r` has room for block `b`'s 256 values.
+                        unsafe {
+                            let out = wbuf.as_mut_ptr().add(r * k + b * QK_K);
+                            if q4k {
+                                q4k_block(blk, out)
+                            } else {
+                                q6k_block(blk, out)
+                            }
+                        }
+                    }
+                }
+                // With one weight tile left, the second left operand repeats the first and
+                // its results are dropped.
+                let a0 = wbuf.as_ptr();
+                let a1 = if two {
+                    // SAFETY: row 16 of a 32-row buffer.
+                    unsafe { wbuf.as_ptr().add(16 * k) }
+                } else {
+                    a0
+                };
+                let mut mt = 0;
+                while mt < m_tiles {
+                    let two_m = mt + 1 < m_tiles;
+                    let b0 = packed[mt * chunks * 128..].as_ptr();
+                    let b1 = if two_m {
+                        packed[(mt + 1) * chunks * 128..].as_ptr()
+                    } else {
+                        b0
+                    };
+                    // SAFETY: tiles configured above; each load reads 16 rows of 32 bytes at a
+                    // stride of one weight row (2k bytes) from `wbuf`, or 8 rows of 64 bytes
+                    // from `packed`, inside their buffers; stores write 1 KB each into `c`.
+                    unsafe {
+                        core::arch::asm!(
+                            "tilezero tmm0",
+                            "tilezero tmm1",
+                            "tilezero tmm2",
+                            "tilezero tmm3",
+                            options(nostack)
+                        );
+                        for ch in 0..chunks {
+                            core::arch::asm!(
+                                "tileloadd tmm4, [{a0} + {sa}*1]",
+                                "tileloadd tmm6, [{b0} + {sb}*1]",
+                                "tdpbf16ps tmm0, tmm4, tmm6",
+                                "tileloadd tmm7, [{b1} + {sb}*1]",
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                "tileloadd tmm5, [{a1} + {sa}*1]",
+                                "tdpbf16ps tmm2, tmm5, tmm6",
+                                "tdpbf16ps tmm3, tmm5, tmm7",
+                                a0 = in(reg) a0.add(16 * ch),
+                                a1 = in(reg) a1.add(16 * ch),
+                                b0 = in(reg) b0.add(128 * ch),
+                                b1 = in(reg) b1.add(128 * ch),
+                                sa = in(reg) 2 * k,
+                                sb = in(reg) 64usize,
+                                options(nostack)
+                            );
+                        }
+                        core::arch::asm!(
+                            "tilestored [{c} + {sc}*1], tmm0",
+                            "tilestored [{c} + {sc}*1 + 1024], tmm1",
+                            "tilestored [{c} + {sc}*1 + 2048], tmm2",
+                            "tilestored [{c} + {sc}*1 + 3072], tmm3",
+                            c = in(reg) c.as_mut_ptr(),
+                            sc = in(reg) 64usize,
+                            options(nostack)
+                        );
+                    }
+                    // Result tile (weight tile i, position tile j) at c[(2i + j) * 256]: row =
+                    // weight row, column = position.
+                    for (i, j) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        if (i == 1 && !two) || (j == 1 && !two_m) {
+                            continue;
+                        }
+                        let tile = &c[(2 * i + j) * 256..][..256];
+                        let p0 = (mt + j) * 16;
+                        let col0 = (nt0 + i) * 16;
+                        for p in 0..16.min(m - p0.min(m)) {
+                            for w in 0..16 {
+                                // SAFETY: position p0 + p < m and column col0 + w < n; each
+                                // element is written by one work item.
+                                unsafe {
+                                    *(dst_addr as *mut f32).add((p0 + p) * n + col0 + w) =
+                                        tile[w * 16 + p];
+                                }
+                            }
+                        }
+                    }
+                    mt += 2;
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    /// A random `[n, k]` matrix quantized to `dtype`: its blocks and its dequantized values.
+    fn weights(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+        let dev = Device::Cpu;
+        let values: Vec<f32> = (0..n * k)
+            .map(|i| {
+                let h = (i as u64 ^ seed.wrapping_mul(0xA076_1D64_78BD_642F))
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                (h >> 40) as f32 / 8_388_608.0 - 1.0
+            })
+            .collect();
+        let w = Tensor::from_vec(values, (n, k), &dev).unwrap();
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        let values = q
+            .dequantize(&dev)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        (q.data().unwrap().to_vec(), values)
+    }
+
+    fn activations(m: usize, k: usize) -> Vec<f32> {
+        // Mixed magnitudes, so that rounding to bf16 matters for small and large values.
+        (0..m * k)
+            .map(|i| {
+                let x =
+                    ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f32 / 16_777_216.0;
+                (x - 0.5) * if i % 7 == 0 { 40.0 } else { 1.0 }
+            })
+            .collect()
+    }
+
+    /// Each result is the exact sum of the dequantized weights times the activations, within
+    /// what rounding both operands to bfloat16 allows: every product is off by at most
+    /// (1 + 2⁻⁸)² − 1 of its size (8 significant bits, rounded to nearest), plus at most `k`
+    /// f32 roundings of the running sum. A wrong layout, scale or position is off by far more.
+    #[test]
+    fn products_match_the_exact_sum_within_bfloat16_rounding() {
+        if !available() {
+            eprintln!("skipped: this CPU or OS lacks AMX bf16");
+            return;
+        }
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            // Odd counts of weight tiles and position tiles, and a partial position tile.
+            for (m, k, n) in [(16, 256, 16), (37, 512, 48), (50, 1024, 64), (1, 256, 32)] {
+                let (blocks, w) = weights(dtype, n, k, (m + n) as u64);
+                let x = activations(m, k);
+                let mut dst = vec![f32::NAN; m * n];
+                assert!(matmul(dtype, &blocks, (m, k, n), &x, &mut dst));
+                for r in 0..m {
+                    for j in 0..n {
+                        let (mut exact, mut size) = (0f64, 0f64);
+                        for i in 0..k {
+                            let p = f64::from(w[j * k + i]) * f64::from(x[r * k + i]);
+                            exact += p;
+                            size += p.abs();
+                        }
+                        let bound = size
+                            * (2f64.powi(-7) + 2f64.powi(-16) + k as f64 * 2f64.powi(-24))
+                            + 1e-6;
+                        let got = f64::from(dst[r * n + j]);
+                        assert!(
+                            (got - exact).abs() <= bound,
+                            "{dtype:?} {m}x{k}x{n} [{r}, {j}]: {got} against {exact} (bound {bound})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A position's results do not depend on the positions beside it: the same row alone and
+    /// among 40 others gives the same bits.
+    #[test]
+    fn each_position_is_computed_on_its_own() {
+        if !available() {
+            eprintln!("skipped: this CPU or OS lacks AMX bf16");
+            return;
+        }
+        let (m, k, n) = (41, 512, 64);
+        let (blocks, _) = weights(GgmlDType::Q4K, n, k, 3);
+        let x = activations(m, k);
+        let mut all = vec![0f32; m * n];
+        assert!(matmul(GgmlDType::Q4K, &blocks, (m, k, n), &x, &mut all));
+        for r in [0, 17, 40] {
+            let mut one = vec![0f32; n];
+            assert!(matmul(
+                GgmlDType::Q4K,
+                &blocks,
+                (1, k, n),
+                &x[r * k..][..k],
+                &mut one
+            ));
+            assert_eq!(&all[r * n..][..n], &one[..], "position {r}");
+        }
+    }
+
+    #[test]
+    fn other_block_types_and_shapes_are_declined() {
+        let x = vec![0f32; 256];
+        let mut dst = vec![0f32; 16];
+        assert!(!matmul(
+            GgmlDType::Q8_0,
+            &[0; 16 * 8 * 34],
+            (1, 256, 16),
+            &x,
+            &mut dst
+        ));
+        // n not a whole number of 16-row tiles.
+        assert!(!matmul(
+            GgmlDType::Q4K,
+            &[0; 8 * 144],
+            (1, 256, 8),
+            &x,
+            &mut dst
+        ));
+        // k not a whole number of blocks.
+        assert!(!matmul(
+            GgmlDType::Q4K,
+            &[0; 16 * 144],
+            (1, 128, 16),
+            &x[..128],
+            &mut dst
+        ));
+    }
+}
