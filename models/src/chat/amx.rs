@@ -1,27 +1,31 @@
 //! Prompt products `x @ w.T` (many positions at once) on Intel AMX, straight from GGUF's Q4_K
 //! and Q6_K blocks, in bfloat16 with f32 accumulation.
 //!
-//! Why: reading a new message's prompt is most of what eight conversations arriving together
-//! wait for (`benches/bench_batch.rs`), and candle's prompt kernels are compute-bound at about
-//! 0.09 ms a row for a 8960×1536 Q4_K matrix from 8 rows up to 40 (its AMX int8 kernel included:
-//! it scales every 32-value sub-block of every row in f32, which costs more than the products;
-//! `benches/bench_qgemv.rs`). Here each weight row is unpacked once per call to bfloat16
-//! (scales and mins applied), so the tile unit accumulates a whole row of `k` with no per-block
-//! work left; the cost of unpacking is shared by every position of the call. No copy of the
-//! weights is kept: it reads the file's blocks, so it serves `cpu_prefill = "compact"` as well
-//! as `"repacked"` (and candle never builds its own AMX copy of the weights for prompts).
+//! Why: candle's prompt kernels are compute-bound at about 0.09 ms a position for the default
+//! model's 8960×1536 Q4_K matrix, at 8 positions as at 320 (its AMX int8 kernel included: it
+//! scales every 32-value sub-block of every position in f32, which costs more than the
+//! products), so eight questions arriving together waited for 8× one prompt's reading. Here
+//! each weight row is unpacked once per call to bfloat16 (scales and mins applied), so the
+//! tile unit accumulates a whole row of `k` with no per-block work left, and the unpacking is
+//! shared by every position of the call (`benches/bench_qgemv.rs`, that matrix, release, 2
+//! threads: 40 positions 2.95 ms against candle's 3.55; 320 positions 12.5 against 23.2; the
+//! 1536×8960 Q6_K one, 320 positions, 13.6 against 39.9). No copy of the weights is kept: it
+//! reads the file's blocks, so it serves `cpu_prefill = "compact"` as well as `"repacked"`,
+//! and candle builds no prompt copies of its own (its AMX one is a byte a weight).
 //!
 //! Precision: bfloat16 keeps 8 significant bits, so each product carries a relative error of
-//! at most about 2⁻⁸ (both operands rounded to nearest), and the sums are f32. That is finer
-//! than the Q8_K activations of the decode kernels (8 bits for the largest value of a block of
-//! 256) and far finer than the 4- and 6-bit weights themselves; tested against an exact sum.
+//! at most about 2⁻⁷ (both operands rounded to nearest), and the sums are f32: finer than the
+//! Q8_K activations of the decode kernels (8 bits for the largest value of a block of 256),
+//! and far finer than the 4- and 6-bit weights themselves. Tested against the exact sum, and
+//! a whole prompt's logits against candle-transformers' (`qdecoder`'s tests: three times
+//! closer to the exact f32 logits than candle's own).
 //!
-//! Layout (the tile configuration is candle's, byte for byte, so that its AMX kernel and this
-//! one can share a thread in either order: `tmm0`–`tmm3` 16×16 f32 results, `tmm4`/`tmm5`
-//! 16 rows × 16 bf16, `tmm6`/`tmm7` 8 rows × 16 bf16 pairs): the weights are the left operand,
-//! 16 weight rows by 16 values of `k` loaded straight from a row-major unpacked buffer; the
-//! positions are the right one, 16 positions as bf16 pairs (`k` even, `k` odd) per row; a
-//! result tile is 16 weight rows × 16 positions, transposed into `dst` at the end.
+//! Layout: the weights are the left operand, 16 weight rows × 32 values of `k` per tile, from
+//! a buffer that holds each 32-value chunk of 32 weight rows in one piece; the positions are
+//! the right one, 16 rows of bf16 pairs (`k` even, `k` odd) × 16 positions, packed once per
+//! call; a result tile is 16 weight rows × 16 positions, transposed into `dst` at the end.
+//! candle's AMX kernel configures the tiles of a worker thread once and then assumes them:
+//! every call here loads its own configuration and puts candle's back before returning.
 
 use candle_core::quantized::GgmlDType;
 
@@ -30,8 +34,8 @@ const Q6K_BYTES: usize = 210;
 const QK_K: usize = 256;
 
 /// Fewest positions worth the AMX path: below this, unpacking every weight row costs more than
-/// candle's tiles spend on the rows (16 rows of the default model's 8960×1536 Q4_K matrix:
-/// 2.1 ms against 1.3; 40 rows: 3.3 against 3.6; `benches/bench_qgemv.rs`).
+/// candle's tiles spend on the positions (the 8960×1536 Q4_K matrix: 16 positions 2.1 ms
+/// against 1.1; 40 positions 2.95 against 3.55; `benches/bench_qgemv.rs`).
 pub(crate) const MIN_ROWS: usize = 32;
 
 /// True when this CPU and OS run AMX bf16 (checked once; asks Linux for the tile state).
@@ -119,9 +123,7 @@ mod x86 {
     use super::{Q4K_BYTES, Q6K_BYTES, QK_K};
     use std::arch::x86_64::*;
 
-    /// candle's tile configuration (`candle_core::quantized::repack_x86::amx::configure`):
-    /// loading the same one keeps its kernel right on a thread this one configured, and ours
-    /// right on a thread it configured.
+    /// A palette-1 tile configuration.
     #[repr(C, align(64))]
     struct TileCfg {
         palette: u8,
@@ -131,14 +133,9 @@ mod x86 {
         rows: [u8; 16],
     }
 
-    fn configure() {
-        thread_local! {
-            static READY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-        }
-        READY.with(|ready| {
-            if ready.get() {
-                return;
-            }
+    impl TileCfg {
+        /// `shapes[t]` = (rows, bytes per row) of tile register `t`.
+        fn new(shapes: [(u8, u16); 8]) -> Self {
             let mut cfg = TileCfg {
                 palette: 1,
                 start_row: 0,
@@ -146,25 +143,52 @@ mod x86 {
                 colsb: [0; 16],
                 rows: [0; 16],
             };
-            for t in 0..4 {
-                cfg.colsb[t] = 64;
-                cfg.rows[t] = 16;
+            for (t, (rows, bytes)) in shapes.into_iter().enumerate() {
+                cfg.rows[t] = rows;
+                cfg.colsb[t] = bytes;
             }
-            for t in 4..6 {
-                cfg.colsb[t] = 32;
-                cfg.rows[t] = 16;
-            }
-            for t in 6..8 {
-                cfg.colsb[t] = 64;
-                cfg.rows[t] = 8;
-            }
-            // SAFETY: the caller checked AMX and the tile permission; `cfg` is a valid
-            // 64-byte palette-1 configuration.
+            cfg
+        }
+
+        /// # Safety
+        /// AMX and the tile permission were checked.
+        unsafe fn load(&self) {
+            // SAFETY: a valid palette-1 configuration (the caller checked AMX).
             unsafe {
-                core::arch::asm!("ldtilecfg [{cfg}]", cfg = in(reg) &cfg, options(nostack));
+                core::arch::asm!("ldtilecfg [{cfg}]", cfg = in(reg) self, options(nostack));
             }
-            ready.set(true);
-        });
+        }
+    }
+
+    /// Ours: `tmm0`–`tmm3` results (16 × 16 f32), `tmm4`/`tmm5` weights (16 rows × 32 bf16),
+    /// `tmm6`/`tmm7` positions (16 pair rows × 16 positions).
+    fn ours() -> TileCfg {
+        TileCfg::new([
+            (16, 64),
+            (16, 64),
+            (16, 64),
+            (16, 64),
+            (16, 64),
+            (16, 64),
+            (16, 64),
+            (16, 64),
+        ])
+    }
+
+    /// candle's (`candle_core::quantized::repack_x86::amx::configure`), which it loads once per
+    /// thread and then assumes: every call here loads ours and puts candle's back before the
+    /// worker thread runs anything else, so candle's AMX kernel stays right on these threads.
+    fn candles() -> TileCfg {
+        TileCfg::new([
+            (16, 64),
+            (16, 64),
+            (16, 64),
+            (16, 64),
+            (16, 32),
+            (16, 32),
+            (8, 64),
+            (8, 64),
+        ])
     }
 
     #[inline]
@@ -199,9 +223,10 @@ mod x86 {
         unsafe { _mm512_storeu_si512(out.cast(), packed) };
     }
 
-    /// One Q4_K block (256 values) unpacked to bf16 at `out`.
+    /// One Q4_K block (256 values) unpacked to bf16: its 32-value sub-block `s` at
+    /// `out + s * stride`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16,f16c")]
-    unsafe fn q4k_block(blk: &[u8], out: *mut u16) {
+    unsafe fn q4k_block(blk: &[u8], out: *mut u16, stride: usize) {
         let d = f16_at(blk, 0);
         let dmin = f16_at(blk, 2);
         let scales = &blk[4..16];
@@ -225,17 +250,17 @@ mod x86 {
                 lo[h] = _mm512_fmsub_ps(ql, d0, n0);
                 hi[h] = _mm512_fmsub_ps(qh, d1, n1);
             }
-            // SAFETY: `out` has room for 256 values.
+            // SAFETY: the caller gives room for 32 values at each sub-block's place.
             unsafe {
-                store_bf16(out.add(64 * c), lo[0], lo[1]);
-                store_bf16(out.add(64 * c + 32), hi[0], hi[1]);
+                store_bf16(out.add(2 * c * stride), lo[0], lo[1]);
+                store_bf16(out.add((2 * c + 1) * stride), hi[0], hi[1]);
             }
         }
     }
 
-    /// One Q6_K block (256 values) unpacked to bf16 at `out`.
+    /// One Q6_K block (256 values) unpacked to bf16, placed as [`q4k_block`] does.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16,f16c")]
-    unsafe fn q6k_block(blk: &[u8], out: *mut u16) {
+    unsafe fn q6k_block(blk: &[u8], out: *mut u16, stride: usize) {
         let d = f16_at(blk, 208);
         let scales = &blk[192..208];
         let low = _mm512_set1_epi32(0x0F);
@@ -273,19 +298,19 @@ mod x86 {
                 }
             }
             for (p, v) in v.iter().enumerate() {
-                // SAFETY: `out` has room for 256 values.
-                unsafe { store_bf16(out.add(128 * h + 32 * p), v[0], v[1]) };
+                // SAFETY: the caller gives room for 32 values at each sub-block's place.
+                unsafe { store_bf16(out.add((4 * h + p) * stride), v[0], v[1]) };
             }
         }
     }
 
-    /// The positions as the right-hand tiles: for 16-position tile `t`, 16-value chunk `c` of
-    /// `k` and pair row `r` (values `16c + 2r`, `16c + 2r + 1`), the 16 positions' pairs as 32-bit
-    /// words at `((t * chunks + c) * 8 + r) * 16`. Positions past `m` are zeros.
+    /// The positions as the right-hand tiles: for 16-position tile `t` and pair `w` (values
+    /// `2w`, `2w + 1` of `k`), the 16 positions' pairs as 32-bit words at `(t * k / 2 + w) * 16`,
+    /// so the tile for 32-value chunk `c` is the 16 rows from pair `16c`. Positions past `m`
+    /// are zeros.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn pack_positions(lhs: &[f32], m: usize, k: usize) -> Vec<u32> {
         let tiles = m.div_ceil(16);
-        let chunks = k / 16;
         // Row-major bf16 first (zero rows to a whole tile), then gather the pairs.
         let mut rows = vec![0u16; tiles * 16 * k];
         for (x, out) in lhs.chunks_exact(32).zip(rows.chunks_exact_mut(32)) {
@@ -297,23 +322,20 @@ mod x86 {
             }
         }
         let words = k / 2;
-        let mut packed = vec![0u32; tiles * chunks * 8 * 16];
+        let mut packed = vec![0u32; tiles * words * 16];
         let lanes = _mm512_mullo_epi32(
             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
             _mm512_set1_epi32(words as i32),
         );
         let base = rows.as_ptr().cast::<i32>();
         for t in 0..tiles {
-            for w in 0..chunks * 8 {
+            for w in 0..words {
                 // Word `w` (values 2w, 2w + 1) of positions 16t..16t+16.
                 let idx = _mm512_add_epi32(lanes, _mm512_set1_epi32((t * 16 * words + w) as i32));
                 // SAFETY: every index is below tiles * 16 * words, the words of `rows`.
                 unsafe {
                     let v = _mm512_i32gather_epi32::<4>(idx, base);
-                    _mm512_storeu_si512(
-                        packed.as_mut_ptr().add((t * chunks * 8 + w) * 16).cast(),
-                        v,
-                    );
+                    _mm512_storeu_si512(packed.as_mut_ptr().add((t * words + w) * 16).cast(), v);
                 }
             }
         }
@@ -331,17 +353,21 @@ mod x86 {
     ) {
         let size = if q4k { Q4K_BYTES } else { Q6K_BYTES };
         let kb = k / QK_K;
-        let chunks = k / 16;
+        let chunks = k / 32;
         let m_tiles = m.div_ceil(16);
         // SAFETY: the features were checked by the caller.
         let packed = unsafe { pack_positions(lhs, m, k) };
         let dst_addr = dst.as_mut_ptr() as usize;
+        let (ours, candles) = (ours(), candles());
         // Work items: pairs of 16-row weight tiles, each unpacked once into the worker's
-        // buffer (32 rows × k bf16: 560 KB for k = 8960, within L2), then multiplied by every
-        // pair of position tiles over the whole of k.
+        // buffer, then multiplied by every pair of position tiles over the whole of k. The
+        // buffer holds 32-value chunk `ch` of weight row `r` at `(ch * 32 + r) * 32`, so each
+        // left tile is 1 KB in one piece (measured: loading 16 rows strided by a whole weight
+        // row took about twice as long a product); 32 × k bf16 is 560 KB for k = 8960, within L2.
         let n_tiles = n / 16;
         candle_core::utils::barrier_pool().execute_chunked(n_tiles.div_ceil(2), |range| {
-            configure();
+            // SAFETY: AMX and the permission were checked by the caller.
+            unsafe { ours.load() };
             let mut wbuf = vec![0u16; 32 * k];
             let mut c = [0f32; 4 * 256];
             for pair in range {
@@ -352,13 +378,14 @@ mod x86 {
                     let row = &blocks[(nt0 * 16 + r) * kb * size..][..kb * size];
                     for b in 0..kb {
                         let blk = &row[b * size..(b + 1) * size];
-                        // SAFETY: `wbuf` row `r` has room for block `b`'s 256 values.
+                        // SAFETY: sub-block s of block b of row r lands in chunk 8b + s, at
+                        // ((8b + s) * 32 + r) * 32 < 32 * k, 32 values each.
                         unsafe {
-                            let out = wbuf.as_mut_ptr().add(r * k + b * QK_K);
+                            let out = wbuf.as_mut_ptr().add((8 * b * 32 + r) * 32);
                             if q4k {
-                                q4k_block(blk, out)
+                                q4k_block(blk, out, 1024)
                             } else {
-                                q6k_block(blk, out)
+                                q6k_block(blk, out, 1024)
                             }
                         }
                     }
@@ -366,24 +393,21 @@ mod x86 {
                 // With one weight tile left, the second left operand repeats the first and
                 // its results are dropped.
                 let a0 = wbuf.as_ptr();
-                let a1 = if two {
-                    // SAFETY: row 16 of a 32-row buffer.
-                    unsafe { wbuf.as_ptr().add(16 * k) }
-                } else {
-                    a0
-                };
+                // SAFETY: row 16 of chunk 0, inside the buffer.
+                let a1 = if two { unsafe { a0.add(512) } } else { a0 };
                 let mut mt = 0;
                 while mt < m_tiles {
                     let two_m = mt + 1 < m_tiles;
-                    let b0 = packed[mt * chunks * 128..].as_ptr();
+                    let b0 = packed[mt * k * 8..].as_ptr();
                     let b1 = if two_m {
-                        packed[(mt + 1) * chunks * 128..].as_ptr()
+                        packed[(mt + 1) * k * 8..].as_ptr()
                     } else {
                         b0
                     };
-                    // SAFETY: tiles configured above; each load reads 16 rows of 32 bytes at a
-                    // stride of one weight row (2k bytes) from `wbuf`, or 8 rows of 64 bytes
-                    // from `packed`, inside their buffers; stores write 1 KB each into `c`.
+                    // SAFETY: tiles configured above; each load reads 16 rows of 64 bytes in
+                    // one piece from `wbuf` (chunk ch at 1024 values) or `packed` (tile mt,
+                    // chunk ch at mt * k * 8 + 256 ch words), inside their buffers; stores
+                    // write 1 KB each into `c`.
                     unsafe {
                         core::arch::asm!(
                             "tilezero tmm0",
@@ -394,20 +418,19 @@ mod x86 {
                         );
                         for ch in 0..chunks {
                             core::arch::asm!(
-                                "tileloadd tmm4, [{a0} + {sa}*1]",
-                                "tileloadd tmm6, [{b0} + {sb}*1]",
+                                "tileloadd tmm4, [{a0} + {s}*1]",
+                                "tileloadd tmm6, [{b0} + {s}*1]",
                                 "tdpbf16ps tmm0, tmm4, tmm6",
-                                "tileloadd tmm7, [{b1} + {sb}*1]",
+                                "tileloadd tmm7, [{b1} + {s}*1]",
                                 "tdpbf16ps tmm1, tmm4, tmm7",
-                                "tileloadd tmm5, [{a1} + {sa}*1]",
+                                "tileloadd tmm5, [{a1} + {s}*1]",
                                 "tdpbf16ps tmm2, tmm5, tmm6",
                                 "tdpbf16ps tmm3, tmm5, tmm7",
-                                a0 = in(reg) a0.add(16 * ch),
-                                a1 = in(reg) a1.add(16 * ch),
-                                b0 = in(reg) b0.add(128 * ch),
-                                b1 = in(reg) b1.add(128 * ch),
-                                sa = in(reg) 2 * k,
-                                sb = in(reg) 64usize,
+                                a0 = in(reg) a0.add(1024 * ch),
+                                a1 = in(reg) a1.add(1024 * ch),
+                                b0 = in(reg) b0.add(256 * ch),
+                                b1 = in(reg) b1.add(256 * ch),
+                                s = in(reg) 64usize,
                                 options(nostack)
                             );
                         }
@@ -444,6 +467,8 @@ mod x86 {
                     mt += 2;
                 }
             }
+            // SAFETY: as above.
+            unsafe { candles.load() };
         });
     }
 }
@@ -549,6 +574,45 @@ mod tests {
                 &mut one
             ));
             assert_eq!(&all[r * n..][..n], &one[..], "position {r}");
+        }
+    }
+
+    /// candle's own AMX kernel (a Q4_K product of 32 positions or more) gives the same bits
+    /// before and after this kernel ran on the same worker threads: the tile configuration it
+    /// assumes is put back.
+    #[test]
+    fn candles_amx_kernel_still_works_after_ours() {
+        use candle_core::Module;
+        if !available() {
+            eprintln!("skipped: this CPU or OS lacks AMX bf16");
+            return;
+        }
+        let dev = Device::Cpu;
+        let (m, k, n) = (40, 512, 64);
+        let (blocks, w) = weights(GgmlDType::Q4K, n, k, 5);
+        let q =
+            QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev).unwrap(), GgmlDType::Q4K).unwrap();
+        let candle = candle_core::quantized::QMatMul::from_qtensor(q).unwrap();
+        let x = activations(m, k);
+        let xt = Tensor::from_vec(x.clone(), (m, k), &dev).unwrap();
+        let before = candle
+            .forward(&xt)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for _ in 0..3 {
+            let mut dst = vec![0f32; m * n];
+            assert!(matmul(GgmlDType::Q4K, &blocks, (m, k, n), &x, &mut dst));
+            let after = candle
+                .forward(&xt)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(before, after);
         }
     }
 
