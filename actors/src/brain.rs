@@ -60,6 +60,9 @@ pub enum BrainError {
 pub struct BrainReply {
     pub text: String,
     pub summary: Option<SummaryUpdate>,
+    /// The date-and-time note the prompt gave after the new messages, if any: kept with the
+    /// last of them in history ([`crate::session::Turn::clock`]).
+    pub clock: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +76,7 @@ impl From<String> for BrainReply {
         Self {
             text,
             summary: None,
+            clock: None,
         }
     }
 }

@@ -7,7 +7,9 @@
 //! then the new messages, ending with the date and time where the user is ([`crate::clock`]).
 //! The clock goes last, not in the system prompt: a prompt that changes every minute at its
 //! start would make the local model re-read the whole history on every turn instead of reusing
-//! its cached keys and values. It is not kept in history. When older turns no longer fit, they
+//! its cached keys and values. It stays with the message in history ([`Turn::clock`]) and is
+//! shown after it in later prompts, so the prompt that answered a turn is the start of the next
+//! one and the model reads only the new message. When older turns no longer fit, they
 //! are folded into the running summary by the model itself and the conversation drops them from
 //! its history.
 //!
@@ -237,11 +239,37 @@ fn sanitize_notes(summary: &str) -> String {
         .to_string()
 }
 
-fn turn_message(t: &Turn) -> ChatMessage {
-    match t.speaker {
-        Speaker::User => ChatMessage::user(t.text.clone()),
-        Speaker::Assistant => ChatMessage::assistant(t.text.clone()),
+/// History as the model reads it: each user message with the clock note it was answered with,
+/// and consecutive user messages as one (lines joined as [`new_user_message`] joins the new
+/// ones), so a turn reads exactly as it did when it was answered and that prompt stays the
+/// start of this one (a local model then reads only what is new).
+fn history_messages(turns: &[Turn]) -> Vec<ChatMessage> {
+    let mut out: Vec<ChatMessage> = Vec::with_capacity(turns.len());
+    let mut user_open = false;
+    for t in turns {
+        match t.speaker {
+            Speaker::Assistant => {
+                out.push(ChatMessage::assistant(t.text.clone()));
+                user_open = false;
+            }
+            Speaker::User => {
+                let text = match &t.clock {
+                    Some(c) => with_clock(&t.text, c),
+                    None => t.text.clone(),
+                };
+                match out.last_mut() {
+                    Some(m) if user_open => {
+                        m.content.push('\n');
+                        m.content.push_str(&text);
+                    }
+                    _ => out.push(ChatMessage::user(text)),
+                }
+                // After a clock note the next message starts a new one, as it did then.
+                user_open = t.clock.is_none();
+            }
+        }
     }
+    out
 }
 
 fn new_user_message(input: &TurnInput) -> ChatMessage {
@@ -253,17 +281,27 @@ fn new_user_message(input: &TurnInput) -> ChatMessage {
     ChatMessage::user(lines.join("\n"))
 }
 
-/// The new messages followed by the date and time where the asker is, in brackets. Without it
-/// the model invents the time and date ("what time is it in Lisbon?").
-fn new_message_with_clock(input: &TurnInput) -> ChatMessage {
-    let mut m = new_user_message(input);
+/// The date and time where the asker is, in brackets: `[It is now …]`.
+fn clock_note(input: &TurnInput) -> String {
     let now = clock::now_line(
         input.now,
         input.time_zone.as_deref(),
         input.asker_number.as_deref(),
         input.is_group,
     );
-    m.content.push_str(&format!("\n\n[{now}]"));
+    format!("[{now}]")
+}
+
+/// `text`, then a blank line and the clock note it was answered with.
+fn with_clock(text: &str, clock: &str) -> String {
+    format!("{text}\n\n{clock}")
+}
+
+/// The new messages followed by the date and time where the asker is. Without it the model
+/// invents the time and date ("what time is it in Lisbon?").
+fn new_message_with_clock(input: &TurnInput) -> ChatMessage {
+    let mut m = new_user_message(input);
+    m.content = with_clock(&m.content, &clock_note(input));
     m
 }
 
@@ -279,7 +317,7 @@ fn fit(
     let mut skip = 0;
     loop {
         let mut msgs = vec![system.clone()];
-        msgs.extend(history[skip..].iter().map(turn_message));
+        msgs.extend(history_messages(&history[skip..]));
         msgs.push(new.clone());
         if skip >= history.len() || engine.count_tokens(&msgs) <= budget {
             return (msgs, skip);
@@ -328,6 +366,7 @@ impl Brain for LlmBrain {
                 .context_window()
                 .saturating_sub(reply_tokens + 16)
                 .max(64);
+            let clock = clock_note(&input);
             let new = new_message_with_clock(&input);
             let system = this.system(&input, input.summary.as_deref());
             let (msgs, overflow) = fit(engine, system, &input.history, new.clone(), budget);
@@ -406,7 +445,11 @@ impl Brain for LlmBrain {
                     "the model produced an empty reply".into(),
                 ));
             }
-            Ok(BrainReply { text, summary })
+            Ok(BrainReply {
+                text,
+                summary,
+                clock: Some(clock),
+            })
         })
     }
 
@@ -626,6 +669,76 @@ mod tests {
         let system = brain().system(&input, None);
         assert!(system.content.contains("You are in a WhatsApp group"));
         assert!(!system.content.contains("Eve"));
+    }
+
+    /// The prompt that answered a turn is the start of the next turn's prompt, message for
+    /// message, followed by the reply: a local model reads only the new message (with the clock
+    /// in the history, two messages sent together, and an older turn from before notes were
+    /// kept).
+    #[test]
+    fn the_prompt_that_answered_a_turn_starts_the_next_one() {
+        let b = brain();
+        let prompt = |input: &TurnInput| {
+            fit(
+                &b.engine,
+                b.system(input, None),
+                &input.history,
+                new_message_with_clock(input),
+                100_000,
+            )
+            .0
+        };
+        let user = |text: &str, clock: Option<String>| Turn {
+            speaker: Speaker::User,
+            text: text.into(),
+            at: 0,
+            wamids: Vec::new(),
+            clock,
+        };
+        let sandra = |text: &str| Turn {
+            speaker: Speaker::Assistant,
+            text: text.into(),
+            at: 0,
+            wamids: Vec::new(),
+            clock: None,
+        };
+        // An old turn without a note, then a turn of two messages sent together.
+        let mut first = turn(None, false, "How do I boil an egg?");
+        first.history = vec![user("Hi", None), sandra("Hello!")];
+        first.inputs.push(UserInput {
+            wamid: "wamid.2".into(),
+            author: None,
+            text: "Runny yolk please".into(),
+        });
+        let answered = prompt(&first);
+        assert!(
+            answered
+                .last()
+                .unwrap()
+                .content
+                .starts_with("How do I boil an egg?\nRunny yolk please\n\n[It is now")
+        );
+        // What the conversation keeps of it (`commit`): one turn per message, the note with
+        // the last, then the reply.
+        let clock = clock_note(&first);
+        let mut next = turn(None, false, "Thanks! And how long does that take?");
+        next.now = "2026-12-01T14:09:00Z".parse().unwrap();
+        next.history = first.history.clone();
+        next.history.push(user("How do I boil an egg?", None));
+        next.history.push(user("Runny yolk please", Some(clock)));
+        next.history.push(sandra("Boil it for six minutes."));
+        let now = prompt(&next);
+        assert_eq!(now[..answered.len()], answered[..]);
+        assert_eq!(
+            now[answered.len()],
+            ChatMessage::assistant("Boil it for six minutes.")
+        );
+        assert!(
+            now[answered.len() + 1]
+                .content
+                .ends_with("14:09 in Europe/Lisbon (UTC+00:00; guessed from the user's number).]")
+        );
+        assert_eq!(now.len(), answered.len() + 2);
     }
 
     #[test]

@@ -23,6 +23,13 @@ pub struct Turn {
     /// The WhatsApp message ids this turn answers or came from.
     #[serde(default)]
     pub wamids: Vec<String>,
+    /// The date-and-time note the model read after this message when it answered it (the last
+    /// message of a turn the model answered: `[It is now …]`), shown after it again in later
+    /// prompts. The prompt that answered it is then the start of every later one, so a local
+    /// model reuses that prompt's cached keys and values instead of reading the previous reply
+    /// again; and the model sees when earlier messages were sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<String>,
 }
 
 /// The state of one conversation.

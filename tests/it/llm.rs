@@ -92,8 +92,10 @@ async fn remote_backend_with_history_and_running_summary() {
         c.llm.backend = LlmBackend::Openai;
         c.llm.openai.base_url = url;
         c.llm.openai.model = "fake-model".into();
-        c.llm.openai.context_tokens = 600;
-        c.llm.context_tokens = 600;
+        // Room for the first exchange (each user message with its clock note) beside the
+        // second question, not for all four.
+        c.llm.openai.context_tokens = 650;
+        c.llm.context_tokens = 650;
         c.llm.sampling.max_new_tokens = 100;
     })
     .await;

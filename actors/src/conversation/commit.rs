@@ -52,7 +52,8 @@ pub fn commit(
         session.last_inbound_at = Some(session.last_inbound_at.map_or(ts, |t| t.max(ts)));
     }
     session.history.extend(plan.quiet.iter().cloned());
-    for i in &plan.inputs {
+    let clock = reply.and_then(|r| r.clock.clone());
+    for (n, i) in plan.inputs.iter().enumerate() {
         let at = plan
             .records
             .iter()
@@ -63,6 +64,8 @@ pub fn commit(
             text: author_line(i.author.as_deref(), session.is_group, &i.text),
             at,
             wamids: vec![i.wamid.clone()],
+            // The prompt put the clock after the last of the new messages.
+            clock: clock.clone().filter(|_| n + 1 == plan.inputs.len()),
         });
     }
     // A new running summary replaces the turns it folded in (counted from the oldest).
@@ -84,6 +87,7 @@ pub fn commit(
             text: r,
             at: now,
             wamids: plan.inputs.iter().map(|i| i.wamid.clone()).collect(),
+            clock: None,
         });
     }
     texts.extend(plan.trailing.iter().cloned());
@@ -265,6 +269,37 @@ mod tests {
         BrainReply::from(text.to_string())
     }
 
+    /// The clock note the model read after the new messages stays with the last of them, so
+    /// the next prompt shows the turn as it was answered.
+    #[test]
+    fn the_clock_note_is_kept_with_the_last_message_answered() {
+        let (a, b) = (text("w1", 100, "Hello"), text("w2", 101, "Are you there?"));
+        let s = session_for(&a);
+        let p = planned(&s, vec![a, b]);
+        let answered = BrainReply {
+            clock: Some("[It is now Tuesday 1 December 2026, 14:05 UTC.]".into()),
+            ..reply("Yes!")
+        };
+        let c = commit(&s, &p, Some(&answered), 105, 40);
+        let clocks: Vec<_> = c
+            .session
+            .history
+            .iter()
+            .map(|t| t.clock.as_deref())
+            .collect();
+        assert_eq!(
+            clocks,
+            [
+                None,
+                Some("[It is now Tuesday 1 December 2026, 14:05 UTC.]"),
+                None
+            ]
+        );
+        // Without a reply there is nothing to keep.
+        let c = commit(&s, &p, None, 105, 40);
+        assert!(c.session.history.iter().all(|t| t.clock.is_none()));
+    }
+
     #[test]
     fn a_turn_is_remembered_and_answered_once() {
         let a = text("w1", 100, "Hello");
@@ -333,6 +368,7 @@ mod tests {
                 text: format!("old {i}"),
                 at: i,
                 wamids: vec![],
+                clock: None,
             });
         }
         // Chatter in a group: history only, no reply, but the window still opens.
@@ -384,6 +420,7 @@ mod tests {
                 text: format!("Ben: {i} {}", "y".repeat(40)),
                 at: i,
                 wamids: vec![],
+                clock: None,
             });
         }
         let mut p = planned(&s, vec![a.clone()]);
@@ -429,6 +466,7 @@ mod tests {
             text: t.into(),
             at: 0,
             wamids: vec![],
+            clock: None,
         };
         let mut h = vec![turn("aaaa"), turn("bb"), turn("cccccccccc")];
         bound_context(&mut h, 5, 3);

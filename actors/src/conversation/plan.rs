@@ -597,6 +597,7 @@ fn user_turn(m: &InboundMessage, text: String) -> Turn {
         text,
         at: m.timestamp,
         wamids: vec![m.wamid.clone()],
+        clock: None,
     }
 }
 
@@ -754,6 +755,7 @@ pub(crate) mod tests {
             text: "old".into(),
             at: 0,
             wamids: vec![],
+            clock: None,
         });
         s.summary = Some("earlier".into());
         let p = run(&s, vec![a, text("w2", 2, "/Frobnicate now")], &[]);
@@ -913,6 +915,7 @@ pub(crate) mod tests {
                 text: format!("Ana: chatter {i:02} {}", "x".repeat(20)),
                 at: i,
                 wamids: vec![],
+                clock: None,
             });
         }
         let policy = ConversationPolicy {
@@ -1206,6 +1209,7 @@ pub(crate) mod tests {
             text: "Bonjour, pouvez-vous m'aider à écrire une lettre à mon propriétaire ?".into(),
             at: 0,
             wamids: vec![],
+            clock: None,
         });
         let p = run(&s2, vec![text("w1", 1, "/reset")], &[]);
         assert_eq!(p.direct, vec![texts::reset_done(Lang::Fr)]);
