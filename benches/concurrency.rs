@@ -503,6 +503,13 @@ fn pct_d(v: &[Duration], p: f64) -> Duration {
 
 fn main() {
     let a = args();
+    // RUST_LOG=sandra_models=debug shows each reply's prompt, reused and generated tokens.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -637,9 +644,10 @@ fn main() {
         if let Some(u) = returning_user {
             let r = bench.round(&[u], &[FOLLOW_UP], "R").await;
             println!(
-                "returning user, next turn after {} other conversations ran: {:.2} s",
+                "returning user, next turn after {} other conversations ran: {:.2} s ({} tokens)",
                 a.conversations.iter().filter(|n| **n != 1).sum::<usize>(),
-                r.wall
+                r.wall,
+                r.tokens
             );
         }
 
