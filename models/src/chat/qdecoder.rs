@@ -1019,6 +1019,23 @@ mod tests {
     }
 
     impl Stock {
+        /// candle-transformers' model of `family` from the GGUF file at `path`.
+        fn load(family: Family, path: &std::path::Path, dev: &Device) -> Result<Self> {
+            let mut r = std::io::BufReader::new(std::fs::File::open(path)?);
+            let ct = Content::read(&mut r)?;
+            Ok(match family {
+                Family::Qwen2 => {
+                    Self::Qwen2(quantized_qwen2::ModelWeights::from_gguf(ct, &mut r, dev)?)
+                }
+                Family::Qwen3 => {
+                    Self::Qwen3(quantized_qwen3::ModelWeights::from_gguf(ct, &mut r, dev)?)
+                }
+                Family::Llama => {
+                    Self::Llama(quantized_llama::ModelWeights::from_gguf(ct, &mut r, dev)?)
+                }
+            })
+        }
+
         fn forward(&mut self, x: &Tensor, pos: usize) -> Result<Tensor> {
             match self {
                 Self::Llama(m) => m.forward(x, pos),
@@ -1041,18 +1058,7 @@ mod tests {
             };
             let family = family_of(tiny);
             for prefill in [CpuPrefill::Compact, CpuPrefill::Repacked] {
-                let (ct, mut r) = read();
-                let mut stock = match family {
-                    Family::Qwen2 => {
-                        Stock::Qwen2(quantized_qwen2::ModelWeights::from_gguf(ct, &mut r, &dev)?)
-                    }
-                    Family::Qwen3 => {
-                        Stock::Qwen3(quantized_qwen3::ModelWeights::from_gguf(ct, &mut r, &dev)?)
-                    }
-                    Family::Llama => {
-                        Stock::Llama(quantized_llama::ModelWeights::from_gguf(ct, &mut r, &dev)?)
-                    }
-                };
+                let mut stock = Stock::load(family, &path, &dev)?;
                 let (ct, mut r) = read();
                 let ours = QDecoder::from_gguf(family, &ct, &mut r, &dev, 64, prefill)?;
                 let mut cache = SeqCache::new(&ours);
@@ -1134,21 +1140,7 @@ mod tests {
         for tiny in ALL {
             let (path, _) = write_model_as(dir.path(), tiny, Behaviour::Random, 9, Quant::KQuants);
             let exact_path = dequantized_copy(&path);
-            let stock = |p: &std::path::Path| -> Result<Stock> {
-                let mut r = std::io::BufReader::new(std::fs::File::open(p).unwrap());
-                let ct = Content::read(&mut r).unwrap();
-                Ok(match family_of(tiny) {
-                    Family::Qwen2 => {
-                        Stock::Qwen2(quantized_qwen2::ModelWeights::from_gguf(ct, &mut r, &dev)?)
-                    }
-                    Family::Qwen3 => {
-                        Stock::Qwen3(quantized_qwen3::ModelWeights::from_gguf(ct, &mut r, &dev)?)
-                    }
-                    Family::Llama => {
-                        Stock::Llama(quantized_llama::ModelWeights::from_gguf(ct, &mut r, &dev)?)
-                    }
-                })
-            };
+            let stock = |p: &std::path::Path| Stock::load(family_of(tiny), p, &dev);
             // Prompt, then two steps: logits of each model.
             let feed = |m: &mut Stock| -> Result<Vec<Tensor>> {
                 let mut out = vec![m.forward(&Tensor::new(&ids[..], &dev)?.unsqueeze(0)?, 0)?];
