@@ -79,6 +79,12 @@ pub(crate) fn available() -> bool {
     }
 }
 
+/// True when [`matmul`] runs on this CPU for matrices of `dtype` (of a whole number of 16-row
+/// tiles and 256-value blocks): callers ask before they lay out its input.
+pub(crate) fn handles(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) && available()
+}
+
 /// `dst[r * n + j] = lhs[r] · w[j]` for the `m` rows of `lhs` (`[m, k]`) and the `n` weight rows
 /// held in `blocks` (`n * k / 256` blocks of `dtype`). False (nothing written) when the block
 /// type, the shape or the CPU is not one this module handles.

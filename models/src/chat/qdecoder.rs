@@ -106,6 +106,7 @@ impl QLinear {
             return self.forward_rows(x);
         }
         if rows >= amx::MIN_ROWS
+            && amx::handles(self.weight.dtype())
             && let Some(y) = cpu_matmul(&self.weight, x, Kernels::Prompt)?
         {
             return self.add_bias(y);
