@@ -1163,11 +1163,12 @@ mod tests {
                 }
                 for (i, ((g, e), c)) in got.iter().zip(&exact).zip(&candle).enumerate() {
                     let (d, dc) = (max_rel_diff(g, e), max_rel_diff(c, e));
-                    // The prompt: at least as close as candle (three times closer, measured). The
-                    // steps after it take Q8_K activations like candle's, and rounding moves
-                    // them either way by up to ~3× here; a cache holding a different last
-                    // token measured 0.45 for Qwen3.
-                    let allowed = if i == 0 {
+                    // The prompt: on AMX at least as close as candle (three times closer,
+                    // measured); elsewhere it takes Q8_K kernels like candle's, which round
+                    // either way like the steps. The steps after it take Q8_K activations like
+                    // candle's, and rounding moves them either way by up to ~3× here; a cache
+                    // holding a different last token measured 0.45 for Qwen3.
+                    let allowed = if i == 0 && amx::available() {
                         dc.max(1e-3)
                     } else {
                         4.0 * dc + 1e-3
