@@ -28,10 +28,11 @@
 //! every call here loads its own configuration and puts candle's back before returning.
 
 use candle_core::quantized::GgmlDType;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+use candle_core::quantized::k_quants::QK_K;
 
-const Q4K_BYTES: usize = 144;
-const Q6K_BYTES: usize = 210;
-const QK_K: usize = 256;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+use super::qgemv::{Q4K_BYTES, Q6K_BYTES};
 
 /// Fewest positions worth the AMX path: below this, unpacking every weight row costs more than
 /// candle's tiles spend on the positions (the 8960×1536 Q4_K matrix: 16 positions 2.1 ms
@@ -95,18 +96,9 @@ pub(crate) fn matmul(
     lhs: &[f32],
     dst: &mut [f32],
 ) -> bool {
-    let size = match dtype {
-        GgmlDType::Q4K => Q4K_BYTES,
-        GgmlDType::Q6K => Q6K_BYTES,
-        _ => return false,
-    };
-    if m == 0
+    if super::qgemv::whole_blocks(dtype, blocks, (m, k, n), lhs, dst).is_none()
         || k == 0
-        || !k.is_multiple_of(QK_K)
         || !n.is_multiple_of(16)
-        || blocks.len() != n * (k / QK_K) * size
-        || lhs.len() != m * k
-        || dst.len() < m * n
         || !available()
     {
         return false;

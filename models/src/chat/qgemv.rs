@@ -32,8 +32,8 @@ use candle_core::quantized::k_quants::{BlockQ8K, QK_K};
 /// Rows computed together against one weight row: all accumulators fit in registers.
 pub(crate) const GROUP: usize = 8;
 
-const Q4K_BYTES: usize = 144;
-const Q6K_BYTES: usize = 210;
+pub(crate) const Q4K_BYTES: usize = 144;
+pub(crate) const Q6K_BYTES: usize = 210;
 const Q8K_BYTES: usize = 292;
 const _: () = assert!(std::mem::size_of::<BlockQ8K>() == Q8K_BYTES);
 
@@ -71,6 +71,30 @@ pub(crate) fn available() -> bool {
     }
 }
 
+/// The bytes of one block when `dtype` is Q4_K or Q6_K and the buffers of a product
+/// `[m, k] @ [n, k].T` hold whole blocks and rows (`blocks`: `n * k / 256` blocks, `lhs`:
+/// `m * k` values, `dst`: room for `m * n`, `m` not zero): the checks this module's
+/// kernels and [`super::amx`]'s share.
+pub(crate) fn whole_blocks(
+    dtype: GgmlDType,
+    blocks: &[u8],
+    (m, k, n): (usize, usize, usize),
+    lhs: &[f32],
+    dst: &[f32],
+) -> Option<usize> {
+    let size = match dtype {
+        GgmlDType::Q4K => Q4K_BYTES,
+        GgmlDType::Q6K => Q6K_BYTES,
+        _ => return None,
+    };
+    (m > 0
+        && k.is_multiple_of(QK_K)
+        && blocks.len() == n * (k / QK_K) * size
+        && lhs.len() == m * k
+        && dst.len() >= m * n)
+        .then_some(size)
+}
+
 /// `dst[r * n + j] = lhs[r] · w[j]` for the `m` rows of `lhs` (`[m, k]`) and the `n` weight rows
 /// held in `blocks` (`n * k / 256` blocks of `dtype`). False (nothing written) when the block
 /// type or the CPU is not one this module handles.
@@ -81,18 +105,10 @@ pub(crate) fn matmul(
     lhs: &[f32],
     dst: &mut [f32],
 ) -> bool {
-    let size = match dtype {
-        GgmlDType::Q4K => Q4K_BYTES,
-        GgmlDType::Q6K => Q6K_BYTES,
-        _ => return false,
+    let Some(size) = whole_blocks(dtype, blocks, (m, k, n), lhs, dst) else {
+        return false;
     };
-    if !available()
-        || m == 0
-        || !k.is_multiple_of(QK_K)
-        || blocks.len() != n * (k / QK_K) * size
-        || lhs.len() != m * k
-        || dst.len() < m * n
-    {
+    if !available() {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
