@@ -6,7 +6,10 @@
 //! 1. **Simultaneous conversations** (default 1, 8 and 32): that many new users each send one
 //!    realistic WhatsApp question at the same instant. Reported: aggregate generated tokens/s
 //!    (reply tokens, counted with the model's own tokenizer, over the wall time from the first
-//!    POST to the last reply) and p50/p95 of each user's time from POST to reply.
+//!    POST to the last reply) and p50/p95 of each user's time from POST to reply. Each round of
+//!    2 to 8 is followed by the same questions from new users one at a time, and the round's
+//!    aggregate and p95 are also given against that baseline (the same prompts and, greedy, the
+//!    same replies), besides against the single conversation's.
 //! 2. **A returning user**: the user of the single-conversation phase asks a follow-up after the
 //!    other phases' conversations ran in between (their keys and values may have pushed theirs
 //!    out of any cache).
@@ -477,6 +480,7 @@ impl Bench {
     }
 }
 
+#[derive(Default)]
 struct Round {
     secs: Vec<f64>,
     tokens: usize,
@@ -608,10 +612,14 @@ fn main() {
         let mut single_p50 = None;
         let mut returning_user = None;
         let mut offset = 1;
+        let mut others = 0;
         for &n in &a.conversations {
             let users: Vec<String> = (0..n).map(|i| format!("1556{:03}{:04}", n, i)).collect();
             let texts: Vec<&str> = (0..n).map(|i| QUESTIONS[(offset + i) % QUESTIONS.len()]).collect();
             offset += n;
+            if n != 1 {
+                others += n;
+            }
             let r = bench.round(&users, &texts, &format!("C{n}x")).await;
             let tps = r.tokens as f64 / r.wall.max(1e-9);
             let (p50, p95) = (pct(&r.secs, 0.5), pct(&r.secs, 0.95));
@@ -636,6 +644,30 @@ fn main() {
                     p95 / single_p50.unwrap()
                 );
             }
+            if (2..=8).contains(&n) {
+                // The same questions again, from new users, one at a time: the baseline with
+                // the same prompts and (greedy) the same replies, so the ratios measure what
+                // answering them together gains, not how long one other question's answer is.
+                let mut alone = Round::default();
+                for (i, t) in texts.iter().enumerate() {
+                    let user = format!("1558{n:03}{i:04}");
+                    let r = bench.round(&[user], &[*t], &format!("A{n}x{i}_")).await;
+                    alone.tokens += r.tokens;
+                    alone.wall += r.wall;
+                    alone.secs.extend(r.secs);
+                }
+                others += n;
+                let alone_tps = alone.tokens as f64 / alone.wall.max(1e-9);
+                let alone_p95 = pct(&alone.secs, 0.95);
+                println!(
+                    "  the same {n} one at a time: {} tokens, {alone_tps:.1} tok/s, p50 {:.2} s, p95 {alone_p95:.2} s; \
+                     at once: aggregate {:.2}x, p95 {:.2}x",
+                    alone.tokens,
+                    pct(&alone.secs, 0.5),
+                    tps / alone_tps,
+                    p95 / alone_p95
+                );
+            }
         }
         println!(
             "  \"answering in a moment\" notices so far (not counted as replies): {}",
@@ -644,8 +676,7 @@ fn main() {
         if let Some(u) = returning_user {
             let r = bench.round(&[u], &[FOLLOW_UP], "R").await;
             println!(
-                "returning user, next turn after {} other conversations ran: {:.2} s ({} tokens)",
-                a.conversations.iter().filter(|n| **n != 1).sum::<usize>(),
+                "returning user, next turn after {others} other conversations ran: {:.2} s ({} tokens)",
                 r.wall,
                 r.tokens
             );
