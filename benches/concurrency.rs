@@ -8,8 +8,8 @@
 //!    (reply tokens, counted with the model's own tokenizer, over the wall time from the first
 //!    POST to the last reply) and p50/p95 of each user's time from POST to reply. Each round of
 //!    2 to 8 is followed by the same questions from new users one at a time, and the round's
-//!    aggregate and p95 are also given against that baseline (the same prompts and, greedy, the
-//!    same replies), besides against the single conversation's.
+//!    aggregate and p95 are also given against that baseline (the same questions; only the clock
+//!    note's minute differs), besides against the single conversation's.
 //! 2. **A returning user**: the user of the single-conversation phase asks a follow-up after the
 //!    other phases' conversations ran in between (their keys and values may have pushed theirs
 //!    out of any cache).
@@ -645,9 +645,11 @@ fn main() {
                 );
             }
             if (2..=8).contains(&n) {
-                // The same questions again, from new users, one at a time: the baseline with
-                // the same prompts and (greedy) the same replies, so the ratios measure what
-                // answering them together gains, not how long one other question's answer is.
+                // The same questions again, from new users, one at a time: a baseline with the
+                // same questions, so the ratios measure what answering them together gains, not
+                // how long one other question's answer is. The prompts still differ in the
+                // clock note's minute, so greedy replies can differ in length: both token counts
+                // are printed.
                 let mut alone = Round::default();
                 for (i, t) in texts.iter().enumerate() {
                     let user = format!("1558{n:03}{i:04}");
