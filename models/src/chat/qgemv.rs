@@ -302,6 +302,7 @@ mod x86 {
         let mut accm = [_mm256_setzero_ps(); GROUP];
         for b in 0..kb {
             let blk = &w[b * Q4K_BYTES..(b + 1) * Q4K_BYTES];
+            prefetch_ahead(blk);
             let d = f16_at(blk, 0);
             let dmin = f16_at(blk, 2);
             // ggml's 6-bit scale/min unpacking: bytes 0..8 scales, 8..16 mins.
@@ -366,6 +367,24 @@ mod x86 {
         }
     }
 
+    /// How far ahead of the block being read [`prefetch_ahead`] asks for weights.
+    const PF_AHEAD: usize = 2048;
+
+    /// Asks for the weight bytes [`PF_AHEAD`] past `blk` (a block of the row being read, whose
+    /// rows follow one another in memory). A decode step reads every weight once from memory;
+    /// with the hardware prefetcher alone the output matrix (191 MB of Q6_K) read at ~13.6 GB/s
+    /// for one row, with this at ~19 GB/s, 8.5–12.7 ms against 13.1–17.3 (`bench_qgemv`, three
+    /// runs alternating; 4096 bytes ahead measured the same). A prefetch never faults, so the
+    /// address may run past the matrix.
+    #[inline(always)]
+    fn prefetch_ahead(blk: &[u8]) {
+        let ahead = blk.as_ptr().wrapping_add(PF_AHEAD).cast::<i8>();
+        for l in 0..blk.len().div_ceil(64) {
+            // SAFETY: prefetching is a hint; it reads nothing and cannot fault.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * l)) };
+        }
+    }
+
     /// Q6_K: `out[r] = w · acts[r]` for `rows` (≤ GROUP) rows, `kb` blocks each.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
     pub(super) unsafe fn q6k_rows(
@@ -395,6 +414,7 @@ mod x86 {
         let mut acc = [_mm512_setzero_ps(); GROUP];
         for b in 0..kb {
             let blk = &w[b * Q6K_BYTES..(b + 1) * Q6K_BYTES];
+            prefetch_ahead(blk);
             let d = f16_at(blk, 208);
             // SAFETY: 16 scale bytes at 192.
             let sc = unsafe { _mm_loadu_si128(blk.as_ptr().add(192).cast()) };
