@@ -364,6 +364,13 @@ pub fn decode_matmul(
     crate::chat::qgemv::matmul(dtype, blocks, mkn, lhs, dst)
 }
 
+/// The AMX tile unit's costs on this machine (`chat::amx::tile_costs`, for
+/// `benches/bench_machine.rs`): nanoseconds per 1 KB tile load, per bf16 tile product, and per
+/// product in the prompt kernel's inner loop. None without AMX.
+pub fn amx_tile_costs(reps: usize) -> Option<[f64; 3]> {
+    crate::chat::amx::tile_costs(reps)
+}
+
 /// The AMX prompt kernels of `chat::amx` (for `benches/bench_qgemv.rs`): false when the block
 /// type, the shape or the CPU is not theirs.
 pub fn prompt_matmul(

@@ -116,6 +116,27 @@ pub(crate) fn matmul(
     }
 }
 
+/// What the tile unit costs on this machine, in nanoseconds per instruction, each timed alone on
+/// the calling thread over `reps` rounds of four: loading a 1 KB tile from L1, a bfloat16 product
+/// of tiles already loaded, and one step of [`matmul`]'s inner loop (two weight tiles and two
+/// position tiles loaded, four products), per product. None without AMX. For
+/// `benches/bench_machine.rs`: the kernel is bound by whichever of the first two is slower, as
+/// the 2 × 2 blocking (the most eight tiles allow) loads one tile per product.
+pub(crate) fn tile_costs(reps: usize) -> Option<[f64; 3]> {
+    if !available() || reps == 0 {
+        return None;
+    }
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        // SAFETY: `available()` checked the CPU features and the OS permission.
+        Some(unsafe { x86::tile_costs(reps) })
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        None
+    }
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod x86 {
     use super::{Q4K_BYTES, Q6K_BYTES, QK_K};
@@ -469,6 +490,65 @@ mod x86 {
             unsafe { candles.load() };
         });
     }
+
+    /// See [`super::tile_costs`]; the caller checked the CPU.
+    pub(super) unsafe fn tile_costs(reps: usize) -> [f64; 3] {
+        let per = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e9 / (4 * reps) as f64;
+        // Four 1 KB tiles, zeros (bf16 zero), read again and again: they stay in L1.
+        let buf = vec![0u16; 2048];
+        let p = buf.as_ptr();
+        // SAFETY: AMX was checked; every load reads 16 rows of 64 bytes inside `buf`.
+        unsafe {
+            ours().load();
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                core::arch::asm!(
+                    "tileloadd tmm4, [{p} + {s}*1]",
+                    "tileloadd tmm6, [{p} + {s}*1 + 1024]",
+                    "tileloadd tmm7, [{p} + {s}*1 + 2048]",
+                    "tileloadd tmm5, [{p} + {s}*1 + 3072]",
+                    p = in(reg) p,
+                    s = in(reg) 64usize,
+                    options(nostack)
+                );
+            }
+            let load = per(t);
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                core::arch::asm!(
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    options(nostack)
+                );
+            }
+            let product = per(t);
+            // The kernel's step, as written in `matmul`.
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                core::arch::asm!(
+                    "tileloadd tmm4, [{a0} + {s}*1]",
+                    "tileloadd tmm6, [{b0} + {s}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{b1} + {s}*1]",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a1} + {s}*1]",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) p,
+                    a1 = in(reg) p.add(512),
+                    b0 = in(reg) p.add(1024),
+                    b1 = in(reg) p.add(1536),
+                    s = in(reg) 64usize,
+                    options(nostack)
+                );
+            }
+            let step = per(t);
+            candles().load();
+            [load, product, step]
+        }
+    }
 }
 
 #[cfg(test)]
@@ -612,6 +692,18 @@ mod tests {
                 .unwrap();
             assert_eq!(before, after);
         }
+    }
+
+    #[test]
+    fn the_tile_unit_is_timed_exactly_where_it_runs() {
+        match tile_costs(1000) {
+            Some(ns) => {
+                assert!(available());
+                assert!(ns.iter().all(|t| t.is_finite() && *t > 0.0), "{ns:?}");
+            }
+            None => assert!(!available()),
+        }
+        assert!(tile_costs(0).is_none());
     }
 
     #[test]
