@@ -338,9 +338,10 @@ pub struct LlmConfig {
     /// `sandra models fetch` (recorded in `<data_dir>/models/manifest.json`).
     pub model: PathBuf,
     pub device: sandra_models::chat::DeviceChoice,
-    /// CPU kernels for prompts: "repacked" (fast, about +1 GB for a 1.5B model) or "compact"
-    /// (weights held once; prompts about 2.5× slower). On CPUs with AMX, prompts of 32
-    /// positions and more take Sandra's AMX kernel in either mode.
+    /// CPU kernels for prompts: "repacked" (fast, about +1 GB for a 1.5B model), "compact"
+    /// (weights held once; prompts about 2.5× slower without AMX) or "auto" (the default:
+    /// "compact" on CPUs with AMX, where prompts of 32 positions and more take Sandra's AMX
+    /// kernel in either mode and compact measured faster, else "repacked").
     pub cpu_prefill: sandra_models::chat::CpuPrefill,
     /// Upper bound on the prompt + reply tokens (the model's own window may be smaller).
     pub context_tokens: usize,

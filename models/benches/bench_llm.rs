@@ -50,11 +50,14 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
 
-    // BENCH_PREFILL=compact measures `[llm] cpu_prefill = "compact"`.
+    // `[llm] cpu_prefill`: the default ("auto", as this machine resolves it), or
+    // BENCH_PREFILL=compact|repacked.
     let cpu_prefill = match std::env::var("BENCH_PREFILL").as_deref() {
         Ok("compact") => CpuPrefill::Compact,
-        _ => CpuPrefill::Repacked,
-    };
+        Ok("repacked") => CpuPrefill::Repacked,
+        _ => CpuPrefill::Auto,
+    }
+    .resolve();
     let t = Instant::now();
     let opts = LocalOptions {
         device: DeviceChoice::Auto,

@@ -53,6 +53,7 @@ pub(crate) fn load(
     prefill: CpuPrefill,
 ) -> Result<Loaded, String> {
     let started = Instant::now();
+    let prefill = prefill.resolve();
     let device = select_device(device)?;
     let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let mut reader = BufReader::new(file);
@@ -142,7 +143,8 @@ pub(crate) fn load(
     tracing::info!(
         model = %info.name, arch = %info.architecture, quant = %info.quantization,
         template = info.template.name(), tokenizer = info.tokenizer_source,
-        context = info.context_length, ?stop_ids, elapsed_ms = started.elapsed().as_millis() as u64,
+        context = info.context_length, ?stop_ids, cpu_prefill = ?prefill,
+        elapsed_ms = started.elapsed().as_millis() as u64,
         "chat model loaded"
     );
     Ok(Loaded {
