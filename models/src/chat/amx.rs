@@ -361,6 +361,34 @@ mod x86 {
         packed
     }
 
+    /// One step of the product loop: result tiles `tmm0`–`tmm3` (2 × 2) gain weight tiles `a0`,
+    /// `a1` times position tiles `b0`, `b1`, each 16 rows of 64 bytes in one piece.
+    ///
+    /// # Safety
+    /// [`ours`] is the loaded tile configuration and each pointer has 1 KB readable.
+    #[inline(always)]
+    unsafe fn step(a0: *const u16, a1: *const u16, b0: *const u32, b1: *const u32) {
+        // SAFETY: as the caller promised.
+        unsafe {
+            core::arch::asm!(
+                "tileloadd tmm4, [{a0} + {s}*1]",
+                "tileloadd tmm6, [{b0} + {s}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {s}*1]",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {s}*1]",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                b0 = in(reg) b0,
+                b1 = in(reg) b1,
+                s = in(reg) 64usize,
+                options(nostack)
+            );
+        }
+    }
+
     /// See [`super::matmul`]; the caller checked the shapes and the CPU.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,f16c")]
     pub(super) unsafe fn matmul(
@@ -436,21 +464,11 @@ mod x86 {
                             options(nostack)
                         );
                         for ch in 0..chunks {
-                            core::arch::asm!(
-                                "tileloadd tmm4, [{a0} + {s}*1]",
-                                "tileloadd tmm6, [{b0} + {s}*1]",
-                                "tdpbf16ps tmm0, tmm4, tmm6",
-                                "tileloadd tmm7, [{b1} + {s}*1]",
-                                "tdpbf16ps tmm1, tmm4, tmm7",
-                                "tileloadd tmm5, [{a1} + {s}*1]",
-                                "tdpbf16ps tmm2, tmm5, tmm6",
-                                "tdpbf16ps tmm3, tmm5, tmm7",
-                                a0 = in(reg) a0.add(1024 * ch),
-                                a1 = in(reg) a1.add(1024 * ch),
-                                b0 = in(reg) b0.add(256 * ch),
-                                b1 = in(reg) b1.add(256 * ch),
-                                s = in(reg) 64usize,
-                                options(nostack)
+                            step(
+                                a0.add(1024 * ch),
+                                a1.add(1024 * ch),
+                                b0.add(256 * ch),
+                                b1.add(256 * ch),
                             );
                         }
                         core::arch::asm!(
@@ -493,15 +511,22 @@ mod x86 {
 
     /// See [`super::tile_costs`]; the caller checked the CPU.
     pub(super) unsafe fn tile_costs(reps: usize) -> [f64; 3] {
-        let per = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e9 / (4 * reps) as f64;
         // Four 1 KB tiles, zeros (bf16 zero), read again and again: they stay in L1.
         let buf = vec![0u16; 2048];
         let p = buf.as_ptr();
-        // SAFETY: AMX was checked; every load reads 16 rows of 64 bytes inside `buf`.
-        unsafe {
-            ours().load();
+        // Nanoseconds per instruction of `round`, which runs four.
+        let timed = |round: &dyn Fn()| {
             let t = std::time::Instant::now();
             for _ in 0..reps {
+                round();
+            }
+            t.elapsed().as_secs_f64() * 1e9 / (4 * reps) as f64
+        };
+        // SAFETY: AMX was checked and our configuration is loaded before any tile instruction;
+        // every load reads 16 rows of 64 bytes inside `buf`.
+        unsafe {
+            ours().load();
+            let load = timed(&|| {
                 core::arch::asm!(
                     "tileloadd tmm4, [{p} + {s}*1]",
                     "tileloadd tmm6, [{p} + {s}*1 + 1024]",
@@ -510,43 +535,27 @@ mod x86 {
                     p = in(reg) p,
                     s = in(reg) 64usize,
                     options(nostack)
-                );
-            }
-            let load = per(t);
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
+                )
+            });
+            let product = timed(&|| {
                 core::arch::asm!(
                     "tdpbf16ps tmm0, tmm4, tmm6",
                     "tdpbf16ps tmm1, tmm4, tmm7",
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     "tdpbf16ps tmm3, tmm5, tmm7",
                     options(nostack)
-                );
-            }
-            let product = per(t);
-            // The kernel's step, as written in `matmul`.
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                core::arch::asm!(
-                    "tileloadd tmm4, [{a0} + {s}*1]",
-                    "tileloadd tmm6, [{b0} + {s}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tileloadd tmm7, [{b1} + {s}*1]",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tileloadd tmm5, [{a1} + {s}*1]",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) p,
-                    a1 = in(reg) p.add(512),
-                    b0 = in(reg) p.add(1024),
-                    b1 = in(reg) p.add(1536),
-                    s = in(reg) 64usize,
-                    options(nostack)
-                );
-            }
-            let step = per(t);
+                )
+            });
+            let inner = timed(&|| {
+                step(
+                    p,
+                    p.add(512),
+                    p.add(1024).cast::<u32>(),
+                    p.add(1536).cast::<u32>(),
+                )
+            });
             candles().load();
-            [load, product, step]
+            [load, product, inner]
         }
     }
 }
