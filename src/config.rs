@@ -1933,6 +1933,7 @@ mod tests {
         assert_eq!(format!("{:?}", c.email), format!("{:?}", d.email));
         assert_eq!(c.conversation.offer_linking, d.conversation.offer_linking);
         assert_eq!(c.conversation.brain_timeout, d.conversation.brain_timeout);
+        assert_eq!(c.llm.cpu_prefill, d.llm.cpu_prefill);
         assert_eq!(c.conversation.max_wait, d.conversation.max_wait);
         assert_eq!(
             c.conversation.wait_notice_after,

@@ -19,7 +19,8 @@
 //! products with [`CpuPrefill::Compact`], or candle's repacked kernels with
 //! [`CpuPrefill::Repacked`] at the cost of the second copy; from 32 positions, on CPUs with
 //! AMX, both take [`super::amx`]'s bfloat16 kernel on the file's blocks (faster than either,
-//! and candle then builds no prompt copies of its own).
+//! and candle then builds no prompt copies of its own). [`CpuPrefill::Auto`], the default, is
+//! Compact where AMX runs and Repacked elsewhere.
 
 use std::io::{Read, Seek};
 use std::sync::Arc;
@@ -999,6 +1000,20 @@ mod tests {
             .unwrap();
         let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
         d.to_scalar::<f32>().unwrap() / scale.max(1e-6)
+    }
+
+    #[test]
+    fn auto_prefill_is_compact_exactly_where_amx_runs() {
+        let want = if amx::available() {
+            CpuPrefill::Compact
+        } else {
+            CpuPrefill::Repacked
+        };
+        assert_eq!(CpuPrefill::Auto.resolve(), want);
+        assert_eq!(CpuPrefill::default(), CpuPrefill::Auto);
+        for fixed in [CpuPrefill::Compact, CpuPrefill::Repacked] {
+            assert_eq!(fixed.resolve(), fixed);
+        }
     }
 
     #[test]
