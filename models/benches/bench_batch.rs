@@ -12,9 +12,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use sandra_models::chat::{
-    ChatEngine, ChatMessage, CpuPrefill, DeviceChoice, LocalOptions, SamplingParams,
-};
+use sandra_models::chat::{ChatEngine, ChatMessage, DeviceChoice, LocalOptions, SamplingParams};
 
 const SYSTEM: &str = "You are Sandra, a friendly assistant that people reach on WhatsApp. \
     Answer in the language of the last message. Keep answers short: two to five sentences, \
@@ -92,14 +90,8 @@ fn round(
 }
 
 fn load(model: &std::path::Path, parallel: usize) -> ChatEngine {
-    // `[llm] cpu_prefill`: the default ("auto", as this machine resolves it), or
-    // BENCH_PREFILL=compact|repacked.
-    let cpu_prefill = match std::env::var("BENCH_PREFILL").as_deref() {
-        Ok("compact") => CpuPrefill::Compact,
-        Ok("repacked") => CpuPrefill::Repacked,
-        _ => CpuPrefill::Auto,
-    }
-    .resolve();
+    // The default `cpu_prefill`, or BENCH_PREFILL=compact|repacked.
+    let cpu_prefill = sandra_models::testing::bench_cpu_prefill();
     let opts = LocalOptions {
         device: DeviceChoice::Auto,
         parallel,

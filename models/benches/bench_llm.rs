@@ -7,9 +7,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use sandra_models::chat::{
-    ChatEngine, ChatMessage, CpuPrefill, DeviceChoice, LocalOptions, SamplingParams,
-};
+use sandra_models::chat::{ChatEngine, ChatMessage, DeviceChoice, LocalOptions, SamplingParams};
 
 /// The shared benchmark prompt (system + user), about 220 tokens with ChatML.
 pub fn bench_messages() -> Vec<ChatMessage> {
@@ -50,14 +48,8 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
 
-    // `[llm] cpu_prefill`: the default ("auto", as this machine resolves it), or
-    // BENCH_PREFILL=compact|repacked.
-    let cpu_prefill = match std::env::var("BENCH_PREFILL").as_deref() {
-        Ok("compact") => CpuPrefill::Compact,
-        Ok("repacked") => CpuPrefill::Repacked,
-        _ => CpuPrefill::Auto,
-    }
-    .resolve();
+    // The default `cpu_prefill`, or BENCH_PREFILL=compact|repacked.
+    let cpu_prefill = sandra_models::testing::bench_cpu_prefill();
     let t = Instant::now();
     let opts = LocalOptions {
         device: DeviceChoice::Auto,

@@ -364,6 +364,18 @@ pub fn decode_matmul(
     crate::chat::qgemv::matmul(dtype, blocks, mkn, lhs, dst)
 }
 
+/// The `[llm] cpu_prefill` mode a chat benchmark measures, as this machine resolves it: the
+/// default (`auto`), or the one `BENCH_PREFILL=compact|repacked` names.
+pub fn bench_cpu_prefill() -> crate::chat::CpuPrefill {
+    use crate::chat::CpuPrefill;
+    match std::env::var("BENCH_PREFILL").as_deref() {
+        Ok("compact") => CpuPrefill::Compact,
+        Ok("repacked") => CpuPrefill::Repacked,
+        _ => CpuPrefill::Auto,
+    }
+    .resolve()
+}
+
 /// The AMX tile unit's costs on this machine (`chat::amx::tile_costs`, for
 /// `benches/bench_machine.rs`): nanoseconds per 1 KB tile load, per bf16 tile product, and per
 /// product in the prompt kernel's inner loop. None without AMX.
