@@ -370,7 +370,6 @@ mod x86 {
         for b in 0..kb {
             // SAFETY: every lane reads 4 bytes inside its row's block `b` (144 bytes).
             let base = unsafe { w.as_ptr().add(b * Q4K_BYTES) };
-            prefetch_next_tile(w, kb, b);
             let gather =
                 |at: usize| unsafe { _mm512_i32gather_epi32::<1>(idx, base.add(at).cast()) };
             // Header: d and dmin (f16), then ggml's 6-bit scales and mins, 4 per 32 bits.
@@ -438,25 +437,6 @@ mod x86 {
         for r in 0..R {
             // SAFETY: 16 floats of room.
             unsafe { _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]) };
-        }
-    }
-
-    /// Asks for the next tile's share of block `b` into L2: over a tile's `kb` blocks, the
-    /// whole of the next tile (the 16 rows after this one's, next in memory) is requested, a
-    /// 16th of it a block. The hardware prefetcher alone follows 16 rows read side by side
-    /// poorly: one row of the 151936×1536 Q4_K embedding matrix (131 MB, from memory) took
-    /// 7.05–8.48 ms without this, 5.83–6.49 ms with it, and 6.41–7.59 with the same requests
-    /// into L1; eight rows and matrices in cache the same either way (five alternating rounds
-    /// in one process). A prefetch never faults, so the addresses may run past the matrix.
-    #[inline(always)]
-    fn prefetch_next_tile(w: &[u8], kb: usize, b: usize) {
-        let at = w
-            .as_ptr()
-            .wrapping_add((TILE * kb + TILE * b) * Q4K_BYTES)
-            .cast::<i8>();
-        for l in 0..TILE * Q4K_BYTES / 64 {
-            // SAFETY: prefetching is a hint; it reads nothing and cannot fault.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(64 * l)) };
         }
     }
 
