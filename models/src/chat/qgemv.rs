@@ -1,27 +1,17 @@
 //! Decode-step products `x @ w.T` straight on GGUF's Q4_K and Q6_K blocks for a few rows at a
 //! time (one new token of each of up to [`GROUP`] conversations), with AVX-512 VNNI.
 //!
-//! Why our own kernels: candle's block dot products (`k_quants::matmul`) unpack a weight block
+//! Why our own kernel: candle's block dot products (`k_quants::matmul`) unpack a weight block
 //! again for every row and use AVX2's two-step `maddubs`/`madd`, so a step for 8 sequences cost
 //! about what 8 single steps cost (measured with `scripts/bench-batch.sh`: 1.05× the
 //! single-stream rate at 8 conversations); candle's repacked tiles keep a second, wider copy of
-//! every matrix (+33% for Q4_K, +52% for Q6_K). Where that copy is held anyway
-//! (`cpu_prefill = "repacked"`), the decoder sends Q4_K decode rows to it and keeps these
-//! kernels for Q6_K; with `"compact"` these kernels take every decode row
-//! (`benches/bench_qgemv.rs` measures all three side by side). They work on the file's own
-//! bytes and unpack each weight block once per step for every row of the step.
-//!
-//! Two shapes, each measured against the other on this work:
-//! - Q4_K, [`x86::q4k_tile`]: 16 weight rows at once, one per 32-bit lane, fetched by
-//!   gathers. A block's 8 sub-block scales then apply to whole vectors, one conversion and one
-//!   FMA per sub-block and row for 16 weight rows, where a vector along one weight row (this
-//!   module's first Q4_K kernel) spent packs and 16-bit multiplies per row giving each sub-block
-//!   its scale: 8 rows of the 8960×1536 matrix 0.66–0.81 ms against 1.13 (one row 0.26–0.45
-//!   against 0.37–0.42; `bench_qgemv`, runs alternating), about what candle's tiles take.
-//! - Q6_K, [`x86::q6k_rows`]: along one weight row. The same 16-lane shape was built and
-//!   measured for it and lost: a Q6_K block of 16 rows needs 53 gathers (or 192 shuffles to
-//!   transpose the loaded rows), which cost more than the packs they save (one row of the
-//!   1536×8960 matrix 0.45–0.98 ms against 0.26–0.32, eight rows no faster).
+//! every matrix (+33% for Q4_K, +52% for Q6_K) and are slower than this kernel on Q6_K
+//! matrices, the large output one included, but faster on Q4_K ones: where that copy is held
+//! anyway (`cpu_prefill = "repacked"`, the default), the decoder sends Q4_K decode rows to
+//! them and keeps this kernel for Q6_K, and for Q4_K with `"compact"`
+//! (`benches/bench_qgemv.rs` measures all three side by side). Here each weight block is read
+//! and unpacked once per step and then multiplied against every row with one `vpdpbusd` per 64
+//! values, on the file's own bytes.
 //!
 //! Arithmetic: both formats are integers times per-block scales, and the activation is
 //! quantized to Q8_K exactly as candle does it (`BlockQ8K::from_float`), so each block's sum is
@@ -42,24 +32,21 @@ use candle_core::quantized::k_quants::{BlockQ8K, QK_K};
 /// Rows computed together against one weight row: all accumulators fit in registers.
 pub(crate) const GROUP: usize = 8;
 
-/// Weight rows of a Q4_K tile: one per 32-bit lane of a 512-bit vector.
-const TILE: usize = 16;
-
 pub(crate) const Q4K_BYTES: usize = 144;
 pub(crate) const Q6K_BYTES: usize = 210;
 const Q8K_BYTES: usize = 292;
 const _: () = assert!(std::mem::size_of::<BlockQ8K>() == Q8K_BYTES);
 
-/// One row's Q8_K block with the sums each kernel reads.
+/// One row's Q8_K block in the order a kernel reads it (for Q4_K, the 32-value sub-blocks
+/// interleaved to match the nibble halves of each 64-byte load).
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Act {
     qs: [i8; QK_K],
     bsums: [i16; 16],
-    /// For Q4_K's mins: the sums of the 32-value sub-blocks `2p` and `2p + 1` as the low and
-    /// high 16 bits of `pairs[p]` (|sum| ≤ 32 · 127, so 16 bits hold each).
-    pairs: [i32; 4],
+    /// For Q4_K: `d` times the sum of each 32-value sub-block, for the mins term.
+    dsums: [f32; 8],
     d: f32,
 }
 
@@ -127,51 +114,34 @@ pub(crate) fn matmul(
     #[cfg(target_arch = "x86_64")]
     {
         let kb = k / QK_K;
-        let acts = quantize(lhs, m, k);
+        let acts = quantize(lhs, m, k, dtype == GgmlDType::Q4K);
         let dst_addr = dst.as_mut_ptr() as usize;
         // Weight rows are split across candle's worker pool (the one its own kernels use, so
-        // the model never runs more threads than it was given), a Q4_K tile of 16 rows a work
-        // item: small scheduling overhead against 16 rows' ~kb blocks of work.
-        const CHUNK: usize = TILE;
+        // the model never runs more threads than it was given); chunks of 16 rows keep the
+        // scheduling overhead small against a row's ~kb blocks of work.
+        const CHUNK: usize = 16;
         candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(CHUNK), |range| {
             for c in range {
-                let (j0, j1) = (c * CHUNK, n.min((c + 1) * CHUNK));
-                // SAFETY: `dst` has `m * n` elements (checked above) and each (row, column) is
-                // written by exactly one work item.
-                let put = |r: usize, j: usize, v: f32| unsafe {
-                    *(dst_addr as *mut f32).add(r * n + j) = v
-                };
-                if dtype == GgmlDType::Q6K {
-                    for j in j0..j1 {
-                        let w = &blocks[j * kb * size..(j + 1) * kb * size];
-                        for (g, group) in acts.chunks(GROUP * kb).enumerate() {
-                            let rows = group.len() / kb;
-                            let mut out = [0f32; GROUP];
-                            // SAFETY: `available()` checked the CPU features the kernel
-                            // enables; `w` holds `kb` blocks and `group` `rows * kb`
-                            // activations (checked above).
-                            unsafe { x86::q6k_rows(w, group, kb, rows, &mut out) };
-                            for (i, v) in out[..rows].iter().enumerate() {
-                                put(g * GROUP + i, j, *v);
+                for j in c * CHUNK..n.min((c + 1) * CHUNK) {
+                    let w = &blocks[j * kb * size..(j + 1) * kb * size];
+                    for (g, group) in acts.chunks(GROUP * kb).enumerate() {
+                        let rows = group.len() / kb;
+                        let mut out = [0f32; GROUP];
+                        // SAFETY: `available()` checked the CPU features the kernels enable;
+                        // `w` holds `kb` blocks of `dtype` and `group` `rows * kb` activations
+                        // (checked above).
+                        unsafe {
+                            if dtype == GgmlDType::Q4K {
+                                x86::q4k_rows(w, group, kb, rows, &mut out)
+                            } else {
+                                x86::q6k_rows(w, group, kb, rows, &mut out)
                             }
                         }
-                    }
-                    continue;
-                }
-                // Q4_K: a tile of up to 16 weight rows, one per vector lane; a short last tile
-                // repeats its last row in the lanes past the matrix.
-                let w = &blocks[j0 * kb * size..j1 * kb * size];
-                let offsets: [i32; TILE] =
-                    std::array::from_fn(|l| (l.min(j1 - j0 - 1) * kb * size) as i32);
-                for (g, group) in acts.chunks(GROUP * kb).enumerate() {
-                    let mut out = [[0f32; TILE]; GROUP];
-                    // SAFETY: `available()` checked the CPU features the kernel enables; every
-                    // offset starts a row of `kb` blocks inside `w`, and `group` holds whole
-                    // rows of `kb` activations (checked above).
-                    unsafe { x86::q4k_tile(w, &offsets, group, kb, &mut out) };
-                    for (i, row) in out[..group.len() / kb].iter().enumerate() {
-                        for (l, v) in row[..j1 - j0].iter().enumerate() {
-                            put(g * GROUP + i, j0 + l, *v);
+                        for (i, v) in out[..rows].iter().enumerate() {
+                            let r = g * GROUP + i;
+                            // SAFETY: `dst` has `m * n` elements (checked above) and each
+                            // (row, column) is written by exactly one work item.
+                            unsafe { *(dst_addr as *mut f32).add(r * n + j) = *v };
                         }
                     }
                 }
@@ -186,23 +156,32 @@ pub(crate) fn matmul(
 }
 
 /// Each row of `lhs` as Q8_K blocks (candle's quantization, bit for bit, so the integers are
-/// the ones its kernels see), with their sums. Only called where [`available`] holds.
+/// the ones its kernels see), laid out for the kernel. Only called where [`available`] holds.
 #[cfg(target_arch = "x86_64")]
-fn quantize(lhs: &[f32], m: usize, k: usize) -> Vec<Act> {
+fn quantize(lhs: &[f32], m: usize, k: usize, interleave: bool) -> Vec<Act> {
     let mut acts = Vec::with_capacity(m * (k / QK_K));
+    let mut qs = [0i8; QK_K];
     for row in lhs.chunks(k).take(m) {
         for block in row.chunks_exact(QK_K) {
             let mut a = Act {
                 qs: [0; QK_K],
                 bsums: [0; 16],
-                pairs: [0; 4],
+                dsums: [0.0; 8],
                 d: 0.0,
             };
             // SAFETY: `available()` (checked by the caller) covers the features it enables.
-            a.d = unsafe { x86::q8k_block(block, &mut a.qs, &mut a.bsums) };
-            for (p, v) in a.pairs.iter_mut().enumerate() {
-                let sub = |j: usize| a.bsums[2 * j] + a.bsums[2 * j + 1];
-                *v = i32::from(sub(2 * p) as u16) | (i32::from(sub(2 * p + 1)) << 16);
+            a.d = unsafe { x86::q8k_block(block, &mut qs, &mut a.bsums) };
+            if interleave {
+                // Sub-blocks in the order 0,2,1,3,4,6,5,7: the low nibbles of a 64-byte load
+                // of Q4_K are sub-blocks 2g and 2g+2, the high ones 2g+1 and 2g+3.
+                for (slot, sub) in [0, 2, 1, 3, 4, 6, 5, 7].into_iter().enumerate() {
+                    a.qs[slot * 32..][..32].copy_from_slice(&qs[sub * 32..][..32]);
+                }
+            } else {
+                a.qs = qs;
+            }
+            for (j, v) in a.dsums.iter_mut().enumerate() {
+                *v = a.d * f32::from(a.bsums[2 * j] + a.bsums[2 * j + 1]);
             }
             acts.push(a);
         }
@@ -212,7 +191,7 @@ fn quantize(lhs: &[f32], m: usize, k: usize) -> Vec<Act> {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Act, GROUP, Q4K_BYTES, Q6K_BYTES, TILE};
+    use super::{Act, GROUP, Q4K_BYTES, Q6K_BYTES};
     use std::arch::x86_64::*;
 
     #[inline]
@@ -220,6 +199,16 @@ mod x86 {
     fn f16_at(b: &[u8], at: usize) -> f32 {
         let bits = u16::from_le_bytes([b[at], b[at + 1]]);
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    /// Index bytes for `vpermb`: byte `2j` of the result takes byte `f(j)` of the source (odd
+    /// bytes are zeroed by the caller's mask, making 16-bit lanes).
+    fn words_from(f: impl Fn(usize) -> u8) -> [u8; 64] {
+        let mut idx = [0u8; 64];
+        for j in 0..32 {
+            idx[2 * j] = f(j);
+        }
+        idx
     }
 
     /// One block of 256 values as Q8_K, exactly as candle's `BlockQ8K::from_float` does it
@@ -286,157 +275,95 @@ mod x86 {
         1.0 / iscale
     }
 
-    /// Q4_K for a tile of 16 weight rows, one per lane: `out[r][l] = w_l · acts[r]` for the
-    /// rows of `acts` (≤ GROUP, `kb` blocks each), where row `l` of the tile starts
-    /// `offsets[l]` bytes into `w`.
-    ///
-    /// Why lanes are weight rows: see the module's notes. The file's layout is read as it is:
-    /// a gather fetches the same 4 bytes of 16 rows, and 4 bytes of Q4_K nibbles are 4
-    /// consecutive values in their low halves and 4 more, 32 values on, in their high halves,
-    /// so each gathered vector serves two sub-blocks. Per block and row: 64 `vpdpbusd`, 8
-    /// conversions and FMAs for the scales, 4 `vpdpwssd` for the mins (exact integers).
+    /// Q4_K: `out[r] = w · acts[r]` for `rows` (≤ GROUP) rows, `kb` blocks each.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
-    pub(super) unsafe fn q4k_tile(
+    pub(super) unsafe fn q4k_rows(
         w: &[u8],
-        offsets: &[i32; TILE],
         acts: &[Act],
         kb: usize,
-        out: &mut [[f32; TILE]; GROUP],
+        rows: usize,
+        out: &mut [f32; GROUP],
     ) {
-        let rows = acts.len() / kb;
-        assert!(rows <= GROUP && acts.len() == rows * kb);
-        assert!(
-            offsets
-                .iter()
-                .all(|&o| o >= 0 && o as usize + kb * Q4K_BYTES <= w.len())
-        );
-        // SAFETY: checked just above; the callee reads only inside each row's `kb` blocks.
-        unsafe {
-            match rows {
-                1 => q4k_tile_n::<1>(w, offsets, acts, kb, out),
-                2 => q4k_tile_n::<2>(w, offsets, acts, kb, out),
-                3 => q4k_tile_n::<3>(w, offsets, acts, kb, out),
-                4 => q4k_tile_n::<4>(w, offsets, acts, kb, out),
-                5 => q4k_tile_n::<5>(w, offsets, acts, kb, out),
-                6 => q4k_tile_n::<6>(w, offsets, acts, kb, out),
-                7 => q4k_tile_n::<7>(w, offsets, acts, kb, out),
-                8 => q4k_tile_n::<8>(w, offsets, acts, kb, out),
-                _ => {}
-            }
-        }
-    }
-
-    /// [`q4k_tile`] for `R` rows (a constant, so the accumulators stay in registers). Every
-    /// row goes through the same instructions whatever `R` is: integer sums (exact) and then
-    /// the same floating-point sequence.
-    ///
-    /// # Safety
-    /// The CPU has the enabled features; `acts` holds `R * kb` blocks; each offset starts
-    /// `kb` blocks inside `w`.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
-    unsafe fn q4k_tile_n<const R: usize>(
-        w: &[u8],
-        offsets: &[i32; TILE],
-        acts: &[Act],
-        kb: usize,
-        out: &mut [[f32; TILE]; GROUP],
-    ) {
-        // SAFETY (all loads below): 64 readable bytes each; gathers stay inside the rows.
-        let idx = unsafe { _mm512_loadu_si512(offsets.as_ptr().cast()) };
         let nib = _mm512_set1_epi8(0x0F);
-        let (m6, m4, m2) = (
-            _mm512_set1_epi32(0x3f3f_3f3f),
-            _mm512_set1_epi32(0x0f0f_0f0f),
-            _mm512_set1_epi32(0x0303_0303),
+        // 16-bit lane j of a packed pair of dot products covers sub-block A (j % 8 < 4) or B
+        // of the 128-bit lane j / 8; lanes 0–1 hold the first 64-value group, 2–3 the second.
+        let (lo, hi) = (
+            words_from(|j| ((j / 16) * 2 + (j % 8) / 4) as u8),
+            words_from(|j| (4 + (j / 16) * 2 + (j % 8) / 4) as u8),
         );
-        // `vpshufb` selectors (which index bytes within 128 bits, so each 32-bit lane names
-        // its own): `sel[k]` zero-extends byte k of each lane to 32 bits, `pairs[p]` bytes 2p
-        // and 2p + 1 of each lane to its two 16-bit halves.
-        let select = |f: &dyn Fn(u8) -> [u8; 4]| {
-            let idx: [u8; 64] = std::array::from_fn(|i| {
-                let b = f(i as u8 / 4 % 4 * 4)[i % 4];
-                if b == Z { 0x80 } else { b }
-            });
-            // SAFETY: 64 readable bytes.
-            unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) }
+        // SAFETY: 64 readable bytes each.
+        let (sc_lo, sc_hi) = unsafe {
+            (
+                _mm512_loadu_si512(lo.as_ptr().cast()),
+                _mm512_loadu_si512(hi.as_ptr().cast()),
+            )
         };
-        const Z: u8 = 0xFF;
-        let sel: [__m512i; 4] = std::array::from_fn(|k| select(&|at| [at + k as u8, Z, Z, Z]));
-        let pairs: [__m512i; 2] =
-            std::array::from_fn(|p| select(&|at| [at + 2 * p as u8, Z, at + 2 * p as u8 + 1, Z]));
-        let z = _mm512_setzero_si512();
-        let mut acc = [_mm512_setzero_ps(); R];
+        let mut acc = [_mm512_setzero_ps(); GROUP];
+        let mut accm = [_mm256_setzero_ps(); GROUP];
         for b in 0..kb {
-            // SAFETY: every lane reads 4 bytes inside its row's block `b` (144 bytes).
-            let base = unsafe { w.as_ptr().add(b * Q4K_BYTES) };
-            let gather =
-                |at: usize| unsafe { _mm512_i32gather_epi32::<1>(idx, base.add(at).cast()) };
-            // Header: d and dmin (f16), then ggml's 6-bit scales and mins, 4 per 32 bits.
-            let h = gather(0);
-            let (u0, u1, u2) = (gather(4), gather(8), gather(12));
-            let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
-            let dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(h)));
-            let s0 = _mm512_and_si512(u0, m6);
-            let s1 = _mm512_or_si512(
-                _mm512_and_si512(u2, m4),
-                _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(u0), m2)),
+            let blk = &w[b * Q4K_BYTES..(b + 1) * Q4K_BYTES];
+            prefetch_ahead(blk);
+            let d = f16_at(blk, 0);
+            let dmin = f16_at(blk, 2);
+            // ggml's 6-bit scale/min unpacking: bytes 0..8 scales, 8..16 mins.
+            let u = |i: usize| u32::from_le_bytes(blk[4 + 4 * i..8 + 4 * i].try_into().unwrap());
+            let (u0, u1, u2) = (u(0), u(1), u(2));
+            let s0 = u0 & 0x3f3f_3f3f;
+            let s1 = (u2 & 0x0f0f_0f0f) | (((u0 >> 6) & 0x0303_0303) << 4);
+            let m0 = u1 & 0x3f3f_3f3f;
+            let m1 = ((u2 >> 4) & 0x0f0f_0f0f) | (((u1 >> 6) & 0x0303_0303) << 4);
+            let packed =
+                _mm512_castsi128_si512(_mm_set_epi32(m1 as i32, m0 as i32, s1 as i32, s0 as i32));
+            let even = 0x5555_5555_5555_5555;
+            let sc01 = _mm512_maskz_permutexvar_epi8(even, sc_lo, packed);
+            let sc23 = _mm512_maskz_permutexvar_epi8(even, sc_hi, packed);
+            // The 8 mins times dmin, once for every row.
+            let mins = _mm256_mul_ps(
+                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(
+                    0, 0, m1 as i32, m0 as i32,
+                ))),
+                _mm256_set1_ps(dmin),
             );
-            let mn0 = _mm512_and_si512(u1, m6);
-            let mn1 = _mm512_or_si512(
-                _mm512_and_si512(_mm512_srli_epi32::<4>(u2), m4),
-                _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(u1), m2)),
-            );
-            // d times each sub-block's scale (exact: 6 bits times an f16).
-            let scale = |j: usize| {
-                let s = _mm512_shuffle_epi8(if j < 4 { s0 } else { s1 }, sel[j % 4]);
-                _mm512_mul_ps(_mm512_cvtepi32_ps(s), d)
+            // SAFETY: the block has 128 bytes of nibbles at 16.
+            let (wa, wb) = unsafe {
+                (
+                    _mm512_loadu_si512(blk.as_ptr().add(16).cast()),
+                    _mm512_loadu_si512(blk.as_ptr().add(80).cast()),
+                )
             };
-            // The mins of sub-blocks (2p, 2p + 1) as 16-bit pairs, against `Act::pairs`.
-            let mins = [
-                _mm512_shuffle_epi8(mn0, pairs[0]),
-                _mm512_shuffle_epi8(mn0, pairs[1]),
-                _mm512_shuffle_epi8(mn1, pairs[0]),
-                _mm512_shuffle_epi8(mn1, pairs[1]),
-            ];
-            let mut t = [_mm512_setzero_ps(); R];
-            for c in 0..4 {
-                let v: [__m512i; 8] = std::array::from_fn(|i| gather(16 + 32 * c + 4 * i));
-                for half in 0..2 {
-                    let j = 2 * c + half;
-                    let wv = v.map(|x| {
-                        if half == 0 {
-                            _mm512_and_si512(x, nib)
-                        } else {
-                            _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib)
-                        }
-                    });
-                    let sc = scale(j);
-                    for r in 0..R {
-                        let q = acts[r * kb + b].qs[32 * j..].as_ptr();
-                        let mut s = z;
-                        for (i, wv) in wv.iter().enumerate() {
-                            // SAFETY: 4 of the block's 256 quants.
-                            let x = unsafe { q.add(4 * i).cast::<i32>().read_unaligned() };
-                            s = _mm512_dpbusd_epi32(s, *wv, _mm512_set1_epi32(x));
-                        }
-                        t[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, t[r]);
-                    }
-                }
-            }
-            for r in 0..R {
+            let lo0 = _mm512_and_si512(wa, nib);
+            let hi0 = _mm512_and_si512(_mm512_srli_epi16::<4>(wa), nib);
+            let lo1 = _mm512_and_si512(wb, nib);
+            let hi1 = _mm512_and_si512(_mm512_srli_epi16::<4>(wb), nib);
+            for r in 0..rows {
                 let a = &acts[r * kb + b];
-                let mut mi = z;
-                for (p, m) in mins.iter().enumerate() {
-                    mi = _mm512_dpwssd_epi32(mi, *m, _mm512_set1_epi32(a.pairs[p]));
-                }
-                let u = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mi), dmin, t[r]);
-                acc[r] = _mm512_fmadd_ps(u, _mm512_set1_ps(a.d), acc[r]);
+                let q = a.qs.as_ptr();
+                // SAFETY: 256 bytes of quants and 8 sub-block sums in `a`.
+                let (x0, x1, x2, x3, sums) = unsafe {
+                    (
+                        _mm512_loadu_si512(q.cast()),
+                        _mm512_loadu_si512(q.add(64).cast()),
+                        _mm512_loadu_si512(q.add(128).cast()),
+                        _mm512_loadu_si512(q.add(192).cast()),
+                        _mm256_loadu_ps(a.dsums.as_ptr()),
+                    )
+                };
+                let z = _mm512_setzero_si512();
+                let p0 = _mm512_dpbusd_epi32(z, lo0, x0);
+                let p1 = _mm512_dpbusd_epi32(z, hi0, x1);
+                let p2 = _mm512_dpbusd_epi32(z, lo1, x2);
+                let p3 = _mm512_dpbusd_epi32(z, hi1, x3);
+                // Each lane is a sum of 4 products (|·| ≤ 4·15·128), so 16 bits hold it.
+                let s = _mm512_add_epi32(
+                    _mm512_madd_epi16(_mm512_packs_epi32(p0, p1), sc01),
+                    _mm512_madd_epi16(_mm512_packs_epi32(p2, p3), sc23),
+                );
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(d * a.d), acc[r]);
+                accm[r] = _mm256_fmadd_ps(mins, sums, accm[r]);
             }
         }
-        for r in 0..R {
-            // SAFETY: 16 floats of room.
-            unsafe { _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]) };
+        for r in 0..rows {
+            out[r] = _mm512_reduce_add_ps(acc[r]) - hsum256(accm[r]);
         }
     }
 
@@ -555,6 +482,14 @@ mod x86 {
         for r in 0..rows {
             out[r] = _mm512_reduce_add_ps(acc[r]);
         }
+    }
+
+    #[target_feature(enable = "avx512f,avx512vl")]
+    fn hsum256(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+        _mm_cvtss_f32(s)
     }
 }
 
