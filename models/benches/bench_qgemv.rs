@@ -2,6 +2,14 @@
 //! one row (one conversation) and for eight (a batched step), with candle's block dot products,
 //! candle's repacked tiles, and Sandra's kernels (`chat/qgemv.rs`), all in the same run.
 //!
+//! Each `qgemv` line repeats one matrix, which then stays in cache; a decode step reads every
+//! matrix once from memory. The `step` lines time that: every layer's matrices of one block
+//! type, one pass per round, with Sandra's kernels, one row and eight, in rounds alternating
+//! so that a change in the machine's speed falls on both. A kernel can win the first and lose
+//! the second: a 16-row Q4_K tile built on gathers took 8 rows of `ffn_gate` in 0.66–0.81 ms
+//! against 1.13 in cache, but every Q4_K matrix of a step, one row, from memory, in 43–69 ms
+//! against 31–48 (two runs of five rounds).
+//!
 //!   cargo bench -p sandra-models --bench bench_qgemv -- MODEL.gguf
 //!
 //! Under `cargo test` (no `--bench` argument) it does nothing.
@@ -146,6 +154,73 @@ fn main() {
              sandra_8_vs_1={:.2} sandra_1_vs_candle_dots_1={:.2}",
             ours8 / ours1,
             ours1 / dots1
+        );
+    }
+    step_from_memory(&ct, &mut file, &dev);
+}
+
+/// The `step` lines (see the top): every `blk.*` matrix of each block type, in layer order.
+fn step_from_memory(ct: &Content, file: &mut std::fs::File, dev: &Device) {
+    for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+        let mut mats = Vec::new();
+        for (name, info) in &ct.tensor_infos {
+            if name.starts_with("blk.") && info.ggml_dtype == dtype && info.shape.dims().len() == 2
+            {
+                let q = ct.tensor(file, name, dev).expect("tensor");
+                let (n, k) = q.shape().dims2().unwrap();
+                mats.push((name.clone(), n, k, q.data().unwrap().to_vec()));
+            }
+        }
+        if mats.is_empty() {
+            continue;
+        }
+        // Layer order, as a step reads them (the file's order may differ).
+        mats.sort_by_key(|(name, ..)| {
+            let layer: usize = name
+                .split('.')
+                .nth(1)
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            (layer, name.clone())
+        });
+        let kmax = mats.iter().map(|m| m.2).max().unwrap();
+        let nmax = mats.iter().map(|m| m.1).max().unwrap();
+        let x: Vec<f32> = Tensor::randn(0f32, 1.0, (8, kmax), dev)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut dst = vec![0f32; 8 * nmax];
+        let bytes: usize = mats.iter().map(|m| m.3.len()).sum();
+        let mut ms = [Vec::new(), Vec::new()];
+        for _round in 0..5 {
+            for (i, m) in [1usize, 8].into_iter().enumerate() {
+                let t = Instant::now();
+                for (_, n, k, b) in &mats {
+                    assert!(sandra_models::testing::decode_matmul(
+                        dtype,
+                        b,
+                        (m, *k, *n),
+                        &x[..m * k],
+                        &mut dst
+                    ));
+                }
+                ms[i].push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let show = |v: &[f64]| {
+            v.iter()
+                .map(|t| format!("{t:.1}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        println!(
+            "step	{dtype:?}	{} matrices, {} MB, from memory	sandra ms, five rounds: one row {}	eight rows {}",
+            mats.len(),
+            bytes >> 20,
+            show(&ms[0]),
+            show(&ms[1])
         );
     }
 }
