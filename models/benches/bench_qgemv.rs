@@ -8,7 +8,7 @@
 //! so that a change in the machine's speed falls on both. A kernel can win the first and lose
 //! the second: a 16-row Q4_K tile built on gathers took 8 rows of `ffn_gate` in 0.66–0.81 ms
 //! against 1.13 in cache, but every Q4_K matrix of a step, one row, from memory, in 43–69 ms
-//! against 31–48 (two runs of five rounds).
+//! against 31–48 (three runs of five rounds, alternating).
 //!
 //!   cargo bench -p sandra-models --bench bench_qgemv -- MODEL.gguf
 //!
@@ -216,7 +216,8 @@ fn step_from_memory(ct: &Content, file: &mut std::fs::File, dev: &Device) {
                 .join(" / ")
         };
         println!(
-            "step	{dtype:?}	{} matrices, {} MB, from memory	sandra ms, five rounds: one row {}	eight rows {}",
+            "step\t{dtype:?}\t{} matrices, {} MB, from memory\tsandra ms, five rounds: \
+             one row {}\teight rows {}",
             mats.len(),
             bytes >> 20,
             show(&ms[0]),

@@ -13,6 +13,23 @@
 //! and unpacked once per step and then multiplied against every row with one `vpdpbusd` per 64
 //! values, on the file's own bytes.
 //!
+//! Built, measured and dropped (2026-12-02; `bench_qgemv`'s `step` lines time what a decode step
+//! reads, from memory, and decided each):
+//! - Q4_K with 16 weight rows as the lanes (fetched by gathers), so a block's sub-block scales
+//!   apply to whole vectors instead of packs and 16-bit multiplies per row: about 1.5× as fast
+//!   for 8 rows of one matrix in cache, but every Q4_K matrix of a step, from memory, took
+//!   43–69 ms for one row against 31–48, and 62–121 for eight against 73–114 (16 rows read side
+//!   by side by gathers stall on memory; a prefetch of the next tile into L1 or L2 did not
+//!   change it). One kernel must serve every row count of a block type (below), so the one-row
+//!   loss decided.
+//! - The same 16-row shape for Q6_K: 53 gathers a block (or 192 shuffles transposing loaded
+//!   rows) cost more than the packs they save, even in cache (one row of the 1536×8960 matrix
+//!   0.45–0.98 ms against 0.26–0.32).
+//! - AMX int8 (`tdpbsud`) for those 16-row Q4_K tiles' sums, exact like VNNI's: 0.61–0.93 ms
+//!   for 2 to 8 rows of the 8960×1536 matrix against 0.37–0.87 (six alternating rounds): each
+//!   32-value sub-block needs its weights stored, two tile loads, a tile store and 8 loads
+//!   back, whatever the row count.
+//!
 //! Arithmetic: both formats are integers times per-block scales, and the activation is
 //! quantized to Q8_K exactly as candle does it (`BlockQ8K::from_float`), so each block's sum is
 //! an exact integer; only the final per-block scaling is floating point. Every row is computed
