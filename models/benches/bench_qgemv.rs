@@ -160,7 +160,11 @@ fn main() {
 }
 
 /// The `step` lines (see the top): every `blk.*` matrix of each block type, in layer order.
+/// Each round reads the Q4_K set (596 MiB for the default model) between two readings of the
+/// Q6_K one (155 MiB, under the 300 MiB L3 this VM lists), so neither is still cached.
 fn step_from_memory(ct: &Content, file: &mut std::fs::File, dev: &Device) {
+    type Mats = Vec<(String, usize, usize, Vec<u8>)>;
+    let mut sets: Vec<(GgmlDType, Mats)> = Vec::new();
     for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
         let mut mats = Vec::new();
         for (name, info) in &ct.tensor_infos {
@@ -171,9 +175,6 @@ fn step_from_memory(ct: &Content, file: &mut std::fs::File, dev: &Device) {
                 mats.push((name.clone(), n, k, q.data().unwrap().to_vec()));
             }
         }
-        if mats.is_empty() {
-            continue;
-        }
         // Layer order, as a step reads them (the file's order may differ).
         mats.sort_by_key(|(name, ..)| {
             let layer: usize = name
@@ -183,23 +184,29 @@ fn step_from_memory(ct: &Content, file: &mut std::fs::File, dev: &Device) {
                 .unwrap_or(0);
             (layer, name.clone())
         });
-        let kmax = mats.iter().map(|m| m.2).max().unwrap();
-        let nmax = mats.iter().map(|m| m.1).max().unwrap();
-        let x: Vec<f32> = Tensor::randn(0f32, 1.0, (8, kmax), dev)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let mut dst = vec![0f32; 8 * nmax];
-        let bytes: usize = mats.iter().map(|m| m.3.len()).sum();
-        let mut ms = [Vec::new(), Vec::new()];
-        for _round in 0..5 {
-            for (i, m) in [1usize, 8].into_iter().enumerate() {
+        if !mats.is_empty() {
+            sets.push((dtype, mats));
+        }
+    }
+    let all = sets.iter().flat_map(|(_, m)| m);
+    let kmax = all.clone().map(|m| m.2).max().unwrap_or(0);
+    let nmax = all.map(|m| m.1).max().unwrap_or(0);
+    let x: Vec<f32> = Tensor::randn(0f32, 1.0, (8, kmax.max(1)), dev)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let mut dst = vec![0f32; 8 * nmax];
+    // ms[set][0 for one row, 1 for eight]
+    let mut ms = vec![[Vec::new(), Vec::new()]; sets.len()];
+    for _round in 0..5 {
+        for (i, m) in [1usize, 8].into_iter().enumerate() {
+            for ((dtype, mats), ms) in sets.iter().zip(&mut ms) {
                 let t = Instant::now();
-                for (_, n, k, b) in &mats {
+                for (_, n, k, b) in mats {
                     assert!(sandra_models::testing::decode_matmul(
-                        dtype,
+                        *dtype,
                         b,
                         (m, *k, *n),
                         &x[..m * k],
@@ -209,14 +216,17 @@ fn step_from_memory(ct: &Content, file: &mut std::fs::File, dev: &Device) {
                 ms[i].push(t.elapsed().as_secs_f64() * 1e3);
             }
         }
-        let show = |v: &[f64]| {
-            v.iter()
-                .map(|t| format!("{t:.1}"))
-                .collect::<Vec<_>>()
-                .join(" / ")
-        };
+    }
+    let show = |v: &[f64]| {
+        v.iter()
+            .map(|t| format!("{t:.1}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    for ((dtype, mats), ms) in sets.iter().zip(&ms) {
+        let bytes: usize = mats.iter().map(|m| m.3.len()).sum();
         println!(
-            "step\t{dtype:?}\t{} matrices, {} MB, from memory\tsandra ms, five rounds: \
+            "step\t{dtype:?}\t{} matrices, {} MiB, from memory\tsandra ms, five rounds: \
              one row {}\teight rows {}",
             mats.len(),
             bytes >> 20,
