@@ -19,12 +19,12 @@
 //!   apply to whole vectors instead of packs and 16-bit multiplies per row: about 1.5× as fast
 //!   for 8 rows of one matrix in cache, but every Q4_K matrix of a step, from memory, took
 //!   43–69 ms for one row against 31–48, and 62–121 for eight against 73–114 (16 rows read side
-//!   by side by gathers stall on memory; a prefetch of the next tile into L1 or L2 did not
-//!   change it). One kernel must serve every row count of a block type (below), so the one-row
-//!   loss decided.
+//!   by side by gathers stall on memory; prefetching the next tile into L2, or each row's next
+//!   blocks into L1, left that where it was). One kernel must serve every row count of a block
+//!   type (below), so the one-row loss decided.
 //! - The same 16-row shape for Q6_K: 53 gathers a block (or 192 shuffles transposing loaded
 //!   rows) cost more than the packs they save, even in cache (one row of the 1536×8960 matrix
-//!   0.45–0.98 ms against 0.26–0.32).
+//!   0.45–0.98 ms against 0.22–0.32).
 //! - AMX int8 (`tdpbsud`) for those 16-row Q4_K tiles' sums, exact like VNNI's: 0.61–0.93 ms
 //!   for 2 to 8 rows of the 8960×1536 matrix against 0.37–0.87 (six alternating rounds): each
 //!   32-value sub-block needs its weights stored, two tile loads, a tile store and 8 loads
