@@ -18,10 +18,12 @@
 //! - Q4_K with 16 weight rows as the lanes (fetched by gathers), so a block's sub-block scales
 //!   apply to whole vectors instead of packs and 16-bit multiplies per row: about 1.5× as fast
 //!   for 8 rows of one matrix in cache, but every Q4_K matrix of a step, from memory, took
-//!   43–69 ms for one row against 31–48, and 62–121 for eight against 73–114 (16 rows read side
-//!   by side by gathers stall on memory; prefetching the next tile into L2, or each row's next
-//!   blocks into L1, left that where it was). One kernel must serve every row count of a block
-//!   type (below), so the one-row loss decided.
+//!   43–69 ms for one row against 31–48, and 62–121 for eight against 73–114. Not the gathers'
+//!   fault: with the blocks re-laid so that plain loads of one stream replace them, one row
+//!   took 50–56 ms, and with a prefetch one tile-block ahead 40.8–43.5 against 34.1–39.4 (eight
+//!   rows 71.8–78.4 against 82.0–87.9); for one row the tile's per-block set-up (16 rows' scales
+//!   unpacked for 64 multiply-adds a row) costs more than the row kernel's. One kernel must
+//!   serve every row count of a block type (below), so the one-row loss decided.
 //! - The same 16-row shape for Q6_K: 53 gathers a block (or 192 shuffles transposing loaded
 //!   rows) cost more than the packs they save, even in cache (one row of the 1536×8960 matrix
 //!   0.45–0.98 ms against 0.22–0.32).
