@@ -15,6 +15,7 @@ mod qdecoder;
 pub(crate) mod qgemv;
 mod scheduler;
 mod step_attention;
+mod vecmath;
 pub use qdecoder::CpuPrefill;
 mod remote;
 pub mod template;

@@ -33,7 +33,7 @@ use candle_core::quantized::k_quants::{
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, IndexOp, Module, Result, Storage, Tensor, bail};
 
-use super::{amx, qgemv, step_attention};
+use super::{amx, qgemv, step_attention, vecmath};
 
 /// Which layout of the llama family a GGUF file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -932,10 +932,36 @@ impl QDecoder {
         };
         let x = (lin(&layer.o, y)? + x)?;
         let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.eps)?;
-        let g = lin(&layer.gate, &h)?.silu()?;
-        let u = lin(&layer.up, &h)?;
-        lin(&layer.down, &(g * u)?)? + x
+        let (g, u) = (lin(&layer.gate, &h)?, lin(&layer.up, &h)?);
+        let a = if rows {
+            silu_mul(&g, &u)?
+        } else {
+            (g.silu()? * u)?
+        };
+        lin(&layer.down, &a)? + x
     }
+}
+
+/// `silu(g) * u`, the gated MLP's activation, for a decode step: one pass over the CPU's
+/// slices ([`vecmath::silu_mul`]) instead of two candle ops with one-value-at-a-time `expf`
+/// (prompts keep candle's, so the prompt kernels and their tests stay as they are).
+fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    if !(g.device().is_cpu() && g.dtype() == DType::F32 && g.shape() == u.shape()) {
+        return g.silu()? * u;
+    }
+    let (g, u) = (g.contiguous()?, u.contiguous()?);
+    let mut out = vec![0f32; g.elem_count()];
+    {
+        let ((gs, gl), (us, ul)) = (g.storage_and_layout(), u.storage_and_layout());
+        let (Storage::Cpu(gs), Storage::Cpu(us)) = (&*gs, &*us) else {
+            bail!("a CPU tensor without CPU storage");
+        };
+        let n = out.len();
+        let gs = &gs.as_slice::<f32>()?[gl.start_offset()..][..n];
+        let us = &us.as_slice::<f32>()?[ul.start_offset()..][..n];
+        vecmath::silu_mul(gs, us, &mut out);
+    }
+    Tensor::from_vec(out, g.shape(), g.device())
 }
 
 /// `cos`/`sin` tables `[positions, head_dim / 2]`.
