@@ -1121,6 +1121,14 @@ mod tests {
                 (ct, r)
             };
             let family = family_of(tiny);
+            // Both models quantize each activation block to 8 bits before their integer dot
+            // products (Q8_0 files exactly alike). With K-quants the float scaling is summed in
+            // another order, so now and then a value rounds to the other side of a half in one
+            // of them: one step of 1/127 of its block's largest value, which moves every logit
+            // after it. Seen up to 1.5e-2 on these models (seed 10, before and after the
+            // chunked reduction of `qgemv`); `qgemv`'s own tests compare its products with
+            // candle's to 1e-5.
+            let tolerance = if quant == Quant::Q8 { 1e-3 } else { 5e-2 };
             for prefill in [CpuPrefill::Compact, CpuPrefill::Repacked] {
                 let mut stock = Stock::load(family, &path, &dev)?;
                 let (ct, mut r) = read();
@@ -1133,7 +1141,7 @@ mod tests {
                 let b = stock.forward(&prompt, 0)?;
                 let d = max_rel_diff(&a, &b);
                 assert!(
-                    d < 1e-3,
+                    d < tolerance,
                     "{tiny:?} {quant:?} {prefill:?} prompt logits off by {d}"
                 );
                 for (i, t) in [11u32, 23, 7].into_iter().enumerate() {
@@ -1142,7 +1150,7 @@ mod tests {
                     let b = stock.forward(&x, 7 + i)?;
                     let d = max_rel_diff(&a, &b);
                     assert!(
-                        d < 1e-3,
+                        d < tolerance,
                         "{tiny:?} {quant:?} {prefill:?} step {i} logits off by {d}"
                     );
                 }

@@ -13,6 +13,14 @@
 //! and unpacked once per step and then multiplied against every row with one `vpdpbusd` per 64
 //! values, on the file's own bytes.
 //!
+//! A kernel call takes 16 weight rows ([`x86::CHUNK`]) and reduces their 16-lane sums together
+//! at the end (`x86::finish`), with the Q4_K mins folded into the same sums; one horizontal sum
+//! per output (plus a second for the mins) had been about a fifth of the work of a 6-block
+//! weight row (most matrices of the default model) for eight rows. `bench_qgemv`'s step lines,
+//! three runs alternating with the previous kernel, medians of five rounds: Q4_K eight rows
+//! 86.2 / 76.1 / 88.1 ms against 106.4 / 94.9 / 92.0, one row 35.2 / 33.2 / 38.5 against
+//! 43.4 / 36.9 / 38.0; Q6_K eight rows 17.4 / 15.6 / 16.6 against 20.5 / 17.3 / 18.0.
+//!
 //! Built, measured and dropped (2026-12-02; `bench_qgemv`'s `step` lines time what a decode step
 //! reads, from memory, and decided each):
 //! - Q4_K with 16 weight rows as the lanes (fetched by gathers), so a block's sub-block scales
@@ -136,31 +144,26 @@ pub(crate) fn matmul(
         let acts = quantize(lhs, m, k, dtype == GgmlDType::Q4K);
         let dst_addr = dst.as_mut_ptr() as usize;
         // Weight rows are split across candle's worker pool (the one its own kernels use, so
-        // the model never runs more threads than it was given); chunks of 16 rows keep the
-        // scheduling overhead small against a row's ~kb blocks of work.
-        const CHUNK: usize = 16;
+        // the model never runs more threads than it was given) in chunks of [`x86::CHUNK`]:
+        // the kernels reduce a chunk's sums together.
+        use x86::CHUNK;
         candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(CHUNK), |range| {
             for c in range {
-                for j in c * CHUNK..n.min((c + 1) * CHUNK) {
-                    let w = &blocks[j * kb * size..(j + 1) * kb * size];
-                    for (g, group) in acts.chunks(GROUP * kb).enumerate() {
-                        let rows = group.len() / kb;
-                        let mut out = [0f32; GROUP];
-                        // SAFETY: `available()` checked the CPU features the kernels enable;
-                        // `w` holds `kb` blocks of `dtype` and `group` `rows * kb` activations
-                        // (checked above).
-                        unsafe {
-                            if dtype == GgmlDType::Q4K {
-                                x86::q4k_rows(w, group, kb, rows, &mut out)
-                            } else {
-                                x86::q6k_rows(w, group, kb, rows, &mut out)
-                            }
-                        }
-                        for (i, v) in out[..rows].iter().enumerate() {
-                            let r = g * GROUP + i;
-                            // SAFETY: `dst` has `m * n` elements (checked above) and each
-                            // (row, column) is written by exactly one work item.
-                            unsafe { *(dst_addr as *mut f32).add(r * n + j) = *v };
+                let (j0, nw) = (c * CHUNK, CHUNK.min(n - c * CHUNK));
+                let w = &blocks[j0 * kb * size..(j0 + nw) * kb * size];
+                for (g, group) in acts.chunks(GROUP * kb).enumerate() {
+                    let rows = group.len() / kb;
+                    // SAFETY: `available()` checked the CPU features the kernels enable; `w`
+                    // holds `nw` rows of `kb` blocks of `dtype`, `group` `rows * kb`
+                    // activations, and `dst` (`m * n`, checked above) has room for columns
+                    // `j0..j0 + nw` of rows `g * GROUP..` + `rows`, which no other work item
+                    // writes.
+                    unsafe {
+                        let out = (dst_addr as *mut f32).add(g * GROUP * n + j0);
+                        if dtype == GgmlDType::Q4K {
+                            x86::q4k_rows(w, nw, group, kb, rows, out, n)
+                        } else {
+                            x86::q6k_rows(w, nw, group, kb, rows, out, n)
                         }
                     }
                 }
@@ -294,15 +297,24 @@ mod x86 {
         1.0 / iscale
     }
 
-    /// Q4_K: `out[r] = w · acts[r]` for `rows` (≤ GROUP) rows, `kb` blocks each.
+    /// Q4_K: `out[r * stride + i] = w[i] · acts[r]` for the `nw` (≤ [`CHUNK`]) weight rows
+    /// of `w` and the `rows` (≤ GROUP) activation rows of `acts`, `kb` blocks each.
+    ///
+    /// # Safety
+    /// The CPU has the enabled features, `w` holds `nw * kb` blocks, `acts` `rows * kb`, and
+    /// `out` is writable at those `rows × nw` places.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
     pub(super) unsafe fn q4k_rows(
         w: &[u8],
+        nw: usize,
         acts: &[Act],
         kb: usize,
         rows: usize,
-        out: &mut [f32; GROUP],
+        out: *mut f32,
+        stride: usize,
     ) {
+        assert!(nw <= CHUNK && rows <= GROUP && w.len() >= nw * kb * Q4K_BYTES);
+        assert!(acts.len() >= rows * kb);
         let nib = _mm512_set1_epi8(0x0F);
         // 16-bit lane j of a packed pair of dot products covers sub-block A (j % 8 < 4) or B
         // of the 128-bit lane j / 8; lanes 0–1 hold the first 64-value group, 2–3 the second.
@@ -317,73 +329,81 @@ mod x86 {
                 _mm512_loadu_si512(hi.as_ptr().cast()),
             )
         };
-        let mut acc = [_mm512_setzero_ps(); GROUP];
-        let mut accm = [_mm256_setzero_ps(); GROUP];
-        for b in 0..kb {
-            let blk = &w[b * Q4K_BYTES..(b + 1) * Q4K_BYTES];
-            prefetch_ahead(blk);
-            let d = f16_at(blk, 0);
-            let dmin = f16_at(blk, 2);
-            // ggml's 6-bit scale/min unpacking: bytes 0..8 scales, 8..16 mins.
-            let u = |i: usize| u32::from_le_bytes(blk[4 + 4 * i..8 + 4 * i].try_into().unwrap());
-            let (u0, u1, u2) = (u(0), u(1), u(2));
-            let s0 = u0 & 0x3f3f_3f3f;
-            let s1 = (u2 & 0x0f0f_0f0f) | (((u0 >> 6) & 0x0303_0303) << 4);
-            let m0 = u1 & 0x3f3f_3f3f;
-            let m1 = ((u2 >> 4) & 0x0f0f_0f0f) | (((u1 >> 6) & 0x0303_0303) << 4);
-            let packed =
-                _mm512_castsi128_si512(_mm_set_epi32(m1 as i32, m0 as i32, s1 as i32, s0 as i32));
-            let even = 0x5555_5555_5555_5555;
-            let sc01 = _mm512_maskz_permutexvar_epi8(even, sc_lo, packed);
-            let sc23 = _mm512_maskz_permutexvar_epi8(even, sc_hi, packed);
-            // The 8 mins times dmin, once for every row.
-            let mins = _mm256_mul_ps(
-                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(
-                    0, 0, m1 as i32, m0 as i32,
-                ))),
-                _mm256_set1_ps(dmin),
-            );
-            // SAFETY: the block has 128 bytes of nibbles at 16.
-            let (wa, wb) = unsafe {
-                (
-                    _mm512_loadu_si512(blk.as_ptr().add(16).cast()),
-                    _mm512_loadu_si512(blk.as_ptr().add(80).cast()),
-                )
-            };
-            let lo0 = _mm512_and_si512(wa, nib);
-            let hi0 = _mm512_and_si512(_mm512_srli_epi16::<4>(wa), nib);
-            let lo1 = _mm512_and_si512(wb, nib);
-            let hi1 = _mm512_and_si512(_mm512_srli_epi16::<4>(wb), nib);
-            for r in 0..rows {
-                let a = &acts[r * kb + b];
-                let q = a.qs.as_ptr();
-                // SAFETY: 256 bytes of quants and 8 sub-block sums in `a`.
-                let (x0, x1, x2, x3, sums) = unsafe {
+        let mut part = [[_mm512_setzero_ps(); CHUNK]; GROUP];
+        for i in 0..nw {
+            let w = &w[i * kb * Q4K_BYTES..(i + 1) * kb * Q4K_BYTES];
+            let mut acc = [_mm512_setzero_ps(); GROUP];
+            for b in 0..kb {
+                let blk = &w[b * Q4K_BYTES..(b + 1) * Q4K_BYTES];
+                prefetch_ahead(blk);
+                let d = f16_at(blk, 0);
+                let dmin = f16_at(blk, 2);
+                // ggml's 6-bit scale/min unpacking: bytes 0..8 scales, 8..16 mins.
+                let u =
+                    |i: usize| u32::from_le_bytes(blk[4 + 4 * i..8 + 4 * i].try_into().unwrap());
+                let (u0, u1, u2) = (u(0), u(1), u(2));
+                let s0 = u0 & 0x3f3f_3f3f;
+                let s1 = (u2 & 0x0f0f_0f0f) | (((u0 >> 6) & 0x0303_0303) << 4);
+                let m0 = u1 & 0x3f3f_3f3f;
+                let m1 = ((u2 >> 4) & 0x0f0f_0f0f) | (((u1 >> 6) & 0x0303_0303) << 4);
+                let packed = _mm512_castsi128_si512(_mm_set_epi32(
+                    m1 as i32, m0 as i32, s1 as i32, s0 as i32,
+                ));
+                let even = 0x5555_5555_5555_5555;
+                let sc01 = _mm512_maskz_permutexvar_epi8(even, sc_lo, packed);
+                let sc23 = _mm512_maskz_permutexvar_epi8(even, sc_hi, packed);
+                // The 8 mins times dmin, once for every row (the upper lanes zero).
+                let mins = _mm512_zextps256_ps512(_mm256_mul_ps(
+                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(
+                        0, 0, m1 as i32, m0 as i32,
+                    ))),
+                    _mm256_set1_ps(dmin),
+                ));
+                // SAFETY: the block has 128 bytes of nibbles at 16.
+                let (wa, wb) = unsafe {
                     (
-                        _mm512_loadu_si512(q.cast()),
-                        _mm512_loadu_si512(q.add(64).cast()),
-                        _mm512_loadu_si512(q.add(128).cast()),
-                        _mm512_loadu_si512(q.add(192).cast()),
-                        _mm256_loadu_ps(a.dsums.as_ptr()),
+                        _mm512_loadu_si512(blk.as_ptr().add(16).cast()),
+                        _mm512_loadu_si512(blk.as_ptr().add(80).cast()),
                     )
                 };
-                let z = _mm512_setzero_si512();
-                let p0 = _mm512_dpbusd_epi32(z, lo0, x0);
-                let p1 = _mm512_dpbusd_epi32(z, hi0, x1);
-                let p2 = _mm512_dpbusd_epi32(z, lo1, x2);
-                let p3 = _mm512_dpbusd_epi32(z, hi1, x3);
-                // Each lane is a sum of 4 products (|·| ≤ 4·15·128), so 16 bits hold it.
-                let s = _mm512_add_epi32(
-                    _mm512_madd_epi16(_mm512_packs_epi32(p0, p1), sc01),
-                    _mm512_madd_epi16(_mm512_packs_epi32(p2, p3), sc23),
-                );
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(d * a.d), acc[r]);
-                accm[r] = _mm256_fmadd_ps(mins, sums, accm[r]);
+                let lo0 = _mm512_and_si512(wa, nib);
+                let hi0 = _mm512_and_si512(_mm512_srli_epi16::<4>(wa), nib);
+                let lo1 = _mm512_and_si512(wb, nib);
+                let hi1 = _mm512_and_si512(_mm512_srli_epi16::<4>(wb), nib);
+                for r in 0..rows {
+                    let a = &acts[r * kb + b];
+                    let q = a.qs.as_ptr();
+                    // SAFETY: 256 bytes of quants and 8 sub-block sums in `a`.
+                    let (x0, x1, x2, x3, sums) = unsafe {
+                        (
+                            _mm512_loadu_si512(q.cast()),
+                            _mm512_loadu_si512(q.add(64).cast()),
+                            _mm512_loadu_si512(q.add(128).cast()),
+                            _mm512_loadu_si512(q.add(192).cast()),
+                            _mm512_zextps256_ps512(_mm256_loadu_ps(a.dsums.as_ptr())),
+                        )
+                    };
+                    let z = _mm512_setzero_si512();
+                    let p0 = _mm512_dpbusd_epi32(z, lo0, x0);
+                    let p1 = _mm512_dpbusd_epi32(z, hi0, x1);
+                    let p2 = _mm512_dpbusd_epi32(z, lo1, x2);
+                    let p3 = _mm512_dpbusd_epi32(z, hi1, x3);
+                    // Each lane is a sum of 4 products (|·| ≤ 4·15·128), so 16 bits hold it.
+                    let s = _mm512_add_epi32(
+                        _mm512_madd_epi16(_mm512_packs_epi32(p0, p1), sc01),
+                        _mm512_madd_epi16(_mm512_packs_epi32(p2, p3), sc23),
+                    );
+                    acc[r] =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(d * a.d), acc[r]);
+                    acc[r] = _mm512_fnmadd_ps(mins, sums, acc[r]);
+                }
+            }
+            for r in 0..rows {
+                part[r][i] = acc[r];
             }
         }
-        for r in 0..rows {
-            out[r] = _mm512_reduce_add_ps(acc[r]) - hsum256(accm[r]);
-        }
+        // SAFETY: the caller's contract.
+        unsafe { finish(&part, rows, nw, out, stride) };
     }
 
     /// How far ahead of the block being read [`prefetch_ahead`] asks for weights.
@@ -404,15 +424,22 @@ mod x86 {
         }
     }
 
-    /// Q6_K: `out[r] = w · acts[r]` for `rows` (≤ GROUP) rows, `kb` blocks each.
+    /// Q6_K: as [`q4k_rows`].
+    ///
+    /// # Safety
+    /// As [`q4k_rows`], with Q6_K blocks.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
     pub(super) unsafe fn q6k_rows(
         w: &[u8],
+        nw: usize,
         acts: &[Act],
         kb: usize,
         rows: usize,
-        out: &mut [f32; GROUP],
+        out: *mut f32,
+        stride: usize,
     ) {
+        assert!(nw <= CHUNK && rows <= GROUP && w.len() >= nw * kb * Q6K_BYTES);
+        assert!(acts.len() >= rows * kb);
         let nib = _mm512_set1_epi8(0x0F);
         let top = _mm512_set1_epi8(0x30);
         // Byte j of half h's scale vector: the 128-bit lane L = j / 8 holds sub-blocks 8h + L
@@ -430,85 +457,129 @@ mod x86 {
                 _mm256_loadu_si256(idx[1].as_ptr().cast()),
             )
         };
-        let mut acc = [_mm512_setzero_ps(); GROUP];
-        for b in 0..kb {
-            let blk = &w[b * Q6K_BYTES..(b + 1) * Q6K_BYTES];
-            prefetch_ahead(blk);
-            let d = f16_at(blk, 208);
-            // SAFETY: 16 scale bytes at 192.
-            let sc = unsafe { _mm_loadu_si128(blk.as_ptr().add(192).cast()) };
-            let sc_all = _mm256_cvtepi8_epi16(sc);
-            let sc256 = _mm256_castsi128_si256(sc);
-            let scs = [
-                _mm512_cvtepi8_epi16(_mm256_permutexvar_epi8(idx0, sc256)),
-                _mm512_cvtepi8_epi16(_mm256_permutexvar_epi8(idx1, sc256)),
-            ];
-            // The 6-bit values (0..63, the real value minus 32) of each half, as two vectors of
-            // 64 values in order.
-            let mut ws = [[_mm512_setzero_si512(); 2]; 2];
-            for (h, wh) in ws.iter_mut().enumerate() {
-                // SAFETY: 64 bytes of low nibbles at 64h, 32 bytes of high pairs at 128 + 32h.
-                let (ql, qh) = unsafe {
-                    (
-                        _mm512_loadu_si512(blk.as_ptr().add(64 * h).cast()),
-                        _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                            blk.as_ptr().add(128 + 32 * h).cast(),
-                        )),
-                    )
-                };
-                // Values 0..64 take bits 0–1 (first 32) and 2–3 (next 32) of qh as bits 4–5;
-                // values 64..128 take bits 4–5 and 6–7.
-                let ha = _mm512_mask_blend_epi64(
-                    0xF0,
-                    _mm512_slli_epi16::<4>(qh),
-                    _mm512_slli_epi16::<2>(qh),
-                );
-                let hb = _mm512_mask_blend_epi64(0xF0, qh, _mm512_srli_epi16::<2>(qh));
-                wh[0] = _mm512_or_si512(_mm512_and_si512(ql, nib), _mm512_and_si512(ha, top));
-                wh[1] = _mm512_or_si512(
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(ql), nib),
-                    _mm512_and_si512(hb, top),
-                );
-            }
-            for r in 0..rows {
-                let a = &acts[r * kb + b];
-                let q = a.qs.as_ptr();
-                let z = _mm512_setzero_si512();
-                let mut s = z;
-                for h in 0..2 {
-                    // SAFETY: 256 bytes of quants in `a`.
-                    let (x0, x1) = unsafe {
+        let mut part = [[_mm512_setzero_ps(); CHUNK]; GROUP];
+        for i in 0..nw {
+            let w = &w[i * kb * Q6K_BYTES..(i + 1) * kb * Q6K_BYTES];
+            let mut acc = [_mm512_setzero_ps(); GROUP];
+            for b in 0..kb {
+                let blk = &w[b * Q6K_BYTES..(b + 1) * Q6K_BYTES];
+                prefetch_ahead(blk);
+                let d = f16_at(blk, 208);
+                // SAFETY: 16 scale bytes at 192.
+                let sc = unsafe { _mm_loadu_si128(blk.as_ptr().add(192).cast()) };
+                let sc_all = _mm256_cvtepi8_epi16(sc);
+                let sc256 = _mm256_castsi128_si256(sc);
+                let scs = [
+                    _mm512_cvtepi8_epi16(_mm256_permutexvar_epi8(idx0, sc256)),
+                    _mm512_cvtepi8_epi16(_mm256_permutexvar_epi8(idx1, sc256)),
+                ];
+                // The 6-bit values (0..63, the real value minus 32) of each half, as two vectors of
+                // 64 values in order.
+                let mut ws = [[_mm512_setzero_si512(); 2]; 2];
+                for (h, wh) in ws.iter_mut().enumerate() {
+                    // SAFETY: 64 bytes of low nibbles at 64h, 32 bytes of high pairs at 128 + 32h.
+                    let (ql, qh) = unsafe {
                         (
-                            _mm512_loadu_si512(q.add(128 * h).cast()),
-                            _mm512_loadu_si512(q.add(128 * h + 64).cast()),
+                            _mm512_loadu_si512(blk.as_ptr().add(64 * h).cast()),
+                            _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                                blk.as_ptr().add(128 + 32 * h).cast(),
+                            )),
                         )
                     };
-                    // |lane| ≤ 4·63·128 = 32256: 16 bits hold it.
-                    let p = _mm512_packs_epi32(
-                        _mm512_dpbusd_epi32(z, ws[h][0], x0),
-                        _mm512_dpbusd_epi32(z, ws[h][1], x1),
+                    // Values 0..64 take bits 0–1 (first 32) and 2–3 (next 32) of qh as bits 4–5;
+                    // values 64..128 take bits 4–5 and 6–7.
+                    let ha = _mm512_mask_blend_epi64(
+                        0xF0,
+                        _mm512_slli_epi16::<4>(qh),
+                        _mm512_slli_epi16::<2>(qh),
                     );
-                    s = _mm512_add_epi32(s, _mm512_madd_epi16(p, scs[h]));
+                    let hb = _mm512_mask_blend_epi64(0xF0, qh, _mm512_srli_epi16::<2>(qh));
+                    wh[0] = _mm512_or_si512(_mm512_and_si512(ql, nib), _mm512_and_si512(ha, top));
+                    wh[1] = _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(ql), nib),
+                        _mm512_and_si512(hb, top),
+                    );
                 }
-                // The values were stored plus 32: take 32 · scale · (sum of the 16 values).
-                // SAFETY: 16 sums in `a`.
-                let bs = unsafe { _mm256_loadu_si256(a.bsums.as_ptr().cast()) };
-                let corr = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, sc_all));
-                let s = _mm512_sub_epi32(s, _mm512_zextsi256_si512(corr));
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(d * a.d), acc[r]);
+                for r in 0..rows {
+                    let a = &acts[r * kb + b];
+                    let q = a.qs.as_ptr();
+                    let z = _mm512_setzero_si512();
+                    let mut s = z;
+                    for h in 0..2 {
+                        // SAFETY: 256 bytes of quants in `a`.
+                        let (x0, x1) = unsafe {
+                            (
+                                _mm512_loadu_si512(q.add(128 * h).cast()),
+                                _mm512_loadu_si512(q.add(128 * h + 64).cast()),
+                            )
+                        };
+                        // |lane| ≤ 4·63·128 = 32256: 16 bits hold it.
+                        let p = _mm512_packs_epi32(
+                            _mm512_dpbusd_epi32(z, ws[h][0], x0),
+                            _mm512_dpbusd_epi32(z, ws[h][1], x1),
+                        );
+                        s = _mm512_add_epi32(s, _mm512_madd_epi16(p, scs[h]));
+                    }
+                    // The values were stored plus 32: take 32 · scale · (sum of the 16 values).
+                    // SAFETY: 16 sums in `a`.
+                    let bs = unsafe { _mm256_loadu_si256(a.bsums.as_ptr().cast()) };
+                    let corr = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, sc_all));
+                    let s = _mm512_sub_epi32(s, _mm512_zextsi256_si512(corr));
+                    acc[r] =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(d * a.d), acc[r]);
+                }
+            }
+            for r in 0..rows {
+                part[r][i] = acc[r];
             }
         }
-        for r in 0..rows {
-            out[r] = _mm512_reduce_add_ps(acc[r]);
-        }
+        // SAFETY: the caller's contract.
+        unsafe { finish(&part, rows, nw, out, stride) };
     }
 
-    #[target_feature(enable = "avx512f,avx512vl")]
-    fn hsum256(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-        _mm_cvtss_f32(s)
+    /// Weight rows per kernel call: their sums are reduced together ([`finish`]).
+    pub(super) const CHUNK: usize = 16;
+
+    /// Stores `out[r * stride + i]` = the sum of the 16 lanes of `part[r][i]`, for `i < nw`.
+    ///
+    /// The 16 vectors of a row are reduced together, each level adding the even lanes of two
+    /// vectors to their odd lanes (two permutes and an add per pair), so 16 sums cost 15
+    /// permute pairs where one reduction each cost 4 shuffles and 4 adds (the epilogue was a
+    /// fifth of a 6-block weight row's work for 8 rows). Each sum adds its own lanes in the
+    /// same tree whatever its slot or its neighbours, so a row's result does not depend on
+    /// the rows beside it.
+    ///
+    /// # Safety
+    /// `out` is writable at the `rows × nw` places.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn finish(
+        part: &[[__m512; CHUNK]; GROUP],
+        rows: usize,
+        nw: usize,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        // Lanes 0–7 take the even lanes of the first vector, 8–15 those of the second; `odd`
+        // the odd ones.
+        let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+        let mask: __mmask16 = if nw >= 16 { 0xFFFF } else { (1u16 << nw) - 1 };
+        for (r, vs) in part.iter().enumerate().take(rows) {
+            let mut v = *vs;
+            let mut len = CHUNK;
+            while len > 1 {
+                for p in 0..len / 2 {
+                    let (a, b) = (v[2 * p], v[2 * p + 1]);
+                    v[p] = _mm512_add_ps(
+                        _mm512_permutex2var_ps(a, even, b),
+                        _mm512_permutex2var_ps(a, odd, b),
+                    );
+                }
+                len /= 2;
+            }
+            // SAFETY: the caller's contract; the mask keeps the store to `nw` values.
+            unsafe { _mm512_mask_storeu_ps(out.add(r * stride), mask, v[0]) };
+        }
     }
 }
 
@@ -580,49 +651,50 @@ mod tests {
             return;
         }
         let dev = Device::Cpu;
-        let (n, k) = (40, 1024);
-        let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
-            let q = QTensor::quantize(&w, dtype).unwrap();
-            let blocks = bytes_of(&q);
-            for m in [1, 2, 7, 8, 9, 20] {
-                let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
-                let mut ours = vec![0f32; m * n];
-                assert!(matmul(dtype, &blocks, (m, k, n), &x, &mut ours));
-                let mut want = vec![0f32; m * n];
-                match dtype {
-                    GgmlDType::Q4K => {
-                        let b: Vec<k_quants::BlockQ4K> = blocks_as(&blocks);
-                        k_quants::matmul((m, k, n), &x, &b, &mut want).unwrap();
+        for (n, k) in [(40, 1024), (7, 256), (300, 512)] {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+                let q = QTensor::quantize(&w, dtype).unwrap();
+                let blocks = bytes_of(&q);
+                for m in [1, 2, 7, 8, 9, 20] {
+                    let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    let mut ours = vec![0f32; m * n];
+                    assert!(matmul(dtype, &blocks, (m, k, n), &x, &mut ours));
+                    let mut want = vec![0f32; m * n];
+                    match dtype {
+                        GgmlDType::Q4K => {
+                            let b: Vec<k_quants::BlockQ4K> = blocks_as(&blocks);
+                            k_quants::matmul((m, k, n), &x, &b, &mut want).unwrap();
+                        }
+                        _ => {
+                            let b: Vec<k_quants::BlockQ6K> = blocks_as(&blocks);
+                            k_quants::matmul((m, k, n), &x, &b, &mut want).unwrap();
+                        }
                     }
-                    _ => {
-                        let b: Vec<k_quants::BlockQ6K> = blocks_as(&blocks);
-                        k_quants::matmul((m, k, n), &x, &b, &mut want).unwrap();
+                    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    for (o, w) in ours.iter().zip(&want) {
+                        assert!(
+                            (o - w).abs() <= 1e-5 * scale,
+                            "{dtype:?} {n}x{k} m={m}: {o} against candle's {w}"
+                        );
                     }
-                }
-                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-                for (o, w) in ours.iter().zip(&want) {
-                    assert!(
-                        (o - w).abs() <= 1e-5 * scale,
-                        "{dtype:?} m={m}: {o} against candle's {w}"
-                    );
-                }
-                // Row by row alone: bit for bit what the group gave.
-                for r in 0..m {
-                    let mut alone = vec![0f32; n];
-                    assert!(matmul(
-                        dtype,
-                        &blocks,
-                        (1, k, n),
-                        &x[r * k..(r + 1) * k],
-                        &mut alone
-                    ));
-                    assert_eq!(alone, ours[r * n..(r + 1) * n], "{dtype:?} m={m} row {r}");
+                    // Row by row alone: bit for bit what the group gave.
+                    for r in 0..m {
+                        let mut alone = vec![0f32; n];
+                        assert!(matmul(
+                            dtype,
+                            &blocks,
+                            (1, k, n),
+                            &x[r * k..(r + 1) * k],
+                            &mut alone
+                        ));
+                        assert_eq!(alone, ours[r * n..(r + 1) * n], "{dtype:?} m={m} row {r}");
+                    }
                 }
             }
         }
