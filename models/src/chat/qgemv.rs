@@ -215,6 +215,7 @@ fn quantize(lhs: &[f32], m: usize, k: usize, interleave: bool) -> Vec<Act> {
 mod x86 {
     use super::{Act, GROUP, Q4K_BYTES, Q6K_BYTES};
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     #[inline]
     #[target_feature(enable = "f16c")]
@@ -329,7 +330,8 @@ mod x86 {
                 _mm512_loadu_si512(hi.as_ptr().cast()),
             )
         };
-        let mut part = [[_mm512_setzero_ps(); CHUNK]; GROUP];
+        // Only the places the loop writes are read (`finish`): no 8 KB zeroing per call.
+        let mut part = [[MaybeUninit::<__m512>::uninit(); CHUNK]; GROUP];
         for i in 0..nw {
             let w = &w[i * kb * Q4K_BYTES..(i + 1) * kb * Q4K_BYTES];
             let mut acc = [_mm512_setzero_ps(); GROUP];
@@ -399,7 +401,7 @@ mod x86 {
                 }
             }
             for r in 0..rows {
-                part[r][i] = acc[r];
+                part[r][i].write(acc[r]);
             }
         }
         // SAFETY: the caller's contract.
@@ -457,7 +459,8 @@ mod x86 {
                 _mm256_loadu_si256(idx[1].as_ptr().cast()),
             )
         };
-        let mut part = [[_mm512_setzero_ps(); CHUNK]; GROUP];
+        // Only the places the loop writes are read (`finish`): no 8 KB zeroing per call.
+        let mut part = [[MaybeUninit::<__m512>::uninit(); CHUNK]; GROUP];
         for i in 0..nw {
             let w = &w[i * kb * Q6K_BYTES..(i + 1) * kb * Q6K_BYTES];
             let mut acc = [_mm512_setzero_ps(); GROUP];
@@ -530,7 +533,7 @@ mod x86 {
                 }
             }
             for r in 0..rows {
-                part[r][i] = acc[r];
+                part[r][i].write(acc[r]);
             }
         }
         // SAFETY: the caller's contract.
@@ -540,7 +543,8 @@ mod x86 {
     /// Weight rows per kernel call: their sums are reduced together ([`finish`]).
     pub(super) const CHUNK: usize = 16;
 
-    /// Stores `out[r * stride + i]` = the sum of the 16 lanes of `part[r][i]`, for `i < nw`.
+    /// Stores `out[r * stride + i]` = the sum of the 16 lanes of `part[r][i]`, for `r < rows`
+    /// and `i < nw` (the places the kernels wrote).
     ///
     /// The 16 vectors of a row are reduced together, each level adding the even lanes of two
     /// vectors to their odd lanes (two permutes and an add per pair), so 16 sums cost 15
@@ -553,7 +557,7 @@ mod x86 {
     /// `out` is writable at the `rows × nw` places.
     #[target_feature(enable = "avx512f")]
     unsafe fn finish(
-        part: &[[__m512; CHUNK]; GROUP],
+        part: &[[MaybeUninit<__m512>; CHUNK]; GROUP],
         rows: usize,
         nw: usize,
         out: *mut f32,
@@ -565,7 +569,11 @@ mod x86 {
         let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
         let mask: __mmask16 = if nw >= 16 { 0xFFFF } else { (1u16 << nw) - 1 };
         for (r, vs) in part.iter().enumerate().take(rows) {
-            let mut v = *vs;
+            let mut v = [_mm512_setzero_ps(); CHUNK];
+            for (v, p) in v.iter_mut().zip(vs).take(nw) {
+                // SAFETY: the kernels wrote `part[r][i]` for every `r < rows`, `i < nw`.
+                *v = unsafe { p.assume_init() };
+            }
             let mut len = CHUNK;
             while len > 1 {
                 for p in 0..len / 2 {
