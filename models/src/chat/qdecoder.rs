@@ -160,6 +160,26 @@ impl QLinear {
         self.apply(x, true)
     }
 
+    /// [`forward_rows`](Self::forward_rows) of one input by several layers (a layer's query,
+    /// key and value projections; its gate and up): where every one of them would take
+    /// [`qgemv`] on the file's blocks, one [`qgemv::matmul_many`] (the input quantized once,
+    /// one wait for the worker pool instead of one per layer), else one at a time. The results
+    /// are the same either way.
+    fn forward_rows_together(lins: &[&QLinear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let direct = qgemv::available()
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && lins.iter().all(|l| match l.weight.dtype() {
+                GgmlDType::Q4K => l.prefill != CpuPrefill::Repacked,
+                GgmlDType::Q6K => true,
+                _ => false,
+            });
+        if direct && let Some(ys) = together(lins, x)? {
+            return lins.iter().zip(ys).map(|(l, y)| l.add_bias(y)).collect();
+        }
+        lins.iter().map(|l| l.forward_rows(x)).collect()
+    }
+
     /// candle's product in slices of at most [`TILE_ROWS`] rows, then the bias.
     fn candle_in_slices(&self, x: &Tensor) -> Result<Tensor> {
         let k = x.dim(D::Minus1)?;
@@ -267,6 +287,56 @@ fn cpu_matmul(w: &QTensor, x: &Tensor, kernels: Kernels) -> Result<Option<Tensor
         return Ok(None);
     }
     Tensor::from_vec(dst, out_dims, &Device::Cpu).map(Some)
+}
+
+/// `x @ w.T` for each layer's weights `w` by [`qgemv::matmul_many`], without the biases; None
+/// where it does not take them all (nothing computed).
+fn together(lins: &[&QLinear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+    let k = x.dim(D::Minus1)?;
+    let x = x.contiguous()?;
+    let m = x.elem_count() / k.max(1);
+    let mut shapes = Vec::with_capacity(lins.len());
+    for l in lins {
+        let (n, wk) = l.weight.shape().dims2()?;
+        if wk != k {
+            bail!("matmul: input {:?} does not end in {wk}", x.dims());
+        }
+        shapes.push(n);
+    }
+    let datas = lins
+        .iter()
+        .map(|l| l.weight.data())
+        .collect::<Result<Vec<_>>>()?;
+    let mats: Vec<_> = lins
+        .iter()
+        .zip(&datas)
+        .zip(&shapes)
+        .map(|((l, d), &n)| (l.weight.dtype(), &d[..], n))
+        .collect();
+    let mut dsts: Vec<Vec<f32>> = shapes.iter().map(|n| vec![0f32; m * n]).collect();
+    let done = {
+        let (guard, layout) = x.storage_and_layout();
+        let Storage::Cpu(cpu) = &*guard else {
+            return Ok(None);
+        };
+        let lhs = &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * k];
+        let mut outs: Vec<&mut [f32]> = dsts.iter_mut().map(|d| &mut d[..]).collect();
+        qgemv::matmul_many(&mats, (m, k), lhs, &mut outs)
+    };
+    if !done {
+        return Ok(None);
+    }
+    dsts.into_iter()
+        .zip(shapes)
+        .map(|(d, n)| {
+            let mut dims = x.dims().to_vec();
+            if let Some(last) = dims.last_mut() {
+                *last = n;
+            }
+            Tensor::from_vec(d, dims, &Device::Cpu)
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
 }
 
 /// Runs `k_quants::matmul` over `bytes` viewed as blocks of `T`. False when the bytes are not
@@ -727,11 +797,10 @@ impl QDecoder {
         let mut x = self.embed.embedding(&input)?; // [n, 1, hidden]
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.eps)?;
-            let (q, k, v) = (
-                layer.q.forward_rows(&h)?,
-                layer.k.forward_rows(&h)?,
-                layer.v.forward_rows(&h)?,
-            );
+            let [q, k, v]: [Tensor; 3] =
+                QLinear::forward_rows_together(&[&layer.q, &layer.k, &layer.v], &h)?
+                    .try_into()
+                    .map_err(|_| candle_core::Error::Msg("three projections".into()))?;
             let y = if let Some(y) = self.attend_step(layer, &q, &k, &v, steps, &pos, li)? {
                 y
             } else if n == 1 {
@@ -932,11 +1001,14 @@ impl QDecoder {
         };
         let x = (lin(&layer.o, y)? + x)?;
         let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.eps)?;
-        let (g, u) = (lin(&layer.gate, &h)?, lin(&layer.up, &h)?);
         let a = if rows {
+            let [g, u]: [Tensor; 2] =
+                QLinear::forward_rows_together(&[&layer.gate, &layer.up], &h)?
+                    .try_into()
+                    .map_err(|_| candle_core::Error::Msg("two projections".into()))?;
             silu_mul(&g, &u)?
         } else {
-            (g.silu()? * u)?
+            (lin(&layer.gate, &h)?.silu()? * lin(&layer.up, &h)?)?
         };
         lin(&layer.down, &a)? + x
     }

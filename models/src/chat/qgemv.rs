@@ -132,35 +132,73 @@ pub(crate) fn matmul(
     lhs: &[f32],
     dst: &mut [f32],
 ) -> bool {
-    let Some(size) = whole_blocks(dtype, blocks, (m, k, n), lhs, dst) else {
+    matmul_many(&[(dtype, blocks, n)], (m, k), lhs, &mut [dst])
+}
+
+/// [`matmul`] of one input by several matrices (`mats[i]`: block type, blocks, rows; results in
+/// `dsts[i]`), such as a layer's query, key and value projections: the input is quantized once
+/// for each block layout and every matrix's rows go to the worker pool as one work list, so
+/// the step waits at one barrier instead of one per matrix. Each result is exactly what
+/// [`matmul`] gives alone. False (nothing written) when any matrix is not one this module
+/// handles.
+pub(crate) fn matmul_many(
+    mats: &[(GgmlDType, &[u8], usize)],
+    (m, k): (usize, usize),
+    lhs: &[f32],
+    dsts: &mut [&mut [f32]],
+) -> bool {
+    if mats.len() != dsts.len() || !available() {
         return false;
-    };
-    if !available() {
-        return false;
+    }
+    let mut sizes = Vec::with_capacity(mats.len());
+    for (&(dtype, blocks, n), dst) in mats.iter().zip(dsts.iter()) {
+        match whole_blocks(dtype, blocks, (m, k, n), lhs, dst) {
+            Some(size) => sizes.push(size),
+            None => return false,
+        }
     }
     #[cfg(target_arch = "x86_64")]
     {
+        use x86::CHUNK;
         let kb = k / QK_K;
-        let acts = quantize(lhs, m, k, dtype == GgmlDType::Q4K);
-        let dst_addr = dst.as_mut_ptr() as usize;
+        let layout = |q4k: bool| {
+            mats.iter()
+                .any(|mat| (mat.0 == GgmlDType::Q4K) == q4k)
+                .then(|| quantize(lhs, m, k, q4k))
+        };
+        let (acts_q4k, acts_q6k) = (layout(true), layout(false));
+        let dst_addrs: Vec<usize> = dsts.iter_mut().map(|d| d.as_mut_ptr() as usize).collect();
+        // Work item `c` is chunk `c - first[i]` of matrix `i`, the last `i` with `first[i] <= c`.
+        let mut first = Vec::with_capacity(mats.len());
+        let mut items = 0;
+        for &(_, _, n) in mats {
+            first.push(items);
+            items += n.div_ceil(CHUNK);
+        }
         // Weight rows are split across candle's worker pool (the one its own kernels use, so
         // the model never runs more threads than it was given) in chunks of [`x86::CHUNK`]:
         // the kernels reduce a chunk's sums together.
-        use x86::CHUNK;
-        candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(CHUNK), |range| {
+        candle_core::utils::barrier_pool().execute_chunked(items, |range| {
             for c in range {
+                let i = first.partition_point(|&f| f <= c) - 1;
+                let (dtype, blocks, n) = mats[i];
+                let size = sizes[i];
+                let q4k = dtype == GgmlDType::Q4K;
+                let acts = if q4k { &acts_q4k } else { &acts_q6k };
+                let acts = acts.as_deref().expect("quantized for every layout in use");
+                let c = c - first[i];
                 let (j0, nw) = (c * CHUNK, CHUNK.min(n - c * CHUNK));
                 let w = &blocks[j0 * kb * size..(j0 + nw) * kb * size];
                 for (g, group) in acts.chunks(GROUP * kb).enumerate() {
                     let rows = group.len() / kb;
                     // SAFETY: `available()` checked the CPU features the kernels enable; `w`
                     // holds `nw` rows of `kb` blocks of `dtype`, `group` `rows * kb`
-                    // activations, and `dst` (`m * n`, checked above) has room for columns
+                    // activations, and `dsts[i]` (`m * n`, checked above) has room for columns
                     // `j0..j0 + nw` of rows `g * GROUP..` + `rows`, which no other work item
                     // writes.
                     unsafe {
-                        let out = (dst_addr as *mut f32).add(g * GROUP * n + j0);
-                        if dtype == GgmlDType::Q4K {
+                        let out = (dst_addrs[i] as *mut f32).add(g * GROUP * n + j0);
+                        if q4k {
                             x86::q4k_rows(w, nw, group, kb, rows, out, n)
                         } else {
                             x86::q6k_rows(w, nw, group, kb, rows, out, n)
@@ -173,6 +211,7 @@ pub(crate) fn matmul(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = sizes;
         false
     }
 }
@@ -706,6 +745,57 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Several matrices by one input (Q4_K and Q6_K mixed, so both layouts of the input): each
+    /// result bit for bit what `matmul` gives for that matrix alone; and one matrix it does not
+    /// handle declines them all, writing nothing.
+    #[test]
+    fn many_matrices_at_once_give_each_its_own_product_exactly() {
+        if !available() {
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI/VBMI");
+            return;
+        }
+        let dev = Device::Cpu;
+        let (m, k) = (9, 512);
+        let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let specs = [
+            (GgmlDType::Q4K, 48),
+            (GgmlDType::Q6K, 16),
+            (GgmlDType::Q4K, 7),
+        ];
+        let blocks: Vec<Vec<u8>> = specs
+            .iter()
+            .map(|&(dtype, n)| {
+                let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+                bytes_of(&QTensor::quantize(&w, dtype).unwrap())
+            })
+            .collect();
+        let mats: Vec<_> = specs
+            .iter()
+            .zip(&blocks)
+            .map(|(&(dtype, n), b)| (dtype, &b[..], n))
+            .collect();
+        let mut outs: Vec<Vec<f32>> = specs.iter().map(|&(_, n)| vec![0f32; m * n]).collect();
+        let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+        assert!(matmul_many(&mats, (m, k), &x, &mut refs));
+        for (i, &(dtype, b, n)) in mats.iter().enumerate() {
+            let mut alone = vec![0f32; m * n];
+            assert!(matmul(dtype, b, (m, k, n), &x, &mut alone));
+            assert_eq!(alone, outs[i], "matrix {i}");
+        }
+        let q8 = vec![0u8; 34 * 2 * 16];
+        let mut with_q8 = mats.clone();
+        with_q8.push((GgmlDType::Q8_0, &q8[..], 16));
+        let mut outs: Vec<Vec<f32>> = with_q8.iter().map(|&(.., n)| vec![-1f32; m * n]).collect();
+        let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+        assert!(!matmul_many(&with_q8, (m, k), &x, &mut refs));
+        assert!(outs.iter().flatten().all(|&v| v == -1.0), "nothing written");
     }
 
     #[test]
