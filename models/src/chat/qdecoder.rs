@@ -151,13 +151,18 @@ impl QLinear {
     /// choice is per mode, not per step. Everything else: [`qgemv`]'s block dot products on the
     /// file's blocks (faster on Q6_K, which candle does not tile for one row), else candle's.
     fn forward_rows(&self, x: &Tensor) -> Result<Tensor> {
-        if self.prefill == CpuPrefill::Repacked
-            && self.weight.dtype() == GgmlDType::Q4K
-            && x.device().is_cpu()
-        {
+        if self.rows_on_candles_tiles(x) {
             return self.candle_in_slices(x);
         }
         self.apply(x, true)
+    }
+
+    /// Whether [`forward_rows`](Self::forward_rows) takes candle's repacked tiles for `x`
+    /// (else the block dot products).
+    fn rows_on_candles_tiles(&self, x: &Tensor) -> bool {
+        self.prefill == CpuPrefill::Repacked
+            && self.weight.dtype() == GgmlDType::Q4K
+            && x.device().is_cpu()
     }
 
     /// [`forward_rows`](Self::forward_rows) of one input by several layers (a layer's query,
@@ -169,10 +174,9 @@ impl QLinear {
         let direct = qgemv::available()
             && x.device().is_cpu()
             && x.dtype() == DType::F32
-            && lins.iter().all(|l| match l.weight.dtype() {
-                GgmlDType::Q4K => l.prefill != CpuPrefill::Repacked,
-                GgmlDType::Q6K => true,
-                _ => false,
+            && lins.iter().all(|l| {
+                matches!(l.weight.dtype(), GgmlDType::Q4K | GgmlDType::Q6K)
+                    && !l.rows_on_candles_tiles(x)
             });
         if direct && let Some(ys) = together(lins, x)? {
             return lins.iter().zip(ys).map(|(l, y)| l.add_bias(y)).collect();
