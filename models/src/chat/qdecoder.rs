@@ -264,11 +264,16 @@ fn cpu_matmul(w: &QTensor, x: &Tensor, kernels: Kernels) -> Result<Option<Tensor
         return Ok(None);
     };
     let lhs = &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * k];
-    let mut dst = vec![0f32; m * n];
     let mkn = (m, k, n);
-    let done = if kernels == Kernels::Prompt {
-        amx::matmul(w.dtype(), &data, mkn, lhs, &mut dst)
-    } else {
+    if kernels == Kernels::Prompt {
+        let dst = amx::matmul_new(w.dtype(), &data, mkn, lhs);
+        drop(guard);
+        return dst
+            .map(|dst| Tensor::from_vec(dst, out_dims, &Device::Cpu))
+            .transpose();
+    }
+    let mut dst = vec![0f32; m * n];
+    let done = {
         qgemv::matmul(w.dtype(), &data, mkn, lhs, &mut dst)
             || match w.dtype() {
                 GgmlDType::Q4_0 => run::<BlockQ4_0>(mkn, lhs, &data, &mut dst)?,
@@ -1012,15 +1017,14 @@ impl QDecoder {
                     .map_err(|_| candle_core::Error::Msg("two projections".into()))?;
             silu_mul(&g, &u)?
         } else {
-            (lin(&layer.gate, &h)?.silu()? * lin(&layer.up, &h)?)?
+            silu_mul(&lin(&layer.gate, &h)?, &lin(&layer.up, &h)?)?
         };
         lin(&layer.down, &a)? + x
     }
 }
 
-/// `silu(g) * u`, the gated MLP's activation, for a decode step: one pass over the CPU's
-/// slices ([`vecmath::silu_mul`]) instead of two candle ops with one-value-at-a-time `expf`
-/// (prompts keep candle's, so the prompt kernels and their tests stay as they are).
+/// `silu(g) * u`, the gated MLP's activation: one pass over the CPU's slices
+/// ([`vecmath::silu_mul`]) instead of two candle ops with one-value-at-a-time `expf`.
 fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     if !(g.device().is_cpu() && g.dtype() == DType::F32 && g.shape() == u.shape()) {
         return g.silu()? * u;

@@ -107,7 +107,7 @@ pub(crate) fn whole_blocks(
     blocks: &[u8],
     (m, k, n): (usize, usize, usize),
     lhs: &[f32],
-    dst: &[f32],
+    dst_len: usize,
 ) -> Option<usize> {
     let size = match dtype {
         GgmlDType::Q4K => Q4K_BYTES,
@@ -118,7 +118,7 @@ pub(crate) fn whole_blocks(
         && k.is_multiple_of(QK_K)
         && blocks.len() == n * (k / QK_K) * size
         && lhs.len() == m * k
-        && dst.len() >= m * n)
+        && dst_len >= m * n)
         .then_some(size)
 }
 
@@ -152,7 +152,7 @@ pub(crate) fn matmul_many(
     }
     let mut sizes = Vec::with_capacity(mats.len());
     for (&(dtype, blocks, n), dst) in mats.iter().zip(dsts.iter()) {
-        match whole_blocks(dtype, blocks, (m, k, n), lhs, dst) {
+        match whole_blocks(dtype, blocks, (m, k, n), lhs, dst.len()) {
             Some(size) => sizes.push(size),
             None => return false,
         }
