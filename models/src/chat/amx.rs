@@ -91,7 +91,9 @@ pub(crate) fn handles(dtype: GgmlDType) -> bool {
 
 /// `dst[r * n + j] = lhs[r] · w[j]` for the `m` rows of `lhs` (`[m, k]`) and the `n` weight rows
 /// held in `blocks` (`n * k / 256` blocks of `dtype`). False (nothing written) when the block
-/// type, the shape or the CPU is not one this module handles.
+/// type, the shape or the CPU is not one this module handles. (The model takes [`matmul_new`];
+/// this serves the tests and `testing`.)
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn matmul(
     dtype: GgmlDType,
     blocks: &[u8],
@@ -169,6 +171,7 @@ fn matmul_into(
 /// position tiles loaded, four products), per product. None without AMX. For
 /// `benches/bench_machine.rs`: the kernel is bound by whichever of the first two is slower, as
 /// the 2 × 2 blocking (the most eight tiles allow) loads one tile per product.
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn tile_costs(reps: usize) -> Option<[f64; 3]> {
     if !available() || reps == 0 {
         return None;
@@ -636,6 +639,7 @@ mod x86 {
     }
 
     /// See [`super::tile_costs`]; the caller checked the CPU.
+    #[cfg(any(test, feature = "testing"))]
     pub(super) unsafe fn tile_costs(reps: usize) -> [f64; 3] {
         // Four 1 KB tiles, zeros (bf16 zero), read again and again: they stay in L1.
         let buf = vec![0u16; 2048];
