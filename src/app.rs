@@ -429,6 +429,7 @@ pub async fn build_brain(cfg: &Config, metrics: &Metrics) -> anyhow::Result<Arc<
                 parallel: l.parallel,
                 kv_cache_mb: l.kv_cache_mb,
                 cpu_prefill: l.cpu_prefill,
+                ..Default::default()
             };
             let params = l.sampling.params();
             tracing::info!(model = %path.display(), "loading chat model");

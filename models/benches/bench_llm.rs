@@ -56,6 +56,7 @@ fn main() {
         parallel: 1,
         kv_cache_mb: 512,
         cpu_prefill,
+        ..Default::default()
     };
     let engine =
         ChatEngine::load_local_with(&model, opts, SamplingParams::greedy(1)).expect("loading");

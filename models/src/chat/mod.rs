@@ -144,6 +144,10 @@ pub struct LocalOptions {
     /// for Qwen2.5-1.5B, so 512 MiB hold about 9,000 tokens).
     pub kv_cache_mb: usize,
     pub cpu_prefill: CpuPrefill,
+    /// How long the idle model, woken by a request, waits for requests that follow it closely
+    /// (until this passes without one, at most five times it), so that people writing at the
+    /// same moment have their prompts read in one pass. Default 3 ms.
+    pub gather: std::time::Duration,
 }
 
 impl Default for LocalOptions {
@@ -153,6 +157,7 @@ impl Default for LocalOptions {
             parallel: 4,
             kv_cache_mb: 512,
             cpu_prefill: CpuPrefill::default(),
+            gather: scheduler::GATHER_QUIET,
         }
     }
 }
@@ -266,12 +271,14 @@ impl ChatEngine {
             parallel,
             kv_cache_mb,
             cpu_prefill,
+            gather,
         } = opts;
         let (info_tx, info_rx) = std::sync::mpsc::sync_channel(1);
         let owned = path.to_path_buf();
         let sched = scheduler::SchedulerOptions {
             parallel: parallel.max(1),
             kv_cache_bytes: kv_cache_mb.saturating_mul(1 << 20),
+            gather,
         };
         let handle = scheduler::Handle::spawn(sched, move || {
             // A panic inside candle while reading a malformed file is a load error too.
@@ -425,6 +432,15 @@ impl ChatEngine {
     pub fn largest_batch(&self) -> Option<usize> {
         match &self.inner.backend {
             Backend::Local { handle, .. } => Some(handle.largest_batch()),
+            Backend::Remote(_) => None,
+        }
+    }
+
+    /// The most requests whose prompts the local model read in one pass so far (`None` for
+    /// remote): diagnostics and tests.
+    pub fn largest_prompt_pass(&self) -> Option<usize> {
+        match &self.inner.backend {
+            Backend::Local { handle, .. } => Some(handle.largest_prompt_pass()),
             Backend::Remote(_) => None,
         }
     }

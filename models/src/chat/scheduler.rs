@@ -1,7 +1,8 @@
 //! The local chat model's thread: a fair queue of requests and one continuous-batching loop.
 //!
 //! An idle thread woken by a request waits a few milliseconds for the ones that follow it
-//! closely ([`GATHER_QUIET`]), so that people writing at the same moment share one prompt pass.
+//! closely ([`LocalOptions::gather`](super::LocalOptions::gather)), so that people writing at
+//! the same moment share one prompt pass.
 //!
 //! Requests wait in a queue that serves conversations round-robin (FIFO within one
 //! conversation), so one chatty conversation cannot starve the others, and nothing is refused
@@ -27,7 +28,7 @@ use std::hash::Hash;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Tensor};
 use candle_transformers::generation::LogitsProcessor;
@@ -156,6 +157,8 @@ impl Request {
 pub(crate) struct SchedulerOptions {
     pub parallel: usize,
     pub kv_cache_bytes: usize,
+    /// See [`LocalOptions::gather`](super::LocalOptions::gather).
+    pub gather: Duration,
 }
 
 /// Shared between the handle and the thread.
@@ -166,6 +169,8 @@ pub(crate) struct Shared {
     pub queue_wait: OnceLock<metrics::Histogram>,
     /// The most requests fed in one decode step so far.
     pub largest_batch: AtomicUsize,
+    /// The most requests whose prompts were read in one pass so far.
+    pub largest_prompt_pass: AtomicUsize,
 }
 
 /// A request being answered.
@@ -208,24 +213,29 @@ pub(crate) struct Scheduler {
     alone: u64,
 }
 
-/// How long an idle model thread, woken by a request, waits for more before it starts: until
-/// [`GATHER_QUIET`] passes without one, at most [`GATHER_MAX`]. People writing at the same
-/// moment reach the thread within a few milliseconds of each other (eight simultaneous
-/// webhooks: all within 3.1 ms in `benches/concurrency.rs`), and without the wait the first
-/// one's prompt started alone: the other seven waited a whole prompt pass (~0.5 s) and then
-/// paid the pass's fixed cost (unpacking every weight row) again.
-const GATHER_QUIET: std::time::Duration = std::time::Duration::from_millis(3);
-const GATHER_MAX: std::time::Duration = std::time::Duration::from_millis(15);
+/// How long an idle model thread, woken by a request, waits for more before it starts, by
+/// default: until this passes without one, at most [`GATHER_LONGEST`] times it. People
+/// writing at the same moment reach the thread within a few milliseconds of each other (eight
+/// simultaneous webhooks: all within 3.1 ms in `benches/concurrency.rs`), and without the wait
+/// the first one's prompt started alone: the other seven waited a whole prompt pass (~0.5 s)
+/// and then paid the pass's fixed cost (unpacking every weight row) again.
+pub(crate) const GATHER_QUIET: Duration = Duration::from_millis(3);
+const GATHER_LONGEST: u32 = 5;
 
 /// Takes the requests that follow the first one closely (see [`GATHER_QUIET`]). Runs on the
 /// model's own thread, never on a runtime worker, so it may sleep; the channel has no
 /// blocking receive with a timeout, hence the short polls.
 #[allow(clippy::disallowed_methods)]
-fn gather(rx: &mut mpsc::UnboundedReceiver<Request>, mut take: impl FnMut(Request)) {
+fn gather(
+    rx: &mut mpsc::UnboundedReceiver<Request>,
+    quiet: Duration,
+    mut take: impl FnMut(Request),
+) {
     let start = Instant::now();
     let mut last = start;
-    while last.elapsed() < GATHER_QUIET && start.elapsed() < GATHER_MAX {
-        std::thread::sleep(std::time::Duration::from_micros(500));
+    let poll = quiet.min(Duration::from_micros(500));
+    while last.elapsed() < quiet && start.elapsed() < quiet.saturating_mul(GATHER_LONGEST) {
+        std::thread::sleep(poll);
         while let Ok(r) = rx.try_recv() {
             take(r);
             last = Instant::now();
@@ -296,7 +306,8 @@ impl Scheduler {
                     Some(r) => self.enqueue(r),
                     None => break,
                 }
-                gather(&mut rx, |r| self.enqueue(r));
+                let quiet = self.opts.gather;
+                gather(&mut rx, quiet, |r| self.enqueue(r));
             }
             while let Ok(r) = rx.try_recv() {
                 self.enqueue(r);
@@ -459,6 +470,9 @@ impl Scheduler {
         if seqs.is_empty() {
             return;
         }
+        self.shared
+            .largest_prompt_pass
+            .fetch_max(seqs.len(), Ordering::Relaxed);
         let r = caught(|| weights.forward_many(&mut seqs).map_err(inf));
         drop(seqs);
         let rows = r.and_then(|logits| {
@@ -732,6 +746,11 @@ impl Handle {
     /// The most requests decoded together in one step so far.
     pub(crate) fn largest_batch(&self) -> usize {
         self.shared.largest_batch.load(Ordering::Relaxed)
+    }
+
+    /// The most requests whose prompts were read in one pass so far.
+    pub(crate) fn largest_prompt_pass(&self) -> usize {
+        self.shared.largest_prompt_pass.load(Ordering::Relaxed)
     }
 
     /// Records each request's wait in the queue (seconds); the first histogram given stays.

@@ -269,3 +269,34 @@ async fn every_turn_is_answered_and_conversations_take_turns() {
     assert_eq!(chatty, in_order);
     assert!(quiet <= 2, "quiet answered at position {quiet}: {done:?}");
 }
+
+/// People who write a moment apart, while the model is idle, have their prompts read in one
+/// pass: the idle model waits briefly for requests that follow the first one closely (here a
+/// wide window, so that a loaded machine cannot space the requests past it).
+#[tokio::test]
+async fn questions_arriving_together_are_read_in_one_prompt_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = write_model(dir.path(), Family::Qwen2, Behaviour::AlwaysEmit(0), 26);
+    let opts = LocalOptions {
+        device: DeviceChoice::Cpu,
+        parallel: 4,
+        kv_cache_mb: 64,
+        gather: std::time::Duration::from_millis(400),
+        ..Default::default()
+    };
+    let engine = ChatEngine::load_local_with(&path, opts, SamplingParams::default()).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let e = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            e.chat_in(&format!("g{i}"), ask("Hi."), SamplingParams::greedy(2))
+                .await
+        }));
+        // A few milliseconds apart, as simultaneous webhooks reach the model.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().text, "!!");
+    }
+    assert_eq!(engine.largest_prompt_pass(), Some(3));
+}
