@@ -273,24 +273,22 @@ fn cpu_matmul(w: &QTensor, x: &Tensor, kernels: Kernels) -> Result<Option<Tensor
             .transpose();
     }
     let mut dst = vec![0f32; m * n];
-    let done = {
-        qgemv::matmul(w.dtype(), &data, mkn, lhs, &mut dst)
-            || match w.dtype() {
-                GgmlDType::Q4_0 => run::<BlockQ4_0>(mkn, lhs, &data, &mut dst)?,
-                GgmlDType::Q4_1 => run::<BlockQ4_1>(mkn, lhs, &data, &mut dst)?,
-                GgmlDType::Q5_0 => run::<BlockQ5_0>(mkn, lhs, &data, &mut dst)?,
-                GgmlDType::Q5_1 => run::<BlockQ5_1>(mkn, lhs, &data, &mut dst)?,
-                GgmlDType::Q8_0 => run::<BlockQ8_0>(mkn, lhs, &data, &mut dst)?,
-                GgmlDType::Q2K => run::<BlockQ2K>(mkn, lhs, &data, &mut dst)?,
-                GgmlDType::Q3K => run::<BlockQ3K>(mkn, lhs, &data, &mut dst)?,
-                GgmlDType::Q4K => run::<BlockQ4K>(mkn, lhs, &data, &mut dst)?,
-                GgmlDType::Q5K => run::<BlockQ5K>(mkn, lhs, &data, &mut dst)?,
-                GgmlDType::Q6K => run::<BlockQ6K>(mkn, lhs, &data, &mut dst)?,
-                GgmlDType::Q8K => run::<BlockQ8K>(mkn, lhs, &data, &mut dst)?,
-                GgmlDType::F32 => run::<f32>(mkn, lhs, &data, &mut dst)?,
-                _ => false,
-            }
-    };
+    let done = qgemv::matmul(w.dtype(), &data, mkn, lhs, &mut dst)
+        || match w.dtype() {
+            GgmlDType::Q4_0 => run::<BlockQ4_0>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q4_1 => run::<BlockQ4_1>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q5_0 => run::<BlockQ5_0>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q5_1 => run::<BlockQ5_1>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q8_0 => run::<BlockQ8_0>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q2K => run::<BlockQ2K>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q3K => run::<BlockQ3K>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q4K => run::<BlockQ4K>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q5K => run::<BlockQ5K>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q6K => run::<BlockQ6K>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q8K => run::<BlockQ8K>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::F32 => run::<f32>(mkn, lhs, &data, &mut dst)?,
+            _ => false,
+        };
     drop(guard);
     if !done {
         return Ok(None);
