@@ -6,8 +6,9 @@
 //! it is over. What it reuses is the longest common token prefix of its prompt with, in order of
 //! preference, its own cache (rewound in place), or any other cached sequence or the shared
 //! prefix (whose rows are copied, not recomputed). A cache is worth one token per position:
-//! [`QDecoder::kv_bytes_per_token`] (layers × 2 × kv_heads × head_dim × 4 bytes, 56 KiB for
-//! Qwen2.5-1.5B), counted by capacity (buffers grow by 256 positions).
+//! [`QDecoder::kv_bytes_per_token`] (layers × 2 × kv_heads × head_dim × 2 bytes, f16: 28 KiB
+//! for Qwen2.5-1.5B), counted by capacity: buffers grow by 256 positions while a request runs,
+//! and are trimmed to their length when it puts them back.
 
 use std::collections::HashMap;
 
@@ -113,6 +114,7 @@ impl KvPool {
                         if from.is_some() && n > shared_len {
                             let mut shared = SeqCache::new(model);
                             if shared.copy_prefix(src, n).is_ok() {
+                                shared.trim();
                                 new_shared = Some(shared);
                             }
                         }
@@ -143,10 +145,11 @@ impl KvPool {
         Taken { cache, reused }
     }
 
-    /// Puts `key`'s cache back after its request, then evicts the least recently used idle
-    /// caches until the pool and the `in_use` bytes of running requests fit the budget (the
-    /// cache just returned goes too if it alone does not fit).
-    pub(crate) fn put(&mut self, key: SeqKey, cache: SeqCache, in_use: usize) {
+    /// Puts `key`'s cache back after its request, trimmed to what it holds, then evicts the
+    /// least recently used idle caches until the pool and the `in_use` bytes of running
+    /// requests fit the budget (the cache just returned goes too if it alone does not fit).
+    pub(crate) fn put(&mut self, key: SeqKey, mut cache: SeqCache, in_use: usize) {
+        cache.trim();
         let used = self.tick();
         self.entries.insert(key, Entry { cache, used });
         self.evict(in_use);

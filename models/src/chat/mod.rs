@@ -140,8 +140,8 @@ pub struct LocalOptions {
     /// it wait in a fair queue (round-robin by conversation); none is refused.
     pub parallel: usize,
     /// Memory for keys and values kept between turns (MiB), conversations' caches evicted least
-    /// recently used first. One token costs layers × 2 × kv_heads × head_dim × 4 bytes (56 KiB
-    /// for Qwen2.5-1.5B, so 512 MiB hold about 9,000 tokens).
+    /// recently used first. Kept as f16: one token costs layers × 2 × kv_heads × head_dim × 2
+    /// bytes (28 KiB for Qwen2.5-1.5B, so 512 MiB hold about 18,000 tokens).
     pub kv_cache_mb: usize,
     pub cpu_prefill: CpuPrefill,
     /// How long the idle model, woken by a request, waits for requests that follow it closely

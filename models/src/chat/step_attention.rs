@@ -13,10 +13,14 @@
 //! [`super::vecmath`]'s exponential; the portable loops read them once per query head, 128 bits
 //! at a time (the crate is built for baseline x86-64). In `bench_batch` (eight conversations,
 //! default model, `perf`), attention went from 6.5% of the samples to 4.2%; what remains is
-//! mostly reading the caches (f32: 11 MB a sequence and step at 200 positions).
+//! mostly reading the caches (f16 since stop 29: 5.7 MB a sequence and step at 200 positions,
+//! widened to f32 as they are loaded).
 //!
 //! Every sequence is computed by the same code whatever runs beside it, so a sequence's logits
 //! do not depend on its company (the scheduler's batching relies on this).
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 /// Head counts and size of one layer's attention.
 #[derive(Clone, Copy, Debug)]
@@ -48,18 +52,65 @@ pub(crate) fn rope(x: &mut [f32], dim: usize, cos: &[f32], sin: &[f32], neox: bo
     }
 }
 
+/// How a cache stores its values: f16 (what the decoder serves with) or f32 (tests that
+/// compare with f32 references); both are widened to f32 as they are read.
+pub(crate) trait Element: Copy + Send + Sync + candle_core::WithDType {
+    /// `src` as f32 in `dst`.
+    fn widen(src: &[Self], dst: &mut Vec<f32>);
+    /// 16 values from `p` as f32.
+    ///
+    /// # Safety
+    /// AVX-512F is available and 16 values from `p` are readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+impl Element for f16 {
+    fn widen(src: &[f16], dst: &mut Vec<f32>) {
+        // F16C or NEON where the CPU has them, through `half`.
+        dst.resize(src.len(), 0.0);
+        src.convert_to_f32_slice(dst);
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    unsafe fn load16(p: *const f16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+    }
+}
+
+impl Element for f32 {
+    fn widen(src: &[f32], dst: &mut Vec<f32>) {
+        dst.clear();
+        dst.extend_from_slice(src);
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+}
+
 /// One sequence's cached keys and values, `[kv heads, cap, dim]` each, of which the first `len`
 /// positions (the new token's included) are filled.
-pub(crate) struct Cached<'a> {
-    pub(crate) k: &'a [f32],
-    pub(crate) v: &'a [f32],
+pub(crate) struct Cached<'a, E> {
+    pub(crate) k: &'a [E],
+    pub(crate) v: &'a [E],
     pub(crate) cap: usize,
     pub(crate) len: usize,
 }
 
 /// `out[s]` (`[q heads, dim]`) = softmax(`q[s]` · keys × `scale`) · values of sequence `s`, for
 /// every sequence. `q` holds the rotated queries, `[sequences, q heads, dim]`.
-pub(crate) fn attend(q: &[f32], seqs: &[Cached<'_>], h: Heads, scale: f32, out: &mut [f32]) {
+pub(crate) fn attend<E: Element>(
+    q: &[f32],
+    seqs: &[Cached<'_, E>],
+    h: Heads,
+    scale: f32,
+    out: &mut [f32],
+) {
     let row = h.q * h.dim;
     assert!(
         h.kv > 0 && h.q.is_multiple_of(h.kv),
@@ -78,6 +129,7 @@ pub(crate) fn attend(q: &[f32], seqs: &[Cached<'_>], h: Heads, scale: f32, out: 
     candle_core::utils::barrier_pool().execute_chunked(items, |range| {
         let mut scores = Vec::new();
         let mut acc = vec![0f32; h.dim];
+        let (mut wide_k, mut wide_v) = (Vec::new(), Vec::new());
         for item in range {
             let (s, g) = (item / h.kv, item % h.kv);
             let c = &seqs[s];
@@ -102,6 +154,10 @@ pub(crate) fn attend(q: &[f32], seqs: &[Cached<'_>], h: Heads, scale: f32, out: 
             }
             #[cfg(not(target_arch = "x86_64"))]
             let _ = simd; // the vector path is x86's
+            // Widened once for all the query heads that share them.
+            E::widen(keys, &mut wide_k);
+            E::widen(values, &mut wide_v);
+            let (keys, values) = (&wide_k[..], &wide_v[..]);
             for (qh, dst) in qs.chunks_exact(h.dim).zip(dst.chunks_exact_mut(h.dim)) {
                 scores.clear();
                 scores.extend(keys.chunks_exact(h.dim).map(|k| dot(qh, k) * scale));
@@ -124,6 +180,7 @@ pub(crate) fn attend(q: &[f32], seqs: &[Cached<'_>], h: Heads, scale: f32, out: 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::vecmath::x86::{exp, sum};
+    use super::Element;
     use std::arch::x86_64::*;
 
     /// Query heads per pass: their sums stay in registers.
@@ -132,10 +189,10 @@ mod x86 {
     /// `dst` (`[heads, dim]`) = softmax(`qs` · keys × `scale`) · values for each query head of
     /// `qs` (`[heads, dim]`); `keys`, `values`: `[len, dim]`, `dim` a multiple of 16.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn item(
+    pub(super) unsafe fn item<E: Element>(
         qs: &[f32],
-        keys: &[f32],
-        values: &[f32],
+        keys: &[E],
+        values: &[E],
         dim: usize,
         scale: f32,
         scores: &mut Vec<f32>,
@@ -152,14 +209,14 @@ mod x86 {
             // `HEADS * len`, and the caller's contract covers the rest.
             unsafe {
                 match n {
-                    8 => pass::<8>(qs, keys, values, dim, scale, scores, dst, h0),
-                    7 => pass::<7>(qs, keys, values, dim, scale, scores, dst, h0),
-                    6 => pass::<6>(qs, keys, values, dim, scale, scores, dst, h0),
-                    5 => pass::<5>(qs, keys, values, dim, scale, scores, dst, h0),
-                    4 => pass::<4>(qs, keys, values, dim, scale, scores, dst, h0),
-                    3 => pass::<3>(qs, keys, values, dim, scale, scores, dst, h0),
-                    2 => pass::<2>(qs, keys, values, dim, scale, scores, dst, h0),
-                    _ => pass::<1>(qs, keys, values, dim, scale, scores, dst, h0),
+                    8 => pass::<E, 8>(qs, keys, values, dim, scale, scores, dst, h0),
+                    7 => pass::<E, 7>(qs, keys, values, dim, scale, scores, dst, h0),
+                    6 => pass::<E, 6>(qs, keys, values, dim, scale, scores, dst, h0),
+                    5 => pass::<E, 5>(qs, keys, values, dim, scale, scores, dst, h0),
+                    4 => pass::<E, 4>(qs, keys, values, dim, scale, scores, dst, h0),
+                    3 => pass::<E, 3>(qs, keys, values, dim, scale, scores, dst, h0),
+                    2 => pass::<E, 2>(qs, keys, values, dim, scale, scores, dst, h0),
+                    _ => pass::<E, 1>(qs, keys, values, dim, scale, scores, dst, h0),
                 }
             }
             h0 += n;
@@ -170,10 +227,10 @@ mod x86 {
     #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn pass<const G: usize>(
+    unsafe fn pass<E: Element, const G: usize>(
         qs: &[f32],
-        keys: &[f32],
-        values: &[f32],
+        keys: &[E],
+        values: &[E],
         dim: usize,
         scale: f32,
         scores: &mut [f32],
@@ -191,7 +248,7 @@ mod x86 {
             for t in 0..len {
                 let mut acc = [_mm512_setzero_ps(); G];
                 for c in (0..dim).step_by(16) {
-                    let kv = _mm512_loadu_ps(k.add(t * dim + c));
+                    let kv = E::load16(k.add(t * dim + c));
                     for (j, a) in acc.iter_mut().enumerate() {
                         *a = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(j * dim + c)), kv, *a);
                     }
@@ -229,7 +286,7 @@ mod x86 {
             for c in (0..dim).step_by(16) {
                 let mut acc = [_mm512_setzero_ps(); G];
                 for t in 0..len {
-                    let vv = _mm512_loadu_ps(v.add(t * dim + c));
+                    let vv = E::load16(v.add(t * dim + c));
                     for (j, a) in acc.iter_mut().enumerate() {
                         *a = _mm512_fmadd_ps(_mm512_set1_ps(*sc.add(j * len + t)), vv, *a);
                     }
@@ -327,10 +384,16 @@ mod tests {
     }
 
     /// Every head shape (query heads grouped over key/value heads, in one pass of the vector
-    /// path or several, and a head size it does not take), lengths around the 16-lane chunks.
+    /// path or several, and a head size it does not take), lengths around the 16-lane chunks,
+    /// caches of f16 (served) and f32.
     #[test]
     fn attention_matches_the_tensor_formula_per_sequence_and_ignores_its_company()
     -> candle_core::Result<()> {
+        matches_formula(f16::from_f32)?;
+        matches_formula(|x| x)
+    }
+
+    fn matches_formula<E: Element>(from: fn(f32) -> E) -> candle_core::Result<()> {
         for (hq, hkv, dim) in [(4, 2, 16), (20, 2, 32), (3, 3, 12)] {
             let h = Heads {
                 q: hq,
@@ -340,17 +403,18 @@ mod tests {
             let cap = 40;
             let lens = [1usize, 7, 17, 40];
             let dev = Device::Cpu;
-            let caches: Vec<(Vec<f32>, Vec<f32>)> = (0..lens.len() as u32)
+            let halves = |n, seed| -> Vec<E> { values(n, seed).into_iter().map(from).collect() };
+            let caches: Vec<(Vec<E>, Vec<E>)> = (0..lens.len() as u32)
                 .map(|s| {
                     (
-                        values(h.kv * cap * h.dim, 10 + s),
-                        values(h.kv * cap * h.dim, 20 + s),
+                        halves(h.kv * cap * h.dim, 10 + s),
+                        halves(h.kv * cap * h.dim, 20 + s),
                     )
                 })
                 .collect();
             let q = values(lens.len() * h.q * h.dim, 30);
             let scale = 1.0 / (h.dim as f32).sqrt();
-            let seqs: Vec<Cached<'_>> = caches
+            let seqs: Vec<Cached<'_, E>> = caches
                 .iter()
                 .zip(lens)
                 .map(|((k, v), len)| Cached { k, v, cap, len })
@@ -373,9 +437,13 @@ mod tests {
                     together[s * row..(s + 1) * row],
                     "{h:?} sequence {s}"
                 );
-                // Against softmax(q k^T * scale) v with candle's tensors (query heads grouped).
-                let k = Tensor::from_slice(c.k, (h.kv, cap, h.dim), &dev)?.narrow(1, 0, c.len)?;
-                let v = Tensor::from_slice(c.v, (h.kv, cap, h.dim), &dev)?.narrow(1, 0, c.len)?;
+                // Against softmax(q k^T * scale) v with candle's f32 tensors of the same keys
+                // and values (query heads grouped).
+                let wide = |x: &[E]| -> Vec<f32> { x.iter().map(|x| x.to_f64() as f32).collect() };
+                let k =
+                    Tensor::from_vec(wide(c.k), (h.kv, cap, h.dim), &dev)?.narrow(1, 0, c.len)?;
+                let v =
+                    Tensor::from_vec(wide(c.v), (h.kv, cap, h.dim), &dev)?.narrow(1, 0, c.len)?;
                 let qs = Tensor::from_slice(
                     &q[s * row..(s + 1) * row],
                     (h.kv, h.q / h.kv, h.dim),

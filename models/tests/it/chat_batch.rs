@@ -102,10 +102,15 @@ async fn new_conversations_start_from_the_shared_system_prompt_within_the_budget
     let dir = tempfile::tempdir().unwrap();
     for family in ALL {
         let (path, _) = write_model(dir.path(), family, Behaviour::Random, 22);
-        // 1 MiB holds about 7 of these tiny caches (256 positions of 512 bytes each) besides
-        // the shared prefix; 20 conversations overflow it.
+        // An idle cache is trimmed to its positions (about 200 here: the prompt and reply) of
+        // 256 bytes each (f16): 1 MiB holds about 20 of them besides the shared prefix, and 40
+        // conversations overflow it. Each question starts with its own letter, so two share
+        // only the system prompt.
         let engine = load_with(&path, 2, 1);
-        let questions: Vec<String> = ('A'..='T').map(|c| format!("{c}: which way?")).collect();
+        let questions: Vec<String> = ('A'..='Z')
+            .chain('a'..='n')
+            .map(|c| format!("{c}: which way? {}", "and then ".repeat(20)))
+            .collect();
         let mut first = Vec::new();
         for (i, q) in questions.iter().enumerate() {
             let r = engine
@@ -133,13 +138,13 @@ async fn new_conversations_start_from_the_shared_system_prompt_within_the_budget
             .unwrap();
         assert_eq!(again.reused_prompt_tokens, shared, "{family:?}");
         // The latest was kept.
-        let recent = then(ask(&questions[19]), &first[19], "Why?");
+        let recent = then(ask(&questions[39]), &first[39], "Why?");
         let kept = engine
-            .chat_in("c19", recent.clone(), SamplingParams::greedy(4))
+            .chat_in("c39", recent.clone(), SamplingParams::greedy(4))
             .await
             .unwrap();
         assert!(
-            kept.reused_prompt_tokens >= first[19].prompt_tokens - think_header(&engine),
+            kept.reused_prompt_tokens >= first[39].prompt_tokens - think_header(&engine),
             "{family:?}: {kept:?}"
         );
         // A cold engine says the same.
