@@ -12,9 +12,9 @@
 //! instead of repeating keys and values. Decode steps (one token of each of one or more
 //! sequences) run kernels that give each row the numbers it gets alone: for Q4_K matrices
 //! candle's repacked tiles when their copy is held ([`CpuPrefill::Repacked`]), otherwise block
-//! dot products straight on the GGUF blocks (Sandra's AVX-512 VNNI kernels for Q4_K/Q6_K,
-//! [`super::qgemv`], which unpack each weight block once for all the rows of a batched step,
-//! and candle's `k_quants::matmul` for other block types or CPUs); their attention is one pass
+//! dot products straight on the GGUF blocks (Sandra's AVX-512 VNNI or AVX2 kernels for
+//! Q4_K/Q6_K, [`super::qgemv`], which unpack each weight block once for all the rows of a
+//! batched step, and candle's `k_quants::matmul` for other block types or CPUs); their attention is one pass
 //! over plain slices for all sequences ([`super::step_attention`]). Prompts take block dot
 //! products with [`CpuPrefill::Compact`], or candle's repacked kernels with
 //! [`CpuPrefill::Repacked`] at the cost of the second copy; from 32 positions, on CPUs with
@@ -116,9 +116,11 @@ impl QLinear {
     /// Positions of one or more prompts: from [`amx::MIN_ROWS`] rows the AMX kernel where the
     /// CPU has one (faster than either prefill mode's kernels, and it reads the file's blocks,
     /// so it serves both); else the prefill mode's kernels, except that Q6_K matrices take
-    /// [`qgemv`] where it runs: as fast as candle's tiles below 32 rows (0.98 against 1.11 ms
-    /// for 8 rows of the 1536×8960 FFN matrix, `benches/bench_qgemv.rs`), without the
-    /// re-laid-out copy (+52%) candle would build for them.
+    /// [`qgemv`] where its VNNI kernels run: as fast as candle's tiles below 32 rows (0.98
+    /// against 1.11 ms for 8 rows of the 1536×8960 FFN matrix, `benches/bench_qgemv.rs`),
+    /// without the re-laid-out copy (+52%) candle would build for them. Its AVX2 kernels only
+    /// drew level with candle's tiles on 40-row prompt chunks (23.1–25.5 against 23.0–23.3 ms
+    /// on the FFN matrices, AMD EPYC), so on those CPUs prompts stay with the prefill mode.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.elem_count() / x.dim(D::Minus1)?.max(1);
         if rows == 1 {
@@ -131,7 +133,7 @@ impl QLinear {
             return self.add_bias(y);
         }
         let blocks_here = self.prefill == CpuPrefill::Compact
-            || (self.weight.dtype() == GgmlDType::Q6K && qgemv::available());
+            || (self.weight.dtype() == GgmlDType::Q6K && qgemv::isa() == Some(qgemv::Isa::Vnni));
         self.apply(x, blocks_here)
     }
 

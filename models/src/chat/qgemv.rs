@@ -1,5 +1,6 @@
 //! Decode-step products `x @ w.T` straight on GGUF's Q4_K and Q6_K blocks for a few rows at a
-//! time (one new token of each of up to [`GROUP`] conversations), with AVX-512 VNNI.
+//! time (one new token of each of up to [`GROUP`] conversations), with AVX-512 VNNI, or on
+//! CPUs without it with AVX2 and FMA ([`avx2`]).
 //!
 //! Why our own kernel: candle's block dot products (`k_quants::matmul`) unpack a weight block
 //! again for every row and use AVX2's two-step `maddubs`/`madd`, so a step for 8 sequences cost
@@ -54,7 +55,10 @@
 //! Q8_K = d f32, 256 signed bytes, 16 sums of 16 values each.
 
 use candle_core::quantized::GgmlDType;
-use candle_core::quantized::k_quants::{BlockQ8K, QK_K};
+use candle_core::quantized::k_quants::{BlockQ8K, GgmlType, QK_K};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 /// Rows computed together against one weight row: all accumulators fit in registers.
 pub(crate) const GROUP: usize = 8;
@@ -77,25 +81,57 @@ struct Act {
     d: f32,
 }
 
-/// True when this CPU runs the kernels (checked once).
-pub(crate) fn available() -> bool {
+/// Which kernels this CPU runs: the AVX-512 VNNI ones here, or [`avx2`]'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Vnni,
+    Avx2,
+}
+
+/// The kernels this CPU runs (checked once); None where neither set does.
+pub(crate) fn isa() -> Option<Isa> {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
-        static OK: OnceLock<bool> = OnceLock::new();
-        *OK.get_or_init(|| {
-            std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx512bw")
-                && std::is_x86_feature_detected!("avx512vl")
-                && std::is_x86_feature_detected!("avx512vnni")
-                && std::is_x86_feature_detected!("avx512vbmi")
-                && std::is_x86_feature_detected!("f16c")
+        static ISA: OnceLock<Option<Isa>> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let has = |f: &str| match f {
+                "avx512f" => std::is_x86_feature_detected!("avx512f"),
+                "avx512bw" => std::is_x86_feature_detected!("avx512bw"),
+                "avx512vl" => std::is_x86_feature_detected!("avx512vl"),
+                "avx512vnni" => std::is_x86_feature_detected!("avx512vnni"),
+                "avx512vbmi" => std::is_x86_feature_detected!("avx512vbmi"),
+                "avx2" => std::is_x86_feature_detected!("avx2"),
+                "fma" => std::is_x86_feature_detected!("fma"),
+                "f16c" => std::is_x86_feature_detected!("f16c"),
+                _ => false,
+            };
+            let all = |fs: &[&str]| fs.iter().all(|f| has(f));
+            if all(&[
+                "avx512f",
+                "avx512bw",
+                "avx512vl",
+                "avx512vnni",
+                "avx512vbmi",
+                "f16c",
+            ]) {
+                Some(Isa::Vnni)
+            } else if all(&["avx2", "fma", "f16c"]) {
+                Some(Isa::Avx2)
+            } else {
+                None
+            }
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        None
     }
+}
+
+/// True when this CPU runs the kernels (checked once).
+pub(crate) fn available() -> bool {
+    isa().is_some()
 }
 
 /// The bytes of one block when `dtype` is Q4_K or Q6_K and the buffers of a product
@@ -159,12 +195,14 @@ pub(crate) fn matmul_many(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        use x86::CHUNK;
+        let vnni = isa() == Some(Isa::Vnni);
+        let chunk = if vnni { x86::CHUNK } else { avx2::CHUNK };
         let kb = k / QK_K;
+        // The VNNI Q4_K kernel reads its activations' sub-blocks interleaved.
         let layout = |q4k: bool| {
             mats.iter()
                 .any(|mat| (mat.0 == GgmlDType::Q4K) == q4k)
-                .then(|| quantize(lhs, m, k, q4k))
+                .then(|| quantize(lhs, m, k, q4k && vnni))
         };
         let (acts_q4k, acts_q6k) = (layout(true), layout(false));
         let dst_addrs: Vec<usize> = dsts.iter_mut().map(|d| d.as_mut_ptr() as usize).collect();
@@ -173,11 +211,11 @@ pub(crate) fn matmul_many(
         let mut items = 0;
         for &(_, _, n) in mats {
             first.push(items);
-            items += n.div_ceil(CHUNK);
+            items += n.div_ceil(chunk);
         }
         // Weight rows are split across candle's worker pool (the one its own kernels use, so
         // the model never runs more threads than it was given) in chunks of [`x86::CHUNK`]:
-        // the kernels reduce a chunk's sums together.
+        // the VNNI kernels reduce a chunk's sums together.
         candle_core::utils::barrier_pool().execute_chunked(items, |range| {
             for c in range {
                 let i = first.partition_point(|&f| f <= c) - 1;
@@ -187,21 +225,22 @@ pub(crate) fn matmul_many(
                 let acts = if q4k { &acts_q4k } else { &acts_q6k };
                 let acts = acts.as_deref().expect("quantized for every layout in use");
                 let c = c - first[i];
-                let (j0, nw) = (c * CHUNK, CHUNK.min(n - c * CHUNK));
+                let (j0, nw) = (c * chunk, chunk.min(n - c * chunk));
                 let w = &blocks[j0 * kb * size..(j0 + nw) * kb * size];
                 for (g, group) in acts.chunks(GROUP * kb).enumerate() {
                     let rows = group.len() / kb;
-                    // SAFETY: `available()` checked the CPU features the kernels enable; `w`
+                    // SAFETY: `isa()` checked the CPU features the kernels enable; `w`
                     // holds `nw` rows of `kb` blocks of `dtype`, `group` `rows * kb`
                     // activations, and `dsts[i]` (`m * n`, checked above) has room for columns
                     // `j0..j0 + nw` of rows `g * GROUP..` + `rows`, which no other work item
                     // writes.
                     unsafe {
                         let out = (dst_addrs[i] as *mut f32).add(g * GROUP * n + j0);
-                        if q4k {
-                            x86::q4k_rows(w, nw, group, kb, rows, out, n)
-                        } else {
-                            x86::q6k_rows(w, nw, group, kb, rows, out, n)
+                        match (vnni, q4k) {
+                            (true, true) => x86::q4k_rows(w, nw, group, kb, rows, out, n),
+                            (true, false) => x86::q6k_rows(w, nw, group, kb, rows, out, n),
+                            (false, true) => avx2::q4k_rows(w, nw, group, kb, rows, out, n),
+                            (false, false) => avx2::q6k_rows(w, nw, group, kb, rows, out, n),
                         }
                     }
                 }
@@ -217,7 +256,7 @@ pub(crate) fn matmul_many(
 }
 
 /// Each row of `lhs` as Q8_K blocks (candle's quantization, bit for bit, so the integers are
-/// the ones its kernels see), laid out for the kernel. Only called where [`available`] holds.
+/// the ones its kernels see), laid out for the kernel. Only called where [`isa`] is known.
 #[cfg(target_arch = "x86_64")]
 fn quantize(lhs: &[f32], m: usize, k: usize, interleave: bool) -> Vec<Act> {
     let mut acts = Vec::with_capacity(m * (k / QK_K));
@@ -230,8 +269,26 @@ fn quantize(lhs: &[f32], m: usize, k: usize, interleave: bool) -> Vec<Act> {
                 dsums: [0.0; 8],
                 d: 0.0,
             };
-            // SAFETY: `available()` (checked by the caller) covers the features it enables.
-            a.d = unsafe { x86::q8k_block(block, &mut qs, &mut a.bsums) };
+            a.d = if isa() == Some(Isa::Vnni) {
+                // SAFETY: `isa()` checked the features it enables.
+                unsafe { x86::q8k_block(block, &mut qs, &mut a.bsums) }
+            } else {
+                // candle's own quantizer: exact by construction, and the vectorised one needs
+                // AVX-512 (at 8 ns a value it costs an eight-row step about 1 ms per 150,000
+                // values of the matrices that take these kernels).
+                let mut q8 = [BlockQ8K::zeros()];
+                BlockQ8K::from_float(block, &mut q8);
+                // SAFETY: BlockQ8K is plain `repr(C)` data of Q8K_BYTES bytes (asserted at the
+                // top): d (f32), qs (256 × i8), bsums (16 × i16), with no padding.
+                let bytes: &[u8; Q8K_BYTES] = unsafe { &*q8.as_ptr().cast() };
+                for (q, &b) in qs.iter_mut().zip(&bytes[4..4 + QK_K]) {
+                    *q = b as i8;
+                }
+                for (s, b) in a.bsums.iter_mut().zip(bytes[4 + QK_K..].chunks_exact(2)) {
+                    *s = i16::from_le_bytes([b[0], b[1]]);
+                }
+                f32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"))
+            };
             if interleave {
                 // Sub-blocks in the order 0,2,1,3,4,6,5,7: the low nibbles of a 64-byte load
                 // of Q4_K are sub-blocks 2g and 2g+2, the high ones 2g+1 and 2g+3.
@@ -633,7 +690,6 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::k_quants::GgmlType;
     use candle_core::quantized::{QTensor, k_quants};
     use candle_core::{Device, Tensor};
 
@@ -645,8 +701,8 @@ mod tests {
     /// with halves to round, ties of magnitude with both signs, a zero block, tiny values.
     #[test]
     fn activations_are_quantized_exactly_as_candle_does() {
-        if !available() {
-            eprintln!("skipped: this CPU lacks AVX-512 VNNI/VBMI");
+        if isa() != Some(Isa::Vnni) {
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI/VBMI (it uses candle's quantizer)");
             return;
         }
         let dev = Device::Cpu;
@@ -678,7 +734,7 @@ mod tests {
             // SAFETY: BlockQ8K is plain `repr(C)` data of Q8K_BYTES bytes: d, qs, bsums.
             let want: &[u8; Q8K_BYTES] = unsafe { &*(want.as_ptr()).cast() };
             let (mut qs, mut bsums) = ([0i8; QK_K], [0i16; 16]);
-            // SAFETY: `available()` checked above.
+            // SAFETY: `isa()` checked above.
             let d = unsafe { x86::q8k_block(xs, &mut qs, &mut bsums) };
             let mut got = Vec::with_capacity(Q8K_BYTES);
             got.extend_from_slice(&d.to_le_bytes());
@@ -694,7 +750,7 @@ mod tests {
     #[test]
     fn matches_candles_block_dot_products_and_rows_are_independent() {
         if !available() {
-            eprintln!("skipped: this CPU lacks AVX-512 VNNI/VBMI");
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI/VBMI and AVX2");
             return;
         }
         let dev = Device::Cpu;
@@ -753,7 +809,7 @@ mod tests {
     #[test]
     fn many_matrices_at_once_give_each_its_own_product_exactly() {
         if !available() {
-            eprintln!("skipped: this CPU lacks AVX-512 VNNI/VBMI");
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI/VBMI and AVX2");
             return;
         }
         let dev = Device::Cpu;

@@ -1,0 +1,272 @@
+//! The decode-step kernels of [`super`] for CPUs with AVX2 and FMA but no AVX-512 VNNI (AMD
+//! Zen 1–3, Intel Haswell to Comet Lake: many of the machines operators run Sandra on).
+//!
+//! Without them a batched step on such a CPU took candle's block dot products for Q6_K
+//! matrices (the output projection and half of the FFN-down and value ones in Q4_K_M files),
+//! which unpack every weight block again for each row: eight conversations cost about eight
+//! single steps there. Here, as in the VNNI kernels, each weight block is loaded and unpacked
+//! once per step and multiplied against every row, with AVX2's `maddubs` (unsigned 6- or 4-bit
+//! weights times signed 8-bit activations, pairs summed to 16 bits, which cannot saturate:
+//! |2 · 63 · 128| < 2¹⁵) and `madd` by the sub-block scales.
+//!
+//! The activations are candle's own Q8_K blocks (`BlockQ8K::from_float`), in natural order,
+//! so every block sum is the exact integer candle's kernels compute; every row goes through
+//! the same instructions whatever the rows beside it, so a sequence's logits do not depend on
+//! its company.
+
+use std::arch::x86_64::*;
+
+use super::{Act, GROUP, Q4K_BYTES, Q6K_BYTES};
+
+/// Weight rows per kernel call (as the VNNI kernels'), reduced one by one at the end.
+pub(super) const CHUNK: usize = 16;
+
+#[inline]
+#[target_feature(enable = "f16c")]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+/// The sum of the 8 lanes, in one fixed order.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// Asks for the weight bytes 2 KiB past `blk`, as the VNNI kernels do (rows of a matrix follow
+/// one another in memory, and a decode step reads each weight once, from memory).
+#[inline(always)]
+fn prefetch_ahead(blk: &[u8]) {
+    let ahead = blk.as_ptr().wrapping_add(2048).cast::<i8>();
+    for l in 0..blk.len().div_ceil(64) {
+        // SAFETY: prefetching is a hint; it reads nothing and cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * l)) };
+    }
+}
+
+/// Q6_K: `out[r * stride + i] = w[i] · acts[r]` for the `nw` (≤ [`CHUNK`]) weight rows of `w`
+/// and the `rows` (≤ GROUP) activation rows of `acts` (natural order), `kb` blocks each.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `w` holds `nw * kb` blocks, `acts` `rows * kb`, and `out`
+/// is writable at those `rows × nw` places.
+pub(super) unsafe fn q6k_rows(
+    w: &[u8],
+    nw: usize,
+    acts: &[Act],
+    kb: usize,
+    rows: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    assert!(nw <= CHUNK && rows <= GROUP && w.len() >= nw * kb * Q6K_BYTES);
+    assert!(acts.len() >= rows * kb);
+    // SAFETY (each arm): the caller's contract, with the lengths asserted above.
+    unsafe { by_rows!(q6k, rows, w, nw, acts, kb, out, stride) }
+}
+
+/// Q4_K: as [`q6k_rows`].
+///
+/// # Safety
+/// As [`q6k_rows`], with Q4_K blocks.
+pub(super) unsafe fn q4k_rows(
+    w: &[u8],
+    nw: usize,
+    acts: &[Act],
+    kb: usize,
+    rows: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    assert!(nw <= CHUNK && rows <= GROUP && w.len() >= nw * kb * Q4K_BYTES);
+    assert!(acts.len() >= rows * kb);
+    // SAFETY (each arm): the caller's contract, with the lengths asserted above.
+    unsafe { by_rows!(q4k, rows, w, nw, acts, kb, out, stride) }
+}
+
+/// Calls `$kernel::<R>` for the row count: a constant count lets the compiler keep every
+/// row's sums in registers and unroll the loops over rows (with a count known only at run time
+/// one row cost about 1.6× candle's block dot product). Each row still runs the same
+/// instructions whatever `R` is.
+macro_rules! by_rows {
+    ($kernel:ident, $rows:expr, $($arg:expr),*) => {
+        match $rows {
+            1 => $kernel::<1>($($arg),*),
+            2 => $kernel::<2>($($arg),*),
+            3 => $kernel::<3>($($arg),*),
+            4 => $kernel::<4>($($arg),*),
+            5 => $kernel::<5>($($arg),*),
+            6 => $kernel::<6>($($arg),*),
+            7 => $kernel::<7>($($arg),*),
+            _ => $kernel::<8>($($arg),*),
+        }
+    };
+}
+use by_rows;
+
+const _: () = assert!(GROUP == 8, "by_rows! covers 1..=8 rows");
+
+/// [`q6k_rows`] for `R` rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6k<const R: usize>(
+    w: &[u8],
+    nw: usize,
+    acts: &[Act],
+    kb: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    let nib = _mm256_set1_epi8(0x0F);
+    let two = _mm256_set1_epi8(0x03);
+    // Spreads the 16-bit scale pair held in one 32-bit lane over the two 128-bit lanes: words
+    // 0..8 take the pair's first, 8..16 its second.
+    let spread = _mm256_setr_epi8(
+        0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
+        2, 3,
+    );
+    let rows: [&[Act]; R] = std::array::from_fn(|r| &acts[r * kb..(r + 1) * kb]);
+    for i in 0..nw {
+        let w = &w[i * kb * Q6K_BYTES..(i + 1) * kb * Q6K_BYTES];
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (b, blk) in w.chunks_exact(Q6K_BYTES).enumerate() {
+            prefetch_ahead(blk);
+            let d = f16_at(blk, 208);
+            // SAFETY: 16 scale bytes at 192.
+            let sc = unsafe { _mm_loadu_si128(blk.as_ptr().add(192).cast()) };
+            let sc_all = _mm256_cvtepi8_epi16(sc);
+            let mut sums = [_mm256_setzero_si256(); R];
+            for h in 0..2 {
+                // SAFETY: 64 bytes of low nibbles at 64h, 32 bytes of high pairs at 128 + 32h.
+                let (ql0, ql1, qh) = unsafe {
+                    (
+                        _mm256_loadu_si256(blk.as_ptr().add(64 * h).cast()),
+                        _mm256_loadu_si256(blk.as_ptr().add(64 * h + 32).cast()),
+                        _mm256_loadu_si256(blk.as_ptr().add(128 + 32 * h).cast()),
+                    )
+                };
+                // The half's 128 values as four vectors of 32 (0..63, the value plus 32):
+                // low nibbles of ql0, ql1, then high ones, each with its 2 bits of qh.
+                let ws = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, nib),
+                        _mm256_slli_epi16::<4>(_mm256_and_si256(qh, two)),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, nib),
+                        _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_slli_epi16::<2>(two))),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), nib),
+                        _mm256_and_si256(qh, _mm256_slli_epi16::<4>(two)),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), nib),
+                        _mm256_srli_epi16::<2>(_mm256_and_si256(qh, _mm256_slli_epi16::<6>(two))),
+                    ),
+                ];
+                for (t, &wt) in ws.iter().enumerate() {
+                    // Vector t's two 16-value sub-blocks take scales 8h + 2t and 8h + 2t + 1,
+                    // the 32-bit lane 4h + t of the widened scales.
+                    let pair =
+                        _mm256_permutevar8x32_epi32(sc_all, _mm256_set1_epi32((4 * h + t) as i32));
+                    let scale = _mm256_shuffle_epi8(pair, spread);
+                    for (sum, act) in sums.iter_mut().zip(&rows) {
+                        // SAFETY: 256 bytes of quants in the activation block.
+                        let x = unsafe {
+                            _mm256_loadu_si256(act[b].qs.as_ptr().add(128 * h + 32 * t).cast())
+                        };
+                        let p = _mm256_maddubs_epi16(wt, x);
+                        *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(p, scale));
+                    }
+                }
+            }
+            for ((sum, acc), act) in sums.iter().zip(acc.iter_mut()).zip(&rows) {
+                let a = &act[b];
+                // The values were stored plus 32: take 32 · scale · (sum of the 16 values).
+                // SAFETY: 16 sums in `a`.
+                let bs = unsafe { _mm256_loadu_si256(a.bsums.as_ptr().cast()) };
+                let corr = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, sc_all));
+                let s = _mm256_sub_epi32(*sum, corr);
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * a.d), *acc);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            // SAFETY: the caller's contract.
+            unsafe { *out.add(r * stride + i) = hsum(*acc) };
+        }
+    }
+}
+
+/// [`q4k_rows`] for `R` rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k<const R: usize>(
+    w: &[u8],
+    nw: usize,
+    acts: &[Act],
+    kb: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    let nib = _mm256_set1_epi8(0x0F);
+    let rows: [&[Act]; R] = std::array::from_fn(|r| &acts[r * kb..(r + 1) * kb]);
+    for i in 0..nw {
+        let w = &w[i * kb * Q4K_BYTES..(i + 1) * kb * Q4K_BYTES];
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (b, blk) in w.chunks_exact(Q4K_BYTES).enumerate() {
+            prefetch_ahead(blk);
+            let d = f16_at(blk, 0);
+            let dmin = f16_at(blk, 2);
+            // ggml's 6-bit scale/min unpacking: bytes 0..8 scales, 8..16 mins.
+            let u = |i: usize| u32::from_le_bytes(blk[4 + 4 * i..8 + 4 * i].try_into().unwrap());
+            let (u0, u1, u2) = (u(0), u(1), u(2));
+            let s0 = u0 & 0x3f3f_3f3f;
+            let s1 = (u2 & 0x0f0f_0f0f) | (((u0 >> 6) & 0x0303_0303) << 4);
+            let m0 = u1 & 0x3f3f_3f3f;
+            let m1 = ((u2 >> 4) & 0x0f0f_0f0f) | (((u1 >> 6) & 0x0303_0303) << 4);
+            let scales = (u64::from(s1) << 32 | u64::from(s0)).to_le_bytes();
+            // The 8 mins times dmin, for every row.
+            let mins = _mm256_mul_ps(
+                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(
+                    0, 0, m1 as i32, m0 as i32,
+                ))),
+                _mm256_set1_ps(dmin),
+            );
+            let mut sums = [_mm256_setzero_si256(); R];
+            for g in 0..4 {
+                // SAFETY: the block has 128 bytes of nibbles at 16: 32 per 64-value group.
+                let q = unsafe { _mm256_loadu_si256(blk.as_ptr().add(16 + 32 * g).cast()) };
+                // Sub-block 2g is the low nibbles, 2g + 1 the high ones.
+                let halves = [
+                    _mm256_and_si256(q, nib),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(q), nib),
+                ];
+                for (j, &wt) in halves.iter().enumerate() {
+                    let sub = 2 * g + j;
+                    let scale = _mm256_set1_epi16(i16::from(scales[sub]));
+                    for (sum, act) in sums.iter_mut().zip(&rows) {
+                        // SAFETY: 256 bytes of quants in the activation block.
+                        let x =
+                            unsafe { _mm256_loadu_si256(act[b].qs.as_ptr().add(32 * sub).cast()) };
+                        let p = _mm256_maddubs_epi16(wt, x);
+                        *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(p, scale));
+                    }
+                }
+            }
+            for ((sum, acc), act) in sums.iter().zip(acc.iter_mut()).zip(&rows) {
+                let a = &act[b];
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*sum), _mm256_set1_ps(d * a.d), *acc);
+                // SAFETY: 8 sub-block sums in `a`.
+                let dsums = unsafe { _mm256_loadu_ps(a.dsums.as_ptr()) };
+                *acc = _mm256_fnmadd_ps(mins, dsums, *acc);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            // SAFETY: the caller's contract.
+            unsafe { *out.add(r * stride + i) = hsum(*acc) };
+        }
+    }
+}
