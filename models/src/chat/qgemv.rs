@@ -315,7 +315,7 @@ mod x86 {
 
     #[inline]
     #[target_feature(enable = "f16c")]
-    fn f16_at(b: &[u8], at: usize) -> f32 {
+    pub(super) fn f16_at(b: &[u8], at: usize) -> f32 {
         let bits = u16::from_le_bytes([b[at], b[at + 1]]);
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
     }
@@ -514,7 +514,7 @@ mod x86 {
     /// runs alternating; 4096 bytes ahead measured the same). A prefetch never faults, so the
     /// address may run past the matrix.
     #[inline(always)]
-    fn prefetch_ahead(blk: &[u8]) {
+    pub(super) fn prefetch_ahead(blk: &[u8]) {
         let ahead = blk.as_ptr().wrapping_add(PF_AHEAD).cast::<i8>();
         for l in 0..blk.len().div_ceil(64) {
             // SAFETY: prefetching is a hint; it reads nothing and cannot fault.

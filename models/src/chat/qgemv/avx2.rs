@@ -16,17 +16,13 @@
 
 use std::arch::x86_64::*;
 
+// The VNNI kernels' helpers: the f16 scale reader and the weight prefetch (rows of a matrix
+// follow one another in memory, and a decode step reads each weight once, from memory).
+use super::x86::{f16_at, prefetch_ahead};
 use super::{Act, GROUP, Q4K_BYTES, Q6K_BYTES};
 
 /// Weight rows per kernel call (as the VNNI kernels'), reduced one by one at the end.
 pub(super) const CHUNK: usize = 16;
-
-#[inline]
-#[target_feature(enable = "f16c")]
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
-}
 
 /// The sum of the 8 lanes, in one fixed order.
 #[inline]
@@ -35,17 +31,6 @@ fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-}
-
-/// Asks for the weight bytes 2 KiB past `blk`, as the VNNI kernels do (rows of a matrix follow
-/// one another in memory, and a decode step reads each weight once, from memory).
-#[inline(always)]
-fn prefetch_ahead(blk: &[u8]) {
-    let ahead = blk.as_ptr().wrapping_add(2048).cast::<i8>();
-    for l in 0..blk.len().div_ceil(64) {
-        // SAFETY: prefetching is a hint; it reads nothing and cannot fault.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * l)) };
-    }
 }
 
 /// Q6_K: `out[r * stride + i] = w[i] · acts[r]` for the `nw` (≤ [`CHUNK`]) weight rows of `w`
