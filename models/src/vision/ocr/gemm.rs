@@ -40,17 +40,12 @@ pub(crate) enum Kernel {
 }
 
 impl Kernel {
+    /// The fastest kernel this CPU runs.
     pub(crate) fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                return Self::Avx512;
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                return Self::Avx2;
-            }
-        }
-        Self::Portable
+        [Self::Avx512, Self::Avx2]
+            .into_iter()
+            .find(|k| k.runs_here())
+            .unwrap_or(Self::Portable)
     }
 
     /// Whether this CPU has what the kernel needs.
