@@ -145,6 +145,27 @@ fn main() {
             drop(tiles.forward(&x8.narrow(0, 0, 16).unwrap()).unwrap())
         });
         let tiles8p = time(reps_big, || drop(tiles.forward(&x8).unwrap()));
+        // Q4_K re-laid by eights (the AVX2 kernel), where it runs.
+        let eights = sandra_models::testing::Q4kByEights::new(&bytes, n, k)
+            .filter(|_| dtype == GgmlDType::Q4K);
+        let [e1, e8, ep, e8p] = match &eights {
+            Some(e) => {
+                let mut run = |m: usize, reps: usize| {
+                    time(reps, || assert!(e.matmul((m, k), &x8v[..m * k], &mut dst)))
+                };
+                [
+                    run(1, reps),
+                    run(8, reps),
+                    run(PROMPT, reps),
+                    run(PROMPTS, reps_big),
+                ]
+            }
+            None => [f64::NAN; 4],
+        };
+        println!(
+            "eights\t{name}\t{dtype:?}\t[{n}x{k}]\tms: one row {e1:.2}\teight rows {e8:.2}\t\
+             {PROMPT} rows {ep:.2}\t{PROMPTS} rows {e8p:.2}"
+        );
         println!(
             "qgemv\t{name}\t{dtype:?}\t[{n}x{k}]\tone row ms: candle_dots={dots1:.2} candle_tiles={tiles1:.2} sandra={ours1:.2}\t\
              eight rows ms: candle_dots={dots8:.2} candle_tiles={tiles8:.2} sandra={ours8:.2}\t\
@@ -217,6 +238,25 @@ fn step_from_memory(ct: &Content, file: &mut std::fs::File, dev: &Device) {
             }
         }
     }
+    // The Q4_K set again, re-laid by eights (the AVX2 kernel), where it runs.
+    let eights: Vec<_> = sets
+        .iter()
+        .filter(|(dtype, _)| *dtype == GgmlDType::Q4K)
+        .flat_map(|(_, mats)| mats)
+        .map_while(|(_, n, k, b)| Some((*k, sandra_models::testing::Q4kByEights::new(b, *n, *k)?)))
+        .collect();
+    let mut ems = [Vec::new(), Vec::new()];
+    if !eights.is_empty() {
+        for _round in 0..5 {
+            for (i, m) in [1usize, 8].into_iter().enumerate() {
+                let t = Instant::now();
+                for (k, e) in &eights {
+                    assert!(e.matmul((m, *k), &x[..m * k], &mut dst));
+                }
+                ems[i].push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
     let show = |v: &[f64]| {
         v.iter()
             .map(|t| format!("{t:.1}"))
@@ -232,6 +272,15 @@ fn step_from_memory(ct: &Content, file: &mut std::fs::File, dev: &Device) {
             bytes >> 20,
             show(&ms[0]),
             show(&ms[1])
+        );
+    }
+    if !eights.is_empty() {
+        println!(
+            "step\tQ4K by eights\t{} matrices, from memory\tsandra ms, five rounds: one row {}\t\
+             eight rows {}",
+            eights.len(),
+            show(&ems[0]),
+            show(&ems[1])
         );
     }
 }

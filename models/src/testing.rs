@@ -364,6 +364,23 @@ pub fn decode_matmul(
     crate::chat::qgemv::matmul(dtype, blocks, mkn, lhs, dst)
 }
 
+/// A Q4_K matrix re-laid by eights for the AVX2 kernel (`chat::qgemv::Q4kByEights`, for
+/// `benches/bench_qgemv.rs`).
+pub struct Q4kByEights(crate::chat::qgemv::Q4kByEights);
+
+impl Q4kByEights {
+    /// None where the kernel does not run here, or the blocks are not a Q4_K `[n, k]` matrix
+    /// of whole groups of eight rows.
+    pub fn new(blocks: &[u8], n: usize, k: usize) -> Option<Self> {
+        crate::chat::qgemv::Q4kByEights::new(blocks, n, k).map(Self)
+    }
+
+    /// `dst = lhs @ w.T` for the `m` rows of `lhs`; false when the shapes do not fit.
+    pub fn matmul(&self, mk: (usize, usize), lhs: &[f32], dst: &mut [f32]) -> bool {
+        crate::chat::qgemv::matmul_by_eights(&self.0, mk, lhs, dst)
+    }
+}
+
 /// The `[llm] cpu_prefill` mode a chat benchmark measures, as this machine resolves it: the
 /// default (`auto`), or the one `BENCH_PREFILL=compact|repacked` names.
 pub fn bench_cpu_prefill() -> crate::chat::CpuPrefill {

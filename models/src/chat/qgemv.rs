@@ -12,7 +12,10 @@
 //! them and keeps this kernel for Q6_K, and for Q4_K with `"compact"`
 //! (`benches/bench_qgemv.rs` measures all three side by side). Here each weight block is read
 //! and unpacked once per step and then multiplied against every row with one `vpdpbusd` per 64
-//! values, on the file's own bytes.
+//! values, on the file's own bytes. On CPUs with AVX2 but no VNNI, a Q4_K matrix the decoder
+//! holds a second copy of anyway ([`CpuPrefill::Repacked`](super::CpuPrefill::Repacked)) is
+//! re-laid eight weight rows to a block ([`Q4kByEights`]) for a kernel that spends 9 multiply
+//! instructions per 256 products of a row instead of 16, for prompts and decode steps alike.
 //!
 //! A kernel call takes 16 weight rows ([`x86::CHUNK`]) and reduces their 16-lane sums together
 //! at the end (`x86::finish`), with the Q4_K mins folded into the same sums; one horizontal sum
@@ -78,6 +81,8 @@ struct Act {
     bsums: [i16; 16],
     /// For Q4_K: `d` times the sum of each 32-value sub-block, for the mins term.
     dsums: [f32; 8],
+    /// The sum of each 32-value sub-block (for [`Q4kByEights`]' mins term, in integers).
+    sums32: [i16; 8],
     d: f32,
 }
 
@@ -134,6 +139,162 @@ pub(crate) fn available() -> bool {
     isa().is_some()
 }
 
+/// True where [`Q4kByEights`]' kernel runs: AVX2, FMA and F16C (checked once). AVX-512
+/// machines have them too, so the tests run it there; the decoder takes it only where
+/// [`isa`] is [`Isa::Avx2`].
+pub(crate) fn by_eights_runs() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static RUNS: OnceLock<bool> = OnceLock::new();
+        *RUNS.get_or_init(|| {
+            std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Weight rows interleaved in one [`Eights`] block.
+pub(crate) const EIGHT: usize = 8;
+
+/// One Q4_K block (256 values) of each of eight consecutive weight rows, re-laid so that one
+/// 32-byte load holds four consecutive values of all eight rows: multiplied by four bytes of
+/// one activation row broadcast to every lane, `maddubs` gives each weight row its own 16-bit
+/// lanes, eight such products (a 32-value sub-block) add up in 16 bits without overflow
+/// (|8 · 2 · 15 · 128| < 2¹⁵), and one `madd` by the eight rows' sub-block scales finishes
+/// the sub-block: 9 multiply instructions per 256 products of a row where the file's layout
+/// takes 16 (a `maddubs` and a `madd` per 32 values), and no horizontal sums at the end. The
+/// same bytes as the file's blocks plus 32 per eight blocks (the scales unpacked).
+#[repr(C, align(32))]
+#[derive(Clone, Copy)]
+pub(crate) struct Eights {
+    /// Sub-block `j`, quarter `u`, at `128j + 32u`: byte `4n + e` holds value `32j + 4u + e`
+    /// of row `n` in its low nibble and value `32j + 16 + 4u + e` in its high one.
+    qs: [u8; 1024],
+    /// Row `n`'s 6-bit scale of sub-block `j` at `8j + n`.
+    scales: [u8; 64],
+    /// Row `n`'s 6-bit mins of sub-blocks `2q` and `2q + 1` at `16q + 2n` and `16q + 2n + 1`.
+    mins: [u8; 64],
+    /// Each row's block scale and min scale, f16 bits.
+    d: [u16; EIGHT],
+    dmin: [u16; EIGHT],
+}
+
+impl Eights {
+    const ZERO: Self = Self {
+        qs: [0; 1024],
+        scales: [0; 64],
+        mins: [0; 64],
+        d: [0; EIGHT],
+        dmin: [0; EIGHT],
+    };
+
+    /// Writes row `n`'s block from the file's 144 bytes (d, dmin, 12 bytes of packed 6-bit
+    /// scales and mins, 128 of nibbles: see the module's block layouts).
+    fn set_row(&mut self, n: usize, blk: &[u8]) {
+        self.d[n] = u16::from_le_bytes([blk[0], blk[1]]);
+        self.dmin[n] = u16::from_le_bytes([blk[2], blk[3]]);
+        // ggml's `get_scale_min_k4`.
+        let q = &blk[4..16];
+        for j in 0..8 {
+            let (sc, m) = if j < 4 {
+                (q[j] & 63, q[j + 4] & 63)
+            } else {
+                (
+                    (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+                    (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+                )
+            };
+            self.scales[8 * j + n] = sc;
+            self.mins[16 * (j / 2) + 2 * n + j % 2] = m;
+        }
+        // Bytes 32g..32g+32 hold sub-block 2g in their low nibbles and 2g + 1 in their high
+        // ones; values t and t + 16 of a sub-block share a byte here.
+        for g in 0..4 {
+            let (a, b) = blk[16 + 32 * g..16 + 32 * g + 32].split_at(16);
+            for (i, (&a, &b)) in a.iter().zip(b).enumerate() {
+                let at = 32 * (i / 4) + 4 * n + i % 4;
+                self.qs[256 * g + at] = (a & 0x0F) | (b << 4);
+                self.qs[256 * g + 128 + at] = (a >> 4) | (b & 0xF0);
+            }
+        }
+    }
+}
+
+/// A Q4_K matrix `[n, k]` as [`Eights`] blocks, for CPUs with AVX2 but not AVX-512 VNNI: one
+/// kernel for decode steps and prompts alike, where candle's repacked tiles (a copy 1.33× the
+/// file's blocks) and the file-layout kernel ([`avx2`]) each spend two multiply instructions
+/// per 32 products of a row.
+pub(crate) struct Q4kByEights {
+    /// Eight rows' block `b` of group `g` at `g * kb + b`.
+    blocks: Vec<Eights>,
+    n: usize,
+    kb: usize,
+}
+
+impl Q4kByEights {
+    /// The file's Q4_K blocks of an `[n, k]` matrix re-laid; None where the kernel does not run
+    /// ([`by_eights_runs`]), `n` is not a multiple of eight or the bytes are not whole blocks.
+    pub(crate) fn new(blocks: &[u8], n: usize, k: usize) -> Option<Self> {
+        let ok = by_eights_runs()
+            && n > 0
+            && n.is_multiple_of(EIGHT)
+            && k.is_multiple_of(QK_K)
+            && blocks.len() == n * (k / QK_K) * Q4K_BYTES;
+        if !ok {
+            return None;
+        }
+        let kb = k / QK_K;
+        let mut out = vec![Eights::ZERO; n / EIGHT * kb];
+        let addr = out.as_mut_ptr() as usize;
+        // At load, on every core (the default model's 596 MiB of Q4_K in about a second on one).
+        candle_core::utils::barrier_pool().execute_chunked(n / EIGHT, |groups| {
+            for g in groups {
+                // SAFETY: work item `g` writes blocks `g * kb..(g + 1) * kb` of `out` only, and
+                // `out` outlives the pool's work (execute_chunked returns when all is done).
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut((addr as *mut Eights).add(g * kb), kb)
+                };
+                for (b, e) in dst.iter_mut().enumerate() {
+                    for row in 0..EIGHT {
+                        let at = ((g * EIGHT + row) * kb + b) * Q4K_BYTES;
+                        e.set_row(row, &blocks[at..at + Q4K_BYTES]);
+                    }
+                }
+            }
+        });
+        Some(Self { blocks: out, n, kb })
+    }
+
+    /// Weight rows.
+    pub(crate) fn rows(&self) -> usize {
+        self.n
+    }
+}
+
+/// A matrix for [`matmul_many`].
+#[derive(Clone, Copy)]
+pub(crate) enum Weights<'a> {
+    /// The file's blocks of a Q4_K or Q6_K matrix with this many rows.
+    Blocks(GgmlDType, &'a [u8], usize),
+    /// A Q4_K matrix re-laid by eights.
+    Q4kByEights(&'a Q4kByEights),
+}
+
+impl Weights<'_> {
+    fn rows(&self) -> usize {
+        match *self {
+            Weights::Blocks(_, _, n) => n,
+            Weights::Q4kByEights(w) => w.n,
+        }
+    }
+}
+
 /// The bytes of one block when `dtype` is Q4_K or Q6_K and the buffers of a product
 /// `[m, k] @ [n, k].T` hold whole blocks and rows (`blocks`: `n * k / 256` blocks, `lhs`:
 /// `m * k` values, `dst`: room for `m * n`, `m` not zero): the checks this module's
@@ -168,17 +329,33 @@ pub(crate) fn matmul(
     lhs: &[f32],
     dst: &mut [f32],
 ) -> bool {
-    matmul_many(&[(dtype, blocks, n)], (m, k), lhs, &mut [dst])
+    matmul_many(
+        &[Weights::Blocks(dtype, blocks, n)],
+        (m, k),
+        lhs,
+        &mut [dst],
+    )
 }
 
-/// [`matmul`] of one input by several matrices (`mats[i]`: block type, blocks, rows; results in
-/// `dsts[i]`), such as a layer's query, key and value projections: the input is quantized once
-/// for each block layout and every matrix's rows go to the worker pool as one work list, so
-/// the step waits at one barrier instead of one per matrix. Each result is exactly what
-/// [`matmul`] gives alone. False (nothing written) when any matrix is not one this module
-/// handles.
+/// [`matmul`] of a Q4_K matrix re-laid by eights (`lhs`: `[m, k]`, `dst`: room for `m * n`).
+/// False (nothing written) when the shapes do not fit.
+pub(crate) fn matmul_by_eights(
+    w: &Q4kByEights,
+    (m, k): (usize, usize),
+    lhs: &[f32],
+    dst: &mut [f32],
+) -> bool {
+    matmul_many(&[Weights::Q4kByEights(w)], (m, k), lhs, &mut [dst])
+}
+
+/// [`matmul`] of one input by several matrices (`mats[i]`, results in `dsts[i]`), such as a
+/// layer's query, key and value projections: the input is quantized once for each block
+/// layout and every matrix's rows go to the worker pool as one work list, so the step waits at
+/// one barrier instead of one per matrix. Each result is exactly what [`matmul`] (or
+/// [`matmul_by_eights`]) gives alone. False (nothing written) when any matrix is not one this
+/// module handles.
 pub(crate) fn matmul_many(
-    mats: &[(GgmlDType, &[u8], usize)],
+    mats: &[Weights<'_>],
     (m, k): (usize, usize),
     lhs: &[f32],
     dsts: &mut [&mut [f32]],
@@ -187,8 +364,17 @@ pub(crate) fn matmul_many(
         return false;
     }
     let mut sizes = Vec::with_capacity(mats.len());
-    for (&(dtype, blocks, n), dst) in mats.iter().zip(dsts.iter()) {
-        match whole_blocks(dtype, blocks, (m, k, n), lhs, dst.len()) {
+    for (mat, dst) in mats.iter().zip(dsts.iter()) {
+        let size = match *mat {
+            Weights::Blocks(dtype, blocks, n) => {
+                whole_blocks(dtype, blocks, (m, k, n), lhs, dst.len())
+            }
+            Weights::Q4kByEights(w) => {
+                (m > 0 && w.kb * QK_K == k && lhs.len() == m * k && dst.len() >= m * w.n)
+                    .then_some(std::mem::size_of::<Eights>())
+            }
+        };
+        match size {
             Some(size) => sizes.push(size),
             None => return false,
         }
@@ -196,22 +382,27 @@ pub(crate) fn matmul_many(
     #[cfg(target_arch = "x86_64")]
     {
         let vnni = isa() == Some(Isa::Vnni);
-        let chunk = if vnni { x86::CHUNK } else { avx2::CHUNK };
         let kb = k / QK_K;
-        // The VNNI Q4_K kernel reads its activations' sub-blocks interleaved.
-        let layout = |q4k: bool| {
-            mats.iter()
-                .any(|mat| (mat.0 == GgmlDType::Q4K) == q4k)
-                .then(|| quantize(lhs, m, k, q4k && vnni))
+        // The VNNI Q4_K kernel reads its activations' sub-blocks interleaved; every other
+        // kernel in natural order.
+        let file_q4k = |mat: &Weights<'_>| matches!(mat, Weights::Blocks(GgmlDType::Q4K, ..));
+        let interleaved = (vnni && mats.iter().any(file_q4k)).then(|| quantize(lhs, m, k, true));
+        let natural = mats
+            .iter()
+            .any(|mat| !(vnni && file_q4k(mat)))
+            .then(|| quantize(lhs, m, k, false));
+        let chunk_of = |mat: &Weights<'_>| match mat {
+            Weights::Blocks(..) if vnni => x86::CHUNK,
+            Weights::Blocks(..) => avx2::CHUNK,
+            Weights::Q4kByEights(_) => avx2::CHUNK,
         };
-        let (acts_q4k, acts_q6k) = (layout(true), layout(false));
         let dst_addrs: Vec<usize> = dsts.iter_mut().map(|d| d.as_mut_ptr() as usize).collect();
         // Work item `c` is chunk `c - first[i]` of matrix `i`, the last `i` with `first[i] <= c`.
         let mut first = Vec::with_capacity(mats.len());
         let mut items = 0;
-        for &(_, _, n) in mats {
+        for mat in mats {
             first.push(items);
-            items += n.div_ceil(chunk);
+            items += mat.rows().div_ceil(chunk_of(mat));
         }
         // Weight rows are split across candle's worker pool (the one its own kernels use, so
         // the model never runs more threads than it was given) in chunks of [`x86::CHUNK`]:
@@ -219,28 +410,45 @@ pub(crate) fn matmul_many(
         candle_core::utils::barrier_pool().execute_chunked(items, |range| {
             for c in range {
                 let i = first.partition_point(|&f| f <= c) - 1;
-                let (dtype, blocks, n) = mats[i];
-                let size = sizes[i];
-                let q4k = dtype == GgmlDType::Q4K;
-                let acts = if q4k { &acts_q4k } else { &acts_q6k };
-                let acts = acts.as_deref().expect("quantized for every layout in use");
+                let mat = mats[i];
+                let (n, chunk) = (mat.rows(), chunk_of(&mat));
                 let c = c - first[i];
                 let (j0, nw) = (c * chunk, chunk.min(n - c * chunk));
-                let w = &blocks[j0 * kb * size..(j0 + nw) * kb * size];
+                let acts = if vnni && file_q4k(&mat) {
+                    &interleaved
+                } else {
+                    &natural
+                };
+                let acts = acts.as_deref().expect("quantized for every layout in use");
+                // Rows of `lhs` in groups of GROUP (all of a decode step; a prompt's in turn),
+                // each against this chunk's weight rows while they are in cache.
                 for (g, group) in acts.chunks(GROUP * kb).enumerate() {
                     let rows = group.len() / kb;
-                    // SAFETY: `isa()` checked the CPU features the kernels enable; `w`
-                    // holds `nw` rows of `kb` blocks of `dtype`, `group` `rows * kb`
-                    // activations, and `dsts[i]` (`m * n`, checked above) has room for columns
-                    // `j0..j0 + nw` of rows `g * GROUP..` + `rows`, which no other work item
-                    // writes.
+                    // SAFETY: `isa()` (or, for Q4kByEights, which only exists where its kernel
+                    // runs, `by_eights_runs()`) checked the CPU features the kernels enable;
+                    // `w` holds `nw` rows of `kb` blocks, `group` `rows * kb` activations, and
+                    // `dsts[i]` (`m * n`, checked above) has room for columns `j0..j0 + nw` of
+                    // rows `g * GROUP..` + `rows`, which no other work item writes.
                     unsafe {
                         let out = (dst_addrs[i] as *mut f32).add(g * GROUP * n + j0);
-                        match (vnni, q4k) {
-                            (true, true) => x86::q4k_rows(w, nw, group, kb, rows, out, n),
-                            (true, false) => x86::q6k_rows(w, nw, group, kb, rows, out, n),
-                            (false, true) => avx2::q4k_rows(w, nw, group, kb, rows, out, n),
-                            (false, false) => avx2::q6k_rows(w, nw, group, kb, rows, out, n),
+                        match mat {
+                            Weights::Q4kByEights(w) => {
+                                let (g0, ng) = (j0 / EIGHT, nw / EIGHT);
+                                let w = &w.blocks[g0 * kb..(g0 + ng) * kb];
+                                avx2::q4k8_rows(w, ng, group, kb, rows, out, n)
+                            }
+                            Weights::Blocks(dtype, blocks, _) => {
+                                let size = sizes[i];
+                                let w = &blocks[j0 * kb * size..(j0 + nw) * kb * size];
+                                match (vnni, dtype == GgmlDType::Q4K) {
+                                    (true, true) => x86::q4k_rows(w, nw, group, kb, rows, out, n),
+                                    (true, false) => x86::q6k_rows(w, nw, group, kb, rows, out, n),
+                                    (false, true) => avx2::q4k_rows(w, nw, group, kb, rows, out, n),
+                                    (false, false) => {
+                                        avx2::q6k_rows(w, nw, group, kb, rows, out, n)
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -267,6 +475,7 @@ fn quantize(lhs: &[f32], m: usize, k: usize, interleave: bool) -> Vec<Act> {
                 qs: [0; QK_K],
                 bsums: [0; 16],
                 dsums: [0.0; 8],
+                sums32: [0; 8],
                 d: 0.0,
             };
             a.d = if isa() == Some(Isa::Vnni) {
@@ -298,8 +507,10 @@ fn quantize(lhs: &[f32], m: usize, k: usize, interleave: bool) -> Vec<Act> {
             } else {
                 a.qs = qs;
             }
-            for (j, v) in a.dsums.iter_mut().enumerate() {
-                *v = a.d * f32::from(a.bsums[2 * j] + a.bsums[2 * j + 1]);
+            for j in 0..8 {
+                // |32 · 128| fits in 16 bits.
+                a.sums32[j] = a.bsums[2 * j] + a.bsums[2 * j + 1];
+                a.dsums[j] = a.d * f32::from(a.sums32[j]);
             }
             acts.push(a);
         }
@@ -835,23 +1046,102 @@ mod tests {
         let mats: Vec<_> = specs
             .iter()
             .zip(&blocks)
-            .map(|(&(dtype, n), b)| (dtype, &b[..], n))
+            .map(|(&(dtype, n), b)| Weights::Blocks(dtype, &b[..], n))
             .collect();
         let mut outs: Vec<Vec<f32>> = specs.iter().map(|&(_, n)| vec![0f32; m * n]).collect();
         let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
         assert!(matmul_many(&mats, (m, k), &x, &mut refs));
-        for (i, &(dtype, b, n)) in mats.iter().enumerate() {
+        for (i, &(dtype, n)) in specs.iter().enumerate() {
+            let b = &blocks[i];
             let mut alone = vec![0f32; m * n];
             assert!(matmul(dtype, b, (m, k, n), &x, &mut alone));
             assert_eq!(alone, outs[i], "matrix {i}");
         }
         let q8 = vec![0u8; 34 * 2 * 16];
         let mut with_q8 = mats.clone();
-        with_q8.push((GgmlDType::Q8_0, &q8[..], 16));
-        let mut outs: Vec<Vec<f32>> = with_q8.iter().map(|&(.., n)| vec![-1f32; m * n]).collect();
+        with_q8.push(Weights::Blocks(GgmlDType::Q8_0, &q8[..], 16));
+        let mut outs: Vec<Vec<f32>> = with_q8.iter().map(|w| vec![-1f32; m * w.rows()]).collect();
         let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
         assert!(!matmul_many(&with_q8, (m, k), &x, &mut refs));
         assert!(outs.iter().flatten().all(|&v| v == -1.0), "nothing written");
+    }
+
+    /// The Q4_K matrix re-laid by eights gives what candle's block dot products give on the
+    /// file's blocks, for decode-step row counts and prompt-sized ones (rows in fours, the
+    /// rest after), each row bit for bit what it gets alone; beside a Q6_K matrix in one
+    /// `matmul_many`, each result is what it is alone; shapes it does not take are declined.
+    #[test]
+    fn q4k_by_eights_matches_candles_block_dot_products_and_rows_are_independent() {
+        if !by_eights_runs() {
+            eprintln!("skipped: this CPU lacks AVX2, FMA or F16C");
+            return;
+        }
+        let dev = Device::Cpu;
+        for (n, k) in [(8, 256), (48, 1024), (304, 512)] {
+            // Weights of mixed magnitudes, so the blocks' scales and mins differ widely.
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev)
+                .unwrap()
+                .broadcast_mul(&Tensor::rand(0f32, 3.0, (n, 1), &dev).unwrap())
+                .unwrap();
+            let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+            let blocks = bytes_of(&q);
+            let eights = Q4kByEights::new(&blocks, n, k).expect("re-laid");
+            let b: Vec<k_quants::BlockQ4K> = blocks_as(&blocks);
+            for m in [1, 2, 3, 4, 5, 8, 9, 37] {
+                let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let mut ours = vec![0f32; m * n];
+                assert!(matmul_by_eights(&eights, (m, k), &x, &mut ours));
+                let mut want = vec![0f32; m * n];
+                k_quants::matmul((m, k, n), &x, &b, &mut want).unwrap();
+                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                for (o, w) in ours.iter().zip(&want) {
+                    assert!(
+                        (o - w).abs() <= 1e-5 * scale,
+                        "{n}x{k} m={m}: {o} against candle's {w}"
+                    );
+                }
+                for r in 0..m {
+                    let mut alone = vec![0f32; n];
+                    let row = &x[r * k..(r + 1) * k];
+                    assert!(matmul_by_eights(&eights, (1, k), row, &mut alone));
+                    assert_eq!(alone, ours[r * n..(r + 1) * n], "{n}x{k} m={m} row {r}");
+                }
+            }
+        }
+        // Beside a Q6_K matrix of the file's blocks, in one call.
+        let (m, k) = (6, 512);
+        let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let quantized = |n: usize, dtype| {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            bytes_of(&QTensor::quantize(&w, dtype).unwrap())
+        };
+        let (q4, q6) = (quantized(24, GgmlDType::Q4K), quantized(16, GgmlDType::Q6K));
+        let eights = Q4kByEights::new(&q4, 24, k).expect("re-laid");
+        let (mut a, mut b) = (vec![0f32; m * 24], vec![0f32; m * 16]);
+        let mats = [
+            Weights::Q4kByEights(&eights),
+            Weights::Blocks(GgmlDType::Q6K, &q6, 16),
+        ];
+        assert!(matmul_many(&mats, (m, k), &x, &mut [&mut a, &mut b]));
+        let (mut a1, mut b1) = (vec![0f32; m * 24], vec![0f32; m * 16]);
+        assert!(matmul_by_eights(&eights, (m, k), &x, &mut a1));
+        assert!(matmul(GgmlDType::Q6K, &q6, (m, k, 16), &x, &mut b1));
+        assert_eq!((a, b), (a1, b1));
+        // Not whole groups of eight rows, not whole blocks, another width.
+        assert!(Q4kByEights::new(&q4[..20 * 2 * Q4K_BYTES], 20, k).is_none());
+        assert!(Q4kByEights::new(&q4[..100], 24, k).is_none());
+        let mut dst = vec![0f32; 24];
+        assert!(!matmul_by_eights(&eights, (1, 256), &x[..256], &mut dst));
     }
 
     #[test]

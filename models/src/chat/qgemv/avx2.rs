@@ -19,10 +19,14 @@ use std::arch::x86_64::*;
 // The VNNI kernels' helpers: the f16 scale reader and the weight prefetch (rows of a matrix
 // follow one another in memory, and a decode step reads each weight once, from memory).
 use super::x86::{f16_at, prefetch_ahead};
-use super::{Act, GROUP, Q4K_BYTES, Q6K_BYTES};
+use super::{Act, EIGHT, Eights, GROUP, Q4K_BYTES, Q6K_BYTES};
 
 /// Weight rows per kernel call (as the VNNI kernels'), reduced one by one at the end.
 pub(super) const CHUNK: usize = 16;
+const _: () = assert!(
+    CHUNK.is_multiple_of(EIGHT),
+    "a chunk of Q4kByEights is whole groups"
+);
 
 /// The sum of the 8 lanes, in one fixed order.
 #[inline]
@@ -253,5 +257,138 @@ unsafe fn q4k<const R: usize>(
             // SAFETY: the caller's contract.
             unsafe { *out.add(r * stride + i) = hsum(*acc) };
         }
+    }
+}
+
+/// Activation rows [`q4k8`] takes at once: its 16- and 32-bit sums and its results for four
+/// rows, with the weights and the scales, fill the 16 vector registers.
+const QUAD: usize = 4;
+
+/// Q4_K by eights ([`super::Q4kByEights`]): `out[r * stride + 8g + i]` = row `i` of group `g`
+/// times `acts[r]`, for the `ng` groups of `w` (`kb` blocks each) and the `rows` (≤ GROUP)
+/// activation rows of `acts` (natural order), four rows at a time.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `w` holds `ng * kb` blocks, `acts` `rows * kb`, and `out` is
+/// writable at the `rows × 8ng` places.
+pub(super) unsafe fn q4k8_rows(
+    w: &[Eights],
+    ng: usize,
+    acts: &[Act],
+    kb: usize,
+    rows: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    assert!(rows <= GROUP && w.len() >= ng * kb && acts.len() >= rows * kb);
+    for g in 0..ng {
+        let w = &w[g * kb..(g + 1) * kb];
+        for (q, quad) in acts[..rows * kb].chunks(QUAD * kb).enumerate() {
+            // SAFETY (each arm): the caller's contract, with the lengths asserted above; this
+            // quad's rows start at row 4q, this group's columns at 8g.
+            unsafe {
+                let out = out.add(QUAD * q * stride + EIGHT * g);
+                match quad.len() / kb {
+                    1 => q4k8::<1>(w, quad, kb, out, stride),
+                    2 => q4k8::<2>(w, quad, kb, out, stride),
+                    3 => q4k8::<3>(w, quad, kb, out, stride),
+                    _ => q4k8::<QUAD>(w, quad, kb, out, stride),
+                }
+            }
+        }
+    }
+}
+
+/// [`q4k8_rows`] for one group and `R` rows. Every row's sums are its own (no lane mixes rows),
+/// so a row gets the same bits whatever `R` and its neighbours are.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k8<const R: usize>(
+    w: &[Eights],
+    acts: &[Act],
+    kb: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    let nib = _mm256_set1_epi8(0x0F);
+    // Eight 6-bit scales (one per weight row, the same 8 bytes in both 128-bit lanes) to 16-bit
+    // words 2i and 2i + 1 = row i's scale: rows 0–3 in the low lane, 4–7 in the high one.
+    let z = -128i8; // a `pshufb` index with the top bit set writes 0
+    let spread = _mm256_setr_epi8(
+        0, z, 0, z, 1, z, 1, z, 2, z, 2, z, 3, z, 3, z, 4, z, 4, z, 5, z, 5, z, 6, z, 6, z, 7, z,
+        7, z,
+    );
+    let rows: [&[Act]; R] = std::array::from_fn(|r| &acts[r * kb..(r + 1) * kb]);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (b, blk) in w.iter().enumerate().take(kb) {
+        // SAFETY: an `Eights` is plain bytes.
+        prefetch_ahead(unsafe {
+            std::slice::from_raw_parts((blk as *const Eights).cast::<u8>(), size_of::<Eights>())
+        });
+        let mut sums = [_mm256_setzero_si256(); R];
+        for j in 0..8 {
+            let mut sub = [_mm256_setzero_si256(); R];
+            for u in 0..4 {
+                // SAFETY: 32 bytes at 128j + 32u of the 1024 (aligned: the block is).
+                let p = unsafe { _mm256_load_si256(blk.qs.as_ptr().add(128 * j + 32 * u).cast()) };
+                let (lo, hi) = (
+                    _mm256_and_si256(p, nib),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(p), nib),
+                );
+                for (s, act) in sub.iter_mut().zip(&rows) {
+                    let x = act[b].qs.as_ptr();
+                    // SAFETY: 4 bytes at 32j + 4u and at 32j + 16 + 4u of the 256.
+                    let (x0, x1) = unsafe {
+                        (
+                            x.add(32 * j + 4 * u).cast::<i32>().read_unaligned(),
+                            x.add(32 * j + 16 + 4 * u).cast::<i32>().read_unaligned(),
+                        )
+                    };
+                    let p0 = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(x0));
+                    let p1 = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(x1));
+                    *s = _mm256_add_epi16(*s, _mm256_add_epi16(p0, p1));
+                }
+            }
+            // SAFETY: 8 scale bytes at 8j of the 64.
+            let sc8 = unsafe {
+                blk.scales
+                    .as_ptr()
+                    .add(8 * j)
+                    .cast::<i64>()
+                    .read_unaligned()
+            };
+            let scale = _mm256_shuffle_epi8(_mm256_set1_epi64x(sc8), spread);
+            for (sum, s) in sums.iter_mut().zip(&sub) {
+                *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(*s, scale));
+            }
+        }
+        // The mins term, in integers: row i's mins of sub-blocks 2q, 2q + 1 (16-bit words 2i,
+        // 2i + 1) times the activation's sums of those sub-blocks.
+        // SAFETY: 16 bytes at 16q of the 64 mins.
+        let mins: [__m256i; 4] = std::array::from_fn(|q| {
+            _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(blk.mins.as_ptr().add(16 * q).cast()) })
+        });
+        // SAFETY: 8 f16 values each.
+        let (d, dmin) = unsafe {
+            (
+                _mm256_cvtph_ps(_mm_loadu_si128(blk.d.as_ptr().cast())),
+                _mm256_cvtph_ps(_mm_loadu_si128(blk.dmin.as_ptr().cast())),
+            )
+        };
+        for ((acc, sum), act) in acc.iter_mut().zip(&sums).zip(&rows) {
+            let a = &act[b];
+            let mut m = _mm256_setzero_si256();
+            for (q, &mq) in mins.iter().enumerate() {
+                // SAFETY: sums 2q and 2q + 1 of the 8.
+                let pair = unsafe { a.sums32.as_ptr().add(2 * q).cast::<i32>().read_unaligned() };
+                m = _mm256_add_epi32(m, _mm256_madd_epi16(mq, _mm256_set1_epi32(pair)));
+            }
+            let dx = _mm256_set1_ps(a.d);
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*sum), _mm256_mul_ps(d, dx), *acc);
+            *acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(m), _mm256_mul_ps(dmin, dx), *acc);
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        // SAFETY: the caller's contract: 8 columns of row r.
+        unsafe { _mm256_storeu_ps(out.add(r * stride), *acc) };
     }
 }
