@@ -58,7 +58,7 @@
 //! Q8_K = d f32, 256 signed bytes, 16 sums of 16 values each.
 
 use candle_core::quantized::GgmlDType;
-use candle_core::quantized::k_quants::{BlockQ8K, GgmlType, QK_K};
+use candle_core::quantized::k_quants::{BlockQ8K, QK_K};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -478,25 +478,14 @@ fn quantize(lhs: &[f32], m: usize, k: usize, interleave: bool) -> Vec<Act> {
                 sums32: [0; 8],
                 d: 0.0,
             };
-            a.d = if isa() == Some(Isa::Vnni) {
-                // SAFETY: `isa()` checked the features it enables.
-                unsafe { x86::q8k_block(block, &mut qs, &mut a.bsums) }
-            } else {
-                // candle's own quantizer: exact by construction, and the vectorised one needs
-                // AVX-512 (at 8 ns a value it costs an eight-row step about 1 ms per 150,000
-                // values of the matrices that take these kernels).
-                let mut q8 = [BlockQ8K::zeros()];
-                BlockQ8K::from_float(block, &mut q8);
-                // SAFETY: BlockQ8K is plain `repr(C)` data of Q8K_BYTES bytes (asserted at the
-                // top): d (f32), qs (256 × i8), bsums (16 × i16), with no padding.
-                let bytes: &[u8; Q8K_BYTES] = unsafe { &*q8.as_ptr().cast() };
-                for (q, &b) in qs.iter_mut().zip(&bytes[4..4 + QK_K]) {
-                    *q = b as i8;
+            // SAFETY: `isa()` checked the features each quantizer enables (AVX2 is part of
+            // both sets).
+            a.d = unsafe {
+                if isa() == Some(Isa::Vnni) {
+                    x86::q8k_block(block, &mut qs, &mut a.bsums)
+                } else {
+                    avx2::q8k_block(block, &mut qs, &mut a.bsums)
                 }
-                for (s, b) in a.bsums.iter_mut().zip(bytes[4 + QK_K..].chunks_exact(2)) {
-                    *s = i16::from_le_bytes([b[0], b[1]]);
-                }
-                f32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"))
             };
             if interleave {
                 // Sub-blocks in the order 0,2,1,3,4,6,5,7: the low nibbles of a 64-byte load
@@ -901,6 +890,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::quantized::k_quants::GgmlType;
     use candle_core::quantized::{QTensor, k_quants};
     use candle_core::{Device, Tensor};
 
@@ -912,8 +902,8 @@ mod tests {
     /// with halves to round, ties of magnitude with both signs, a zero block, tiny values.
     #[test]
     fn activations_are_quantized_exactly_as_candle_does() {
-        if isa() != Some(Isa::Vnni) {
-            eprintln!("skipped: this CPU lacks AVX-512 VNNI/VBMI (it uses candle's quantizer)");
+        if !available() {
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI/VBMI and AVX2");
             return;
         }
         let dev = Device::Cpu;
@@ -944,14 +934,26 @@ mod tests {
             BlockQ8K::from_float(xs, &mut want);
             // SAFETY: BlockQ8K is plain `repr(C)` data of Q8K_BYTES bytes: d, qs, bsums.
             let want: &[u8; Q8K_BYTES] = unsafe { &*(want.as_ptr()).cast() };
-            let (mut qs, mut bsums) = ([0i8; QK_K], [0i16; 16]);
-            // SAFETY: `isa()` checked above.
-            let d = unsafe { x86::q8k_block(xs, &mut qs, &mut bsums) };
-            let mut got = Vec::with_capacity(Q8K_BYTES);
-            got.extend_from_slice(&d.to_le_bytes());
-            got.extend(qs.iter().map(|&q| q as u8));
-            got.extend(bsums.iter().flat_map(|s| s.to_le_bytes()));
-            assert_eq!(got.as_slice(), want.as_slice(), "block {i}");
+            // Every quantizer this CPU runs: AVX2's, and AVX-512's where it has VNNI.
+            for vnni in [false, true] {
+                if vnni && isa() != Some(Isa::Vnni) {
+                    continue;
+                }
+                let (mut qs, mut bsums) = ([0i8; QK_K], [0i16; 16]);
+                // SAFETY: `available()` and `isa()` checked the features above.
+                let d = unsafe {
+                    if vnni {
+                        x86::q8k_block(xs, &mut qs, &mut bsums)
+                    } else {
+                        avx2::q8k_block(xs, &mut qs, &mut bsums)
+                    }
+                };
+                let mut got = Vec::with_capacity(Q8K_BYTES);
+                got.extend_from_slice(&d.to_le_bytes());
+                got.extend(qs.iter().map(|&q| q as u8));
+                got.extend(bsums.iter().flat_map(|s| s.to_le_bytes()));
+                assert_eq!(got.as_slice(), want.as_slice(), "block {i}, vnni {vnni}");
+            }
         }
     }
 
