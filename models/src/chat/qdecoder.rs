@@ -292,6 +292,10 @@ enum Kernels {
 /// products; for [`Kernels::Prompt`], [`amx`]. None when the tensor is not on the CPU or no
 /// kernel of that kind handles its block type here.
 fn cpu_matmul(w: &QTensor, x: &Tensor, kernels: Kernels) -> Result<Option<Tensor>> {
+    // Before `data()`, which would copy a weight held on another device.
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        return Ok(None);
+    }
     let (n, k) = w.shape().dims2()?;
     let data = w.data()?;
     on_cpu_rows(x, (n, k), |lhs, m| {
