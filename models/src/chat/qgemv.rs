@@ -969,12 +969,7 @@ mod tests {
                 let q = QTensor::quantize(&w, dtype).unwrap();
                 let blocks = bytes_of(&q);
                 for m in [1, 2, 7, 8, 9, 20] {
-                    let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev)
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1()
-                        .unwrap();
+                    let x: Vec<f32> = randn_values(m * k);
                     let mut ours = vec![0f32; m * n];
                     assert!(matmul(dtype, &blocks, (m, k, n), &x, &mut ours));
                     let mut want = vec![0f32; m * n];
@@ -1023,12 +1018,7 @@ mod tests {
         }
         let dev = Device::Cpu;
         let (m, k) = (9, 512);
-        let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let x: Vec<f32> = randn_values(m * k);
         let specs = [
             (GgmlDType::Q4K, 48),
             (GgmlDType::Q6K, 16),
@@ -1086,12 +1076,7 @@ mod tests {
             let eights = Q4kByEights::new(&blocks, n, k).expect("re-laid");
             let b: Vec<k_quants::BlockQ4K> = blocks_as(&blocks);
             for m in [1, 2, 3, 4, 5, 8, 9, 37] {
-                let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let x: Vec<f32> = randn_values(m * k);
                 let mut ours = vec![0f32; m * n];
                 assert!(matmul_by_eights(&eights, (m, k), &x, &mut ours));
                 let mut want = vec![0f32; m * n];
@@ -1113,12 +1098,7 @@ mod tests {
         }
         // Beside a Q6_K matrix of the file's blocks, in one call.
         let (m, k) = (6, 512);
-        let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let x: Vec<f32> = randn_values(m * k);
         let quantized = |n: usize, dtype| {
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
             bytes_of(&QTensor::quantize(&w, dtype).unwrap())
@@ -1161,6 +1141,14 @@ mod tests {
             &x,
             &mut dst
         ));
+    }
+
+    /// `len` values from a standard normal distribution.
+    fn randn_values(len: usize) -> Vec<f32> {
+        Tensor::randn(0f32, 1.0, len, &Device::Cpu)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     fn blocks_as<T: Clone>(bytes: &[u8]) -> Vec<T> {
