@@ -209,12 +209,16 @@ impl Eights {
         }
         // Bytes 32g..32g+32 hold sub-block 2g in their low nibbles and 2g + 1 in their high
         // ones; values t and t + 16 of a sub-block share a byte here.
+        // Four bytes at a time (a byte at a time made loading the default model 2.5 s slower).
+        let word = |at: usize| u32::from_le_bytes(blk[at..at + 4].try_into().expect("4 bytes"));
         for g in 0..4 {
-            let (a, b) = blk[16 + 32 * g..16 + 32 * g + 32].split_at(16);
-            for (i, (&a, &b)) in a.iter().zip(b).enumerate() {
-                let at = 32 * (i / 4) + 4 * n + i % 4;
-                self.qs[256 * g + at] = (a & 0x0F) | (b << 4);
-                self.qs[256 * g + 128 + at] = (a >> 4) | (b & 0xF0);
+            for u in 0..4 {
+                let (a, b) = (word(16 + 32 * g + 4 * u), word(16 + 32 * g + 16 + 4 * u));
+                let lo = (a & 0x0F0F_0F0F) | ((b & 0x0F0F_0F0F) << 4);
+                let hi = ((a >> 4) & 0x0F0F_0F0F) | (b & 0xF0F0_F0F0);
+                let at = 256 * g + 32 * u + 4 * n;
+                self.qs[at..at + 4].copy_from_slice(&lo.to_le_bytes());
+                self.qs[at + 128..at + 132].copy_from_slice(&hi.to_le_bytes());
             }
         }
     }
