@@ -393,8 +393,7 @@ pub(crate) fn matmul_many(
             .then(|| quantize(lhs, m, k, false));
         let chunk_of = |mat: &Weights<'_>| match mat {
             Weights::Blocks(..) if vnni => x86::CHUNK,
-            Weights::Blocks(..) => avx2::CHUNK,
-            Weights::Q4kByEights(_) => avx2::CHUNK,
+            _ => avx2::CHUNK,
         };
         let dst_addrs: Vec<usize> = dsts.iter_mut().map(|d| d.as_mut_ptr() as usize).collect();
         // Work item `c` is chunk `c - first[i]` of matrix `i`, the last `i` with `first[i] <= c`.
@@ -478,8 +477,8 @@ fn quantize(lhs: &[f32], m: usize, k: usize, interleave: bool) -> Vec<Act> {
                 sums32: [0; 8],
                 d: 0.0,
             };
-            // SAFETY: `isa()` checked the features each quantizer enables (AVX2 is part of
-            // both sets).
+            // SAFETY: each quantizer runs where `isa()` found the features it enables (this
+            // function is only called where it found one set or the other).
             a.d = unsafe {
                 if isa() == Some(Isa::Vnni) {
                     x86::q8k_block(block, &mut qs, &mut a.bsums)
@@ -987,13 +986,7 @@ mod tests {
                             k_quants::matmul((m, k, n), &x, &b, &mut want).unwrap();
                         }
                     }
-                    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-                    for (o, w) in ours.iter().zip(&want) {
-                        assert!(
-                            (o - w).abs() <= 1e-5 * scale,
-                            "{dtype:?} {n}x{k} m={m}: {o} against candle's {w}"
-                        );
-                    }
+                    assert_near_candles(&ours, &want, &format!("{dtype:?} {n}x{k} m={m}"));
                     // Row by row alone: bit for bit what the group gave.
                     for r in 0..m {
                         let mut alone = vec![0f32; n];
@@ -1085,13 +1078,7 @@ mod tests {
                 assert!(matmul_by_eights(&eights, (m, k), &x, &mut ours));
                 let mut want = vec![0f32; m * n];
                 k_quants::matmul((m, k, n), &x, &b, &mut want).unwrap();
-                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-                for (o, w) in ours.iter().zip(&want) {
-                    assert!(
-                        (o - w).abs() <= 1e-5 * scale,
-                        "{n}x{k} m={m}: {o} against candle's {w}"
-                    );
-                }
+                assert_near_candles(&ours, &want, &format!("{n}x{k} m={m}"));
                 for r in 0..m {
                     let mut alone = vec![0f32; n];
                     let row = &x[r * k..(r + 1) * k];
@@ -1145,6 +1132,18 @@ mod tests {
             &x,
             &mut dst
         ));
+    }
+
+    /// Every value of `ours` within 1e-5 of the largest of candle's (`want`): the same integer
+    /// block sums, the per-block scaling in another order.
+    fn assert_near_candles(ours: &[f32], want: &[f32], what: &str) {
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        for (o, w) in ours.iter().zip(want) {
+            assert!(
+                (o - w).abs() <= 1e-5 * scale,
+                "{what}: {o} against candle's {w}"
+            );
+        }
     }
 
     /// `len` values from a standard normal distribution.
