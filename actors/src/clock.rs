@@ -76,6 +76,44 @@ pub fn now_line(
     number: Option<&str>,
     in_group: bool,
 ) -> String {
+    now_parts(now, profile_zone, number, in_group).line()
+}
+
+/// [`now_line`] cut around its time of day, so that a later line can be told to be of the same
+/// day in the same zone (only its time differs) and a follow-up can give just the time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NowLine {
+    /// Up to the time: `It is now Tuesday 1 December 2026, `.
+    pub day: String,
+    /// `HH:MM`, 24-hour.
+    pub time: String,
+    /// After the time: the zone, its offset and its source (` in Europe/Lisbon (UTC+00:00;
+    /// guessed from the user's number).`).
+    pub zone: String,
+}
+
+impl NowLine {
+    /// The whole line.
+    pub fn line(&self) -> String {
+        format!("{}{}{}", self.day, self.time, self.zone)
+    }
+
+    /// Whether `line` (a whole line, from any minute) says the same day, zone, offset and source
+    /// as this one.
+    pub fn same_day_and_zone(&self, line: &str) -> bool {
+        line.strip_prefix(self.day.as_str())
+            .and_then(|rest| rest.strip_suffix(self.zone.as_str()))
+            .is_some_and(|time| time.len() == self.time.len())
+    }
+}
+
+/// [`now_line`] in its parts.
+pub fn now_parts(
+    now: Timestamp,
+    profile_zone: Option<&str>,
+    number: Option<&str>,
+    in_group: bool,
+) -> NowLine {
     let found = profile_zone
         .and_then(|n| {
             let tz = zone(n).ok()?;
@@ -97,10 +135,11 @@ pub fn now_line(
     };
     let Some((name, tz, source)) = found else {
         let utc = now.to_zoned_datetime(TimeZone::UTC);
-        return format!(
-            "It is now {} UTC; the time zone of {whose} is unknown.",
-            utc.strftime("%A %-d %B %Y, %H:%M")
-        );
+        return NowLine {
+            day: format!("It is now {}, ", utc.strftime("%A %-d %B %Y")),
+            time: utc.strftime("%H:%M").to_string(),
+            zone: format!(" UTC; the time zone of {whose} is unknown."),
+        };
     };
     let local = now.to_zoned_datetime(tz);
     let from = match source {
@@ -109,11 +148,11 @@ pub fn now_line(
         ZoneSource::Number if !in_group => "guessed from the user's number".to_string(),
         ZoneSource::Number => format!("guessed from the number of {whose}"),
     };
-    format!(
-        "It is now {} in {name} (UTC{}; {from}).",
-        local.strftime("%A %-d %B %Y, %H:%M"),
-        local.strftime("%:z"),
-    )
+    NowLine {
+        day: format!("It is now {}, ", local.strftime("%A %-d %B %Y")),
+        time: local.strftime("%H:%M").to_string(),
+        zone: format!(" in {name} (UTC{}; {from}).", local.strftime("%:z")),
+    }
 }
 
 /// Calling code (plus area code where one country spans zones) → zone. Longest prefix wins.
@@ -470,6 +509,39 @@ mod tests {
         let err = zone("Europe/Lisbonn").unwrap_err();
         assert!(err.contains("\"Europe/Lisbonn\""), "{err}");
         assert!(zone("  ").is_err());
+    }
+
+    #[test]
+    fn lines_of_the_same_day_and_zone_differ_only_in_their_time() {
+        let lisbon = |t: &str| now_parts(at(t), None, Some("351912345678"), false);
+        let now = lisbon("2026-12-01T14:05:00Z");
+        assert_eq!(now.time, "14:05");
+        assert!(now.same_day_and_zone(&now.line()));
+        assert!(now.same_day_and_zone(&lisbon("2026-12-01T08:59:00Z").line()));
+        assert!(now.same_day_and_zone(&lisbon("2026-12-01T23:59:00Z").line()));
+        // The next day, another zone, another source of the same zone, or the same zone in
+        // a group: a line of its own.
+        assert!(!now.same_day_and_zone(&lisbon("2026-12-02T00:00:00Z").line()));
+        let elsewhere = now_parts(at("2026-12-01T14:05:00Z"), None, Some("12125551234"), false);
+        assert!(!now.same_day_and_zone(&elsewhere.line()));
+        let set = now_parts(
+            at("2026-12-01T14:06:00Z"),
+            Some("Europe/Lisbon"),
+            None,
+            false,
+        );
+        assert!(!now.same_day_and_zone(&set.line()));
+        let group = now_parts(at("2026-12-01T14:06:00Z"), None, Some("351912345678"), true);
+        assert!(!now.same_day_and_zone(&group.line()));
+        // Summer time starts at 01:00 UTC on 29 March 2026 in Lisbon: same day, new offset.
+        let before = lisbon("2026-03-29T00:30:00Z");
+        assert!(!before.same_day_and_zone(&lisbon("2026-03-29T01:30:00Z").line()));
+        // Unknown zones: the same, in UTC.
+        let utc = |t: &str| now_parts(at(t), None, None, false);
+        assert!(utc("2026-12-01T14:05:00Z").same_day_and_zone(&utc("2026-12-01T20:00:00Z").line()));
+        assert!(!utc("2026-12-01T14:05:00Z").same_day_and_zone(&now.line()));
+        // Not a clock line at all.
+        assert!(!now.same_day_and_zone("It is now 14:07."));
     }
 
     #[test]
