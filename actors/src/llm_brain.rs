@@ -514,6 +514,28 @@ impl Brain for LlmBrain {
 mod tests {
     use super::*;
 
+    /// A user's turn in history, with the clock note it was answered with.
+    fn user_turn(text: &str, clock: Option<String>) -> Turn {
+        Turn {
+            speaker: Speaker::User,
+            text: text.into(),
+            at: 0,
+            wamids: Vec::new(),
+            clock,
+        }
+    }
+
+    /// Sandra's reply in history.
+    fn sandra_turn(text: &str) -> Turn {
+        Turn {
+            speaker: Speaker::Assistant,
+            text: text.into(),
+            at: 0,
+            wamids: Vec::new(),
+            clock: None,
+        }
+    }
+
     /// A full model queue makes the turn wait and try again, not fail: the user is never told
     /// to send the message again.
     #[tokio::test]
@@ -740,23 +762,9 @@ mod tests {
             )
             .0
         };
-        let user = |text: &str, clock: Option<String>| Turn {
-            speaker: Speaker::User,
-            text: text.into(),
-            at: 0,
-            wamids: Vec::new(),
-            clock,
-        };
-        let sandra = |text: &str| Turn {
-            speaker: Speaker::Assistant,
-            text: text.into(),
-            at: 0,
-            wamids: Vec::new(),
-            clock: None,
-        };
         // An old turn without a note, then a turn of two messages sent together.
         let mut first = turn(None, false, "How do I boil an egg?");
-        first.history = vec![user("Hi", None), sandra("Hello!")];
+        first.history = vec![user_turn("Hi", None), sandra_turn("Hello!")];
         first.inputs.push(UserInput {
             wamid: "wamid.2".into(),
             author: None,
@@ -776,9 +784,10 @@ mod tests {
         let mut next = turn(None, false, "Thanks! And how long does that take?");
         next.now = "2026-12-01T14:09:00Z".parse().unwrap();
         next.history = first.history.clone();
-        next.history.push(user("How do I boil an egg?", None));
-        next.history.push(user("Runny yolk please", Some(clock)));
-        next.history.push(sandra("Boil it for six minutes."));
+        next.history.push(user_turn("How do I boil an egg?", None));
+        next.history
+            .push(user_turn("Runny yolk please", Some(clock)));
+        next.history.push(sandra_turn("Boil it for six minutes."));
         let now = prompt(&next);
         assert_eq!(now[..answered.len()], answered[..]);
         assert_eq!(
@@ -798,30 +807,16 @@ mod tests {
     #[test]
     fn a_follow_up_gives_the_time_alone_only_under_a_full_note_of_that_day() {
         let b = brain();
-        let user = |text: &str, clock: Option<String>| Turn {
-            speaker: Speaker::User,
-            text: text.into(),
-            at: 0,
-            wamids: Vec::new(),
-            clock,
-        };
-        let sandra = |text: &str| Turn {
-            speaker: Speaker::Assistant,
-            text: text.into(),
-            at: 0,
-            wamids: Vec::new(),
-            clock: None,
-        };
         let first = turn(None, false, "How do I boil an egg?");
         let full = clock_note(&first, &[]);
         assert!(full.starts_with("[It is now Tuesday 1 December 2026, 14:05 in Europe/Lisbon"));
         let mut next = turn(None, false, "And a poached one?");
         next.now = "2026-12-01T21:40:00Z".parse().unwrap();
         next.history = vec![
-            user("How do I boil an egg?", Some(full.clone())),
-            sandra("Six minutes."),
-            user("Soft?", Some("[It is now 14:20.]".into())),
-            sandra("Five."),
+            user_turn("How do I boil an egg?", Some(full.clone())),
+            sandra_turn("Six minutes."),
+            user_turn("Soft?", Some("[It is now 14:20.]".into())),
+            sandra_turn("Five."),
         ];
         // The newest note is short; the full one before it says the day and the zone.
         assert_eq!(clock_note(&next, &next.history), "[It is now 21:40.]");
