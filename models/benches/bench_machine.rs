@@ -4,6 +4,12 @@
 //! - with a GGUF path, the **weight bytes a decode step reads** (every matrix once; the token
 //!   embedding only where the output layer is tied to it) and so the ceiling on single-stream
 //!   generation: bandwidth / bytes per token;
+//! - the **int8 multiply peak**, one thread and all model threads: how many u8×i8 products per
+//!   second the widest integer dot-product instruction gives when nothing else is in the way
+//!   (AVX2's `vpmaddubsw`, 32 products; with AVX-512 VNNI `vpdpbusd`, 64). The quantized matmuls
+//!   of a decode step are built on these, so with a GGUF path this also gives the **ceiling on
+//!   aggregate generation at any batch size**: peak / products per token. Batching saves weight
+//!   reads, never multiplies, so once a batched step is compute-bound this is where it stops;
 //! - on CPUs with AMX, what the **tile unit** costs per instruction (`chat/amx.rs`'s prompt kernel
 //!   loads one tile per product, so the slower of a load and a product bounds it).
 //!
@@ -58,6 +64,107 @@ fn bytes_per_token(ct: &Content) -> usize {
         .sum()
 }
 
+/// Multiplies a decode step does per token: one per weight of every matrix (rank-2 tensor), the
+/// token embedding counted only when tied (a lookup otherwise, not a product).
+fn products_per_token(ct: &Content) -> usize {
+    let tied = !ct.tensor_infos.contains_key("output.weight");
+    ct.tensor_infos
+        .iter()
+        .filter(|(name, t)| t.shape.rank() == 2 && (tied || name.as_str() != "token_embd.weight"))
+        .map(|(_, t)| t.shape.elem_count())
+        .sum()
+}
+
+/// Which int8 dot-product instruction [`int8_peak`] times on this CPU, and its products per
+/// instruction; `None` without AVX2.
+fn int8_kind() -> Option<(&'static str, f64)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni") {
+            return Some(("vpdpbusd zmm (AVX-512 VNNI)", 64.0));
+        }
+        if is_x86_feature_detected!("avx2") {
+            return Some(("vpmaddubsw ymm (AVX2)", 32.0));
+        }
+    }
+    None
+}
+
+/// Best products/s of three passes, `rounds` rounds per thread on `threads` threads, of twelve
+/// independent chains of the instruction [`int8_kind`] names: twelve chains cover its latency
+/// times its throughput on current cores (about 4-5 cycles × 2 per cycle), so the figure is the
+/// issue rate, not the latency.
+fn int8_peak(threads: usize, rounds: u64) -> Option<f64> {
+    let (_, per_instruction) = int8_kind()?;
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(move || std::hint::black_box(int8_chains(std::hint::black_box(rounds))));
+            }
+        });
+        let products = (threads as u64 * rounds * 12) as f64 * per_instruction;
+        best = best.max(products / t.elapsed().as_secs_f64());
+    }
+    Some(best)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn int8_chains(rounds: u64) -> i32 {
+    // SAFETY: each arm runs only where `int8_kind` found its features, checked again here.
+    unsafe {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni") {
+            chains_vnni(rounds)
+        } else {
+            chains_avx2(rounds)
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn int8_chains(_rounds: u64) -> i32 {
+    0
+}
+
+/// One `vpmaddubsw` per chain per round; each chain feeds its own result back as the next
+/// unsigned operand, so the compiler can neither hoist nor fold the work.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn chains_avx2(rounds: u64) -> i32 {
+    use std::arch::x86_64::*;
+    let w = _mm256_set1_epi8(std::hint::black_box(3));
+    let mut acc = [_mm256_set1_epi8(1); 12];
+    for _ in 0..rounds {
+        for a in acc.iter_mut() {
+            *a = _mm256_maddubs_epi16(*a, w);
+        }
+    }
+    let sum = acc
+        .iter()
+        .fold(_mm256_setzero_si256(), |x, y| _mm256_add_epi16(x, *y));
+    _mm256_extract_epi32::<0>(sum)
+}
+
+/// One `vpdpbusd` per chain per round, accumulating into its own register.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+fn chains_vnni(rounds: u64) -> i32 {
+    use std::arch::x86_64::*;
+    let a = _mm512_set1_epi8(std::hint::black_box(1));
+    let w = _mm512_set1_epi8(std::hint::black_box(3));
+    let mut acc = [_mm512_setzero_si512(); 12];
+    for _ in 0..rounds {
+        for c in acc.iter_mut() {
+            *c = _mm512_dpbusd_epi32(*c, a, w);
+        }
+    }
+    let sum = acc
+        .iter()
+        .fold(_mm512_setzero_si512(), |x, y| _mm512_add_epi32(x, *y));
+    _mm512_reduce_add_epi32(sum)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !args.iter().any(|a| a == "--bench") {
@@ -72,6 +179,17 @@ fn main() {
     drop(data);
     println!("memory\tread GB/s: 1 thread {one:.1}, {threads} threads {all:.1}");
 
+    // 20 million rounds of twelve instructions: about a tenth of a second per pass at 2 per cycle.
+    let int8 = int8_kind().zip(int8_peak(threads, 20_000_000));
+    match (int8, int8_peak(1, 20_000_000)) {
+        (Some(((kind, _), all)), Some(one)) => println!(
+            "int8\t{kind}: G products/s: 1 thread {:.1}, {threads} threads {:.1}",
+            one / 1e9,
+            all / 1e9
+        ),
+        _ => println!("int8\tno AVX2 on this CPU: not measured"),
+    }
+
     if let Some(model) = args.iter().find(|a| !a.starts_with("--")) {
         let mut file = std::fs::File::open(model).expect("model file");
         let ct = Content::read(&mut file).expect("GGUF");
@@ -82,6 +200,15 @@ fn main() {
             bytes as f64 / 1e6,
             all * 1e9 / bytes as f64
         );
+        if let Some(((_, _), peak)) = int8 {
+            let products = products_per_token(&ct);
+            println!(
+                "model\t{model}\tproducts per decoded token: {:.2} G\t\
+                 aggregate ceiling at the int8 peak, any batch: {:.1} tok/s",
+                products as f64 / 1e9,
+                peak / products as f64
+            );
+        }
     }
 
     // Median of five timings of 200,000 rounds each.
