@@ -887,6 +887,50 @@ mod tests {
         );
     }
 
+    /// With real weights installed (`$SANDRA_MODELS_DIR` or `<repo>/.models/*.gguf`): a
+    /// follow-up that carries the time alone (`[It is now 16:47.]`, under the first turn's full
+    /// note of 14:05) is answered with the new time, not the first turn's. The largest installed
+    /// model is asked (the default one where it is installed): this checks what the short note
+    /// tells a model that can read a clock. Without weights it says "skipped".
+    #[tokio::test]
+    async fn real_model_reads_the_time_from_a_short_note() {
+        let (dir, models) = sandra_models::testing::installed_chat_models();
+        let Some(path) = models.into_iter().last() else {
+            println!("skipped: no *.gguf chat model in {}", dir.display());
+            return;
+        };
+        let engine = ChatEngine::load_local(
+            &path,
+            sandra_models::chat::DeviceChoice::Auto,
+            SamplingParams::greedy(40),
+            1,
+        )
+        .unwrap();
+        println!("model: {}", engine.describe());
+        let brain = LlmBrain::new(engine, DEFAULT_SYSTEM_PROMPT);
+        let first = turn(None, false, "Can you help me plan my afternoon?");
+        let mut next = turn(None, false, "What time is it now?");
+        next.now = "2026-12-01T16:47:00Z".parse().unwrap();
+        next.history = vec![
+            user_turn(
+                "Can you help me plan my afternoon?",
+                Some(clock_note(&first, &[])),
+            ),
+            sandra_turn("Of course! What do you need to get done?"),
+        ];
+        assert_eq!(clock_note(&next, &next.history), "[It is now 16:47.]");
+        let reply = brain.reply(next).await.unwrap().text;
+        println!("-> {reply:?}");
+        assert!(
+            reply.contains("16:47") || reply.contains("4:47"),
+            "does not give the time of the short note: {reply:?}"
+        );
+        assert!(
+            !reply.contains("14:05"),
+            "gives the first turn's time: {reply:?}"
+        );
+    }
+
     /// With real weights installed (`$SANDRA_MODELS_DIR` or `<repo>/.models/*.gguf`, see
     /// `scripts/fetch-models.sh`): a user whose profile name is 李小龙 asks Sandra to introduce
     /// herself, and she does not introduce herself as 李小龙. Without weights it says "skipped".
