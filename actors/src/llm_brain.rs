@@ -887,6 +887,28 @@ mod tests {
         );
     }
 
+    /// A brain over the installed chat model that `pick` chooses (the models come smallest
+    /// first), greedy up to `max_tokens`; `None`, after printing "skipped", when none is installed.
+    fn installed_brain(
+        pick: impl FnOnce(&[std::path::PathBuf]) -> Option<std::path::PathBuf>,
+        max_tokens: usize,
+    ) -> Option<LlmBrain> {
+        let (dir, models) = sandra_models::testing::installed_chat_models();
+        let Some(path) = pick(&models) else {
+            println!("skipped: no *.gguf chat model in {}", dir.display());
+            return None;
+        };
+        let engine = ChatEngine::load_local(
+            &path,
+            sandra_models::chat::DeviceChoice::Auto,
+            SamplingParams::greedy(max_tokens),
+            1,
+        )
+        .unwrap();
+        println!("model: {}", engine.describe());
+        Some(LlmBrain::new(engine, DEFAULT_SYSTEM_PROMPT))
+    }
+
     /// With real weights installed (`$SANDRA_MODELS_DIR` or `<repo>/.models/*.gguf`): a
     /// follow-up that carries the time alone (`[It is now 16:47.]`, under the first turn's full
     /// note of 14:05) is answered with the new time, not the first turn's. The largest installed
@@ -894,20 +916,9 @@ mod tests {
     /// tells a model that can read a clock. Without weights it says "skipped".
     #[tokio::test]
     async fn real_model_reads_the_time_from_a_short_note() {
-        let (dir, models) = sandra_models::testing::installed_chat_models();
-        let Some(path) = models.into_iter().last() else {
-            println!("skipped: no *.gguf chat model in {}", dir.display());
+        let Some(brain) = installed_brain(|models| models.last().cloned(), 40) else {
             return;
         };
-        let engine = ChatEngine::load_local(
-            &path,
-            sandra_models::chat::DeviceChoice::Auto,
-            SamplingParams::greedy(40),
-            1,
-        )
-        .unwrap();
-        println!("model: {}", engine.describe());
-        let brain = LlmBrain::new(engine, DEFAULT_SYSTEM_PROMPT);
         let first = turn(None, false, "Can you help me plan my afternoon?");
         let mut next = turn(None, false, "What time is it now?");
         next.now = "2026-12-01T16:47:00Z".parse().unwrap();
@@ -936,21 +947,10 @@ mod tests {
     /// herself, and she does not introduce herself as 李小龙. Without weights it says "skipped".
     #[tokio::test]
     async fn real_model_does_not_take_the_users_name() {
-        let (dir, models) = sandra_models::testing::installed_chat_models();
         // The smallest model is the one most easily confused.
-        let Some(path) = models.into_iter().next() else {
-            println!("skipped: no *.gguf chat model in {}", dir.display());
+        let Some(brain) = installed_brain(|models| models.first().cloned(), 80) else {
             return;
         };
-        let engine = ChatEngine::load_local(
-            &path,
-            sandra_models::chat::DeviceChoice::Auto,
-            SamplingParams::greedy(80),
-            1,
-        )
-        .unwrap();
-        println!("model: {}", engine.describe());
-        let brain = LlmBrain::new(engine, DEFAULT_SYSTEM_PROMPT);
         for ask in ["Introduce yourself", "介绍一下你自己"] {
             let reply = brain
                 .reply(turn(Some("李小龙"), false, ask))
