@@ -75,16 +75,32 @@ fn products_per_token(ct: &Content) -> usize {
         .sum()
 }
 
-/// Which int8 dot-product instruction [`int8_peak`] times on this CPU, and its products per
-/// instruction; `None` without AVX2.
-fn int8_kind() -> Option<(&'static str, f64)> {
+/// The int8 dot-product instruction [`int8_peak`] times on this CPU.
+#[derive(Clone, Copy)]
+struct Int8Kind {
+    name: &'static str,
+    products: f64,
+    /// AVX-512 F and VNNI are present (else AVX2 is).
+    vnni: bool,
+}
+
+/// `None` without AVX2.
+fn int8_kind() -> Option<Int8Kind> {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni") {
-            return Some(("vpdpbusd zmm (AVX-512 VNNI)", 64.0));
+            return Some(Int8Kind {
+                name: "vpdpbusd zmm (AVX-512 VNNI)",
+                products: 64.0,
+                vnni: true,
+            });
         }
         if is_x86_feature_detected!("avx2") {
-            return Some(("vpmaddubsw ymm (AVX2)", 32.0));
+            return Some(Int8Kind {
+                name: "vpmaddubsw ymm (AVX2)",
+                products: 32.0,
+                vnni: false,
+            });
         }
     }
     None
@@ -94,27 +110,29 @@ fn int8_kind() -> Option<(&'static str, f64)> {
 /// independent chains of the instruction [`int8_kind`] names: twelve chains cover its latency
 /// times its throughput on current cores (about 4-5 cycles × 2 per cycle), so the figure is the
 /// issue rate, not the latency.
-fn int8_peak(threads: usize, rounds: u64) -> Option<f64> {
-    let (_, per_instruction) = int8_kind()?;
+fn int8_peak(kind: Int8Kind, threads: usize, rounds: u64) -> f64 {
     let mut best = 0f64;
     for _ in 0..3 {
         let t = Instant::now();
         std::thread::scope(|s| {
             for _ in 0..threads {
-                s.spawn(move || std::hint::black_box(int8_chains(std::hint::black_box(rounds))));
+                s.spawn(move || {
+                    std::hint::black_box(int8_chains(kind, std::hint::black_box(rounds)))
+                });
             }
         });
-        let products = (threads as u64 * rounds * 12) as f64 * per_instruction;
+        let products = (threads as u64 * rounds * 12) as f64 * kind.products;
         best = best.max(products / t.elapsed().as_secs_f64());
     }
-    Some(best)
+    best
 }
 
 #[cfg(target_arch = "x86_64")]
-fn int8_chains(rounds: u64) -> i32 {
-    // SAFETY: each arm runs only where `int8_kind` found its features, checked again here.
+fn int8_chains(kind: Int8Kind, rounds: u64) -> i32 {
+    // SAFETY: an `Int8Kind` comes only from `int8_kind`, which found AVX-512 F and VNNI where
+    // `vnni` is set and AVX2 otherwise.
     unsafe {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni") {
+        if kind.vnni {
             chains_vnni(rounds)
         } else {
             chains_avx2(rounds)
@@ -123,7 +141,7 @@ fn int8_chains(rounds: u64) -> i32 {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn int8_chains(_rounds: u64) -> i32 {
+fn int8_chains(_kind: Int8Kind, _rounds: u64) -> i32 {
     0
 }
 
@@ -179,15 +197,21 @@ fn main() {
     drop(data);
     println!("memory\tread GB/s: 1 thread {one:.1}, {threads} threads {all:.1}");
 
-    // 20 million rounds of twelve instructions: about a tenth of a second per pass at 2 per cycle.
-    let int8 = int8_kind().zip(int8_peak(threads, 20_000_000));
-    match (int8, int8_peak(1, 20_000_000)) {
-        (Some(((kind, _), all)), Some(one)) => println!(
-            "int8\t{kind}: G products/s: 1 thread {:.1}, {threads} threads {:.1}",
+    // 20 million rounds of twelve instructions: a fifth of a second per pass on a first-generation
+    // EPYC core, long enough to swamp thread start-up.
+    let int8 = int8_kind().map(|kind| {
+        let one = int8_peak(kind, 1, 20_000_000);
+        let all = int8_peak(kind, threads, 20_000_000);
+        println!(
+            "int8\t{}: G products/s: 1 thread {:.1}, {threads} threads {:.1}",
+            kind.name,
             one / 1e9,
             all / 1e9
-        ),
-        _ => println!("int8\tno AVX2 on this CPU: not measured"),
+        );
+        all
+    });
+    if int8.is_none() {
+        println!("int8\tno AVX2 on this CPU: not measured");
     }
 
     if let Some(model) = args.iter().find(|a| !a.starts_with("--")) {
@@ -200,7 +224,7 @@ fn main() {
             bytes as f64 / 1e6,
             all * 1e9 / bytes as f64
         );
-        if let Some(((_, _), peak)) = int8 {
+        if let Some(peak) = int8 {
             let products = products_per_token(&ct);
             println!(
                 "model\t{model}\tproducts per decoded token: {:.2} G\t\
